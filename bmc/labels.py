@@ -1,0 +1,108 @@
+"""The 21 cell classes of the Matek et al. bone marrow data set.
+
+A user's own download may hold any subset of the 21 codes, and a Hub dataset may spell a class
+as its code or its full name; everything downstream keys on the three-letter code, so this module
+is the single place that knows codes, names and lineages. The order is the one a haematologist
+reads a marrow differential in (by lineage, then by maturation), and every table and report
+follows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+#: Lineage groups in the order they appear in a differential count.
+LINEAGES: tuple[str, ...] = (
+    "granulocytic", "erythroid", "lymphoid", "monocytic", "plasma", "abnormal/other", "artefact",
+)
+
+
+@dataclass(frozen=True)
+class CellClass:
+    """One class of the data set: Matek code, full name, lineage group."""
+
+    code: str
+    name: str
+    lineage: str
+
+
+#: All 21 classes, in haematologists' order (lineage, then maturation within a lineage).
+CELL_CLASSES: tuple[CellClass, ...] = (
+    CellClass("BLA", "Blast", "granulocytic"),
+    CellClass("PMO", "Promyelocyte", "granulocytic"),
+    CellClass("MYB", "Myelocyte", "granulocytic"),
+    CellClass("MMZ", "Metamyelocyte", "granulocytic"),
+    CellClass("NGB", "Band neutrophil", "granulocytic"),
+    CellClass("NGS", "Segmented neutrophil", "granulocytic"),
+    CellClass("EOS", "Eosinophil", "granulocytic"),
+    CellClass("ABE", "Abnormal eosinophil", "granulocytic"),
+    CellClass("BAS", "Basophil", "granulocytic"),
+    CellClass("PEB", "Proerythroblast", "erythroid"),
+    CellClass("EBO", "Erythroblast", "erythroid"),
+    CellClass("LYI", "Immature lymphocyte", "lymphoid"),
+    CellClass("LYT", "Lymphocyte", "lymphoid"),
+    CellClass("HAC", "Hairy cell", "lymphoid"),
+    CellClass("MON", "Monocyte", "monocytic"),
+    CellClass("PLM", "Plasma cell", "plasma"),
+    CellClass("FGC", "Faggot cell", "abnormal/other"),
+    CellClass("KSC", "Smudge cell", "abnormal/other"),
+    CellClass("OTH", "Other cell", "abnormal/other"),
+    CellClass("NIF", "Not identifiable", "abnormal/other"),
+    CellClass("ART", "Artefact", "artefact"),
+)
+
+BY_CODE: dict[str, CellClass] = {c.code: c for c in CELL_CLASSES}
+_ORDER: dict[str, int] = {c.code: i for i, c in enumerate(CELL_CLASSES)}
+# Spellings seen in the wild: the data set's own abbreviations.csv says "Faggott cell".
+_ALIASES: dict[str, str] = {"faggott cell": "FGC"}
+
+
+def to_code(label: str) -> str:
+    """Map a code or full name (any case, surrounding blanks ignored) to its Matek code.
+
+    Raises ``KeyError`` naming the label and the accepted codes when it is not a Matek class, so
+    a typo in a folder name is reported rather than silently becoming a new class.
+    """
+    key = str(label).strip()
+    if key.upper() in BY_CODE:
+        return key.upper()
+    lowered = key.lower()
+    for cls in CELL_CLASSES:
+        if cls.name.lower() == lowered:
+            return cls.code
+    if lowered in _ALIASES:
+        return _ALIASES[lowered]
+    raise KeyError(f"{label!r} is not one of the 21 Matek classes ({', '.join(BY_CODE)})")
+
+
+def sort_codes(codes: Iterable[str]) -> list[str]:
+    """Codes in haematologists' order; unknown labels (custom data) follow, alphabetically."""
+    codes = set(codes)
+    known = sorted((c for c in codes if c in _ORDER), key=_ORDER.__getitem__)
+    return known + sorted(c for c in codes if c not in _ORDER)
+
+
+def full_name(code: str) -> str:
+    """Human-readable name for a code, or the code itself for a label outside the Matek set."""
+    cls = BY_CODE.get(code)
+    return cls.name if cls else code
+
+
+def lineage(code: str) -> str:
+    """Lineage group for a code; labels outside the Matek set count as ``abnormal/other``."""
+    cls = BY_CODE.get(code)
+    return cls.lineage if cls else "abnormal/other"
+
+
+def display_name(code: str) -> str:
+    """``"Blast (BLA)"``: what the app and reports show."""
+    name = full_name(code)
+    return f"{name} ({code})" if name != code else code
+
+
+def label_maps(codes: Iterable[str]) -> tuple[dict[int, str], dict[str, int]]:
+    """``id2label``/``label2id`` for a model trained on ``codes`` (any subset), in canonical order."""
+    ordered = sort_codes(codes)
+    id2label = dict(enumerate(ordered))
+    return id2label, {c: i for i, c in id2label.items()}

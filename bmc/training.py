@@ -1,0 +1,326 @@
+"""Fine-tuning with the Hugging Face ``Trainer``: losses for imbalanced classes, metrics, the run.
+
+``train_hf.py`` parses arguments and calls :func:`run`; everything a run does lives here so it
+can be tested and reused: load and split data, build the model, train with early stopping on
+macro-F1, calibrate on the validation split, evaluate the *saved* model on the test split and the
+external set, and write metrics, figures and the model card next to the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+
+from bmc import data as D
+from bmc import labels as L
+from bmc.calibration import calibrate
+from bmc.figures import plot_confusion_matrix, plot_training_curves
+from bmc.inference import dataset_logits
+from bmc.metrics import classification_metrics, per_class_rows, scalar_metrics, softmax
+from bmc.model import load_classifier, load_for_training, save_classifier
+from bmc.transforms import build_image_processor, make_eval_transform, make_train_transform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataArguments:
+    """Where the images come from and how they are split (names follow run_image_classification.py)."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id (needs network), e.g. ekim15/bone_marrow_cell_dataset"})
+    train_dir: str | None = field(default=None, metadata={"help": "Local folder: imagefolder, Kaggle layout, or parquet files"})
+    validation_dir: str | None = field(default=None, metadata={"help": "Separate validation folder (else carved from train_dir)"})
+    train_val_split: float = field(default=0.15, metadata={"help": "Fraction of each class used for validation"})
+    test_split: float = field(default=0.15, metadata={"help": "Fraction of each class held out for the final test"})
+    split_mode: str = field(default="block", metadata={"help": "'block' (whole runs of image numbers per split: no same-slide leakage) or 'random'"})
+    split_block_size: int = field(default=50, metadata={"help": "Consecutive image numbers per block in block mode"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training split (debugging, quick tests)"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation and test splits"})
+    image_column_name: str = field(default="image", metadata={"help": "Image column of a Hub/parquet dataset"})
+    label_column_name: str = field(default="label", metadata={"help": "Label column of a Hub/parquet dataset"})
+    external_dir: str | None = field(default=None, metadata={"help": "PBC-layout folder evaluated as out-of-domain data (never trained on)"})
+
+
+@dataclass
+class ModelArguments:
+    """Which backbone, at which input size, with which loss."""
+
+    model_name_or_path: str = field(default="facebook/dinov2-small", metadata={"help": "Hub id or local folder (safetensors)"})
+    ignore_mismatched_sizes: bool = field(default=False, metadata={"help": "Re-head a classifier trained on other classes"})
+    image_size: int = field(default=112, metadata={"help": "Square input side in pixels (DINOv2: a multiple of 14)"})
+    denoise: bool = field(default=False, metadata={"help": "OpenCV non-local-means denoising before the model"})
+    loss: str = field(default="weighted_ce", metadata={"help": "'ce', 'weighted_ce' (inverse class frequency) or 'focal'"})
+    focal_gamma: float = field(default=2.0, metadata={"help": "Focusing parameter of the focal loss"})
+    head_lr_multiplier: float = field(default=10.0, metadata={"help": "Learning rate of the new classification head relative to the backbone"})
+    drop_path_rate: float | None = field(default=0.1, metadata={"help": "Stochastic depth for ViT backbones"})
+    early_stopping_patience: int = field(default=3, metadata={"help": "Evaluations without macro-F1 gain before stopping (0: off)"})
+    review_target_accuracy: float = field(default=0.95, metadata={"help": "Validation accuracy required above the review threshold"})
+    export_dir: str | None = field(default=None, metadata={"help": "Where the final model, card and figures go (default: output_dir)"})
+    fp16_weights: bool = field(default=True, metadata={"help": "Store final weights as float16 (they load as float32)"})
+    model_name: str | None = field(default=None, metadata={"help": "Name used in the model card (default: export folder name)"})
+
+
+class CellTrainer(Trainer):
+    """``Trainer`` with a loss for imbalanced classes and a faster-learning classification head."""
+
+    def __init__(self, *args: Any, class_weights: torch.Tensor | None = None, loss_name: str = "weighted_ce",
+                 focal_gamma: float = 2.0, head_lr_multiplier: float = 1.0, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.class_weights = class_weights
+        self.loss_name = loss_name
+        self.focal_gamma = focal_gamma
+        self.head_lr_multiplier = head_lr_multiplier
+
+    def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = cell_loss(outputs.logits, labels, self.loss_name, self.class_weights, self.focal_gamma, self.args.label_smoothing_factor)
+        return (loss, outputs) if return_outputs else loss
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        _load_checkpoint_weights(model or self.model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        log.info("loading best checkpoint %s (%s = %s)", self.state.best_model_checkpoint,
+                 self.args.metric_for_best_model, self.state.best_metric)
+        _load_checkpoint_weights(self.model, self.state.best_model_checkpoint)
+
+    def create_optimizer(self, model: nn.Module | None = None):
+        """AdamW with the classifier head at ``head_lr_multiplier`` × the backbone learning rate:
+        the head starts from random weights, the backbone from good ones."""
+        if self.optimizer is None and self.head_lr_multiplier != 1.0:
+            model = model or self.model
+            decay = set(self.get_decay_parameter_names(model))
+            groups: dict[tuple[bool, bool], list] = {}
+            for name, param in model.named_parameters():
+                if param.requires_grad:
+                    groups.setdefault((name.startswith("classifier"), name in decay), []).append(param)
+            lr, wd = self.args.learning_rate, self.args.weight_decay
+            self.optimizer = torch.optim.AdamW(
+                [{"params": ps, "lr": lr * (self.head_lr_multiplier if head else 1.0), "weight_decay": wd if dec else 0.0}
+                 for (head, dec), ps in groups.items()],
+                betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon,
+            )
+        return super().create_optimizer()
+
+
+def _load_checkpoint_weights(model: nn.Module, checkpoint: str) -> None:
+    """Load a checkpoint's weights through ``from_pretrained``, which applies transformers' parameter
+    renames. (transformers 5 saves checkpoints under the legacy names and the Trainer's own
+    ``load_state_dict`` then silently skips DINOv2's attention weights when it resumes or restores
+    the best model.) Loading is strict: a mismatch raises instead of training on half-loaded weights."""
+    loaded = type(model).from_pretrained(checkpoint, config=model.config, use_safetensors=True, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+
+
+def cell_loss(logits: torch.Tensor, labels: torch.Tensor, name: str, class_weights: torch.Tensor | None,
+              gamma: float = 2.0, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy (plain or class-weighted) or focal loss (Lin et al. 2017), averaged over the batch."""
+    weights = class_weights.to(logits.device) if (class_weights is not None and name != "ce") else None
+    if name in ("ce", "weighted_ce"):
+        return nn.functional.cross_entropy(logits, labels, weight=weights, label_smoothing=label_smoothing)
+    if name == "focal":
+        logp = nn.functional.log_softmax(logits.float(), dim=-1)
+        logp_true = logp.gather(1, labels[:, None]).squeeze(1)
+        loss = -((1 - logp_true.exp()) ** gamma) * logp_true
+        if weights is not None:
+            loss = loss * weights[labels]
+            return loss.sum() / weights[labels].sum()
+        return loss.mean()
+    raise ValueError(f"unknown loss {name!r}: use ce, weighted_ce or focal")
+
+
+def inverse_frequency_weights(label_ids: list[int], n_classes: int) -> torch.Tensor:
+    """Weights ∝ 1/count, scaled to mean 1 over the classes present: rare classes count as much as common ones."""
+    counts = Counter(label_ids)
+    w = torch.tensor([1.0 / counts[i] if counts[i] else 0.0 for i in range(n_classes)])
+    return w * (sum(1 for i in range(n_classes) if counts[i]) / w.sum())
+
+
+def compute_metrics(eval_pred: Any) -> dict[str, float]:
+    """Scalar metrics for the Trainer's evaluation loop (best checkpoint is chosen by macro-F1)."""
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    return scalar_metrics(classification_metrics(softmax(logits), labels, num_classes=logits.shape[1]))
+
+
+def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[D.SkippedFile], list[dict]]:
+    """Load, check and split the data; return the DatasetDict, skipped files and manifest rows."""
+    if not args.dataset_name and not args.train_dir:
+        raise ValueError("give --train_dir (a local folder) or --dataset_name (a Hub dataset id)")
+    cells = D.load_cells(args.dataset_name or args.train_dir, args.image_column_name, args.label_column_name)
+    ds, skipped = cells.dataset, list(cells.skipped)
+    sources, label_ids = ds["source"], ds["label"]
+    val_fraction = 0.0 if args.validation_dir else args.train_val_split
+    if args.split_mode == "block" and not any(D.image_number(s) is not None for s in sources):
+        log.warning("no image numbers in the file names: falling back to a random split")
+        args.split_mode = "random"
+    splits = D.assign_splits(sources, label_ids, val_fraction, args.test_split, args.split_mode, args.split_block_size, seed)
+    dsd = D.split_cells(ds, splits)
+    if args.validation_dir:
+        val = D.load_folder(args.validation_dir, codes=cells.codes)
+        skipped += val.skipped
+        dsd["validation"] = val.dataset
+        sources = list(sources) + val.dataset["source"]
+        label_ids = list(label_ids) + val.dataset["label"]
+        splits = splits + ["validation"] * len(val.dataset)
+    if "validation" not in dsd:
+        raise ValueError("no validation images: give --validation_dir or a --train_val_split above 0")
+    if args.max_train_samples:
+        dsd["train"] = dsd["train"].shuffle(seed=seed).select(range(min(args.max_train_samples, len(dsd["train"]))))
+    if args.max_eval_samples:
+        for name in ("validation", "test"):
+            if name in dsd:
+                dsd[name] = dsd[name].shuffle(seed=seed).select(range(min(args.max_eval_samples, len(dsd[name]))))
+    codes = cells.codes
+    manifest = [{"source": s, "label": codes[l], "split": sp} for s, l, sp in zip(sources, label_ids, splits)]
+    return dsd, skipped, manifest
+
+
+def _evaluate(model: Any, processor: Any, dataset: Any, codes: list[str], temperature: float, use_denoise: bool) -> dict:
+    logits, labels = dataset_logits(model, processor, dataset, use_denoise=use_denoise)
+    result = classification_metrics(softmax(logits, temperature), labels, num_classes=len(codes))
+    result["per_class_rows"] = per_class_rows(result, codes)
+    result["n_images"] = int(len(labels))
+    return result
+
+
+def use_all_cores_when_alone() -> None:
+    """``accelerate launch`` sets ``OMP_NUM_THREADS=1`` for every process, which on a CPU-only
+    single-process run halves (2 cores) or worse the speed. With one process, use every core."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and torch.get_num_threads() == 1 and (os.cpu_count() or 1) > 1:
+        torch.set_num_threads(os.cpu_count() or 1)
+
+
+def run(data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments) -> dict:
+    """The whole training run; returns the metrics written to ``metrics.json``."""
+    use_all_cores_when_alone()
+    export_dir = Path(model_args.export_dir or training_args.output_dir)
+    dsd, skipped, manifest = prepare_data(data_args, training_args.seed)
+    codes = dsd["train"].features["label"].names
+    id2label, label2id = {i: c for i, c in enumerate(codes)}, {c: i for i, c in enumerate(codes)}
+    log.info("classes: %s; split sizes: %s; skipped files: %d", codes, {k: len(v) for k, v in dsd.items()}, len(skipped))
+
+    model = load_for_training(model_args.model_name_or_path, id2label, label2id,
+                              model_args.ignore_mismatched_sizes, model_args.drop_path_rate)
+    base_processor = _base_processor(model_args.model_name_or_path)
+    processor = build_image_processor(model_args.image_size, tuple(base_processor.image_mean), tuple(base_processor.image_std))
+    train_ds = dsd["train"].with_transform(make_train_transform(processor, model_args.denoise))
+    val_ds = dsd["validation"].with_transform(make_eval_transform(processor, model_args.denoise))
+
+    training_args.remove_unused_columns = False
+    # transformers defaults the selection metric to the loss; bmc selects by macro-F1 unless told otherwise.
+    if training_args.metric_for_best_model in (None, "loss", "eval_loss"):
+        training_args.metric_for_best_model, training_args.greater_is_better = "macro_f1", True
+    callbacks = []
+    if model_args.early_stopping_patience and training_args.load_best_model_at_end:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=model_args.early_stopping_patience))
+    trainer = CellTrainer(
+        model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
+        processing_class=processor, data_collator=_collate, compute_metrics=compute_metrics, callbacks=callbacks,
+        class_weights=inverse_frequency_weights(dsd["train"]["label"], len(codes)), loss_name=model_args.loss,
+        focal_gamma=model_args.focal_gamma, head_lr_multiplier=model_args.head_lr_multiplier,
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if not trainer.is_world_process_zero():
+        return {}
+
+    # Calibrate on validation, then export atomically and evaluate what was actually saved.
+    model = trainer.model.eval()
+    val_logits, val_labels = dataset_logits(model, processor, dsd["validation"], use_denoise=model_args.denoise)
+    calib = calibrate(val_logits, val_labels, model_args.review_target_accuracy)
+    model.config.bmc_temperature = calib["temperature"]
+    model.config.bmc_review_threshold = calib["review_threshold"]
+    model.config.bmc_denoise = model_args.denoise
+    export_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".bmc-export-", dir=export_dir.parent))
+    save_classifier(model, processor, staging, fp16=model_args.fp16_weights)
+    saved_model, saved_processor = load_classifier(str(staging))
+
+    results: dict[str, Any] = {
+        "model_name": model_args.model_name or export_dir.name,
+        "classes": codes,
+        "base_model": model_args.model_name_or_path,
+        "base_model_source": _base_source(model_args.model_name_or_path),
+        "data": {k: v for k, v in asdict(data_args).items()},
+        "model_args": {k: v for k, v in asdict(model_args).items() if k != "export_dir"},
+        "training": {k: getattr(training_args, k) for k in (
+            "learning_rate", "num_train_epochs", "per_device_train_batch_size", "weight_decay", "warmup_steps",
+            "lr_scheduler_type", "label_smoothing_factor", "seed", "gradient_accumulation_steps")},
+        "split_sizes": {k: len(v) for k, v in dsd.items()},
+        "split_counts": {k: dict(Counter(codes[i] for i in v["label"])) for k, v in dsd.items()},
+        "skipped_files": len(skipped),
+        "epochs_trained": trainer.state.epoch,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "train_runtime_s": train_result.metrics.get("train_runtime"),
+        "calibration": calib,
+        "n_parameters": int(sum(p.numel() for p in saved_model.parameters())),
+    }
+    results["validation"] = _evaluate(saved_model, saved_processor, dsd["validation"], codes, calib["temperature"], model_args.denoise)
+    if "test" in dsd:
+        results["test"] = _evaluate(saved_model, saved_processor, dsd["test"], codes, calib["temperature"], model_args.denoise)
+    if data_args.external_dir:
+        ext_ds, excluded = D.load_pbc_external(data_args.external_dir, codes)
+        if len(ext_ds):
+            results["external"] = _evaluate(saved_model, saved_processor, ext_ds, codes, calib["temperature"], model_args.denoise)
+            results["external"]["excluded"] = excluded
+            results["external"]["source"] = data_args.external_dir
+
+    D.write_manifest(staging / "split_manifest.csv", [m["source"] for m in manifest], [m["label"] for m in manifest], [m["split"] for m in manifest])
+    D.write_skipped(staging / "skipped_files.csv", skipped)
+    if "test" in results:
+        plot_confusion_matrix(results["test"]["confusion_matrix"], codes, staging / "confusion_matrix.png",
+                              f"test split ({results['test']['n_images']} images)")
+    plot_training_curves(trainer.state.log_history, staging / "training_curves.png")
+    (staging / "metrics.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    from bmc.model_card import render_card
+
+    render_card(staging)
+    _replace_dir_contents(staging, export_dir)
+    log.info("model, card and figures written to %s", export_dir)
+    return results
+
+
+def _replace_dir_contents(staging: Path, target: Path) -> None:
+    """Move finished files into ``target`` one rename at a time (same file system): the target never
+    holds a half-written model file, and checkpoints already in ``target`` are left alone."""
+    target.mkdir(parents=True, exist_ok=True)
+    for item in staging.iterdir():
+        os.replace(item, target / item.name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _collate(examples: list[dict]) -> dict[str, torch.Tensor]:
+    return {
+        "pixel_values": torch.from_numpy(np.stack([np.asarray(e["pixel_values"], np.float32) for e in examples])),
+        "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long),
+    }
+
+
+def _base_processor(name_or_path: str) -> Any:
+    """The base model's processor, for its normalisation statistics (ImageNet if it has none)."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(name_or_path)
+    except (OSError, ValueError):
+        return build_image_processor(224)
+
+
+def _base_source(name_or_path: str) -> str:
+    """Provenance of the base weights for the card: a SOURCE.json written by ``bmc base-weights``."""
+    source = Path(name_or_path) / "SOURCE.json"
+    if source.is_file():
+        return json.loads(source.read_text())["source"]
+    return f"Hugging Face Hub: {name_or_path}"

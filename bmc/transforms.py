@@ -1,0 +1,107 @@
+"""Preprocessing (shared by training, evaluation and serving) and train-time augmentation.
+
+Evaluation and serving use the model's own image processor — the very object that
+``pipeline("image-classification")`` loads from ``preprocessor_config.json`` — so the figures in
+the model card are the figures a pipeline user gets. Training adds albumentations (OpenCV)
+augmentation before the same normalisation:
+
+* rotation by ±20° and 90° turns, horizontal/vertical flips: a cell on a slide has no orientation;
+* random resized crop (zoom), brightness/contrast: focus and illumination vary;
+* hue/saturation jitter: stain intensity and hue differ between labs, the main domain shift.
+
+Optional OpenCV non-local-means denoising is recorded in the model config (``bmc_denoise``) so
+that bmc's predictor applies it at inference too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import albumentations as A
+import cv2
+import numpy as np
+from PIL import Image
+from transformers.models.vit import ViTImageProcessorPil
+
+from bmc.data import open_image
+
+DEFAULT_MEAN = (0.485, 0.456, 0.406)
+DEFAULT_STD = (0.229, 0.224, 0.225)
+
+
+def build_image_processor(size: int, mean: tuple[float, ...] = DEFAULT_MEAN, std: tuple[float, ...] = DEFAULT_STD) -> ViTImageProcessorPil:
+    """Square resize of the whole cell image, rescale to [0, 1], normalise.
+
+    A square resize (not resize-then-centre-crop, as ImageNet processors do) keeps the whole cell:
+    Matek crops are centred on the cell and a centre crop can cut a large blast in half.
+    """
+    return ViTImageProcessorPil(
+        do_resize=True, size={"height": size, "width": size}, resample=Image.Resampling.BILINEAR,
+        do_rescale=True, do_normalize=True, image_mean=list(mean), image_std=list(std),
+    )
+
+
+def processor_size(processor: Any) -> int:
+    """The square input side of a processor, whichever way its size is spelled."""
+    size = processor.size
+    if "height" in size:
+        return int(size["height"])
+    crop = getattr(processor, "crop_size", None) or {}
+    return int(crop.get("height") or size.get("shortest_edge"))
+
+
+def denoise(rgb: np.ndarray) -> np.ndarray:
+    """OpenCV non-local-means denoising, mild settings that keep granules and chromatin."""
+    return cv2.fastNlMeansDenoisingColored(rgb, None, 3, 3, 7, 21)
+
+
+def train_augmentation(size: int) -> A.Compose:
+    """The train-time augmentation, ending at ``size``×``size`` uint8 RGB (normalisation follows)."""
+    return A.Compose([
+        A.RandomRotate90(p=1.0),
+        A.Rotate(limit=20, border_mode=cv2.BORDER_REFLECT_101, p=0.7),
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.RandomResizedCrop(size=(size, size), scale=(0.65, 1.0), ratio=(0.85, 1.18), interpolation=cv2.INTER_AREA, p=1.0),
+        A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.7),
+        A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=20, val_shift_limit=10, p=0.7),
+    ])
+
+
+def _normalise(rgb: np.ndarray, processor: Any) -> np.ndarray:
+    arr = rgb.astype(np.float32) * float(processor.rescale_factor)
+    arr = (arr - np.asarray(processor.image_mean, np.float32)) / np.asarray(processor.image_std, np.float32)
+    return arr.transpose(2, 0, 1)
+
+
+def make_train_transform(processor: Any, use_denoise: bool = False) -> Callable[[dict], dict]:
+    """A ``datasets`` ``set_transform`` function: decode, augment, normalise, to ``pixel_values``."""
+    augment = train_augmentation(processor_size(processor))
+
+    def transform(batch: dict) -> dict:
+        pixels = []
+        for image in batch["image"]:
+            rgb = np.asarray(open_image(image))
+            if use_denoise:
+                rgb = denoise(rgb)
+            pixels.append(_normalise(augment(image=rgb)["image"], processor))
+        return {"pixel_values": pixels, "labels": batch["label"]}
+
+    return transform
+
+
+def preprocess(images: list[Image.Image], processor: Any, use_denoise: bool = False) -> np.ndarray:
+    """Evaluation/serving preprocessing: exactly the image processor (plus optional denoising)."""
+    if use_denoise:
+        images = [Image.fromarray(denoise(np.asarray(im))) for im in images]
+    return np.asarray(processor(images=images, return_tensors="np")["pixel_values"], dtype=np.float32)
+
+
+def make_eval_transform(processor: Any, use_denoise: bool = False) -> Callable[[dict], dict]:
+    """A ``datasets`` ``set_transform`` function for validation and test: no augmentation."""
+
+    def transform(batch: dict) -> dict:
+        images = [open_image(image) for image in batch["image"]]
+        return {"pixel_values": list(preprocess(images, processor, use_denoise)), "labels": batch["label"]}
+
+    return transform

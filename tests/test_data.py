@@ -1,0 +1,164 @@
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import pytest
+
+from bmc import data as D
+from conftest import MATEK, PBC, image_bytes, matek_images
+
+
+def test_kaggle_layout_labels_come_from_the_top_folder(shared_data):
+    records, skipped = D.scan_folder(MATEK)  # root holds abbreviations.csv and one wrapper folder
+    counts = Counter(code for _, code in records)
+    assert counts == {"ART": 400, "BLA": 500, "EOS": 500, "LYT": 500, "MON": 500, "NGS": 500, "NIF": 500, "PMO": 500}
+    assert all(Path(p).parent.name == "0001-1000" for p, _ in records)  # the range folder is not the label
+    assert skipped == []
+
+
+def _write(path: Path, payload: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(payload)
+    return path
+
+
+@pytest.fixture
+def messy_folder(tmp_path: Path) -> Path:
+    """A Kaggle-style folder with good images and every kind of broken file."""
+    root = tmp_path / "cells"
+    for code in ("BLA", "NGS"):
+        for i in range(1, 4):
+            _write(root / code / "0001-1000" / f"{code}_{i:05d}.jpg", image_bytes("JPEG"))
+    _write(root / "BLA" / "0001-1000" / "BLA_00010.jpg", b"")  # zero bytes
+    _write(root / "BLA" / "0001-1000" / "BLA_00011.jpg", b"this is a text file, not a jpeg")
+    _write(root / "NGS" / "0001-1000" / "NGS_00012.jpg", image_bytes("JPEG", (128, 128))[:300])  # truncated
+    _write(root / "NGS" / "0001-1000" / "NGS_00013.jpg", b"\0" * (D.MAX_FILE_BYTES + 1))  # oversize
+    _write(root / "NGS" / "notes.txt", b"slide notes")
+    _write(root / "README.csv", b"ignored: not inside a class folder")
+    return root
+
+
+def test_broken_files_are_skipped_with_reasons_not_fatal(messy_folder):
+    cells = D.load_folder(messy_folder)
+    assert len(cells.dataset) == 6
+    assert cells.codes == ["BLA", "NGS"]
+    reasons = {Path(s.source).name: s.reason for s in cells.skipped}
+    assert set(reasons) == {"BLA_00010.jpg", "BLA_00011.jpg", "NGS_00012.jpg", "NGS_00013.jpg", "notes.txt"}
+    assert "empty" in reasons["BLA_00010.jpg"]
+    assert "not an image" in reasons["BLA_00011.jpg"]
+    assert "truncated" in reasons["NGS_00012.jpg"] or "damaged" in reasons["NGS_00012.jpg"]
+    assert "limit is 10 MB" in reasons["NGS_00013.jpg"]
+    assert "not an image file type" in reasons["notes.txt"]
+    D.write_skipped(messy_folder.parent / "skipped.csv", cells.skipped)
+    assert len((messy_folder.parent / "skipped.csv").read_text().splitlines()) == 6
+
+
+def test_plain_imagefolder_with_full_names(tmp_path):
+    for name in ("Lymphocyte", "monocyte"):
+        for i in range(2):
+            _write(tmp_path / name / f"img{i}.png", image_bytes("PNG"))
+    cells = D.load_cells(str(tmp_path))
+    assert cells.codes == ["LYT", "MON"]
+    assert isinstance(cells.dataset.features["image"], datasets.Image)
+    assert cells.dataset[0]["image"].size == (64, 64)
+
+
+def test_parquet_source_with_string_labels_and_a_bad_row(tmp_path):
+    paths = matek_images("EOS", 3) + matek_images("MON", 3)
+    rows = {"img": [{"bytes": p.read_bytes(), "path": None} for p in paths] + [{"bytes": b"junk", "path": None}],
+            "cell": ["Eosinophil"] * 3 + ["MON"] * 3 + ["EOS"]}
+    ds = datasets.Dataset.from_dict(rows, features=datasets.Features({"img": datasets.Image(), "cell": datasets.Value("string")}))
+    ds.to_parquet(str(tmp_path / "train.parquet"))
+    cells = D.load_cells(str(tmp_path / "train.parquet"), image_column="img", label_column="cell")
+    assert cells.codes == ["EOS", "MON"]
+    assert Counter(cells.dataset["label"]) == {0: 3, 1: 3}
+    assert len(cells.skipped) == 1 and "not an image" in cells.skipped[0].reason
+
+
+def test_missing_column_is_named(tmp_path):
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": image_bytes(), "path": None}], "y": ["BLA"]},
+                                    features=datasets.Features({"image": datasets.Image(), "y": datasets.Value("string")}))
+    ds.to_parquet(str(tmp_path / "x.parquet"))
+    with pytest.raises(ValueError, match="column 'label' not in the dataset"):
+        D.load_cells(str(tmp_path / "x.parquet"))
+
+
+def _fake_sources(n_per_class: int = 500, classes=("A", "B", "C")):
+    sources, labels = [], []
+    for k, c in enumerate(classes):
+        for i in range(1, n_per_class + 1):
+            sources.append(f"/x/{c}/0001-1000/{c}_{i:05d}.jpg")
+            labels.append(k)
+    return sources, labels
+
+
+def test_split_is_deterministic_and_stratified():
+    sources, labels = _fake_sources()
+    a = D.assign_splits(sources, labels, 0.15, 0.15, "random", seed=1)
+    assert a == D.assign_splits(sources, labels, 0.15, 0.15, "random", seed=1)
+    assert a != D.assign_splits(sources, labels, 0.15, 0.15, "random", seed=2)
+    for k in range(3):
+        per_class = Counter(s for s, l in zip(a, labels) if l == k)
+        assert per_class == {"train": 350, "validation": 75, "test": 75}
+
+
+def test_block_split_keeps_neighbouring_numbers_together():
+    sources, labels = _fake_sources()
+    splits = D.assign_splits(sources, labels, 0.15, 0.15, "block", block_size=50, seed=0)
+    block_splits = {}
+    for src, split in zip(sources, splits):
+        key = (Path(src).parent.parent.name, (D.image_number(src) - 1) // 50)
+        block_splits.setdefault(key, set()).add(split)
+    assert all(len(s) == 1 for s in block_splits.values())
+    assert Counter(splits) == {"train": 1050, "validation": 150, "test": 300}  # 10 blocks/class: 7/1/2
+
+
+def test_manifest_round_trip(tmp_path):
+    D.write_manifest(tmp_path / "m.csv", ["a.jpg", "b.jpg"], ["BLA", "NGS"], ["train", "test"])
+    assert D.read_manifest(tmp_path / "m.csv") == [
+        {"source": "a.jpg", "label": "BLA", "split": "train"}, {"source": "b.jpg", "label": "NGS", "split": "test"}]
+
+
+def test_pbc_external_maps_prefixes_not_folders(shared_data):
+    ds, excluded = D.load_pbc_external(PBC, ["NGS", "EOS", "PMO"])
+    codes = ds.features["label"].names
+    counts = Counter(codes[i] for i in ds["label"])
+    assert counts == {"NGS": 100, "EOS": 100, "PMO": 100}  # band neutrophils (BNE) are not NGS
+    assert excluded["NGB"] == 30 and excluded["unmapped"] == 30  # platelets
+
+
+@pytest.mark.parametrize("payload,fmt,mode,expect", [
+    (lambda: image_bytes("PNG", mode="RGBA"), "PNG", "RGBA", None),
+    (lambda: image_bytes("PNG", mode="P"), "PNG", "P", None),
+    (lambda: image_bytes("PNG", mode="L"), "PNG", "L", None),
+    (lambda: image_bytes("PNG", mode="I;16"), "PNG", "I;16", None),
+    (lambda: image_bytes("JPEG", mode="CMYK"), "JPEG", "CMYK", None),
+    (lambda: image_bytes("TIFF"), "TIFF", "RGB", None),
+    (lambda: image_bytes("BMP"), "BMP", "RGB", None),
+    (lambda: image_bytes("PNG", size=(1, 1)), "PNG", "RGB", "too small"),
+    (lambda: b"", "", "", "empty"),
+    (lambda: b"GIF89a-not-really", "", "", "not an image"),
+])
+def test_open_image_converts_or_names_the_problem(payload, fmt, mode, expect):
+    if expect is None:
+        img = D.open_image(payload(), name="upload")
+        assert img.mode == "RGB" and img.size == (64, 64)
+    else:
+        with pytest.raises(D.ImageError, match=expect):
+            D.open_image(payload(), name="upload")
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    # A 20000×20000 PNG header (compresses to a few hundred kB of zeros) must be refused by size.
+    import io
+    import zlib
+    import struct
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    w = h = 20000
+    raw = zlib.compress(b"\0" * (w + 1) * 64)  # only the first rows: decoding would fail anyway
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+    with pytest.raises(D.ImageError, match="too large"):
+        D.open_image(png, name="bomb.png")

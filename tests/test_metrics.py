@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+
+from bmc.metrics import classification_metrics, softmax
+
+
+def test_metrics_match_hand_computed_values():
+    # 4 images, 3 classes. argmax predictions: 0, 1, 0, 2; truth: 0, 1, 1, 2.
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])
+    r = classification_metrics(probs, [0, 1, 1, 2])
+    assert r["accuracy"] == pytest.approx(3 / 4)
+    # recall: class0 1/1, class1 1/2, class2 1/1 -> balanced = (1 + .5 + 1) / 3
+    assert r["balanced_accuracy"] == pytest.approx(2.5 / 3)
+    # precision: class0 1/2, class1 1/1, class2 1/1
+    assert r["per_class"]["precision"] == pytest.approx([0.5, 1.0, 1.0])
+    # F1: 2/3, 2/3, 1
+    assert r["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert r["weighted_f1"] == pytest.approx((2 / 3 * 1 + 2 / 3 * 2 + 1 * 1) / 4)
+    assert r["confusion_matrix"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    assert r["per_class"]["support"] == [1, 2, 1]
+    # the third image's truth (1) is its second choice
+    assert r["top2_accuracy"] == pytest.approx(1.0)
+    # ECE with 15 bins: bins hold {0.6: wrong}, {0.7: right}, {0.8: right}, {0.9: right}
+    expected = (abs(0 - 0.6) + abs(1 - 0.7) + abs(1 - 0.8) + abs(1 - 0.9)) / 4
+    assert r["ece"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_macro_average_ignores_classes_absent_from_the_references():
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1]])
+    r = classification_metrics(probs, [0, 1], num_classes=3)
+    assert r["macro_f1"] == pytest.approx(1.0)
+    assert len(r["confusion_matrix"]) == 3
+
+
+def test_softmax_temperature_flattens():
+    logits = np.array([[2.0, 0.0]])
+    assert softmax(logits, 2.0)[0, 0] < softmax(logits, 1.0)[0, 0]
+    assert softmax(logits).sum() == pytest.approx(1.0)

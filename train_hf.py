@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""Fine-tune a bone marrow cell classifier with the Hugging Face Trainer.
+
+Arguments follow transformers' ``run_image_classification.py`` (plus bmc's own, see
+``bmc/training.py``); all ``TrainingArguments`` are accepted, or one JSON file holding them all::
+
+    accelerate launch train_hf.py --train_dir ../shared/data/bone-marrow-cells --output_dir runs/x ...
+    accelerate launch train_hf.py config.json
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from bmc.hub import HubArguments, publish
+from bmc.training import DataArguments, ModelArguments, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser((DataArguments, ModelArguments, HubArguments, TrainingArguments))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        data_args, model_args, hub_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
+    else:
+        data_args, model_args, hub_args, training_args = parser.parse_args_into_dataclasses(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # bmc publishes the finished folder itself (with its own card), not the Trainer's checkpoints.
+    push, training_args.push_to_hub = training_args.push_to_hub, False
+    try:
+        results = run(data_args, model_args, training_args)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        logging.getLogger("train_hf").error("%s", exc)
+        return 2
+    if push and results:
+        url = publish(model_args.export_dir or training_args.output_dir, hub_args.hub_model_id or training_args.hub_model_id,
+                      token=training_args.hub_token, private=hub_args.hub_private)
+        logging.getLogger("train_hf").info("pushed to %s", url)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

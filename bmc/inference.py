@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from bmc import labels as L
 from bmc.metrics import softmax
 from bmc.model import load_classifier
 from bmc.transforms import preprocess
@@ -50,6 +51,20 @@ class Prediction:
         return sorted(self.probs.items(), key=lambda kv: -kv[1])[:k]
 
 
+def model_version(name_or_path: str, config: Any) -> str:
+    """A short identifier of the exact weights: the Hub commit, or a hash of the local safetensors."""
+    commit = getattr(config, "_commit_hash", None)
+    if commit:
+        return commit[:12]
+    weights = sorted(Path(name_or_path).glob("*.safetensors"))
+    digest = hashlib.sha256()
+    for w in weights:
+        with open(w, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()[:12] if weights else "unknown"
+
+
 class Predictor:
     """A loaded model plus its calibration: the one object the app and the CLI predict with."""
 
@@ -61,6 +76,7 @@ class Predictor:
         self.temperature = float(getattr(cfg, "bmc_temperature", 1.0) or 1.0)
         self.threshold = float(getattr(cfg, "bmc_review_threshold", 0.5) or 0.5)
         self.use_denoise = bool(getattr(cfg, "bmc_denoise", False))
+        self.version = model_version(name_or_path, cfg)
 
     def predict(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[Prediction]:
         logits = predict_logits(self.model, self.processor, images, batch_size, self.use_denoise)
@@ -74,5 +90,3 @@ class Predictor:
             ))
         return out
 
-    def display_names(self, codes: Iterable[str]) -> list[str]:
-        return [L.display_name(c) for c in codes]

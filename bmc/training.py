@@ -24,7 +24,6 @@ from torch import nn
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
 from bmc import data as D
-from bmc import labels as L
 from bmc.calibration import calibrate
 from bmc.figures import plot_confusion_matrix, plot_training_curves
 from bmc.inference import dataset_logits

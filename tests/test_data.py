@@ -150,7 +150,6 @@ def test_open_image_converts_or_names_the_problem(payload, fmt, mode, expect):
 
 def test_decompression_bomb_is_refused_before_decoding():
     # A 20000×20000 PNG header (compresses to a few hundred kB of zeros) must be refused by size.
-    import io
     import zlib
     import struct
 

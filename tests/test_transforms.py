@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from bmc.transforms import build_image_processor, make_eval_transform, make_train_transform, preprocess, processor_size
+from conftest import matek_images
+
+
+@pytest.fixture
+def cells(shared_data):
+    return [Image.open(p) for p in matek_images("BLA", 4)]
+
+
+def test_eval_transform_is_exactly_the_image_processor(cells):
+    processor = build_image_processor(112)
+    ours = np.stack(make_eval_transform(processor)({"image": cells, "label": [0] * 4})["pixel_values"])
+    theirs = processor(images=[c.convert("RGB") for c in cells], return_tensors="np")["pixel_values"]
+    assert ours.shape == (4, 3, 112, 112)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_train_transform_augments_but_keeps_shape_and_scale(cells):
+    processor = build_image_processor(112)
+    transform = make_train_transform(processor)
+    a = np.stack(transform({"image": cells, "label": [1] * 4})["pixel_values"])
+    b = np.stack(transform({"image": cells, "label": [1] * 4})["pixel_values"])
+    assert a.shape == (4, 3, 112, 112) and a.dtype == np.float32
+    assert not np.allclose(a, b)  # random each call
+    clean = preprocess([c.convert("RGB") for c in cells], processor)
+    # Same normalisation: per-channel means of augmented and clean batches stay close.
+    assert np.abs(a.mean(axis=(0, 2, 3)) - clean.mean(axis=(0, 2, 3))).max() < 0.5
+
+
+def test_denoise_option_changes_pixels_only_slightly(cells):
+    processor = build_image_processor(56)
+    plain = preprocess([cells[0].convert("RGB")], processor)
+    smooth = preprocess([cells[0].convert("RGB")], processor, use_denoise=True)
+    assert 0 < np.abs(plain - smooth).mean() < 0.2
+
+
+def test_processor_size_reads_both_spellings():
+    from transformers.models.bit import BitImageProcessorPil
+
+    assert processor_size(build_image_processor(98)) == 98
+    assert processor_size(BitImageProcessorPil(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224})) == 224

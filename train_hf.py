@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("train_hf").error("%s", exc)
         return 2
     if push and results:
-        url = publish(model_args.export_dir or training_args.output_dir, hub_args.hub_model_id or training_args.hub_model_id,
+        url = publish(model_args.export_dir or training_args.output_dir, training_args.hub_model_id,
                       token=training_args.hub_token, private=hub_args.hub_private)
         logging.getLogger("train_hf").info("pushed to %s", url)
     return 0

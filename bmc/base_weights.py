@@ -136,3 +136,25 @@ def materialise_dinov2_small(out_dir: Path, onnx_path: Path | None = None) -> Pa
     ).save_pretrained(out_dir)
     (out_dir / "SOURCE.json").write_text(json.dumps({"source": SOURCE_NOTE, "onnx": onnx_path.name}, indent=2))
     return out_dir
+
+
+#: A small ConvNeXt for training from scratch: the comparison route, since no pretrained ConvNeXt
+#: weights can be had offline (users with a network can start from facebook/convnext-tiny-224).
+CONVNEXT_SMALL_SCRATCH = dict(depths=[2, 2, 6, 2], hidden_sizes=[40, 80, 160, 320], patch_size=4, drop_path_rate=0.1)
+
+
+def materialise_convnext_scratch(out_dir: Path, seed: int = 0) -> Path:
+    """Write a randomly initialised small ConvNeXt (about 3.5 M parameters) as a model folder."""
+    from transformers import ConvNextConfig, ConvNextModel
+
+    torch.manual_seed(seed)
+    model = ConvNextModel(ConvNextConfig(**CONVNEXT_SMALL_SCRATCH))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    from bmc.transforms import build_image_processor
+
+    build_image_processor(128).save_pretrained(out_dir)
+    note = f"randomly initialised ConvNeXt {CONVNEXT_SMALL_SCRATCH} (seed {seed}); trained from scratch"
+    (out_dir / "SOURCE.json").write_text(json.dumps({"source": note}, indent=2))
+    return out_dir

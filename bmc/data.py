@@ -265,7 +265,11 @@ def load_cells(source: str, image_column: str = "image", label_column: str = "la
     if path.is_dir():
         return load_folder(path)
     if path.suffix == ".parquet":
+        if not path.is_file():
+            raise FileNotFoundError(f"parquet file not found: {source}")
         return load_hub_or_parquet(str(path), image_column, label_column)
+    if source.startswith((".", "/", "~")) or source.count("/") != 1:
+        raise FileNotFoundError(f"data folder not found: {source} (a Hub dataset id looks like 'owner/name')")
     return load_hub_or_parquet(source, image_column, label_column)
 
 

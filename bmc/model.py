@@ -46,7 +46,7 @@ def load_for_training(
     ``ignore_mismatched_sizes`` lets a classifier trained on other classes be re-headed.
     """
     check_safetensors(name_or_path)
-    config = AutoConfig.from_pretrained(name_or_path, num_labels=len(id2label), id2label=id2label, label2id=label2id)
+    config = AutoConfig.from_pretrained(name_or_path, id2label=id2label, label2id=label2id)
     if drop_path_rate is not None and hasattr(config, "drop_path_rate"):
         config.drop_path_rate = drop_path_rate
     return AutoModelForImageClassification.from_pretrained(

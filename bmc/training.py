@@ -249,6 +249,7 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
 
     results: dict[str, Any] = {
         "model_name": model_args.model_name or export_dir.name,
+        "hub_model_id": training_args.hub_model_id,
         "classes": codes,
         "base_model": model_args.model_name_or_path,
         "base_model_source": _base_source(model_args.model_name_or_path),

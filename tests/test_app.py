@@ -1,0 +1,185 @@
+"""The real app, started on a free localhost port and driven through gradio_client and Chromium."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import BUNDLED, ROOT, UNSEEN, image_bytes, matek_images
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(shared_data):
+    if not (BUNDLED / "model.safetensors").is_file():
+        pytest.fail(f"bundled model missing at {BUNDLED}")
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SERVER_PORT": str(port)}
+    env.pop("GRADIO_SERVER_NAME", None)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 180
+    import urllib.request
+
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("app exited during start-up:\n" + proc.stdout.read()[-3000:])
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("app did not start within 180 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False)
+
+
+def test_listens_on_loopback_only(app_url):
+    assert app_url.startswith("http://127.0.0.1:")
+
+
+def test_named_endpoints(client):
+    assert {"/classify", "/explain", "/count"} <= set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+
+
+@pytest.mark.parametrize("code", ["NGS", "EOS", "LYT"])
+def test_classify_real_cells(client, code):
+    from gradio_client import handle_file
+
+    label, verdict = client.predict(handle_file(str(matek_images(code, 200)[-1])), 3, api_name="/classify")
+    assert len(label["confidences"]) == 3
+    assert sum(c["confidence"] for c in label["confidences"]) <= 1.0 + 1e-6
+    assert "not a diagnosis" in verdict or "review manually" in verdict
+    assert f"({code})" in label["label"]  # these three classes are the model's most reliable
+
+
+def test_unseen_cell_types_are_flagged_or_hedged(client):
+    from gradio_client import handle_file
+
+    verdicts = [client.predict(handle_file(str(p)), 2, api_name="/classify")[1] for p in sorted(UNSEEN.glob("*.jpg"))]
+    assert len(verdicts) == 6
+    # Every answer carries either the review flag or the not-a-diagnosis caveat with the threshold shown.
+    assert all(("review manually" in v) or ("review threshold" in v) for v in verdicts)
+
+
+@pytest.mark.parametrize("method", ["Grad-CAM", "Integrated Gradients", "Occlusion", "Attention rollout"])
+def test_explain_every_method(client, method):
+    from gradio_client import handle_file
+    from PIL import Image
+
+    path, note = client.predict(handle_file(str(matek_images("EOS", 1)[0])), method, "predicted class", 0.5, False,
+                                api_name="/explain")
+    assert Image.open(path).size == (250, 250)
+    assert method in note
+
+
+def test_explain_a_chosen_class(client):
+    from gradio_client import handle_file
+
+    _, note = client.predict(handle_file(str(matek_images("EOS", 1)[0])), "Grad-CAM", "Monocyte (MON)", 0.3, False,
+                             api_name="/explain")
+    assert "Monocyte (MON)" in note
+
+
+def test_count_many_cells_and_a_zip(client, tmp_path):
+    from gradio_client import handle_file
+
+    cells = matek_images("NGS", 3) + matek_images("LYT", 3)
+    archive = tmp_path / "cells.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in matek_images("EOS", 2):
+            zf.write(p, p.name)
+        zf.writestr("../evil.jpg", image_bytes())
+        zf.writestr("readme.txt", "hi")
+    table, summary, chart, flagged, files = client.predict([handle_file(str(p)) for p in cells] + [handle_file(str(archive))],
+                                                           api_name="/count")
+    assert sum(row[2] for row in table["data"]) == 8
+    assert "8 cells" in summary and "2 files skipped" in summary and "unsafe path" in summary
+    assert [row[0] for row in table["data"]][0] == "granulocytic"
+    assert {Path(f).name for f in files} == {"predictions.csv", "report.html"}
+    html = Path([f for f in files if f.endswith(".html")][0]).read_text()
+    assert "Research use only" in html and "bmc-dinov2s-matek8" in html
+
+
+@pytest.mark.parametrize("payload,message", [
+    (b"", "empty"), (b"plain text, not a picture", "not an image"),
+    (image_bytes("PNG", size=(1, 1)), "too small"), (image_bytes("JPEG", (200, 200))[:500], "damaged or truncated"),
+])
+def test_bad_uploads_get_a_message_and_the_server_keeps_serving(client, tmp_path, payload, message):
+    from gradio_client import handle_file
+
+    bad = tmp_path / "upload.jpg"
+    bad.write_bytes(payload)
+    with pytest.raises(Exception, match=message):
+        client.predict(handle_file(str(bad)), 3, api_name="/classify")
+    label, _ = client.predict(handle_file(str(matek_images("NGS", 1)[0])), 1, api_name="/classify")
+    assert label["label"]
+
+
+def test_browser_upload_label_and_attribution(app_url, tmp_path, shared_data):
+    """Headless Chromium (Debian's, driven by Playwright): upload a cell, read the label, draw a map."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.fail("chromium not installed: `make test` installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    shots = [tmp_path]
+    if os.environ.get("BMC_DOCS_SCREENSHOTS"):
+        shots.append(ROOT / "docs")
+    cell = str(matek_images("EOS", 1)[0])
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(app_url)
+        page.locator("input[type=file]").first.set_input_files(cell)
+        page.get_by_role("button", name="Classify").click()
+        page.get_by_text("calibrated confidence", exact=False).first.wait_for(timeout=60_000)
+        assert "Eosinophil" in page.locator("body").inner_text()
+        for d in shots:
+            page.screenshot(path=str(d / "app-one-cell.png"), full_page=True)
+
+        page.get_by_role("tab", name="Why (attribution)").click()
+        page.locator("input[type=file]").nth(1).set_input_files(cell)
+        page.get_by_role("button", name="Explain").click()
+        page.get_by_text("how", exact=False)  # noqa: B018 - keeps the locator API warm
+        page.get_by_text("Grad-CAM** for", exact=False)
+        page.locator("text=Warm regions").first.wait_for(timeout=120_000)
+        assert page.locator("img[alt]").count() + page.locator("img").count() > 0
+        for d in shots:
+            page.screenshot(path=str(d / "app-why.png"), full_page=True)
+
+        page.get_by_role("tab", name="Differential count").click()
+        page.locator("input[type=file]").nth(2).set_input_files([str(p) for p in matek_images("NGS", 2) + matek_images("LYT", 2)])
+        page.get_by_role("button", name="Count").click()
+        page.get_by_text("4 cells", exact=False).first.wait_for(timeout=120_000)
+        for d in shots:
+            page.screenshot(path=str(d / "app-count.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "app-one-cell.png").stat().st_size > 10_000

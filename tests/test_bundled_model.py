@@ -1,0 +1,90 @@
+"""The bundled default model: its card must tell the truth, and its explanations must make sense."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bmc import data as D
+from bmc.explain import Explainer, centre_vs_border
+from bmc.inference import Predictor, dataset_logits
+from bmc.metrics import classification_metrics, softmax
+from conftest import BUNDLED, UNSEEN, matek_images
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def predictor(shared_data):
+    return Predictor(str(BUNDLED))
+
+
+@pytest.fixture(scope="module")
+def metrics():
+    return json.loads((BUNDLED / "metrics.json").read_text())
+
+
+def test_bundled_folder_is_small_safe_and_complete():
+    files = {p.name for p in BUNDLED.iterdir()}
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json",
+            "confusion_matrix.png", "training_curves.png", "split_manifest.csv"} <= files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    assert sum(p.stat().st_size for p in BUNDLED.iterdir()) < 50 * 1024 * 1024
+
+
+def test_card_figures_match_a_fresh_evaluation_of_the_test_split(predictor, metrics):
+    rows = [r for r in D.read_manifest(BUNDLED / "split_manifest.csv") if r["split"] == "test"]
+    assert len(rows) == metrics["test"]["n_images"]
+    ds = D.from_records([(r["source"], r["label"]) for r in rows], metrics["classes"])
+    logits, labels = dataset_logits(predictor.model, predictor.processor, ds, batch_size=64)
+    fresh = classification_metrics(softmax(logits, predictor.temperature), labels, len(metrics["classes"]))
+    for key in ("accuracy", "macro_f1", "balanced_accuracy", "top2_accuracy", "ece"):
+        assert fresh[key] == pytest.approx(metrics["test"][key], abs=1e-4), key
+    assert fresh["confusion_matrix"] == metrics["test"]["confusion_matrix"]
+    card = (BUNDLED / "README.md").read_text()
+    assert f"| {100 * fresh['accuracy']:.1f} % | {fresh['macro_f1']:.3f} |" in card
+    assert re.search(rf"value: {round(fresh['macro_f1'], 4)}\b", card)
+
+
+def test_test_split_is_disjoint_from_training_and_blockwise(metrics):
+    rows = D.read_manifest(BUNDLED / "split_manifest.csv")
+    by_split = {s: {r["source"] for r in rows if r["split"] == s} for s in ("train", "validation", "test")}
+    assert not (by_split["train"] & by_split["test"]) and not (by_split["validation"] & by_split["test"])
+    blocks = {}
+    for r in rows:
+        blocks.setdefault((r["label"], (D.image_number(r["source"]) - 1) // metrics["data"]["split_block_size"]), set()).add(r["split"])
+    assert all(len(s) == 1 for s in blocks.values())
+
+
+def test_pipeline_loads_offline_in_float32(shared_data):
+    from transformers import pipeline
+
+    classify = pipeline("image-classification", model=str(BUNDLED))
+    assert classify.model.dtype == torch.float32
+    out = classify(str(matek_images("EOS", 300)[-1]))
+    assert out[0]["label"] in json.loads((BUNDLED / "config.json").read_text())["label2id"]
+
+
+@pytest.mark.parametrize("method", ["Grad-CAM", "Occlusion"])
+def test_attribution_sits_on_the_cell_not_the_border(predictor, method):
+    explainer = Explainer(predictor.model, predictor.processor)
+    wins = 0
+    cells = [p for code in ("EOS", "LYT", "NGS", "MON") for p in matek_images(code, 3)]
+    for path in cells:
+        heat = explainer.explain(Image.open(path).convert("RGB"), method).heatmap
+        centre, border = centre_vs_border(heat)
+        wins += centre > border
+    assert wins >= 0.75 * len(cells), f"{method}: centre above border on only {wins}/{len(cells)} cells"
+
+
+def test_unseen_cell_types_are_mostly_flagged(predictor):
+    images = [Image.open(p).convert("RGB") for p in sorted(UNSEEN.glob("*.jpg"))]
+    preds = predictor.predict(images)
+    seen_conf = np.mean([p.confidence for p in predictor.predict(
+        [Image.open(p).convert("RGB") for code in ("EOS", "LYT", "NGS") for p in matek_images(code, 300)[-4:]])])
+    unseen_conf = np.mean([p.confidence for p in preds])
+    # Honest, weak claim: unfamiliar types get lower confidence on average than familiar ones.
+    assert unseen_conf < seen_conf

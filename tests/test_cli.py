@@ -1,0 +1,34 @@
+"""`python -m bmc count`: the differential count from the command line, with a progress bar."""
+
+import csv
+import subprocess
+import sys
+import zipfile
+
+from conftest import ROOT, matek_images
+
+
+def test_count_a_folder_and_a_zip(tmp_path, tiny_model_dir, shared_data):
+    folder = tmp_path / "slide"
+    folder.mkdir()
+    for p in matek_images("BLA", 3) + matek_images("LYT", 2):
+        (folder / p.name).symlink_to(p)
+    (folder / "notes.txt").write_text("x")
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(matek_images("NGS", 1)[0], "NGS_1.jpg")
+    out = tmp_path / "report"
+    result = subprocess.run([sys.executable, "-m", "bmc", "count", str(folder), str(archive), "--model", str(tiny_model_dir),
+                             "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "6 cells counted" in result.stdout and "1 files skipped" in result.stdout
+    assert "cells" in result.stderr  # tqdm progress bar
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 7 and rows[-1]["skipped_reason"].startswith("not an image file type")
+    assert (out / "report.html").is_file() and (out / "counts.png").is_file()
+
+
+def test_missing_input_is_named(tmp_path, tiny_model_dir):
+    result = subprocess.run([sys.executable, "-m", "bmc", "count", str(tmp_path / "nope"), "--model", str(tiny_model_dir),
+                             "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr

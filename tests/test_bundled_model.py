@@ -72,7 +72,7 @@ def test_pipeline_loads_offline_in_float32(shared_data):
 def test_attribution_sits_on_the_cell_not_the_border(predictor, method):
     explainer = Explainer(predictor.model, predictor.processor)
     wins = 0
-    cells = [p for code in ("EOS", "LYT", "NGS", "MON") for p in matek_images(code, 3)]
+    cells = [p for code in ("EOS", "LYT", "NGS", "MON") for p in matek_images(code, 2)]
     for path in cells:
         heat = explainer.explain(Image.open(path).convert("RGB"), method).heatmap
         centre, border = centre_vs_border(heat)

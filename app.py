@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
 from bmc import labels as L
 from bmc.data import ImageError, open_image
@@ -71,7 +72,7 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
     names = {L.display_name(c): c for c in predictor.codes}
     threshold = predictor.threshold
 
-    def load(path: str | None) -> "Image":  # noqa: F821 - PIL image
+    def load(path: str | None) -> Image.Image:
         if not path:
             raise gr.Error("No image: upload a single-cell image (JPEG, PNG, TIFF or BMP) or take one with the camera.")
         try:
@@ -94,7 +95,7 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
         return top, verdict
 
     def explain(path: str | None, method: str, target_name: str, opacity: float, noise_tunnel: bool,
-                progress: gr.Progress = gr.Progress()) -> tuple["Image", str]:  # noqa: F821
+                progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, str]:
         image = load(path)
         if method not in explainer.methods():
             raise gr.Error(f"{method} is not available for this model; choose one of {', '.join(explainer.methods())}.")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, matek_images
 
 TOKEN = "hf_contract_test_token_1234567890"
 
@@ -76,9 +76,6 @@ def fake_hub():
 
 
 def test_push_to_hub_sends_the_finished_model_in_one_commit(fake_hub, tiny_model_dir, tmp_path, shared_data):
-    from test_training import CLASSES  # noqa: F401  (same tiny data set-up)
-    from conftest import matek_images
-
     data = tmp_path / "cells"
     for code in ("BLA", "LYT"):
         for src in matek_images(code, 10):

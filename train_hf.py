@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 
+from huggingface_hub.errors import HfHubHTTPError
 from transformers import HfArgumentParser, TrainingArguments
 
 from bmc.hub import HubArguments, publish
@@ -36,8 +37,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("train_hf").error("%s", exc)
         return 2
     if push and results:
-        url = publish(model_args.export_dir or training_args.output_dir, training_args.hub_model_id,
-                      token=training_args.hub_token, private=hub_args.hub_private)
+        folder = model_args.export_dir or training_args.output_dir
+        try:
+            url = publish(folder, training_args.hub_model_id, token=training_args.hub_token, private=hub_args.hub_private)
+        except (HfHubHTTPError, OSError, ValueError) as exc:
+            # The trained model is already safe on disk: say so, and how to retry, instead of a traceback.
+            logging.getLogger("train_hf").error("push to the Hub failed (%s). The model is saved in %s; retry with "
+                                                "huggingface-cli upload or --push_to_hub after fixing the cause.", exc, folder)
+            return 3
         logging.getLogger("train_hf").info("pushed to %s", url)
     return 0
 

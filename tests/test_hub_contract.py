@@ -38,19 +38,24 @@ class FakeHub(BaseHTTPRequestHandler):
     def _record(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        FakeHub.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body})
+        FakeHub.requests.append({"method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
         return body
 
     def do_POST(self):
         body = self._record()
+        host = f"http://{self.headers['Host']}"
         if self.path == "/api/repos/create":
-            name = json.loads(body)["name"]
-            self._reply({"url": f"http://hub/{name}", "name": name})
+            payload = json.loads(body)
+            repo = f"{payload.get('organization') or 'me'}/{payload['name']}"
+            self._reply({"url": f"{host}/{repo}", "name": repo})
+        elif self.path == "/api/validate-yaml":
+            self._reply({"errors": [], "warnings": []})
         elif "/preupload/" in self.path:
             files = json.loads(body)["files"]
             self._reply({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
         elif "/commit/" in self.path:
-            self._reply({"commitUrl": "http://hub/commit/abc", "commitOid": "a" * 40, "pullRequestUrl": None})
+            repo = self.path.split("/api/models/")[1].split("/commit/")[0]
+            self._reply({"commitUrl": f"{host}/{repo}/commit/{'a' * 40}", "commitOid": "a" * 40, "pullRequestUrl": None})
         else:
             self._reply({"error": "not faked"}, 404)
 
@@ -103,7 +108,9 @@ def test_push_to_hub_sends_the_finished_model_in_one_commit(fake_hub, tiny_model
     card = base64.b64decode(files["README.md"]["content"]).decode()
     assert "Research use only" in card and "me/bmc-test" in card
     # The token travels only as a bearer header, never in bodies, the card, or the logs.
-    assert all(r["headers"].get("Authorization") == f"Bearer {TOKEN}" for r in FakeHub.requests if r["method"] == "POST")
+    writes = [r for r in FakeHub.requests if r["path"] == "/api/repos/create" or "/commit/" in r["path"] or "/preupload/" in r["path"]]
+    assert writes and all(r["headers"].get("authorization") == f"Bearer {TOKEN}" for r in writes), \
+        [(r["path"], r["headers"].get("authorization", "")[:10]) for r in writes]
     assert not any(TOKEN.encode() in r["body"] for r in FakeHub.requests)
     assert TOKEN not in result.stdout + result.stderr
     assert TOKEN not in "".join(p.read_text(errors="ignore") for p in Path(out).glob("*.*") if p.suffix in (".md", ".json", ".csv"))

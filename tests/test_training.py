@@ -124,3 +124,15 @@ def test_losses():
     assert w.tolist() == pytest.approx([0.5, 1.5])
     with pytest.raises(ValueError, match="unknown loss"):
         cell_loss(logits, labels, "hinge", None)
+
+
+def test_failed_push_keeps_the_model_and_says_so(monkeypatch, tmp_path, caplog):
+    def unreachable(*args, **kwargs):
+        raise OSError("Hub unreachable")
+
+    monkeypatch.setattr(train_hf, "run", lambda *a: {"test": {}})
+    monkeypatch.setattr(train_hf, "publish", unreachable)
+    code = train_hf.main(["--train_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--report_to", "none",
+                          "--push_to_hub", "--hub_model_id", "me/x"])
+    assert code == 3
+    assert "push to the Hub failed (Hub unreachable)" in caplog.text and str(tmp_path / "out") in caplog.text

@@ -127,9 +127,7 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
                    f"Myeloid : erythroid ratio {me}.")
         if skipped:
             summary += "\n\nSkipped: " + "; ".join(f"`{s.source}` ({s.reason})" for s in skipped[:20])
-        flagged = [(img_name, f"{n} — {L.display_name(p.top_code)} {p.confidence:.0%}")
-                   for n, p in report.images if p.flagged
-                   for img_name in [_find(files, n)] if img_name][:60]
+        flagged = _flagged_gallery(files, report)
         return table(report), summary, str(out["chart"]), flagged, [str(out["csv"]), str(out["html"])]
 
     with gr.Blocks(title="bmc — bone marrow cell classifier", delete_cache=(3600, 3600)) as demo:
@@ -197,12 +195,20 @@ def _request_dir() -> Path:
     return Path(tempfile.mkdtemp(dir=root))
 
 
-def _find(files: list[str], name: str) -> str | None:
-    """The uploaded file behind a report entry (loose files only; zip entries have no file to show)."""
-    for f in files:
-        if Path(f).name == name:
-            return f
-    return None
+MAX_GALLERY = 60
+
+
+def _flagged_gallery(files: list[str], report) -> list[tuple[Image.Image, str]]:
+    """Thumbnails of the flagged cells (loose files and zip entries alike), at most ``MAX_GALLERY``."""
+    flagged = {name: pred for name, pred in report.images if pred.flagged}
+    gallery = []
+    for name, payload, reason in iter_inputs(files):
+        if name in flagged and not reason and len(gallery) < MAX_GALLERY:
+            pred = flagged[name]
+            image = open_image(payload, name=name)
+            image.thumbnail((160, 160))
+            gallery.append((image, f"{name} — {L.display_name(pred.top_code)} {pred.confidence:.0%}"))
+    return gallery
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -130,6 +130,10 @@ def test_count_many_cells_and_a_zip(client, tmp_path):
     assert sum(row[2] for row in table["data"]) == 8
     assert "8 cells" in summary and "2 files skipped" in summary and "unsafe path" in summary
     assert [row[0] for row in table["data"]][0] == "granulocytic"
+    import re
+
+    n_flagged = int(re.search(r"(\d+) flagged for review", summary).group(1))
+    assert len(flagged) == n_flagged == sum(row[5] for row in table["data"])  # zip entries are shown too
     assert {Path(f).name for f in files} == {"predictions.csv", "report.html"}
     html = Path([f for f in files if f.endswith(".html")][0]).read_text()
     assert "Research use only" in html and "bmc-dinov2s-matek8" in html

@@ -188,9 +188,10 @@ def test_browser_upload_label_and_attribution(app_url, tmp_path, shared_data):
             page.screenshot(path=str(d / "app-why.png"), full_page=True)
 
         page.get_by_role("tab", name="Differential count").click()
-        page.locator("input[type=file]").nth(2).set_input_files([str(p) for p in matek_images("NGS", 2) + matek_images("LYT", 2)])
+        batch = matek_images("NGS", 2) + matek_images("LYT", 2) + sorted(UNSEEN.glob("*.jpg"))[:3]  # + 3 unfamiliar types
+        page.locator("input[type=file]").nth(2).set_input_files([str(p) for p in batch])
         page.get_by_role("button", name="Count").click()
-        page.get_by_text("4 cells", exact=False).first.wait_for(timeout=120_000)
+        page.get_by_text("7 cells", exact=False).first.wait_for(timeout=120_000)
         for d in shots:
             page.screenshot(path=str(d / "app-count.png"), full_page=True)
         browser.close()

@@ -142,6 +142,7 @@ def test_count_many_cells_and_a_zip(client, tmp_path):
 @pytest.mark.parametrize("payload,message", [
     (b"", "empty"), (b"plain text, not a picture", "not an image"),
     (image_bytes("PNG", size=(1, 1)), "too small"), (image_bytes("JPEG", (200, 200))[:500], "damaged or truncated"),
+    (image_bytes("JPEG") + b"\0" * (10 * 1024 * 1024), "limit is 10 MB"),
 ])
 def test_bad_uploads_get_a_message_and_the_server_keeps_serving(client, tmp_path, payload, message):
     from gradio_client import handle_file

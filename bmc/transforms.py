@@ -55,8 +55,9 @@ def denoise(rgb: np.ndarray) -> np.ndarray:
     return cv2.fastNlMeansDenoisingColored(rgb, None, 3, 3, 7, 21)
 
 
-def train_augmentation(size: int) -> A.Compose:
-    """The train-time augmentation, ending at ``size``×``size`` uint8 RGB (normalisation follows)."""
+def train_augmentation(size: int, seed: int | None = None) -> A.Compose:
+    """The train-time augmentation, ending at ``size``×``size`` uint8 RGB (normalisation follows).
+    ``seed`` makes the sequence of random draws repeatable (tests)."""
     return A.Compose([
         A.RandomRotate90(p=1.0),
         A.Rotate(limit=20, border_mode=cv2.BORDER_REFLECT_101, p=0.7),
@@ -65,7 +66,7 @@ def train_augmentation(size: int) -> A.Compose:
         A.RandomResizedCrop(size=(size, size), scale=(0.65, 1.0), ratio=(0.85, 1.18), interpolation=cv2.INTER_AREA, p=1.0),
         A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.7),
         A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=20, val_shift_limit=10, p=0.7),
-    ])
+    ], seed=seed)
 
 
 def _normalise(rgb: np.ndarray, processor: Any) -> np.ndarray:
@@ -74,9 +75,9 @@ def _normalise(rgb: np.ndarray, processor: Any) -> np.ndarray:
     return arr.transpose(2, 0, 1)
 
 
-def make_train_transform(processor: Any, use_denoise: bool = False) -> Callable[[dict], dict]:
+def make_train_transform(processor: Any, use_denoise: bool = False, seed: int | None = None) -> Callable[[dict], dict]:
     """A ``datasets`` ``set_transform`` function: decode, augment, normalise, to ``pixel_values``."""
-    augment = train_augmentation(processor_size(processor))
+    augment = train_augmentation(processor_size(processor), seed)
 
     def transform(batch: dict) -> dict:
         pixels = []

@@ -28,7 +28,7 @@ from bmc.data import ImageError, open_image
 from bmc.explain import Explainer, overlay
 from bmc.inference import Predictor
 from bmc.report import DISCLAIMER, TABLE_HEADERS, build_report, predict_stream, table, write_all
-from bmc.uploads import UploadError, iter_inputs
+from bmc.uploads import UploadError, iter_images
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL = ROOT / "models" / "bmc-dinov2s-matek8"
@@ -114,7 +114,7 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
         if not files:
             raise gr.Error("No files: upload single-cell images or a zip archive of them.")
         try:
-            done, skipped = predict_stream(predictor, iter_inputs(files), progress=True)
+            done, skipped = predict_stream(predictor, iter_images(files), progress=True)
         except UploadError as exc:
             raise gr.Error(str(exc)) from None
         if not done:
@@ -122,9 +122,8 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
             raise gr.Error(f"None of the files is a readable cell image ({reasons}).")
         report = build_report(done, predictor.codes, predictor.name, predictor.version, threshold, skipped)
         out = write_all(report, _request_dir())
-        me = f"{report.me_ratio:.2f} : 1" if report.me_ratio is not None else "n/a (the model has no erythroid classes)"
         summary = (f"**{report.n_cells} cells**, {report.n_flagged} flagged for review, {len(skipped)} files skipped. "
-                   f"Myeloid : erythroid ratio {me}.")
+                   f"Myeloid : erythroid ratio {report.me_ratio_text}.")
         if skipped:
             summary += "\n\nSkipped: " + "; ".join(f"`{s.source}` ({s.reason})" for s in skipped[:20])
         flagged = _flagged_gallery(files, report)
@@ -202,10 +201,10 @@ def _flagged_gallery(files: list[str], report) -> list[tuple[Image.Image, str]]:
     """Thumbnails of the flagged cells (loose files and zip entries alike), at most ``MAX_GALLERY``."""
     flagged = {name: pred for name, pred in report.images if pred.flagged}
     gallery = []
-    for name, payload, reason in iter_inputs(files):
-        if name in flagged and not reason and len(gallery) < MAX_GALLERY:
+    for item in iter_images(files):
+        if isinstance(item, tuple) and item[0] in flagged and len(gallery) < MAX_GALLERY:
+            name, image = item
             pred = flagged[name]
-            image = open_image(payload, name=name)
             image.thumbnail((160, 160))
             gallery.append((image, f"{name} — {L.display_name(pred.top_code)} {pred.confidence:.0%}"))
     return gallery

@@ -37,14 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "count":
         from bmc.inference import Predictor
         from bmc.report import build_report, predict_stream, write_all
-        from bmc.uploads import UploadError, iter_inputs
+        from bmc.uploads import UploadError, iter_images
 
         missing = [p for p in args.inputs if not Path(p).exists()]
         if missing:
             parser.error(f"not found: {', '.join(missing)}")
         predictor = Predictor(args.model)
         try:
-            done, skipped = predict_stream(predictor, iter_inputs(args.inputs), args.batch_size, progress=True)
+            done, skipped = predict_stream(predictor, iter_images(args.inputs), args.batch_size, progress=True)
         except UploadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -78,7 +78,12 @@ def save_classifier(model: PreTrainedModel, processor: Any, out_dir: Path, fp16:
         to_save = copy.deepcopy(model).to(torch.float16)
     to_save.save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)
-    config_path = out_dir / "config.json"
+    update_config(out_dir, dtype="float32")
+
+
+def update_config(model_dir: Path, **values: Any) -> None:
+    """Set keys in a saved ``config.json`` (dtype, bmc's calibration) without re-saving the weights."""
+    config_path = Path(model_dir) / "config.json"
     config = json.loads(config_path.read_text())
-    config["dtype"] = "float32"
+    config.update(values)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

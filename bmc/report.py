@@ -20,7 +20,9 @@ from typing import Iterable, Sequence
 
 from bmc import __version__
 from bmc import labels as L
-from bmc.data import ImageError, SkippedFile, open_image
+from PIL import Image
+
+from bmc.data import SkippedFile
 from bmc.inference import Prediction, Predictor
 
 DISCLAIMER = (
@@ -70,6 +72,10 @@ class CountReport:
             return None
         return by["granulocytic"] / by["erythroid"]
 
+    @property
+    def me_ratio_text(self) -> str:
+        return f"{self.me_ratio:.2f} : 1" if self.me_ratio is not None else "not available (no erythroid classes or cells)"
+
 
 def build_report(images: Sequence[tuple[str, Prediction]], codes: Sequence[str], model_name: str, model_version: str,
                  threshold: float, skipped: Sequence[SkippedFile] = ()) -> CountReport:
@@ -88,14 +94,15 @@ def build_report(images: Sequence[tuple[str, Prediction]], codes: Sequence[str],
     return CountReport(model_name, model_version, threshold, rows, list(images), list(skipped))
 
 
-def predict_stream(predictor: Predictor, items: Iterable[tuple[str, object, str | None]], batch_size: int = 32,
+def predict_stream(predictor: Predictor, items: Iterable[tuple[str, Image.Image] | SkippedFile], batch_size: int = 32,
                    progress: bool = False) -> tuple[list[tuple[str, Prediction]], list[SkippedFile]]:
-    """Predict ``(name, payload, reason)`` items (see ``bmc.uploads.iter_inputs``) batch by batch."""
+    """Predict decoded items (see ``bmc.uploads.iter_images``) batch by batch, keeping the skipped ones."""
     from tqdm.auto import tqdm
 
     done: list[tuple[str, Prediction]] = []
     skipped: list[SkippedFile] = []
-    names, images = [], []
+    names: list[str] = []
+    images: list[Image.Image] = []
 
     def flush() -> None:
         if images:
@@ -103,15 +110,12 @@ def predict_stream(predictor: Predictor, items: Iterable[tuple[str, object, str 
             names.clear()
             images.clear()
 
-    for name, payload, reason in tqdm(items, desc="cells", unit="img", disable=not progress):
-        if reason:
-            skipped.append(SkippedFile(name, reason))
+    for item in tqdm(items, desc="cells", unit="img", disable=not progress):
+        if isinstance(item, SkippedFile):
+            skipped.append(item)
             continue
-        try:
-            images.append(open_image(payload, name=name))  # type: ignore[arg-type]
-            names.append(name)
-        except ImageError as exc:
-            skipped.append(SkippedFile(name, str(exc).removeprefix(f"{name}: ")))
+        names.append(item[0])
+        images.append(item[1])
         if len(images) >= batch_size:
             flush()
     flush()
@@ -177,7 +181,6 @@ def write_html(report: CountReport, path: Path, chart_png: bytes | None = None) 
     flagged = "".join(f"<li>{esc(n)}: {esc(L.display_name(p.top_code))} ({p.confidence:.2f})</li>"
                       for n, p in report.images if p.flagged) or "<li>none</li>"
     skipped = "".join(f"<li>{esc(s.source)}: {esc(s.reason)}</li>" for s in report.skipped) or "<li>none</li>"
-    me = f"{report.me_ratio:.2f} : 1" if report.me_ratio is not None else "not available (no erythroid classes or cells)"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>bmc differential count</title>
 <style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #999;padding:4px 8px}}.warn{{background:#fff3cd;padding:1em;border:1px solid #e0c36c}}</style></head><body>
@@ -185,7 +188,7 @@ td,th{{border:1px solid #999;padding:4px 8px}}.warn{{background:#fff3cd;padding:
 <p class="warn"><strong>{esc(DISCLAIMER)}</strong></p>
 <p>Model: <code>{esc(report.model_name)}</code>, version <code>{esc(report.model_version)}</code>; bmc {__version__};
 created {esc(report.created)}.<br>Cells counted: {report.n_cells}; flagged for review (calibrated confidence below
-{report.threshold:.2f}): {report.n_flagged}; files skipped: {len(report.skipped)}.<br>Myeloid : erythroid ratio: {esc(me)}</p>
+{report.threshold:.2f}): {report.n_flagged}; files skipped: {len(report.skipped)}.<br>Myeloid : erythroid ratio: {esc(report.me_ratio_text)}</p>
 <table><tr><th>lineage</th><th>cell type</th><th>count</th><th>%</th><th>mean confidence</th><th>flagged</th></tr>{rows}</table>
 <p><img alt="counts per class" src="data:image/png;base64,{base64.b64encode(chart_png).decode()}"></p>
 <h2>Flagged for review</h2><ul>{flagged}</ul><h2>Skipped files</h2><ul>{skipped}</ul></body></html>"""

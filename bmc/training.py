@@ -25,11 +25,12 @@ from torch import nn
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
 from bmc import data as D
+from bmc import labels as L
 from bmc.calibration import calibrate
 from bmc.figures import plot_confusion_matrix, plot_training_curves
 from bmc.inference import dataset_logits
 from bmc.metrics import classification_metrics, per_class_rows, scalar_metrics, softmax
-from bmc.model import load_classifier, load_for_training, save_classifier
+from bmc.model import load_classifier, load_for_training, save_classifier, update_config
 from bmc.transforms import build_image_processor, make_eval_transform, make_train_transform
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,10 @@ def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[D.SkippedFil
 
 def _evaluate(model: Any, processor: Any, dataset: Any, codes: list[str], temperature: float, use_denoise: bool) -> dict:
     logits, labels = dataset_logits(model, processor, dataset, use_denoise=use_denoise)
+    return _metrics_from_logits(logits, labels, codes, temperature)
+
+
+def _metrics_from_logits(logits: np.ndarray, labels: np.ndarray, codes: list[str], temperature: float) -> dict:
     result = classification_metrics(softmax(logits, temperature), labels, num_classes=len(codes))
     result["per_class_rows"] = per_class_rows(result, codes)
     result["n_images"] = int(len(labels))
@@ -229,7 +234,7 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
     export_dir = Path(model_args.export_dir or training_args.output_dir)
     dsd, skipped, manifest = prepare_data(data_args, training_args.seed)
     codes = dsd["train"].features["label"].names
-    id2label, label2id = {i: c for i, c in enumerate(codes)}, {c: i for i, c in enumerate(codes)}
+    id2label, label2id = L.label_maps(codes)
     log.info("classes: %s; split sizes: %s; skipped files: %d", codes, {k: len(v) for k, v in dsd.items()}, len(skipped))
 
     model = load_for_training(model_args.model_name_or_path, id2label, label2id,
@@ -257,17 +262,15 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
     if not trainer.is_world_process_zero():
         return {}
 
-    # Calibrate on validation, then export atomically and evaluate what was actually saved.
-    model = trainer.model.eval()
-    val_logits, val_labels = dataset_logits(model, processor, dsd["validation"], use_denoise=model_args.denoise)
-    calib = calibrate(val_logits, val_labels, model_args.review_target_accuracy)
-    model.config.bmc_temperature = calib["temperature"]
-    model.config.bmc_review_threshold = calib["review_threshold"]
-    model.config.bmc_denoise = model_args.denoise
+    # Export to a staging folder, then calibrate and evaluate what was actually saved (float16 on disk).
     export_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bmc-export-", dir=export_dir.parent))
-    save_classifier(model, processor, staging, fp16=model_args.fp16_weights)
+    save_classifier(trainer.model.eval(), processor, staging, fp16=model_args.fp16_weights)
     saved_model, saved_processor = load_classifier(str(staging))
+    val_logits, val_labels = dataset_logits(saved_model, saved_processor, dsd["validation"], use_denoise=model_args.denoise)
+    calib = calibrate(val_logits, val_labels, model_args.review_target_accuracy)
+    update_config(staging, bmc_temperature=calib["temperature"], bmc_review_threshold=calib["review_threshold"],
+                  bmc_denoise=model_args.denoise)
 
     results: dict[str, Any] = {
         "model_name": model_args.model_name or export_dir.name,
@@ -289,7 +292,7 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
         "calibration": calib,
         "n_parameters": int(sum(p.numel() for p in saved_model.parameters())),
     }
-    results["validation"] = _evaluate(saved_model, saved_processor, dsd["validation"], codes, calib["temperature"], model_args.denoise)
+    results["validation"] = _metrics_from_logits(val_logits, val_labels, codes, calib["temperature"])
     if "test" in dsd:
         results["test"] = _evaluate(saved_model, saved_processor, dsd["test"], codes, calib["temperature"], model_args.denoise)
     if data_args.external_dir:

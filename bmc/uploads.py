@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import stat
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -22,22 +21,6 @@ MAX_ENTRIES = 5000
 """More entries than this in one upload is refused (a slide's differential is a few hundred cells)."""
 MAX_TOTAL_BYTES = 500 * 1024 * 1024
 """Total uncompressed size accepted from one archive."""
-
-
-@dataclass
-class Batch:
-    """Decoded images with display names, plus what was skipped and why."""
-
-    names: list[str] = field(default_factory=list)
-    images: list[Image.Image] = field(default_factory=list)
-    skipped: list[SkippedFile] = field(default_factory=list)
-
-    def add(self, name: str, payload: bytes | Path) -> None:
-        try:
-            self.images.append(open_image(payload, name=name))
-            self.names.append(name)
-        except ImageError as exc:
-            self.skipped.append(SkippedFile(name, str(exc).removeprefix(f"{name}: ")))
 
 
 class UploadError(ValueError):
@@ -106,14 +89,14 @@ def iter_inputs(paths: list[str | Path]) -> Iterator[tuple[str, bytes | Path | N
             yield path.name, path, None
 
 
-def read_inputs(paths: list[str | Path], max_images: int = MAX_ENTRIES) -> Batch:
-    """All images of an upload decoded in memory (the app's case: at most ``max_images``)."""
-    batch = Batch()
+def iter_images(paths: list[str | Path]) -> Iterator[tuple[str, Image.Image] | SkippedFile]:
+    """Decoded RGB images ``(name, image)``, or a :class:`SkippedFile` saying why a file is left out.
+    The single decode path of the app, the count command and its tests."""
     for name, payload, reason in iter_inputs(paths):
         if reason:
-            batch.skipped.append(SkippedFile(name, reason))
+            yield SkippedFile(name, reason)
             continue
-        if len(batch.names) >= max_images:
-            raise UploadError(f"more than {max_images} images in one upload; use `python -m bmc count` for large folders")
-        batch.add(name, payload)
-    return batch
+        try:
+            yield name, open_image(payload, name=name)  # type: ignore[arg-type]
+        except ImageError as exc:
+            yield SkippedFile(name, str(exc).removeprefix(f"{name}: "))

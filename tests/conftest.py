@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,14 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# ONNX exports made by the tests (and by the apps they start) go to a throw-away folder, not ~/.cache/bmc.
+_TEST_CACHE = None if "BMC_CACHE_DIR" in os.environ else tempfile.mkdtemp(prefix="bmc-test-cache-")
+os.environ.setdefault("BMC_CACHE_DIR", _TEST_CACHE or "")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _TEST_CACHE:
+        shutil.rmtree(_TEST_CACHE, ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = (ROOT.parent / "shared" / "data").resolve()

@@ -2,54 +2,24 @@
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from bench.appserver import AppStartError, running_app
 from conftest import BUNDLED, ROOT, UNSEEN, image_bytes, matek_images
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def app_url(shared_data):
     if not (BUNDLED / "model.safetensors").is_file():
         pytest.fail(f"bundled model missing at {BUNDLED}")
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SERVER_PORT": str(port)}
-    env.pop("GRADIO_SERVER_NAME", None)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    import urllib.request
-
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail("app exited during start-up:\n" + proc.stdout.read()[-3000:])
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("app did not start within 180 s")
-    yield url
-    proc.terminate()
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        with running_app() as (url, _proc):
+            yield url
+    except AppStartError as err:
+        pytest.fail(str(err))
 
 
 @pytest.fixture(scope="module")

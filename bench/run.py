@@ -1,0 +1,401 @@
+"""bmc's performance benchmark: inference, latency, attribution, training, memory, accuracy per cost.
+
+    python bench/run.py                       # about 6-8 minutes on 2 CPU cores; writes bench/results.json
+    python bench/run.py --only inference      # one section (inference, latency, attribution, train, app, cost)
+
+Peers are measured side by side in the same run and reported as ratios, because absolute times on a
+shared 2-core machine are noisy. The images are real cells from the bundled model's *test* split
+(``split_manifest.csv``), read from ``../shared/data``. The machine, its load average at the start
+and the library versions are written next to the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import torch  # noqa: E402
+
+from bmc import data as D  # noqa: E402
+from bmc.inference import Predictor  # noqa: E402
+
+DEFAULT_MODEL = ROOT / "models" / "bmc-dinov2s-matek8"
+CONVNEXT_METRICS = ROOT / "docs" / "comparison" / "convnext-scratch-128"
+SECTIONS = ("inference", "latency", "attribution", "train", "app", "cost")
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def test_images(model_dir: Path, n: int) -> list[tuple[str, str]]:
+    """``n`` (path, code) pairs from the model's test split, spread over the classes."""
+    rows = [r for r in D.read_manifest(model_dir / "split_manifest.csv") if r["split"] == "test"]
+    rows = [r for r in rows if Path(r["source"]).is_file()]
+    if not rows:
+        sys.exit(f"no test-split images found (is ../shared/data there?): {model_dir / 'split_manifest.csv'}")
+    step = max(1, len(rows) // n)
+    return [(r["source"], r["label"]) for r in rows[::step][:n]]
+
+
+# ------------------------------------------------------------------------------------------- sections
+
+
+def bench_inference(model: Path, images: list[tuple[str, str]]) -> dict:
+    """Folder throughput: bmc's batched predictor (each backend) vs ``pipeline`` called per image."""
+    from transformers import pipeline
+
+    paths = [p for p, _ in images]
+    codes = [c for _, c in images]
+    classify = pipeline("image-classification", model=str(model), device="cpu")
+    classify(paths[0])  # warm-up
+    t_pipe, naive = timed(lambda: [classify(p, top_k=1)[0]["label"] for p in paths])
+    out: dict[str, Any] = {"n_images": len(paths), "naive_pipeline_img_s": len(paths) / t_pipe,
+                           "naive_pipeline_accuracy": float(np.mean([a == b for a, b in zip(naive, codes)]))}
+    for backend in ("torch", "onnx", "onnx-int8"):
+        t_load, predictor = timed(lambda: Predictor(str(model), backend))
+        predictor.logits([D.open_image(paths[0])])  # warm-up
+        t, top = timed(lambda: _predict_files(predictor, paths))
+        key = backend.replace("-", "_")
+        out[f"bmc_{key}_img_s"] = len(paths) / t
+        out[f"bmc_{key}_load_s"] = t_load  # includes the one-off ONNX export when the cache is empty
+        out[f"bmc_{key}_top1_agreement_vs_pipeline"] = float(np.mean([a == b for a, b in zip(top, naive)]))
+        out[f"bmc_{key}_accuracy"] = float(np.mean([a == b for a, b in zip(top, codes)]))
+        out[f"speedup_{key}_vs_pipeline"] = out[f"bmc_{key}_img_s"] / out["naive_pipeline_img_s"]
+    out["default_backend"] = Predictor(str(model)).backend
+    return out
+
+
+def _predict_files(predictor: Predictor, paths: list[str], batch_size: int = 32) -> list[str]:
+    """What ``python -m bmc count`` does per batch: decode with bmc's checks, then one batched forward."""
+    tops = []
+    for start in range(0, len(paths), batch_size):
+        images = [D.open_image(p) for p in paths[start:start + batch_size]]
+        tops += [p.top_code for p in predictor.predict(images, batch_size)]
+    return tops
+
+
+def bench_latency(model: Path, images: list[tuple[str, str]], repeats: int = 60) -> dict:
+    """One uploaded image through the app's path: decode → preprocess → forward → calibrated top-k."""
+    from bmc.metrics import softmax
+    from bmc.transforms import preprocess
+
+    predictor = Predictor(str(model))
+    blobs = [Path(p).read_bytes() for p, _ in images[:repeats]]
+
+    parts: dict[str, list[float]] = {"decode": [], "preprocess": [], "forward": [], "postprocess": []}
+    for i, blob in enumerate([blobs[0]] * 5 + blobs):
+        t0 = time.perf_counter()
+        image = D.open_image(blob)
+        t1 = time.perf_counter()
+        pixels = preprocess([image], predictor.processor, predictor.use_denoise)
+        t2 = time.perf_counter()
+        logits = predictor.run(pixels)
+        t3 = time.perf_counter()
+        probs = softmax(logits, predictor.temperature)[0]
+        _top = sorted(zip(predictor.codes, probs), key=lambda kv: -kv[1])[:3]
+        t4 = time.perf_counter()
+        if i >= 5:  # the first five are warm-up
+            for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                parts[key].append(dt)
+    total = [sum(v) for v in zip(*parts.values())]
+    pre_post = [d + p + q for d, p, q in zip(parts["decode"], parts["preprocess"], parts["postprocess"])]
+    return {
+        "backend": predictor.backend,
+        "n": len(total),
+        "median_ms": 1000 * statistics.median(total),
+        "p95_ms": 1000 * float(np.percentile(total, 95)),
+        **{f"{k}_median_ms": 1000 * statistics.median(v) for k, v in parts.items()},
+        "pre_post_share": float(np.sum(pre_post) / np.sum(total)),
+    }
+
+
+def bench_attribution(model: Path, images: list[tuple[str, str]], repeats: int = 3) -> dict:
+    """Each method's cost at the app's defaults, as a multiple of one PyTorch forward pass of one image."""
+    from bmc.explain import Explainer
+
+    predictor = Predictor(str(model), "torch")
+    explainer = Explainer(predictor.model, predictor.processor, predictor.use_denoise)
+    image = D.open_image(images[0][0])
+    x = explainer.pixels(image)
+    with torch.inference_mode():
+        for _ in range(3):
+            predictor.model(pixel_values=x)
+        forward = statistics.median(timed(lambda: predictor.model(pixel_values=x))[0] for _ in range(10))
+    out: dict[str, Any] = {"forward_ms": 1000 * forward}
+    for method in explainer.methods():
+        explainer.explain(image, method, target=0)  # warm-up
+        seconds = statistics.median(timed(lambda: explainer.explain(image, method, target=0))[0] for _ in range(repeats))
+        key = method.lower().replace(" ", "_").replace("-", "")
+        out[f"{key}_s"] = seconds
+        out[f"{key}_x_forward"] = seconds / forward
+    from bmc.explain import IG_STEPS
+
+    out["ig_steps"] = IG_STEPS
+    out["integrated_gradients_x_forward_per_step"] = out["integrated_gradients_x_forward"] / IG_STEPS
+    out["slowest_default_s"] = max(v for k, v in out.items() if k.endswith("_s") and k != "forward_ms")
+    out["profile_integrated_gradients"] = _profile_ig(explainer, image)
+    return out
+
+
+def _profile_ig(explainer: Any, image: Any) -> dict:
+    """Where IG's time goes (torch profiler): the forward and the backward of the batched path steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        explainer.explain(image, "Integrated Gradients", target=0)
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    backward = sum(e.self_cpu_time_total for e in prof.key_averages() if "Backward" in e.key or "backward" in e.key)
+    top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:5]
+    return {"backward_share": backward / total if total else None,
+            "top_ops": [{"op": e.key, "share": e.self_cpu_time_total / total} for e in top]}
+
+
+def bench_train(model: Path, steps: int = 6, batch: int = 32) -> dict:
+    """``train_hf``'s Trainer vs a minimal PyTorch loop: same model, batch, augmentation, loss, steps.
+
+    Run in a child process so that its peak memory is the training's alone."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out_json = Path(tmp) / "train.json"
+        subprocess.run([sys.executable, __file__, "--train-child", str(out_json), "--model", str(model),
+                        "--steps", str(steps), "--batch", str(batch)], check=True)
+        return json.loads(out_json.read_text())
+
+
+def _train_child(model: Path, steps: int, batch: int, out_json: Path) -> None:
+    from torch.utils.data import DataLoader
+    from transformers import TrainerCallback, TrainingArguments
+
+    from bmc import labels as L
+    from bmc.model import load_for_training
+    from bmc.training import CellTrainer, _collate, cell_loss, inverse_frequency_weights, use_all_cores_when_alone
+    from bmc.transforms import make_train_transform, processor_size
+
+    use_all_cores_when_alone()
+    metrics = json.loads((model / "metrics.json").read_text())
+    codes = metrics["classes"]
+    rows = [r for r in D.read_manifest(model / "split_manifest.csv") if r["split"] == "train"][: steps * batch * 2]
+    ds = D.from_records([(r["source"], r["label"]) for r in rows], codes)
+    predictor = Predictor(str(model), "torch")
+    transform = make_train_transform(predictor.processor, predictor.use_denoise, seed=0)
+    weights = inverse_frequency_weights(ds["label"], len(codes))
+    id2label, label2id = L.label_maps(codes)
+
+    # 1. minimal loop, with timers around the data fetch and the model step
+    torch.manual_seed(0)
+    net = load_for_training(str(model), id2label, label2id).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
+    loader = DataLoader(ds.with_transform(transform), batch_size=batch, shuffle=True, collate_fn=_collate)
+    data_s = model_s = 0.0
+    it = iter(loader)
+    start = time.perf_counter()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        inputs = next(it)
+        t1 = time.perf_counter()
+        loss = cell_loss(net(pixel_values=inputs["pixel_values"]).logits, inputs["labels"], "weighted_ce", weights, 0.1)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        data_s += t1 - t0
+        model_s += time.perf_counter() - t1
+    plain_s = time.perf_counter() - start
+
+    # 2. the Trainer exactly as train_hf.py builds it, with timers between steps (data fetch happens there)
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.begin: list[float] = []
+            self.end: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001 - Trainer callback signature
+            self.begin.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            self.end.append(time.perf_counter())
+
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-5,
+                                 save_strategy="no", eval_strategy="no", report_to="none", logging_steps=1000,
+                                 label_smoothing_factor=0.1, disable_tqdm=True, seed=0, remove_unused_columns=False)
+        trainer = CellTrainer(model=load_for_training(str(model), id2label, label2id), args=args,
+                              train_dataset=ds.with_transform(transform), data_collator=_collate,
+                              class_weights=weights, callbacks=[timer])
+        t_train, _ = timed(trainer.train)
+    steps_s = [e - b for b, e in zip(timer.begin, timer.end)]
+    gaps = [b - e for e, b in zip(timer.end[:-1], timer.begin[1:])]  # next batch fetched + collated in the gap
+    step_wall = (timer.end[-1] - timer.begin[0]) if timer.end else float("nan")
+    result = {
+        "steps": steps, "batch": batch, "image_size": processor_size(predictor.processor),
+        "plain_loop_img_s": steps * batch / plain_s,
+        "trainer_img_s": steps * batch / t_train,
+        "trainer_steady_img_s": (len(steps_s) - 1) * batch / step_wall if len(steps_s) > 1 else None,
+        "plain_loop_data_share": data_s / plain_s,
+        "trainer_data_share": sum(gaps) / step_wall if gaps else None,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    result["train_throughput_ratio_vs_plain_loop"] = result["trainer_img_s"] / result["plain_loop_img_s"]
+    out_json.write_text(json.dumps(result))
+
+
+def bench_app(model: Path, images: list[tuple[str, str]]) -> dict:
+    """Peak RSS of the real app serving the model, after classify, Grad-CAM and a 32-cell count."""
+    from gradio_client import Client, handle_file
+
+    from bench.appserver import peak_rss_mb, running_app
+
+    paths = [p for p, _ in images]
+    with running_app(str(model)) as (url, proc):
+        rss_idle = peak_rss_mb(proc.pid)
+        client = Client(url, verbose=False)
+        for p in paths[:10]:
+            client.predict(handle_file(p), 3, api_name="/classify")
+        client.predict(handle_file(paths[0]), "Grad-CAM", "predicted class", 0.5, False, api_name="/explain")
+        client.predict([handle_file(p) for p in paths[:32]], api_name="/count")
+        return {"app_start_rss_mb": rss_idle, "app_peak_rss_mb": peak_rss_mb(proc.pid)}
+
+
+def bench_cost(model: Path) -> dict:
+    """Accuracy per cost: test macro-F1 beside forward FLOPs (one image) and parameters, per route."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bmc.model import load_classifier
+
+    def flops(net: torch.nn.Module, size: int) -> float:
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            net(pixel_values=torch.zeros(1, 3, size, size))
+        return counter.get_total_flops()
+
+    routes = {}
+    m = json.loads((model / "metrics.json").read_text())
+    net, proc = load_classifier(str(model))
+    size = m["model_args"]["image_size"]
+    routes[m["model_name"]] = {"params_m": sum(p.numel() for p in net.parameters()) / 1e6, "image_size": size,
+                               "gflops": flops(net, size) / 1e9, "test_macro_f1": m["test"]["macro_f1"],
+                               "external_accuracy": m.get("external", {}).get("accuracy")}
+    if (CONVNEXT_METRICS / "metrics.json").is_file():
+        from transformers import AutoConfig, AutoModelForImageClassification
+
+        c = json.loads((CONVNEXT_METRICS / "metrics.json").read_text())
+        cnet = AutoModelForImageClassification.from_config(AutoConfig.from_pretrained(CONVNEXT_METRICS)).eval()  # the architecture only: FLOPs do not depend on the weights
+        csize = c["model_args"]["image_size"]
+        routes[c["model_name"]] = {"params_m": sum(p.numel() for p in cnet.parameters()) / 1e6, "image_size": csize,
+                                   "gflops": flops(cnet, csize) / 1e9, "test_macro_f1": c["test"]["macro_f1"],
+                                   "external_accuracy": c.get("external", {}).get("accuracy")}
+    for r in routes.values():
+        r["macro_f1_per_gflop"] = r["test_macro_f1"] / r["gflops"]
+    return routes
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    import onnxruntime
+    import transformers
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "load_average_at_start": os.getloadavg()[0], "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def headline(r: dict) -> dict:
+    """The figures the README's table and the issue ask for, under stable names."""
+    inf, lat, att, tr = r.get("inference", {}), r.get("latency", {}), r.get("attribution", {}), r.get("train", {})
+    best = inf.get("default_backend", "onnx").replace("-", "_")
+    return {
+        "inference_speedup_vs_pipeline": inf.get(f"speedup_{best}_vs_pipeline"),
+        "top1_agreement": inf.get(f"bmc_{best}_top1_agreement_vs_pipeline"),
+        "int8_top1_agreement": inf.get("bmc_onnx_int8_top1_agreement_vs_pipeline"),
+        "single_latency_median_ms": lat.get("median_ms"),
+        "single_latency_p95_ms": lat.get("p95_ms"),
+        "single_latency_pre_post_share": lat.get("pre_post_share"),
+        "gradcam_cost_x_forward": att.get("gradcam_x_forward"),
+        "ig_cost_per_step_x_forward": att.get("integrated_gradients_x_forward_per_step"),
+        "occlusion_cost_x_forward": att.get("occlusion_x_forward"),
+        "attention_rollout_cost_x_forward": att.get("attention_rollout_x_forward"),
+        "slowest_attribution_default_s": att.get("slowest_default_s"),
+        "train_throughput_ratio_vs_plain_loop": tr.get("train_throughput_ratio_vs_plain_loop"),
+        "data_share_of_train_step": tr.get("trainer_data_share"),
+        "train_peak_rss_mb": tr.get("peak_rss_mb"),
+        "app_peak_rss_mb": r.get("app", {}).get("app_peak_rss_mb"),
+    }
+
+
+def print_table(h: dict) -> None:
+    goals = {"inference_speedup_vs_pipeline": ">= 4", "top1_agreement": "1.0 (fp32)",
+             "single_latency_pre_post_share": "< 0.25", "gradcam_cost_x_forward": "<= 3",
+             "ig_cost_per_step_x_forward": "<= 0.6", "slowest_attribution_default_s": "< 5",
+             "train_throughput_ratio_vs_plain_loop": "~1", "data_share_of_train_step": "<= 0.2"}
+    print(f"| {'measure':38} | {'value':>10} | goal |\n|{'-' * 40}|{'-' * 12}|------|")
+    for k, v in h.items():
+        text = "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+        print(f"| {k:38} | {text:>10} | {goals.get(k, '')} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--n-images", type=int, default=500)
+    parser.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections (repeatable)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--train-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=6, help="training steps per peer")
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args(argv)
+    if args.train_child:
+        _train_child(args.model, args.steps, args.batch, args.train_child)
+        return 0
+
+    results: dict[str, Any] = {"machine": machine(), "model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),
+                               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    images = test_images(args.model, args.n_images)
+    sections = args.only or SECTIONS
+    runners = {"inference": lambda: bench_inference(args.model, images), "latency": lambda: bench_latency(args.model, images),
+               "attribution": lambda: bench_attribution(args.model, images),
+               "train": lambda: bench_train(args.model, args.steps, args.batch),
+               "app": lambda: bench_app(args.model, images), "cost": lambda: bench_cost(args.model)}
+    t0 = time.perf_counter()
+    for name in sections:
+        print(f"[bench] {name} ...", flush=True)
+        seconds, results[name] = timed(runners[name])
+        results[name]["section_s"] = seconds
+    results["total_s"] = time.perf_counter() - t0
+    results["headline"] = headline(results)
+    print_table(results["headline"])
+    if args.only and args.out.is_file():  # a partial run updates the stored sections, keeps the others
+        stored = json.loads(args.out.read_text())
+        stored.update({k: v for k, v in results.items() if k != "headline"})
+        stored["headline"] = headline(stored)
+        results = stored
+    args.out.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print(f"written {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

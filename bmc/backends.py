@@ -1,0 +1,125 @@
+"""Execution backends for a trained classifier: PyTorch, or an ONNX Runtime copy of it.
+
+On a CPU, ONNX Runtime runs the same float32 graph faster than PyTorch eager mode (fused attention,
+layer norm and GELU kernels; see ``bench/results.json``). bmc exports the loaded safetensors model
+itself with ``torch.onnx.export`` — it never loads an ONNX file it did not write — and caches the
+export under a name that includes the sha256 of the weights, so a changed model is re-exported.
+Dynamic int8 quantisation is offered as an option only: it changes predictions, and its accuracy
+cost is measured by the benchmark, not assumed.
+
+Attribution (``bmc.explain``) needs gradients and always uses the PyTorch model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+
+
+def cache_dir() -> Path:
+    """Where exported ONNX copies live: ``$BMC_CACHE_DIR``, else ``~/.cache/bmc``."""
+    return Path(os.environ.get("BMC_CACHE_DIR") or Path.home() / ".cache" / "bmc")
+
+
+def torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """Logits from normalised pixels with the PyTorch model (no autograd bookkeeping)."""
+
+    @torch.inference_mode()
+    def run(pixels: np.ndarray) -> np.ndarray:
+        return model(pixel_values=torch.from_numpy(pixels)).logits.float().numpy()
+
+    return run
+
+
+def export_onnx(model: torch.nn.Module, size: int, path: Path) -> Path:
+    """Write ``model`` as float32 ONNX with a dynamic batch axis; atomic (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        example = torch.zeros(2, 3, size, size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
+            torch.onnx.export(
+                model.eval(), (example,), tmp, dynamo=False, opset_version=17,
+                input_names=["pixel_values"], output_names=["logits"],
+                dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def quantize_int8(fp32_path: Path, path: Path) -> Path:
+    """Dynamic int8 quantisation of the linear layers' weights (activations stay float)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        quantize_dynamic(str(fp32_path), tmp, weight_type=QuantType.QInt8)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def onnx_runner(model: torch.nn.Module, size: int, version: str, int8: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """Logits from normalised pixels with ONNX Runtime, exporting (once) if no cached copy exists."""
+    import onnxruntime as ort
+
+    stem = f"{type(model).__name__}-{version.replace(':', '-')}-{size}px"
+    fp32 = cache_dir() / "onnx" / f"{stem}.onnx"
+    if not fp32.is_file():
+        log.info("exporting the model to ONNX (once per model): %s", fp32)
+        export_onnx(model, size, fp32)
+    path = fp32
+    if int8:
+        path = fp32.with_name(f"{stem}-int8.onnx")
+        if not path.is_file():
+            quantize_int8(fp32, path)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(pixels: np.ndarray) -> np.ndarray:
+        return session.run(["logits"], {"pixel_values": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+
+    return run
+
+
+def make_runner(backend: str, model: torch.nn.Module, size: int, version: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """The runner for ``backend``; ``auto`` is ONNX Runtime float32 (exact and faster on CPU) with a
+    fall-back to PyTorch, logged, if onnxruntime is missing or the export fails."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return "torch", torch_runner(model)
+    if backend == "auto":
+        try:
+            return "onnx", onnx_runner(model, size, version)
+        except Exception as err:  # noqa: BLE001 - any export/runtime failure falls back to the exact torch path
+            log.warning("ONNX Runtime unavailable (%s: %s); using PyTorch", type(err).__name__, err)
+            return "torch", torch_runner(model)
+    return backend, onnx_runner(model, size, version, int8=backend == "onnx-int8")
+
+
+def describe(backend: str) -> str:
+    """One line for logs and the app footer."""
+    return {"torch": "PyTorch float32", "onnx": "ONNX Runtime float32", "onnx-int8": "ONNX Runtime dynamic int8"}.get(backend, backend)
+

@@ -93,6 +93,9 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
         else:
             verdict = (f"**{name}** at {pred.confidence:.1%} calibrated confidence (review threshold {threshold:.1%}). "
                        "A suggestion for review, not a diagnosis.")
+        if image.info.get("bmc_converted"):
+            verdict += (f"\n\nNote: the upload was {image.info['bmc_converted']}; it was converted to 8-bit RGB, "
+                        "the kind of image the model was trained on.")
         return top, verdict
 
     def explain(path: str | None, method: str, target_name: str, opacity: float, noise_tunnel: bool,

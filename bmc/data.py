@@ -66,8 +66,9 @@ def open_image(data: str | Path | bytes | Image.Image, name: str = "image") -> I
 
     Used for training files and uploads alike so both get the same checks: size on disk, header,
     pixel count (checked before the pixels are decoded), truncation, tiny images; 16-bit, CMYK,
-    palette, greyscale and transparent images are converted rather than refused, and only the
-    first frame of a multi-frame TIFF or GIF is used.
+    palette, greyscale and transparent images are converted rather than refused (the returned
+    image's ``info["bmc_converted"]`` then says from what, so a user can be told); multi-page
+    TIFFs and animated GIFs are refused, because which frame is "the cell" is the user's call.
     """
     if isinstance(data, Image.Image):
         img = data
@@ -97,16 +98,32 @@ def open_image(data: str | Path | bytes | Image.Image, name: str = "image") -> I
         raise ImageError(f"{name}: {w}×{h} px is too large (limit {MAX_PIXELS // 1_000_000} Mpx); crop single cells first")
     if min(w, h) < MIN_SIDE:
         raise ImageError(f"{name}: {w}×{h} px is too small to show a cell (minimum {MIN_SIDE} px per side)")
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    if frames > 1:
+        kind = {"TIFF": "a multi-page TIFF", "GIF": "an animated GIF", "PNG": "an animated PNG"}.get(img.format or "", "a multi-frame image")
+        raise ImageError(f"{name}: {kind} with {frames} frames; bmc classifies one cell per image — "
+                         "save the frame you mean as a single image")
     try:
-        img.seek(0)
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"{name}: the image data is damaged or truncated ({exc})") from None
     return _to_rgb(img)
 
 
+CONVERSIONS = {
+    "I;16": "16-bit greyscale, scaled to 8 bits", "I;16B": "16-bit greyscale, scaled to 8 bits",
+    "I;16L": "16-bit greyscale, scaled to 8 bits", "I": "32-bit greyscale, scaled to 8 bits",
+    "CMYK": "CMYK (print colours)", "RGBA": "RGB with transparency, composited on white",
+    "LA": "greyscale with transparency, composited on white", "P": "a palette (indexed-colour) image",
+    "PA": "a palette image with transparency", "L": "greyscale (no stain colour: expect poor results)",
+    "1": "black-and-white (no stain colour: expect poor results)", "YCbCr": "YCbCr", "LAB": "Lab", "HSV": "HSV",
+}
+"""What a non-RGB input was, in words, for the note shown beside its prediction."""
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB; transparency is composited onto white (slide background)."""
+    mode = img.mode
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         import numpy as np
@@ -118,7 +135,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
-    return img.convert("RGB")
+    rgb = img.convert("RGB")
+    if mode != "RGB":
+        rgb.info["bmc_converted"] = CONVERSIONS.get(mode, mode)
+    return rgb
 
 
 # --------------------------------------------------------------------------- local folders

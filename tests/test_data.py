@@ -6,6 +6,7 @@ import pytest
 
 from bmc import data as D
 from conftest import MATEK, PBC, image_bytes, matek_images
+from corpus import CORPUS
 
 
 def test_kaggle_layout_labels_come_from_the_top_folder(shared_data):
@@ -127,25 +128,22 @@ def test_pbc_external_maps_prefixes_not_folders(shared_data):
     assert excluded["NGB"] == 30 and excluded["unmapped"] == 30  # platelets
 
 
-@pytest.mark.parametrize("payload,fmt,mode,expect", [
-    (lambda: image_bytes("PNG", mode="RGBA"), "PNG", "RGBA", None),
-    (lambda: image_bytes("PNG", mode="P"), "PNG", "P", None),
-    (lambda: image_bytes("PNG", mode="L"), "PNG", "L", None),
-    (lambda: image_bytes("PNG", mode="I;16"), "PNG", "I;16", None),
-    (lambda: image_bytes("JPEG", mode="CMYK"), "JPEG", "CMYK", None),
-    (lambda: image_bytes("TIFF"), "TIFF", "RGB", None),
-    (lambda: image_bytes("BMP"), "BMP", "RGB", None),
-    (lambda: image_bytes("PNG", size=(1, 1)), "PNG", "RGB", "too small"),
-    (lambda: b"", "", "", "empty"),
-    (lambda: b"GIF89a-not-really", "", "", "not an image"),
-])
-def test_open_image_converts_or_names_the_problem(payload, fmt, mode, expect):
-    if expect is None:
-        img = D.open_image(payload(), name="upload")
+@pytest.mark.parametrize("case", CORPUS, ids=[c.name for c in CORPUS])
+def test_every_bad_input_is_converted_with_a_note_or_refused_by_name(case):
+    if case.converted:
+        img = D.open_image(case.make(), name=case.name)
         assert img.mode == "RGB" and img.size == (64, 64)
+        assert case.expect in img.info["bmc_converted"]
     else:
-        with pytest.raises(D.ImageError, match=expect):
-            D.open_image(payload(), name="upload")
+        with pytest.raises(D.ImageError, match=case.expect) as err:
+            D.open_image(case.make(), name=case.name)
+        assert str(err.value).startswith(case.name + ": ")
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "BMP", "JPEG", "PNG"])
+def test_plain_rgb_files_need_no_note(fmt):
+    img = D.open_image(image_bytes(fmt), name="cell")
+    assert img.mode == "RGB" and "bmc_converted" not in img.info
 
 
 def test_decompression_bomb_is_refused_before_decoding():

@@ -10,6 +10,7 @@ Arguments follow transformers' ``run_image_classification.py`` (plus bmc's own, 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -18,7 +19,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from transformers import HfArgumentParser, TrainingArguments
 
 from bmc.hub import HubArguments, publish
-from bmc.training import DataArguments, ModelArguments, run
+from bmc.training import DataArguments, ModelArguments, describe_write_error, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = run(data_args, model_args, training_args)
     except (ValueError, FileNotFoundError, OSError) as exc:
-        logging.getLogger("train_hf").error("%s", exc)
+        message = describe_write_error(exc) if isinstance(exc, OSError) else None
+        logging.getLogger("train_hf").error("%s", message or exc)
+        return 2
+    except RuntimeError as exc:  # torch.save reports a full disk as a RuntimeError, not an OSError
+        if "file write failed" not in str(exc) and "No space left" not in str(exc):
+            raise
+        logging.getLogger("train_hf").error("%s", describe_write_error(OSError(errno.ENOSPC, str(exc))))
         return 2
     if push and results:
         folder = model_args.export_dir or training_args.output_dir

@@ -8,8 +8,10 @@ external set, and write metrics, figures and the model card next to the weights.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from bmc import data as D
 from bmc import labels as L
@@ -31,7 +33,7 @@ from bmc.figures import plot_confusion_matrix, plot_training_curves
 from bmc.inference import dataset_logits
 from bmc.metrics import classification_metrics, per_class_rows, scalar_metrics, softmax
 from bmc.model import load_classifier, load_for_training, save_classifier, update_config
-from bmc.transforms import build_image_processor, make_eval_transform, make_train_transform
+from bmc.transforms import TrainTransform, build_image_processor, make_eval_transform, make_train_transform
 
 log = logging.getLogger(__name__)
 
@@ -237,18 +239,20 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
     id2label, label2id = L.label_maps(codes)
     log.info("classes: %s; split sizes: %s; skipped files: %d", codes, {k: len(v) for k, v in dsd.items()}, len(skipped))
 
+    set_seed(training_args.seed)  # a new head is initialised here, before the Trainer seeds anything
     model = load_for_training(model_args.model_name_or_path, id2label, label2id,
                               model_args.ignore_mismatched_sizes, model_args.drop_path_rate)
     base_processor = _base_processor(model_args.model_name_or_path)
     processor = build_image_processor(model_args.image_size, tuple(base_processor.image_mean), tuple(base_processor.image_std))
-    train_ds = dsd["train"].with_transform(make_train_transform(processor, model_args.denoise))
+    train_transform = make_train_transform(processor, model_args.denoise, training_args.seed)
+    train_ds = dsd["train"].with_transform(train_transform)
     val_ds = dsd["validation"].with_transform(make_eval_transform(processor, model_args.denoise))
 
     training_args.remove_unused_columns = False
     # transformers defaults the selection metric to the loss; bmc selects by macro-F1 unless told otherwise.
     if training_args.metric_for_best_model in (None, "loss", "eval_loss"):
         training_args.metric_for_best_model, training_args.greater_is_better = "macro_f1", True
-    callbacks = []
+    callbacks: list[TrainerCallback] = [AugmentationEpoch(train_transform)]
     if model_args.early_stopping_patience and training_args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=model_args.early_stopping_patience))
     trainer = CellTrainer(
@@ -258,7 +262,10 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
         focal_gamma=model_args.focal_gamma, head_lr_multiplier=model_args.head_lr_multiplier,
         layer_lr_decay=model_args.layer_lr_decay,
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    # A resumed run continues the early-stopping count where it stopped (transformers resets it by default).
+    training_args.restore_callback_states_from_checkpoint = True
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
     if not trainer.is_world_process_zero():
         return {}
 
@@ -318,12 +325,65 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
 
 
 def _replace_dir_contents(staging: Path, target: Path) -> None:
-    """Move finished files into ``target`` one rename at a time (same file system): the target never
-    holds a half-written model file, and checkpoints already in ``target`` are left alone."""
-    target.mkdir(parents=True, exist_ok=True)
-    for item in staging.iterdir():
-        os.replace(item, target / item.name)
-    shutil.rmtree(staging, ignore_errors=True)
+    """Put a finished model folder in place so that ``target`` never holds a half-written model.
+
+    A dedicated folder is swapped whole (rename the old one aside, rename the new one in, delete the
+    old). A folder that also holds the Trainer's checkpoints (``export_dir`` = ``output_dir``) keeps
+    them: its ``config.json`` is removed first and written last, one atomic rename per file, so an
+    interruption leaves a folder that does not load as a model rather than one that loads wrong.
+    """
+    if target.is_dir() and any(target.glob("checkpoint-*")):
+        (target / "config.json").unlink(missing_ok=True)
+        for item in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
+            os.replace(item, target / item.name)
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class AugmentationEpoch(TrainerCallback):
+    """Tell the train transform which epoch it is in, so its per-image draws are resumable."""
+
+    def __init__(self, transform: TrainTransform):
+        self.transform = transform
+
+    def on_epoch_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.transform.epoch = math.floor((state.epoch or 0) + 1e-6)
+
+
+def resolve_checkpoint(resume: str | bool | None, output_dir: str) -> str | None:
+    """The checkpoint to resume from: a given folder (checked), or with ``True`` the newest
+    *complete* ``checkpoint-N`` in ``output_dir`` (a run killed while saving leaves one without
+    ``trainer_state.json``, which the Trainer would otherwise pick and fail on)."""
+    if resume in (None, False, "", "False", "false"):
+        return None
+    if resume in (True, "True", "true"):
+        done = [p for p in Path(output_dir).glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+                and p.name.split("-")[-1].isdigit()]
+        if not done:
+            raise FileNotFoundError(f"--resume_from_checkpoint: no complete checkpoint in {output_dir}")
+        return str(max(done, key=lambda p: int(p.name.split("-")[-1])))
+    path = Path(str(resume))
+    if not (path / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"--resume_from_checkpoint {path}: not a complete checkpoint folder (no trainer_state.json)")
+    return str(path)
+
+
+def describe_write_error(exc: OSError) -> str | None:
+    """A plain message for the write failures a user can fix (disk full, permissions), else None."""
+    path = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"the disk is full{' while writing' + path if path else ''}. Free some space and rerun with "
+                "--resume_from_checkpoint True: the checkpoints written so far are kept.")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"no permission to write{path}. Choose an --output_dir (and --export_dir) you can write to."
+    return None
 
 
 def _collate(examples: list[dict]) -> dict[str, torch.Tensor]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import zlib
+
 import albumentations as A
 import cv2
 import numpy as np
@@ -75,20 +77,40 @@ def _normalise(rgb: np.ndarray, processor: Any) -> np.ndarray:
     return arr.transpose(2, 0, 1)
 
 
-def make_train_transform(processor: Any, use_denoise: bool = False, seed: int | None = None) -> Callable[[dict], dict]:
-    """A ``datasets`` ``set_transform`` function: decode, augment, normalise, to ``pixel_values``."""
-    augment = train_augmentation(processor_size(processor), seed)
+class TrainTransform:
+    """A ``datasets`` ``set_transform`` function: decode, augment, normalise, to ``pixel_values``.
 
-    def transform(batch: dict) -> dict:
+    Each image's augmentation is drawn from its own seed, made of the run's ``seed``, the current
+    ``epoch`` (set by :class:`bmc.training.AugmentationEpoch`) and the image's ``source``. The draws
+    therefore do not depend on the order or the process in which images are loaded: a run resumed
+    from a checkpoint sees exactly the augmented images the uninterrupted run saw.
+    """
+
+    def __init__(self, processor: Any, use_denoise: bool = False, seed: int = 0):
+        self.processor = processor
+        self.use_denoise = use_denoise
+        self.seed = seed
+        self.epoch = 0
+        self.augment = train_augmentation(processor_size(processor), seed)
+
+    def sample_seed(self, source: str) -> int:
+        return zlib.crc32(f"{self.seed}:{self.epoch}:{source}".encode())
+
+    def __call__(self, batch: dict) -> dict:
         pixels = []
-        for image in batch["image"]:
+        sources = batch.get("source") or [str(i) for i in range(len(batch["image"]))]
+        for image, source in zip(batch["image"], sources):
             rgb = np.asarray(open_image(image))
-            if use_denoise:
+            if self.use_denoise:
                 rgb = denoise(rgb)
-            pixels.append(_normalise(augment(image=rgb)["image"], processor))
+            self.augment.set_random_seed(self.sample_seed(source))
+            pixels.append(_normalise(self.augment(image=rgb)["image"], self.processor))
         return {"pixel_values": pixels, "labels": batch["label"]}
 
-    return transform
+
+def make_train_transform(processor: Any, use_denoise: bool = False, seed: int = 0) -> TrainTransform:
+    """The train-time transform (see :class:`TrainTransform`)."""
+    return TrainTransform(processor, use_denoise, seed)
 
 
 def preprocess(images: list[Image.Image], processor: Any, use_denoise: bool = False) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,6 +104,107 @@ def test_resume_from_checkpoint_restores_every_weight(trained, small_kaggle_fold
     assert train_hf.main(_args(small_kaggle_folder, out, tiny_model_dir, "--num_train_epochs", "2",
                                "--resume_from_checkpoint", str(out / checkpoint.name))) == 0
     assert (out / "model.safetensors").is_file()
+
+
+KILL_AT_STEP_4 = """
+import os, signal, sys
+from transformers import TrainerCallback
+import bmc.training as T
+
+class KillAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 4:  # checkpoint-4 is complete; epoch 2 (steps 4-6) is under way
+            os.kill(os.getpid(), signal.SIGKILL)
+
+init = T.CellTrainer.__init__
+def patched(self, *a, **k):
+    init(self, *a, **k)
+    self.add_callback(KillAfterSave())
+T.CellTrainer.__init__ = patched
+import train_hf
+sys.exit(train_hf.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_ends_where_an_uninterrupted_run_ends(small_kaggle_folder, tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    steps = ["--num_train_epochs", "3", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "steps",
+             "--eval_steps", "2", "--per_device_train_batch_size", "8", "--drop_path_rate", "0.1"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert train_hf.main(_args(small_kaggle_folder, whole, tiny_model_dir, *steps)) == 0
+
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_STEP_4, *_args(small_kaggle_folder, killed, tiny_model_dir, *steps)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # really killed, mid-run
+    assert not (killed / "model.safetensors").exists() and not (killed / "config.json").exists()
+    assert (killed / "checkpoint-4" / "trainer_state.json").is_file()
+
+    assert train_hf.main(_args(small_kaggle_folder, killed, tiny_model_dir, *steps, "--resume_from_checkpoint", "True")) == 0
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (whole, killed))
+    assert a["epochs_trained"] == b["epochs_trained"] and a["best_checkpoint"].endswith(Path(b["best_checkpoint"]).name)
+    for key in ("accuracy", "macro_f1", "ece", "confusion_matrix"):
+        assert a["test"][key] == b["test"][key], key
+    assert a["calibration"] == b["calibration"]
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(whole / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_needs_a_complete_checkpoint(tmp_path):
+    from bmc.training import resolve_checkpoint
+
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-10").mkdir()  # killed while saving: no trainer_state.json
+    assert resolve_checkpoint("True", str(tmp_path)) == str(tmp_path / "checkpoint-2")
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        resolve_checkpoint(str(tmp_path / "checkpoint-10"), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        resolve_checkpoint(True, str(tmp_path / "elsewhere"))
+    assert resolve_checkpoint(None, str(tmp_path)) is None
+
+
+@pytest.mark.parametrize("err,expect", [
+    (OSError(28, "No space left on device", "/data/run/model.safetensors"), "the disk is full while writing /data/run/model.safetensors"),
+    (OSError(13, "Permission denied", "/srv/models"), "no permission to write /srv/models"),
+    (RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed"),
+     "the disk is full"),
+])
+def test_disk_full_and_permission_errors_get_a_plain_message(monkeypatch, tmp_path, caplog, err, expect):
+    def fail(*args):
+        raise err
+
+    monkeypatch.setattr(train_hf, "run", fail)
+    assert train_hf.main(["--train_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--report_to", "none"]) == 2
+    assert expect in caplog.text and "Traceback" not in caplog.text
+
+
+def test_export_swaps_a_whole_folder_and_keeps_checkpoints(tmp_path):
+    from bmc.training import _replace_dir_contents
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "model.safetensors").write_text("old")
+    (target / "stale.png").write_text("old")
+    staging = tmp_path / ".stage1"
+    staging.mkdir()
+    (staging / "model.safetensors").write_text("new")
+    (staging / "config.json").write_text("{}")
+    _replace_dir_contents(staging, target)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]  # nothing stale survives
+    assert not staging.exists() and not list(tmp_path.glob(".model.old-*"))
+
+    (target / "checkpoint-3").mkdir()  # export_dir = output_dir: checkpoints stay
+    staging.mkdir()
+    (staging / "config.json").write_text('{"new": 1}')
+    _replace_dir_contents(staging, target)
+    assert (target / "checkpoint-3").is_dir() and (target / "config.json").read_text() == '{"new": 1}'
 
 
 def test_bad_arguments_give_a_message_not_a_traceback(tmp_path, caplog):

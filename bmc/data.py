@@ -229,18 +229,21 @@ def load_hub_or_parquet(
     image_column: str = "image",
     label_column: str = "label",
     split: str | None = None,
+    revision: str | None = None,
 ) -> CellData:
     """Load a Hub dataset id (needs network) or parquet file(s) and normalise it to our columns.
+
+    ``revision`` pins a Hub dataset to a branch, tag or commit (a commit sha makes a run repeatable).
 
     Labels may be a ``ClassLabel`` or strings, spelled as Matek codes or full names. All the
     source's splits are pooled unless ``split`` is given: bmc makes its own stratified split.
     """
     if isinstance(name_or_files, str) and not name_or_files.endswith(".parquet"):
-        raw = datasets.load_dataset(name_or_files, split=split)
+        raw = datasets.load_dataset(name_or_files, split=split, revision=revision or "main")
         origin = name_or_files
     else:
         files = [name_or_files] if isinstance(name_or_files, str) else list(name_or_files)
-        raw = datasets.load_dataset("parquet", data_files=files, split=split)
+        raw = datasets.load_dataset("parquet", data_files=files, split=split)  # nosec B615 # local files, not the Hub
         origin = "parquet"
     if isinstance(raw, datasets.DatasetDict):
         raw = datasets.concatenate_datasets([raw[k].cast(raw[next(iter(raw))].features) for k in raw])
@@ -277,7 +280,7 @@ def load_hub_or_parquet(
     return CellData(ds, skipped)
 
 
-def load_cells(source: str, image_column: str = "image", label_column: str = "label") -> CellData:
+def load_cells(source: str, image_column: str = "image", label_column: str = "label", revision: str | None = None) -> CellData:
     """Dispatch on what ``source`` is: a local folder, parquet file(s), or a Hub dataset id."""
     path = Path(source)
     if path.is_dir() and any(path.glob("*.parquet")):
@@ -290,7 +293,7 @@ def load_cells(source: str, image_column: str = "image", label_column: str = "la
         return load_hub_or_parquet(str(path), image_column, label_column)
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise FileNotFoundError(f"data folder not found: {source} (a Hub dataset id looks like 'owner/name')")
-    return load_hub_or_parquet(source, image_column, label_column)
+    return load_hub_or_parquet(source, image_column, label_column, revision=revision)
 
 
 # --------------------------------------------------------------------------- splitting

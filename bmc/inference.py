@@ -58,7 +58,7 @@ def model_version(name_or_path: str, config: Any) -> str:
     commit = getattr(config, "_commit_hash", None)
     if commit:
         return commit[:12]
-    weights = sorted(Path(name_or_path).glob("*.safetensors"))
+    weights = sorted(Path(name_or_path).glob("*.safetensors")) or sorted(Path(name_or_path).glob("*.bin"))
     digest = hashlib.sha256()
     for w in weights:
         with open(w, "rb") as fh:
@@ -70,11 +70,12 @@ def model_version(name_or_path: str, config: Any) -> str:
 class Predictor:
     """A loaded model plus its calibration: the one object the app and the CLI predict with."""
 
-    def __init__(self, name_or_path: str, backend: str = "auto"):
+    def __init__(self, name_or_path: str, backend: str = "auto", allow_pickle: bool = False, revision: str | None = None):
         """``backend``: ``auto`` (ONNX Runtime float32 if it loads, else PyTorch), ``torch``, ``onnx``,
-        or ``onnx-int8`` (faster, but not identical predictions: see the benchmark)."""
+        or ``onnx-int8`` (faster, but not identical predictions: see the benchmark). ``allow_pickle``:
+        see :mod:`bmc.model`. ``revision``: branch, tag or commit of a Hub model."""
         self.name = name_or_path
-        self.model, self.processor = load_classifier(name_or_path)
+        self.model, self.processor = load_classifier(name_or_path, allow_pickle, revision)
         cfg = self.model.config
         self.codes = [cfg.id2label[i] for i in range(cfg.num_labels)]
         self.temperature = float(getattr(cfg, "bmc_temperature", 1.0) or 1.0)

@@ -1,24 +1,31 @@
 """Creating and loading classifiers, safely.
 
-Only safetensors weights are ever loaded (``use_safetensors=True``): a ``pytorch_model.bin`` is a
-pickle and unpickling a downloaded file can run arbitrary code. ``trust_remote_code`` is never set.
+Only safetensors weights are loaded by default (``use_safetensors=True``): a ``pytorch_model.bin``
+is a pickle and unpickling a downloaded file can run arbitrary code. A user who trusts a pickle-only
+model can pass ``allow_pickle=True`` (``--allow-pickle-weights``); even then torch's weights-only
+unpickler is used, which refuses anything but tensors, and a file holding other objects is refused
+with :class:`UnsafeModelError`. ``trust_remote_code`` is never set.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 
+log = logging.getLogger(__name__)
+
 
 class UnsafeModelError(ValueError):
     """The model folder offers only pickle weights (``.bin``/``.pt``), which bmc refuses to load."""
 
 
-def check_safetensors(name_or_path: str) -> None:
+def check_safetensors(name_or_path: str, allow_pickle: bool = False) -> None:
     """Refuse a local folder that has pickle weights but no safetensors, with a clear message."""
     path = Path(name_or_path)
     if not path.is_dir():
@@ -26,12 +33,28 @@ def check_safetensors(name_or_path: str) -> None:
     if any(path.glob("*.safetensors")):
         return
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+    if pickles and allow_pickle:
+        log.warning("%s: loading pickle weights (%s) with torch's weights-only unpickler, as asked", path, ", ".join(pickles))
+        return
     if pickles:
         raise UnsafeModelError(
             f"{path} holds only pickle weights ({', '.join(pickles)}); bmc loads safetensors only. "
-            "Convert them yourself, from a source you trust, with model.save_pretrained(..., safe_serialization=True)."
+            "Convert them yourself, from a source you trust, with model.save_pretrained(...) (which writes safetensors), "
+            "or pass --allow-pickle-weights if you trust the file."
         )
     raise FileNotFoundError(f"{path} has no model weights (*.safetensors)")
+
+
+def _from_pretrained(name_or_path: str, allow_pickle: bool, revision: str | None, **kwargs: Any) -> PreTrainedModel:
+    """``from_pretrained`` with bmc's weight policy; a pickle with non-tensor objects is refused by name."""
+    try:
+        return AutoModelForImageClassification.from_pretrained(
+            name_or_path, use_safetensors=None if allow_pickle else True, dtype=torch.float32, revision=revision or "main",
+            **kwargs)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeModelError(
+            f"{name_or_path}: the pickle weights hold objects other than tensors (possibly code); refused. "
+            f"({str(exc).splitlines()[0][:120]})") from None
 
 
 def load_for_training(
@@ -40,26 +63,26 @@ def load_for_training(
     label2id: dict[str, int],
     ignore_mismatched_sizes: bool = False,
     drop_path_rate: float | None = None,
+    allow_pickle: bool = False,
+    revision: str | None = None,
 ) -> PreTrainedModel:
     """A classification model with a head for ``id2label``, from a backbone or a classifier.
 
-    ``ignore_mismatched_sizes`` lets a classifier trained on other classes be re-headed.
+    ``ignore_mismatched_sizes`` lets a classifier trained on other classes be re-headed;
+    ``revision`` pins a Hub model to a branch, tag or commit.
     """
-    check_safetensors(name_or_path)
-    config = AutoConfig.from_pretrained(name_or_path, id2label=id2label, label2id=label2id)
+    check_safetensors(name_or_path, allow_pickle)
+    config = AutoConfig.from_pretrained(name_or_path, id2label=id2label, label2id=label2id, revision=revision or "main")
     if drop_path_rate is not None and hasattr(config, "drop_path_rate"):
         config.drop_path_rate = drop_path_rate
-    return AutoModelForImageClassification.from_pretrained(
-        name_or_path, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes, use_safetensors=True,
-        dtype=torch.float32,
-    )
+    return _from_pretrained(name_or_path, allow_pickle, revision, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes)
 
 
-def load_classifier(name_or_path: str) -> tuple[PreTrainedModel, Any]:
+def load_classifier(name_or_path: str, allow_pickle: bool = False, revision: str | None = None) -> tuple[PreTrainedModel, Any]:
     """A trained classifier and its image processor, in float32 and eval mode."""
-    check_safetensors(name_or_path)
-    model = AutoModelForImageClassification.from_pretrained(name_or_path, use_safetensors=True, dtype=torch.float32)
-    processor = AutoImageProcessor.from_pretrained(name_or_path)
+    check_safetensors(name_or_path, allow_pickle)
+    model = _from_pretrained(name_or_path, allow_pickle, revision)
+    processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision or "main")
     return model.eval(), processor
 
 

@@ -53,6 +53,7 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation and test splits"})
     image_column_name: str = field(default="image", metadata={"help": "Image column of a Hub/parquet dataset"})
     label_column_name: str = field(default="label", metadata={"help": "Label column of a Hub/parquet dataset"})
+    dataset_revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of the Hub dataset (a commit makes the run repeatable)"})
     external_dir: str | None = field(default=None, metadata={"help": "PBC-layout folder evaluated as out-of-domain data (never trained on)"})
 
 
@@ -69,6 +70,9 @@ class ModelArguments:
     head_lr_multiplier: float = field(default=10.0, metadata={"help": "Learning rate of the new classification head relative to the backbone"})
     layer_lr_decay: float = field(default=0.75, metadata={"help": "Layer-wise learning-rate decay for transformer blocks (1: flat)"})
     drop_path_rate: float | None = field(default=0.1, metadata={"help": "Stochastic depth for ViT backbones"})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model (as in run_image_classification.py)"})
+    allow_pickle_weights: bool = field(default=False, metadata={"help": "Also load a base model that has only pytorch_model.bin "
+                                                                         "(torch's weights-only unpickler); safetensors only by default"})
     early_stopping_patience: int = field(default=3, metadata={"help": "Evaluations without macro-F1 gain before stopping (0: off)"})
     review_target_accuracy: float = field(default=0.95, metadata={"help": "Validation accuracy required above the review threshold"})
     export_dir: str | None = field(default=None, metadata={"help": "Where the final model, card and figures go (default: output_dir)"})
@@ -182,7 +186,7 @@ def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[D.SkippedFil
     """Load, check and split the data; return the DatasetDict, skipped files and manifest rows."""
     if not args.dataset_name and not args.train_dir:
         raise ValueError("give --train_dir (a local folder) or --dataset_name (a Hub dataset id)")
-    cells = D.load_cells(args.dataset_name or args.train_dir, args.image_column_name, args.label_column_name)
+    cells = D.load_cells(args.dataset_name or args.train_dir, args.image_column_name, args.label_column_name, args.dataset_revision)
     ds, skipped = cells.dataset, list(cells.skipped)
     sources, label_ids = ds["source"], ds["label"]
     val_fraction = 0.0 if args.validation_dir else args.train_val_split
@@ -241,8 +245,9 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
 
     set_seed(training_args.seed)  # a new head is initialised here, before the Trainer seeds anything
     model = load_for_training(model_args.model_name_or_path, id2label, label2id,
-                              model_args.ignore_mismatched_sizes, model_args.drop_path_rate)
-    base_processor = _base_processor(model_args.model_name_or_path)
+                              model_args.ignore_mismatched_sizes, model_args.drop_path_rate, model_args.allow_pickle_weights,
+                              model_args.model_revision)
+    base_processor = _base_processor(model_args.model_name_or_path, model_args.model_revision)
     processor = build_image_processor(model_args.image_size, tuple(base_processor.image_mean), tuple(base_processor.image_std))
     train_transform = make_train_transform(processor, model_args.denoise, training_args.seed)
     train_ds = dsd["train"].with_transform(train_transform)
@@ -393,12 +398,12 @@ def _collate(examples: list[dict]) -> dict[str, torch.Tensor]:
     }
 
 
-def _base_processor(name_or_path: str) -> Any:
+def _base_processor(name_or_path: str, revision: str | None = None) -> Any:
     """The base model's processor, for its normalisation statistics (ImageNet if it has none)."""
     from transformers import AutoImageProcessor
 
     try:
-        return AutoImageProcessor.from_pretrained(name_or_path)
+        return AutoImageProcessor.from_pretrained(name_or_path, revision=revision or "main")
     except (OSError, ValueError):
         return build_image_processor(224)
 

@@ -71,3 +71,43 @@ def test_pickle_only_model_folder_is_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
     with pytest.raises(UnsafeModelError, match="safetensors only"):
         load_classifier(str(tmp_path))
+
+
+def _pickle_folder(src, dst, state):
+    """A copy of a model folder whose weights are a pytorch_model.bin holding ``state``."""
+    import shutil
+
+    import torch
+
+    shutil.copytree(src, dst)
+    (dst / "model.safetensors").unlink()
+    torch.save(state, dst / "pytorch_model.bin")
+    return dst
+
+
+def test_pickle_weights_load_only_with_the_flag_and_only_tensors(tiny_model_dir, tmp_path, cell):
+    import os
+
+    reference = Predictor(str(tiny_model_dir), "torch")
+    folder = _pickle_folder(tiny_model_dir, tmp_path / "bin", reference.model.state_dict())
+    with pytest.raises(UnsafeModelError, match="--allow-pickle-weights"):
+        Predictor(str(folder))
+    allowed = Predictor(str(folder), "torch", allow_pickle=True)
+    assert allowed.predict([cell])[0].probs == pytest.approx(reference.predict([cell])[0].probs, abs=1e-6)
+
+    class Payload:  # what a malicious checkpoint does: run a command while being unpickled
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    evil = _pickle_folder(tiny_model_dir, tmp_path / "evil", {"classifier.weight": Payload()})
+    with pytest.raises(UnsafeModelError, match="objects other than tensors"):
+        Predictor(str(evil), "torch", allow_pickle=True)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_no_code_path_trusts_remote_code():
+    from conftest import ROOT
+
+    sources = [*ROOT.joinpath("bmc").rglob("*.py"), ROOT / "app.py", ROOT / "train_hf.py"]
+    offenders = [str(p) for p in sources if "trust_remote_code=True" in p.read_text()]
+    assert not offenders

@@ -4,7 +4,7 @@
     python bench/stress.py --clients 4 --requests 5
 
 Each client is a separate ``gradio_client.Client`` in its own thread, sending a mix of single-cell
-classifications and attribution maps (every fifth request; Grad-CAM and attention rollout in turn)
+classifications and attribution maps (every fourth request; Grad-CAM and attention rollout in turn)
 for real test-split cells. Requests run in rounds (every client sends ``requests / rounds`` per
 round) and the app's resident memory is read after each round: after a warm-up round it must stay
 flat (no leak). Reported: requests served, failures (with their messages), latency percentiles per
@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def client_loop(url: str, cid: int, paths: list[str], n: int, rounds: int, barri
         if r and r % per_round == 0:
             barrier.wait()
         path = paths[(cid * n + r) % len(paths)]
-        attribution = r % 5 == 4
+        attribution = r % 4 == 3
         kind = ("Grad-CAM" if (cid + r) % 2 else "Attention rollout") if attribution else "classify"
         start = time.perf_counter()
         error = None
@@ -60,25 +61,29 @@ def client_loop(url: str, cid: int, paths: list[str], n: int, rounds: int, barri
     barrier.wait()
 
 
-def stress(model: Path, clients: int, requests: int, rounds: int) -> dict:
-    paths = [p for p, _ in test_images(model, 200)]
+def stress_clients(url: str, paths: list[str], clients: int, requests: int, rounds: int,
+                   after_round: Callable[[], None] | None = None) -> list[dict]:
+    """Run ``clients`` concurrent clients against ``url``; one record per request."""
     records: list[dict] = []
     lock = threading.Lock()
+    barrier = threading.Barrier(clients, action=after_round)
+    threads = [threading.Thread(target=client_loop, args=(url, c, paths, requests, rounds, barrier, records, lock))
+               for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return records
+
+
+def stress(model: Path, clients: int, requests: int, rounds: int) -> dict:
+    paths = [p for p, _ in test_images(model, 200)]
     memory: list[float] = []
     with running_app(str(model)) as (url, proc):
         start_rss = rss_mb(proc.pid)
-
-        def after_round() -> None:  # runs once per round, when every client has arrived
-            memory.append(rss_mb(proc.pid))
-
-        barrier = threading.Barrier(clients, action=after_round)
-        threads = [threading.Thread(target=client_loop, args=(url, c, paths, requests, rounds, barrier, records, lock))
-                   for c in range(clients)]
         t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        # after each round, when every client has arrived at the barrier: the app's resident memory
+        records = stress_clients(url, paths, clients, requests, rounds, after_round=lambda: memory.append(rss_mb(proc.pid)))
         wall = time.perf_counter() - t0
         peak = peak_rss_mb(proc.pid)
         alive = proc.poll() is None

@@ -42,8 +42,11 @@ def card_context(metrics: dict, model_dir: Path) -> dict[str, Any]:
     unseen = [c for c in L.CELL_CLASSES if c.code not in codes]
     weights = sorted(model_dir.glob("*.safetensors"))
     size_mb = sum(w.stat().st_size for w in weights) / 1e6
+    config_path = model_dir / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     return {
         "m": metrics,
+        "architecture": (config.get("architectures") or [config.get("model_type", "unknown")])[0],
         "classes": classes,
         "unseen_classes": unseen,
         "weights_mb": f"{size_mb:.1f}",

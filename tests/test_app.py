@@ -128,6 +128,17 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(client, tmp_path
     assert label["label"]
 
 
+def test_concurrent_users_all_get_answers(app_url, shared_data):
+    """A small version of bench/stress.py (which runs 16 clients × 25 requests): no request may fail."""
+    from bench.stress import stress_clients
+
+    paths = [str(p) for code in ("EOS", "LYT", "NGS") for p in matek_images(code, 3)]
+    records = stress_clients(app_url, paths, clients=6, requests=4, rounds=2)
+    assert len(records) == 24
+    assert not [r["error"] for r in records if r["error"]]
+    assert {r["kind"] for r in records} == {"classify", "Grad-CAM", "Attention rollout"}
+
+
 def test_browser_upload_label_and_attribution(app_url, tmp_path, shared_data):
     """Headless Chromium (Debian's, driven by Playwright): upload a cell, read the label, draw a map."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -84,7 +84,48 @@ def bench_inference(model: Path, images: list[tuple[str, str]]) -> dict:
         out[f"bmc_{key}_accuracy"] = float(np.mean([a == b for a, b in zip(top, codes)]))
         out[f"speedup_{key}_vs_pipeline"] = out[f"bmc_{key}_img_s"] / out["naive_pipeline_img_s"]
     out["default_backend"] = Predictor(str(model)).backend
+    out["where_the_time_goes"] = _inference_evidence(classify, paths[:40], out)
     return out
+
+
+def _inference_evidence(classify: Any, paths: list[str], out: dict) -> dict:
+    """Why batching cannot give much more: the naive pipeline's time per image split into its stages,
+    and the model's achieved FLOP rate beside this CPU's dense matrix-multiply rate (the ceiling)."""
+    stages = {"preprocess": 0.0, "forward": 0.0, "postprocess": 0.0}
+    for p in paths:
+        t0 = time.perf_counter()
+        inputs = classify.preprocess(p)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            outputs = classify._forward(inputs)
+        t2 = time.perf_counter()
+        classify.postprocess(outputs, top_k=1)
+        t3 = time.perf_counter()
+        for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2)):
+            stages[key] += dt
+    total = sum(stages.values())
+    a = torch.randn(2048, 2048)
+    a @ a
+    t_mm = statistics.median(timed(lambda: a @ a)[0] for _ in range(5))
+    gflop = _model_gflops(classify.model, classify.image_processor)
+    return {
+        "naive_stage_share": {k: v / total for k, v in stages.items()},
+        "model_gflop_per_image": gflop,
+        "matmul_gflop_s": 2 * 2048**3 / t_mm / 1e9,
+        "achieved_gflop_s": {k.removeprefix("bmc_").removesuffix("_img_s"): v * gflop for k, v in out.items() if k.endswith("_img_s")},
+    }
+
+
+def _model_gflops(net: torch.nn.Module, processor: Any) -> float:
+    """Forward FLOPs of one image (torch's FLOP counter: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bmc.transforms import processor_size
+
+    size = processor_size(processor)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        net(pixel_values=torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
 
 
 def _predict_files(predictor: Predictor, paths: list[str], batch_size: int = 32) -> list[str]:
@@ -155,21 +196,28 @@ def bench_attribution(model: Path, images: list[tuple[str, str]], repeats: int =
     out["ig_steps"] = IG_STEPS
     out["integrated_gradients_x_forward_per_step"] = out["integrated_gradients_x_forward"] / IG_STEPS
     out["slowest_default_s"] = max(v for k, v in out.items() if k.endswith("_s") and k != "forward_ms")
-    out["profile_integrated_gradients"] = _profile_ig(explainer, image)
+    out["integrated_gradients_breakdown"] = _ig_breakdown(predictor.model, x, forward)
     return out
 
 
-def _profile_ig(explainer: Any, image: Any) -> dict:
-    """Where IG's time goes (torch profiler): the forward and the backward of the batched path steps."""
-    from torch.profiler import ProfilerActivity, profile
+def _ig_breakdown(model: torch.nn.Module, x: torch.Tensor, forward: float) -> dict:
+    """Why IG costs what it costs: one batch of ``IG_STEPS`` path points, forward only and forward +
+    backward to the input (weights frozen, as in bmc.explain), per image, in single-forward units."""
+    from bmc.explain import IG_STEPS, parameters_frozen
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        explainer.explain(image, "Integrated Gradients", target=0)
-    total = sum(e.self_cpu_time_total for e in prof.key_averages())
-    backward = sum(e.self_cpu_time_total for e in prof.key_averages() if "Backward" in e.key or "backward" in e.key)
-    top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:5]
-    return {"backward_share": backward / total if total else None,
-            "top_ops": [{"op": e.key, "share": e.self_cpu_time_total / total} for e in top]}
+    xs = x.repeat(IG_STEPS, 1, 1, 1)
+    with torch.inference_mode():
+        fwd = statistics.median(timed(lambda: model(pixel_values=xs))[0] for _ in range(3))
+
+    def forward_backward() -> None:
+        xi = xs.clone().requires_grad_(True)
+        model(pixel_values=xi).logits[:, 0].sum().backward()
+
+    with parameters_frozen(model):
+        forward_backward()
+        both = statistics.median(timed(forward_backward)[0] for _ in range(3))
+    return {"batched_forward_per_image_x_forward": fwd / IG_STEPS / forward,
+            "batched_forward_backward_per_image_x_forward": both / IG_STEPS / forward}
 
 
 def bench_train(model: Path, steps: int = 6, batch: int = 32) -> dict:
@@ -278,18 +326,15 @@ def bench_app(model: Path, images: list[tuple[str, str]]) -> dict:
 
 def bench_cost(model: Path) -> dict:
     """Accuracy per cost: test macro-F1 beside forward FLOPs (one image) and parameters, per route."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from bmc.model import load_classifier
+    from bmc.transforms import build_image_processor
 
     def flops(net: torch.nn.Module, size: int) -> float:
-        with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            net(pixel_values=torch.zeros(1, 3, size, size))
-        return counter.get_total_flops()
+        return _model_gflops(net, build_image_processor(size)) * 1e9
 
     routes = {}
     m = json.loads((model / "metrics.json").read_text())
-    net, proc = load_classifier(str(model))
+    net, _processor = load_classifier(str(model))
     size = m["model_args"]["image_size"]
     routes[m["model_name"]] = {"params_m": sum(p.numel() for p in net.parameters()) / 1e6, "image_size": size,
                                "gflops": flops(net, size) / 1e9, "test_macro_f1": m["test"]["macro_f1"],
@@ -298,7 +343,8 @@ def bench_cost(model: Path) -> dict:
         from transformers import AutoConfig, AutoModelForImageClassification
 
         c = json.loads((CONVNEXT_METRICS / "metrics.json").read_text())
-        cnet = AutoModelForImageClassification.from_config(AutoConfig.from_pretrained(CONVNEXT_METRICS)  # nosec B615 # a folder in this repository).eval()  # the architecture only: FLOPs do not depend on the weights
+        config = AutoConfig.from_pretrained(CONVNEXT_METRICS)  # nosec B615 # a folder in this repository
+        cnet = AutoModelForImageClassification.from_config(config).eval()  # FLOPs depend on the architecture only
         csize = c["model_args"]["image_size"]
         routes[c["model_name"]] = {"params_m": sum(p.numel() for p in cnet.parameters()) / 1e6, "image_size": csize,
                                    "gflops": flops(cnet, csize) / 1e9, "test_macro_f1": c["test"]["macro_f1"],

@@ -96,7 +96,7 @@ class Explainer:
         }
         if method not in fn:
             raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(self.methods())}")
-        with _parameters_frozen(self.model):
+        with parameters_frozen(self.model):
             raw = fn[method](x, target, **options)
         return Attribution(method, target, _to_image_size(raw, image.size), HOW_TO_READ[method])
 
@@ -184,7 +184,7 @@ class Explainer:
 
 
 @contextmanager
-def _parameters_frozen(model: nn.Module) -> Iterator[None]:
+def parameters_frozen(model: nn.Module) -> Iterator[None]:
     """Attribution needs gradients with respect to the input or one layer, never the weights:
     freezing the weights skips their gradients and roughly halves the cost of a backward pass."""
     flags = [(p, p.requires_grad) for p in model.parameters()]

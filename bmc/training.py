@@ -337,6 +337,10 @@ def _replace_dir_contents(staging: Path, target: Path) -> None:
     them: its ``config.json`` is removed first and written last, one atomic rename per file, so an
     interruption leaves a folder that does not load as a model rather than one that loads wrong.
     """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [staging, *staging.rglob("*")]:  # mkdtemp/safetensors create private files; a model folder is shared
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
     if target.is_dir() and any(target.glob("checkpoint-*")):
         (target / "config.json").unlink(missing_ok=True)
         for item in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):

@@ -192,13 +192,19 @@ def test_export_swaps_a_whole_folder_and_keeps_checkpoints(tmp_path):
     target.mkdir()
     (target / "model.safetensors").write_text("old")
     (target / "stale.png").write_text("old")
-    staging = tmp_path / ".stage1"
-    staging.mkdir()
+    import tempfile
+
+    staging = Path(tempfile.mkdtemp(dir=tmp_path))  # private (0700), as run() makes it
     (staging / "model.safetensors").write_text("new")
     (staging / "config.json").write_text("{}")
+    (staging / "config.json").chmod(0o600)
     _replace_dir_contents(staging, target)
     assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]  # nothing stale survives
     assert not staging.exists() and not list(tmp_path.glob(".model.old-*"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~umask  # as readable as any folder the user makes
+    assert (target / "config.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
     (target / "checkpoint-3").mkdir()  # export_dir = output_dir: checkpoints stay
     staging.mkdir()

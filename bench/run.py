@@ -431,13 +431,14 @@ def main(argv: list[str] | None = None) -> int:
         seconds, results[name] = timed(runners[name])
         results[name]["section_s"] = seconds
     results["total_s"] = time.perf_counter() - t0
-    results["headline"] = headline(results)
-    print_table(results["headline"])
-    if args.only and args.out.is_file():  # a partial run updates the stored sections, keeps the others
+    if args.only and args.out.is_file():  # a partial run updates its sections and keeps the others
         stored = json.loads(args.out.read_text())
-        stored.update({k: v for k, v in results.items() if k != "headline"})
-        stored["headline"] = headline(stored)
+        stored.setdefault("sections_rerun", {}).update({name: results["started"] for name in sections})
+        stored.update({name: results[name] for name in sections})
         results = stored
+    # The headline figures sit at the top level of the file, under the names the README's table uses.
+    results.update(headline(results))
+    print_table(headline(results))
     args.out.write_text(json.dumps(results, indent=2, default=float) + "\n")
     print(f"written {args.out}")
     return 0

@@ -6,13 +6,14 @@ Arguments follow transformers' ``run_image_classification.py`` (plus bmc's own, 
 
     accelerate launch train_hf.py --train_dir ../shared/data/bone-marrow-cells --output_dir runs/x ...
     accelerate launch train_hf.py config.json
+    accelerate launch train_hf.py config.json --resume_from_checkpoint True   # flags after the file override it
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
-import os
 import sys
 
 from huggingface_hub.errors import HfHubHTTPError
@@ -22,13 +23,26 @@ from bmc.hub import HubArguments, publish
 from bmc.training import DataArguments, ModelArguments, describe_write_error, run
 
 
+def config_as_arguments(path: str) -> list[str]:
+    """A JSON config as command-line arguments, so that flags after it override it
+    (``train_hf.py config.json --resume_from_checkpoint True``)."""
+    with open(path) as fh:
+        config = json.load(fh)
+    args: list[str] = []
+    for key, value in config.items():
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        args += [f"--{key}", *(str(v) for v in values)]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = HfArgumentParser((DataArguments, ModelArguments, HubArguments, TrainingArguments))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        data_args, model_args, hub_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
-    else:
-        data_args, model_args, hub_args, training_args = parser.parse_args_into_dataclasses(argv)
+    if argv and argv[0].endswith(".json"):  # a config file, then optional overrides: the last value given wins
+        argv = config_as_arguments(argv[0]) + argv[1:]
+    data_args, model_args, hub_args, training_args = parser.parse_args_into_dataclasses(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # bmc publishes the finished folder itself (with its own card), not the Trainer's checkpoints.
     push, training_args.push_to_hub = training_args.push_to_hub, False

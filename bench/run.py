@@ -73,17 +73,18 @@ def bench_inference(model: Path, images: list[tuple[str, str]]) -> dict:
     t_pipe, naive = timed(lambda: [classify(p, top_k=1)[0]["label"] for p in paths])
     out: dict[str, Any] = {"n_images": len(paths), "naive_pipeline_img_s": len(paths) / t_pipe,
                            "naive_pipeline_accuracy": float(np.mean([a == b for a, b in zip(naive, codes)]))}
-    for backend in ("torch", "onnx", "onnx-int8"):
+    for backend in ("torch", "auto", "onnx-int8"):  # "auto" is what the app uses (ONNX Runtime fp32 when it loads)
         t_load, predictor = timed(lambda: Predictor(str(model), backend))
+        if backend == "auto":
+            out["default_backend"] = predictor.backend
         predictor.logits([D.open_image(paths[0])])  # warm-up
         t, top = timed(lambda: _predict_files(predictor, paths))
-        key = backend.replace("-", "_")
+        key = predictor.backend.replace("-", "_")
         out[f"bmc_{key}_img_s"] = len(paths) / t
         out[f"bmc_{key}_load_s"] = t_load  # includes the one-off ONNX export when the cache is empty
         out[f"bmc_{key}_top1_agreement_vs_pipeline"] = float(np.mean([a == b for a, b in zip(top, naive)]))
         out[f"bmc_{key}_accuracy"] = float(np.mean([a == b for a, b in zip(top, codes)]))
         out[f"speedup_{key}_vs_pipeline"] = out[f"bmc_{key}_img_s"] / out["naive_pipeline_img_s"]
-    out["default_backend"] = Predictor(str(model)).backend
     out["where_the_time_goes"] = _inference_evidence(classify, paths[:40], out)
     return out
 
@@ -238,7 +239,7 @@ def _train_child(model: Path, steps: int, batch: int, out_json: Path) -> None:
     from bmc import labels as L
     from bmc.model import load_for_training
     from bmc.training import CellTrainer, _collate, cell_loss, inverse_frequency_weights, use_all_cores_when_alone
-    from bmc.transforms import make_train_transform, processor_size
+    from bmc.transforms import TrainTransform, processor_size
 
     use_all_cores_when_alone()
     metrics = json.loads((model / "metrics.json").read_text())
@@ -246,7 +247,7 @@ def _train_child(model: Path, steps: int, batch: int, out_json: Path) -> None:
     rows = [r for r in D.read_manifest(model / "split_manifest.csv") if r["split"] == "train"][: steps * batch * 2]
     ds = D.from_records([(r["source"], r["label"]) for r in rows], codes)
     predictor = Predictor(str(model), "torch")
-    transform = make_train_transform(predictor.processor, predictor.use_denoise, seed=0)
+    transform = TrainTransform(predictor.processor, predictor.use_denoise, seed=0)
     weights = inverse_frequency_weights(ds["label"], len(codes))
     id2label, label2id = L.label_maps(codes)
 

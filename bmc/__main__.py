@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from bmc.backends import BACKENDS
+
 DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "bmc-dinov2s-matek8")
 
 
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     count.add_argument("--model", default=DEFAULT_MODEL, help="model folder or Hub id (default: the bundled model)")
     count.add_argument("--out", type=Path, required=True, help="folder for predictions.csv, counts.png, report.html")
     count.add_argument("--batch-size", type=int, default=32)
-    count.add_argument("--backend", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
+    count.add_argument("--backend", choices=BACKENDS, default="auto",
                        help="auto: ONNX Runtime float32 (same predictions, faster on CPU), else PyTorch")
     count.add_argument("--revision", default=None, help="branch, tag or commit of a Hub model id (pin a commit)")
     count.add_argument("--allow-pickle-weights", action="store_true",

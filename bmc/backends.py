@@ -17,10 +17,12 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # torch is imported where it is used: `python -m bmc` reads BACKENDS without it
+    import torch
 
 import numpy as np
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ def cache_dir() -> Path:
 
 def torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     """Logits from normalised pixels with the PyTorch model (no autograd bookkeeping)."""
+    import torch
 
     @torch.inference_mode()
     def run(pixels: np.ndarray) -> np.ndarray:
@@ -44,6 +47,8 @@ def torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 
 def export_onnx(model: torch.nn.Module, size: int, path: Path) -> Path:
     """Write ``model`` as float32 ONNX with a dynamic batch axis; atomic (temp file, then rename)."""
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)

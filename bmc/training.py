@@ -33,7 +33,7 @@ from bmc.figures import plot_confusion_matrix, plot_training_curves
 from bmc.inference import dataset_logits
 from bmc.metrics import classification_metrics, per_class_rows, scalar_metrics, softmax
 from bmc.model import load_classifier, load_for_training, save_classifier, update_config
-from bmc.transforms import TrainTransform, build_image_processor, make_eval_transform, make_train_transform
+from bmc.transforms import TrainTransform, build_image_processor, make_eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
                               model_args.model_revision)
     base_processor = _base_processor(model_args.model_name_or_path, model_args.model_revision)
     processor = build_image_processor(model_args.image_size, tuple(base_processor.image_mean), tuple(base_processor.image_std))
-    train_transform = make_train_transform(processor, model_args.denoise, training_args.seed)
+    train_transform = TrainTransform(processor, model_args.denoise, training_args.seed)
     train_ds = dsd["train"].with_transform(train_transform)
     val_ds = dsd["validation"].with_transform(make_eval_transform(processor, model_args.denoise))
 

@@ -108,11 +108,6 @@ class TrainTransform:
         return {"pixel_values": pixels, "labels": batch["label"]}
 
 
-def make_train_transform(processor: Any, use_denoise: bool = False, seed: int = 0) -> TrainTransform:
-    """The train-time transform (see :class:`TrainTransform`)."""
-    return TrainTransform(processor, use_denoise, seed)
-
-
 def preprocess(images: list[Image.Image], processor: Any, use_denoise: bool = False) -> np.ndarray:
     """Evaluation/serving preprocessing: exactly the image processor (plus optional denoising)."""
     if use_denoise:

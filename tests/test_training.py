@@ -213,6 +213,23 @@ def test_export_swaps_a_whole_folder_and_keeps_checkpoints(tmp_path):
     assert (target / "checkpoint-3").is_dir() and (target / "config.json").read_text() == '{"new": 1}'
 
 
+def test_json_config_then_overrides_parse_like_the_file_alone(tmp_path):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from bmc.hub import HubArguments
+    from bmc.training import DataArguments, ModelArguments
+    from conftest import ROOT
+
+    parser = HfArgumentParser((DataArguments, ModelArguments, HubArguments, TrainingArguments))
+    config = str(ROOT / "configs" / "bmc-dinov2s-matek8.json")
+    alone = parser.parse_json_file(config)
+    parsed = parser.parse_args_into_dataclasses(train_hf.config_as_arguments(config))
+    assert [vars(x) for x in parsed[:3]] == [vars(x) for x in alone[:3]]
+    assert parsed[3].to_dict() == alone[3].to_dict()
+    overridden = parser.parse_args_into_dataclasses(train_hf.config_as_arguments(config) + ["--resume_from_checkpoint", "True", "--image_size", "56"])
+    assert overridden[3].resume_from_checkpoint == "True" and overridden[1].image_size == 56
+
+
 def test_bad_arguments_give_a_message_not_a_traceback(tmp_path, caplog):
     assert train_hf.main(["--output_dir", str(tmp_path), "--report_to", "none"]) == 2
     assert "give --train_dir" in caplog.text

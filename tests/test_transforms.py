@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bmc.transforms import build_image_processor, make_eval_transform, make_train_transform, preprocess, processor_size
+from bmc.transforms import TrainTransform, build_image_processor, make_eval_transform, preprocess, processor_size
 from conftest import matek_images
 
 
@@ -21,10 +21,10 @@ def test_eval_transform_is_exactly_the_image_processor(cells):
 
 def test_train_transform_augments_but_keeps_shape_and_scale(cells):
     processor = build_image_processor(112)
-    transform = make_train_transform(processor, seed=0)
+    transform = TrainTransform(processor, seed=0)
     batch = {"image": cells, "label": [1] * 4, "source": [f"c{i}.jpg" for i in range(4)]}
     a = np.stack(transform(batch)["pixel_values"])
-    again = np.stack(make_train_transform(processor, seed=0)(batch)["pixel_values"])
+    again = np.stack(TrainTransform(processor, seed=0)(batch)["pixel_values"])
     np.testing.assert_array_equal(a, again)  # same seed, epoch and file: the same draw, in any process
     renamed = np.stack(transform({**batch, "source": [f"other{i}.jpg" for i in range(4)]})["pixel_values"])
     assert not np.allclose(a, renamed)  # each file has its own draw

@@ -49,6 +49,8 @@ class DataArguments:
     test_split: float = field(default=0.15, metadata={"help": "Fraction of each class held out for the final test"})
     split_mode: str = field(default="block", metadata={"help": "'block' (whole runs of image numbers per split: no same-slide leakage) or 'random'"})
     split_block_size: int = field(default=50, metadata={"help": "Consecutive image numbers per block in block mode"})
+    split_seed: int = field(default=42, metadata={"help": "Seed of the train/validation/test assignment; kept apart from --seed so "
+                                                          "that a run with another training seed keeps the same held-out images"})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training split (debugging, quick tests)"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation and test splits"})
     image_column_name: str = field(default="image", metadata={"help": "Image column of a Hub/parquet dataset"})
@@ -183,7 +185,9 @@ def compute_metrics(eval_pred: Any) -> dict[str, float]:
 
 
 def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[D.SkippedFile], list[dict]]:
-    """Load, check and split the data; return the DatasetDict, skipped files and manifest rows."""
+    """Load, check and split the data; return the DatasetDict, skipped files and manifest rows.
+
+    ``seed`` only subsamples (``--max_*_samples``); the split itself follows ``args.split_seed``."""
     if not args.dataset_name and not args.train_dir:
         raise ValueError("give --train_dir (a local folder) or --dataset_name (a Hub dataset id)")
     cells = D.load_cells(args.dataset_name or args.train_dir, args.image_column_name, args.label_column_name, args.dataset_revision)
@@ -193,7 +197,7 @@ def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[D.SkippedFil
     if args.split_mode == "block" and not any(D.image_number(s) is not None for s in sources):
         log.warning("no image numbers in the file names: falling back to a random split")
         args.split_mode = "random"
-    splits = D.assign_splits(sources, label_ids, val_fraction, args.test_split, args.split_mode, args.split_block_size, seed)
+    splits = D.assign_splits(sources, label_ids, val_fraction, args.test_split, args.split_mode, args.split_block_size, args.split_seed)
     dsd = D.split_cells(ds, splits)
     if args.validation_dir:
         val = D.load_folder(args.validation_dir, codes=cells.codes)
@@ -239,6 +243,7 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
     use_all_cores_when_alone()
     export_dir = Path(model_args.export_dir or training_args.output_dir)
     dsd, skipped, manifest = prepare_data(data_args, training_args.seed)
+    check_no_held_out_leak(model_args.model_name_or_path, manifest)
     codes = dsd["train"].features["label"].names
     id2label, label2id = L.label_maps(codes)
     log.info("classes: %s; split sizes: %s; skipped files: %d", codes, {k: len(v) for k, v in dsd.items()}, len(skipped))
@@ -400,6 +405,25 @@ def _collate(examples: list[dict]) -> dict[str, torch.Tensor]:
         "pixel_values": torch.from_numpy(np.stack([np.asarray(e["pixel_values"], np.float32) for e in examples])),
         "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long),
     }
+
+
+def check_no_held_out_leak(base: str, manifest: list[dict]) -> None:
+    """Refuse to train on images that the base model held out.
+
+    Continuing a bmc model (a higher-resolution stage, more epochs) with another split would put its
+    validation/test images into training and make every reported figure optimistic without any
+    visible sign. The base folder's ``split_manifest.csv`` says which images it never trained on.
+    """
+    path = Path(base) / "split_manifest.csv"
+    if not path.is_file():
+        return
+    held_out = {row["source"] for row in D.read_manifest(path) if row["split"] != "train"}
+    leaked = [m["source"] for m in manifest if m["split"] == "train" and m["source"] in held_out]
+    if leaked:
+        raise ValueError(
+            f"{len(leaked)} training images (e.g. {leaked[0]}) were validation/test images of the base model {base}: "
+            "its figures would be inflated. Use the split it was trained with (same --split_mode, --split_block_size, "
+            "--train_val_split, --test_split, --split_seed; see its split_manifest.csv).")
 
 
 def _base_processor(name_or_path: str, revision: str | None = None) -> Any:

@@ -230,6 +230,19 @@ def test_json_config_then_overrides_parse_like_the_file_alone(tmp_path):
     assert overridden[3].resume_from_checkpoint == "True" and overridden[1].image_size == 56
 
 
+def test_continuing_a_model_keeps_its_held_out_images_out_of_training(trained, small_kaggle_folder, tmp_path, caplog):
+    from bmc.training import DataArguments, check_no_held_out_leak, prepare_data
+
+    # Another training seed keeps the split (it follows --split_seed): continuing is allowed.
+    _, _, manifest = prepare_data(DataArguments(train_dir=str(small_kaggle_folder), split_mode="random"), seed=123)
+    check_no_held_out_leak(str(trained), manifest)
+    # Another split would train on the base model's validation/test images: refused before any training.
+    code = train_hf.main(_args(small_kaggle_folder, tmp_path / "next", trained, "--split_seed", "8", "--num_train_epochs", "1"))
+    assert code == 2
+    assert "validation/test images of the base model" in caplog.text
+    assert not (tmp_path / "next" / "model.safetensors").exists()
+
+
 def test_bad_arguments_give_a_message_not_a_traceback(tmp_path, caplog):
     assert train_hf.main(["--output_dir", str(tmp_path), "--report_to", "none"]) == 2
     assert "give --train_dir" in caplog.text

@@ -80,15 +80,19 @@ def render_card(model_dir: str | Path, template: Path = TEMPLATE) -> Path:
 
 
 def comparison_table(model_dirs: list[Path]) -> str:
-    """Markdown table comparing trained model folders by their ``metrics.json`` (README use)."""
-    lines = ["| model | base weights | input | params | epochs | train time | test acc. | test macro-F1 | "
-             "test ECE | external acc. (PBC) | external macro-F1 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """Markdown table comparing trained model folders by their ``metrics.json`` (README use).
+
+    The validation macro-F1 comes first: it is the figure a choice between runs may use; the test
+    and external columns are there to be reported, not to pick a winner by."""
+    lines = ["| model | base weights | input | params | epochs | train time | val. macro-F1 | test acc. | test macro-F1 | "
+             "test ECE | external acc. (PBC) | external macro-F1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in model_dirs:
         m = json.loads((Path(d) / "metrics.json").read_text())
         ext = m.get("external")
         lines.append(
             f"| `{m['model_name']}` | {_short_source(m['base_model_source'])} | {m['model_args']['image_size']} px | "
             f"{m['n_parameters'] / 1e6:.1f} M | {float(m['epochs_trained']):.0f} | {float(m['train_runtime_s'] or 0) / 60:.0f} min | "
+            f"{m['validation']['macro_f1']:.3f} | "
             f"{100 * m['test']['accuracy']:.1f} % | {m['test']['macro_f1']:.3f} | {m['test']['ece']:.3f} | "
             + (f"{100 * ext['accuracy']:.1f} % | {ext['macro_f1']:.3f} |" if ext else "— | — |")
         )

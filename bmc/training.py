@@ -413,12 +413,18 @@ def check_no_held_out_leak(base: str, manifest: list[dict]) -> None:
     Continuing a bmc model (a higher-resolution stage, more epochs) with another split would put its
     validation/test images into training and make every reported figure optimistic without any
     visible sign. The base folder's ``split_manifest.csv`` says which images it never trained on.
+    Images are matched by class and file name, not by path: the data folder may have moved, or the
+    run may start from another directory.
     """
     path = Path(base) / "split_manifest.csv"
     if not path.is_file():
         return
-    held_out = {row["source"] for row in D.read_manifest(path) if row["split"] != "train"}
-    leaked = [m["source"] for m in manifest if m["split"] == "train" and m["source"] in held_out]
+
+    def key(row: dict) -> tuple[str, str]:
+        return row["label"], Path(row["source"]).name
+
+    held_out = {key(row) for row in D.read_manifest(path) if row["split"] != "train"}
+    leaked = [m["source"] for m in manifest if m["split"] == "train" and key(m) in held_out]
     if leaked:
         raise ValueError(
             f"{len(leaked)} training images (e.g. {leaked[0]}) were validation/test images of the base model {base}: "

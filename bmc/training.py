@@ -408,13 +408,14 @@ def _collate(examples: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def check_no_held_out_leak(base: str, manifest: list[dict]) -> None:
-    """Refuse to train on images that the base model held out.
+    """Refuse a split that mixes what the base model trained on with what it held out.
 
-    Continuing a bmc model (a higher-resolution stage, more epochs) with another split would put its
-    validation/test images into training and make every reported figure optimistic without any
-    visible sign. The base folder's ``split_manifest.csv`` says which images it never trained on.
-    Images are matched by class and file name, not by path: the data folder may have moved, or the
-    run may start from another directory.
+    Continuing a bmc model (a higher-resolution stage, more epochs) with another split leaks both
+    ways: the base's validation/test images become training images, and images the base already
+    learned land in the new validation/test splits. Either makes every reported figure optimistic
+    without any visible sign. The base folder's ``split_manifest.csv`` says which images it trained
+    on. Images are matched by class and file name, not by path: the data folder may have moved, or
+    the run may start from another directory.
     """
     path = Path(base) / "split_manifest.csv"
     if not path.is_file():
@@ -423,13 +424,16 @@ def check_no_held_out_leak(base: str, manifest: list[dict]) -> None:
     def key(row: dict) -> tuple[str, str]:
         return row["label"], Path(row["source"]).name
 
-    held_out = {key(row) for row in D.read_manifest(path) if row["split"] != "train"}
-    leaked = [m["source"] for m in manifest if m["split"] == "train" and key(m) in held_out]
-    if leaked:
+    base_trained = {key(row): row["split"] == "train" for row in D.read_manifest(path)}
+    into_train = [m["source"] for m in manifest if m["split"] == "train" and base_trained.get(key(m)) is False]
+    into_eval = [m["source"] for m in manifest if m["split"] != "train" and base_trained.get(key(m)) is True]
+    problems = [f"{len(into_train)} training images (e.g. {into_train[0]}) were validation/test images of the base model"] if into_train else []
+    if into_eval:
+        problems.append(f"{len(into_eval)} validation/test images (e.g. {into_eval[0]}) were training images of the base model")
+    if problems:
         raise ValueError(
-            f"{len(leaked)} training images (e.g. {leaked[0]}) were validation/test images of the base model {base}: "
-            "its figures would be inflated. Use the split it was trained with (same --split_mode, --split_block_size, "
-            "--train_val_split, --test_split, --split_seed; see its split_manifest.csv).")
+            "; ".join(problems) + f" {base}: the figures would be inflated. Use the split it was trained with (same "
+            "--split_mode, --split_block_size, --train_val_split, --test_split, --split_seed; see its split_manifest.csv).")
 
 
 def _base_processor(name_or_path: str, revision: str | None = None) -> Any:

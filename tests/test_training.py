@@ -240,6 +240,12 @@ def test_continuing_a_model_keeps_its_held_out_images_out_of_training(trained, s
     # Another training seed keeps the split (it follows --split_seed): continuing is allowed.
     _, _, manifest = prepare_data(DataArguments(train_dir=str(small_kaggle_folder), split_mode="random"), seed=123)
     check_no_held_out_leak(str(trained), manifest)
+    # The other direction: an image the base model trained on, now in the new test split.
+    base_rows = D.read_manifest(trained / "split_manifest.csv")
+    learned = next(r for r in base_rows if r["split"] == "train")
+    moved = [dict(r, split="test") if r is learned else r for r in base_rows]
+    with pytest.raises(ValueError, match="1 validation/test images .* were training images of the base model"):
+        check_no_held_out_leak(str(trained), moved)
     # Another split would train on the base model's validation/test images: refused before any training.
     code = train_hf.main(_args(small_kaggle_folder, tmp_path / "next", trained, "--split_seed", "8", "--num_train_epochs", "1"))
     assert code == 2

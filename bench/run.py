@@ -238,7 +238,7 @@ def _train_child(model: Path, steps: int, batch: int, out_json: Path) -> None:
 
     from bmc import labels as L
     from bmc.model import load_for_training
-    from bmc.training import CellTrainer, _collate, cell_loss, inverse_frequency_weights, use_all_cores_when_alone
+    from bmc.training import CellTrainer, _collate, cell_loss, sample_weights, use_all_cores_when_alone
     from bmc.transforms import TrainTransform, processor_size
 
     use_all_cores_when_alone()
@@ -246,9 +246,9 @@ def _train_child(model: Path, steps: int, batch: int, out_json: Path) -> None:
     codes = metrics["classes"]
     rows = [r for r in D.read_manifest(model / "split_manifest.csv") if r["split"] == "train"][: steps * batch * 2]
     ds = D.from_records([(r["source"], r["label"]) for r in rows], codes)
+    ds = ds.add_column("weight", sample_weights(ds["label"], [r.get("domain", "") for r in rows]))
     predictor = Predictor(str(model), "torch")
     transform = TrainTransform(predictor.processor, predictor.use_denoise, seed=0)
-    weights = inverse_frequency_weights(ds["label"], len(codes))
     id2label, label2id = L.label_maps(codes)
 
     # 1. minimal loop, with timers around the data fetch and the model step
@@ -263,7 +263,8 @@ def _train_child(model: Path, steps: int, batch: int, out_json: Path) -> None:
         t0 = time.perf_counter()
         inputs = next(it)
         t1 = time.perf_counter()
-        loss = cell_loss(net(pixel_values=inputs["pixel_values"]).logits, inputs["labels"], "weighted_ce", weights, 0.1)
+        loss = cell_loss(net(pixel_values=inputs["pixel_values"]).logits, inputs["labels"], "weighted_ce", inputs["sample_weight"],
+                         label_smoothing=0.1)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -290,7 +291,7 @@ def _train_child(model: Path, steps: int, batch: int, out_json: Path) -> None:
                                  label_smoothing_factor=0.1, disable_tqdm=True, seed=0, remove_unused_columns=False)
         trainer = CellTrainer(model=load_for_training(str(model), id2label, label2id), args=args,
                               train_dataset=ds.with_transform(transform), data_collator=_collate,
-                              class_weights=weights, callbacks=[timer])
+                              callbacks=[timer])
         t_train, _ = timed(trainer.train)
     steps_s = [e - b for b, e in zip(timer.begin, timer.end)]
     gaps = [b - e for e, b in zip(timer.end[:-1], timer.begin[1:])]  # next batch fetched + collated in the gap

@@ -4,8 +4,15 @@ Sources: a Hub dataset id, a local folder (a plain imagefolder or the Kaggle lay
 class is the *top* folder and images sit in numbered range folders below it — a layout on which
 ``load_dataset("imagefolder")`` silently returns no labels), or parquet files. Every source becomes
 one ``datasets.Dataset`` with the columns ``image`` (an ``Image`` feature), ``label`` (a
-``ClassLabel`` over Matek codes) and ``source`` (file path or dataset row), so splitting, training
-and evaluation have a single code path.
+``ClassLabel`` over Matek codes), ``source`` (file path or dataset row) and ``domain`` (which
+training source — laboratory / data set — the image came from), so splitting, training and
+evaluation have a single code path. Several sources can be pooled (:func:`load_sources`): the
+domain then travels through the split (stratified by domain × class), the loss weights, the
+manifest and the metrics, because a class that only one laboratory supplies is otherwise
+learnt as "looks like that laboratory".
+
+The PBC layout (Acevedo et al.) is a loader format of its own: its folders lump finer types
+together, so the class comes from the file-name prefix (``SNE_`` segmented, ``BNE_`` band …).
 
 Broken files are a fact of life in lab data: unreadable, truncated, non-image and oversize files
 are skipped and listed with the reason, never fatal.
@@ -17,10 +24,10 @@ import csv
 import io
 import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import datasets
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -51,10 +58,14 @@ class SkippedFile:
 
 @dataclass
 class CellData:
-    """All usable images of a source plus the files that were skipped."""
+    """All usable images of one or more sources plus the files that were skipped.
+
+    ``id_only_domains`` are the domains whose file numbers are mere ids (PBC), not runs of
+    consecutive images from one slide (Matek): they are split at random even in block mode."""
 
     dataset: datasets.Dataset
     skipped: list[SkippedFile] = field(default_factory=list)
+    id_only_domains: set[str] = field(default_factory=set)
 
     @property
     def codes(self) -> list[str]:
@@ -143,7 +154,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 # --------------------------------------------------------------------------- local folders
 
-def scan_folder(root: str | Path) -> tuple[list[tuple[str, str]], list[SkippedFile]]:
+def scan_folder(root: str | Path, map_names: bool = True) -> tuple[list[tuple[str, str]], list[SkippedFile]]:
     """List ``(path, code)`` for every image below ``root``; the label is the *top-level* folder.
 
     Works for a flat imagefolder (``root/BLA/x.jpg``) and for the Kaggle layout
@@ -158,12 +169,12 @@ def scan_folder(root: str | Path) -> tuple[list[tuple[str, str]], list[SkippedFi
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     # Kaggle's archive wraps the class folders in one more folder; step into it.
     if len(class_dirs) == 1 and not _has_images(class_dirs[0], direct=True):
-        return scan_folder(class_dirs[0])
+        return scan_folder(class_dirs[0], map_names)
     records: list[tuple[str, str]] = []
     skipped: list[SkippedFile] = []
     for class_dir in class_dirs:
         try:
-            code = L.to_code(class_dir.name)
+            code = L.to_code(class_dir.name) if map_names else class_dir.name
         except KeyError:
             code = class_dir.name
         for path in sorted(class_dir.rglob("*")):
@@ -173,6 +184,39 @@ def scan_folder(root: str | Path) -> tuple[list[tuple[str, str]], list[SkippedFi
                 skipped.append(SkippedFile(str(path), f"not an image file type ({path.suffix or 'no extension'})"))
                 continue
             records.append((str(path), code))
+    return records, skipped
+
+
+#: PBC (Acevedo et al.) file-name prefixes and the Matek code of the same cell type (None: no
+#: marrow class, e.g. platelets).
+PBC_PREFIX_TO_CODE: dict[str, str | None] = {
+    "EO": "EOS", "LY": "LYT", "MO": "MON", "SNE": "NGS", "BNE": "NGB", "PMY": "PMO",
+    "MY": "MYB", "MMY": "MMZ", "BA": "BAS", "ERB": "EBO", "PLATELET": None,
+}
+PBC_FOLDERS = {"basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"}
+"""The PBC data set's folder names; a folder holding only these is read in the PBC layout."""
+
+
+def is_pbc_layout(root: str | Path) -> bool:
+    """True for a folder in the PBC layout (class folders named as in the PBC download)."""
+    names = {p.name.lower() for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return bool(names) and names <= PBC_FOLDERS
+
+
+def scan_pbc(root: str | Path) -> tuple[list[tuple[str, str]], list[SkippedFile]]:
+    """List ``(path, code)`` for a PBC-layout folder; the class comes from the file-name prefix.
+
+    Platelets (no marrow cell class) and files whose prefix names no finer type (PBC's unspecified
+    ``IG_`` immature granulocytes and ``NEUTROPHIL_`` files) are skipped with the reason."""
+    records, skipped = [], []
+    for path, _ in scan_folder(root, map_names=False)[0]:
+        prefix = Path(path).stem.split("_")[0].upper()
+        if prefix not in PBC_PREFIX_TO_CODE:
+            skipped.append(SkippedFile(path, f"PBC prefix {prefix!r} names no single cell type"))
+        elif PBC_PREFIX_TO_CODE[prefix] is None:
+            skipped.append(SkippedFile(path, f"PBC {prefix.lower()}: not a marrow cell class"))
+        else:
+            records.append((path, PBC_PREFIX_TO_CODE[prefix]))
     return records, skipped
 
 
@@ -195,12 +239,13 @@ def check_files(records: Sequence[tuple[str, str]]) -> tuple[list[tuple[str, str
 
 
 def _features(codes: Sequence[str]) -> datasets.Features:
-    return datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(codes)), "source": datasets.Value("string")}
-    )
+    return datasets.Features({
+        "image": datasets.Image(), "label": datasets.ClassLabel(names=list(codes)),
+        "source": datasets.Value("string"), "domain": datasets.Value("string"),
+    })
 
 
-def from_records(records: Sequence[tuple[str, str]], codes: Sequence[str] | None = None) -> datasets.Dataset:
+def from_records(records: Sequence[tuple[str, str]], codes: Sequence[str] | None = None, domain: str = "") -> datasets.Dataset:
     """A ``datasets.Dataset`` over image paths (decoded lazily), labels as a ``ClassLabel``."""
     codes = list(codes) if codes is not None else L.sort_codes({c for _, c in records})
     index = {c: i for i, c in enumerate(codes)}
@@ -208,18 +253,60 @@ def from_records(records: Sequence[tuple[str, str]], codes: Sequence[str] | None
     if unknown:
         raise ValueError(f"labels {unknown} are not among the model's classes {codes}")
     return datasets.Dataset.from_dict(
-        {"image": [p for p, _ in records], "label": [index[c] for _, c in records], "source": [p for p, _ in records]},
+        {"image": [p for p, _ in records], "label": [index[c] for _, c in records], "source": [p for p, _ in records],
+         "domain": [domain] * len(records)},
         features=_features(codes),
     )
 
 
+def domain_name(root: str | Path) -> str:
+    """The name a local folder goes by as a training source: its own folder name."""
+    return Path(root).resolve().name
+
+
 def load_folder(root: str | Path, codes: Sequence[str] | None = None) -> CellData:
-    """Load a local folder (imagefolder or Kaggle layout), skipping broken files."""
-    records, skipped = scan_folder(root)
+    """Load a local folder (imagefolder, Kaggle or PBC layout), skipping broken files."""
+    pbc = is_pbc_layout(root) if Path(root).is_dir() else False
+    records, skipped = scan_pbc(root) if pbc else scan_folder(root)
     records, bad = check_files(records)
     if not records:
         raise ValueError(f"no readable images found under {root}")
-    return CellData(from_records(records, codes), skipped + bad)
+    domain = domain_name(root)
+    return CellData(from_records(records, codes, domain), skipped + bad, {domain} if pbc else set())
+
+
+def load_sources(sources: Sequence[str], image_column: str = "image", label_column: str = "label",
+                 revision: str | None = None) -> CellData:
+    """Pool several training sources into one data set over the union of their classes.
+
+    Each keeps its ``domain`` (two sources with the same folder name are told apart by number), so
+    the split, the loss weights and the metrics can treat every (domain, class) on its own."""
+    parts = [load_cells(s, image_column, label_column, revision) for s in sources]
+    if len(parts) == 1:
+        return parts[0]
+    codes = L.sort_codes({c for part in parts for c in part.codes})
+    seen: Counter[str] = Counter()
+    datasets_, skipped, id_only = [], [], set()
+    for part in parts:
+        domain = part.dataset[0]["domain"] if len(part.dataset) else ""
+        seen[domain] += 1
+        renamed = domain if seen[domain] == 1 else f"{domain}-{seen[domain]}"
+        ds = part.dataset.cast(_features(codes)) if part.codes == codes else _relabel(part.dataset, codes)
+        if renamed != domain:
+            ds = ds.map(lambda _: {"domain": renamed})
+        datasets_.append(ds)
+        skipped += part.skipped
+        id_only |= {renamed} if domain in part.id_only_domains else set()
+    return CellData(datasets.concatenate_datasets(datasets_), skipped, id_only)
+
+
+def _relabel(ds: datasets.Dataset, codes: Sequence[str]) -> datasets.Dataset:
+    """The same rows with labels re-indexed into a larger class list."""
+    old = ds.features["label"].names
+    index = {c: i for i, c in enumerate(codes)}
+    plain = ds.cast_column("label", datasets.Value("int64"))
+    plain = plain.map(lambda row: {"label": index[old[row["label"]]]})
+    return plain.cast(_features(codes))
 
 
 # --------------------------------------------------------------------------- Hub and parquet
@@ -244,7 +331,7 @@ def load_hub_or_parquet(
     else:
         files = [name_or_files] if isinstance(name_or_files, str) else list(name_or_files)
         raw = datasets.load_dataset("parquet", data_files=files, split=split)  # nosec B615 # local files, not the Hub
-        origin = "parquet"
+        origin = Path(files[0]).parent.name or "parquet"
     if isinstance(raw, datasets.DatasetDict):
         raw = datasets.concatenate_datasets([raw[k].cast(raw[next(iter(raw))].features) for k in raw])
     for column in (image_column, label_column):
@@ -275,7 +362,8 @@ def load_hub_or_parquet(
     codes = L.sort_codes(set(keep_codes))
     index = {c: i for i, c in enumerate(codes)}
     ds = datasets.Dataset.from_dict(
-        {"image": keep_images, "label": [index[c] for c in keep_codes], "source": sources}, features=_features(codes)
+        {"image": keep_images, "label": [index[c] for c in keep_codes], "source": sources,
+         "domain": [origin] * len(sources)}, features=_features(codes)
     )
     return CellData(ds, skipped)
 
@@ -309,32 +397,38 @@ def image_number(source: str) -> int | None:
 
 def assign_splits(
     sources: Sequence[str],
-    label_ids: Sequence[int],
+    labels: Sequence[int | str],
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     mode: str = "block",
     block_size: int = 50,
     seed: int = 42,
+    domains: Sequence[str] | None = None,
+    id_only_domains: Collection[str] = (),
 ) -> list[str]:
-    """Deterministic, stratified split: one of ``train``/``validation``/``test`` per item.
+    """Deterministic split stratified by domain × class: ``train``/``validation``/``test`` per item.
 
-    ``mode="random"`` shuffles each class's items; ``mode="block"`` first groups each class's
-    images into blocks of ``block_size`` consecutive image numbers (``BLA_00001``–``BLA_00050``…),
-    which in the Matek data come from the same slide, and assigns whole blocks, so that near
-    duplicates never straddle train and test. The result depends only on the inputs and ``seed``.
+    ``mode="random"`` shuffles each stratum's items; ``mode="block"`` first groups them into
+    blocks of ``block_size`` consecutive image numbers (``BLA_00001``–``BLA_00050``…), which in
+    the Matek data come from the same slide, and assigns whole blocks, so that near duplicates
+    never straddle train and test. Domains in ``id_only_domains`` (file numbers that are only
+    ids, as in PBC) are split at random in either mode. Each stratum draws from its own seed
+    (``seed``, domain, label), so a stratum's split does not change when other sources or
+    classes are added to the run: a Matek-only and a Matek + PBC run share the Matek test split.
     """
     if mode not in ("block", "random"):
         raise ValueError(f"split mode must be 'block' or 'random', not {mode!r}")
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError("validation and test fractions must be in [0, 1) and sum to less than 1")
-    rng = random.Random(seed)
-    by_class: dict[int, list[int]] = defaultdict(list)
-    for i, label in enumerate(label_ids):
-        by_class[label].append(i)
+    domains = list(domains) if domains is not None else [""] * len(sources)
+    strata: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, (domain, label) in enumerate(zip(domains, labels)):
+        strata[(domain, str(label))].append(i)
     result = ["train"] * len(sources)
-    for label in sorted(by_class):
-        items = sorted(by_class[label], key=lambda i: (image_number(sources[i]) or 0, sources[i]))
-        if mode == "block":
+    for (domain, label), members in sorted(strata.items()):
+        rng = random.Random(f"{seed}|{domain}|{label}")
+        items = sorted(members, key=lambda i: (image_number(sources[i]) or 0, sources[i]))
+        if mode == "block" and domain not in id_only_domains:
             groups: dict[object, list[int]] = defaultdict(list)
             for i in items:
                 number = image_number(sources[i])
@@ -371,12 +465,12 @@ def split_cells(data: datasets.Dataset, splits: Sequence[str]) -> datasets.Datas
     return datasets.DatasetDict(out)
 
 
-def write_manifest(path: str | Path, sources: Iterable[str], codes: Iterable[str], splits: Iterable[str]) -> None:
-    """Save which file went to which split, so a split can be audited and reproduced."""
+def write_manifest(path: str | Path, rows: Iterable[dict[str, str]]) -> None:
+    """Save which file (of which domain) went to which split, so a split can be audited and reproduced."""
     with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["source", "label", "split"])
-        writer.writerows(zip(sources, codes, splits))
+        writer = csv.DictWriter(fh, fieldnames=["source", "label", "split", "domain"], extrasaction="ignore", restval="")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def read_manifest(path: str | Path) -> list[dict[str, str]]:
@@ -395,30 +489,19 @@ def write_skipped(path: str | Path, skipped: Sequence[SkippedFile]) -> None:
 
 # --------------------------------------------------------------------------- external validation
 
-#: PBC (Acevedo et al.) file-name prefixes and the Matek code of the same cell type (None: no
-#: marrow class, e.g. platelets).
-PBC_PREFIX_TO_CODE: dict[str, str | None] = {
-    "EO": "EOS", "LY": "LYT", "MO": "MON", "SNE": "NGS", "BNE": "NGB", "PMY": "PMO",
-    "MY": "MYB", "MMY": "MMZ", "BA": "BAS", "ERB": "EBO", "PLATELET": None,
-}
-
-
 def load_pbc_external(root: str | Path, codes: Sequence[str]) -> tuple[datasets.Dataset, dict[str, int]]:
     """The PBC peripheral-blood images whose cell type is one of ``codes``.
 
-    The class comes from the file-name prefix (``SNE_…`` segmented, ``BNE_…`` band neutrophil),
-    not the folder, because PBC folders lump finer types together. Returns the dataset and, per
-    Matek code or ``unmapped``, how many images were left out because the model lacks that class.
-    """
-    records, skipped = scan_folder(root)
+    Returns the dataset and, per Matek code or ``unmapped``, how many images were left out
+    because the model lacks that class (or the file names no single marrow cell type)."""
+    records, skipped = scan_pbc(root)
     keep, excluded = [], defaultdict(int)
-    for path, _ in records:
-        prefix = Path(path).stem.split("_")[0].upper()
-        code = PBC_PREFIX_TO_CODE.get(prefix)
+    for path, code in records:
         if code in codes:
             keep.append((path, code))
         else:
-            excluded[code or "unmapped"] += 1
+            excluded[code] += 1
+    excluded["unmapped"] += sum(1 for s in skipped if s.reason.startswith("PBC"))
     keep, bad = check_files(keep)
-    excluded["unreadable"] += len(bad) + len(skipped)
-    return from_records(keep, codes), dict(excluded)
+    excluded["unreadable"] += len(bad) + sum(1 for s in skipped if not s.reason.startswith("PBC"))
+    return from_records(keep, codes, domain_name(root)), dict(excluded)

@@ -43,7 +43,8 @@ class DataArguments:
     """Where the images come from and how they are split (names follow run_image_classification.py)."""
 
     dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id (needs network), e.g. ekim15/bone_marrow_cell_dataset"})
-    train_dir: str | None = field(default=None, metadata={"help": "Local folder: imagefolder, Kaggle layout, or parquet files"})
+    train_dir: list[str] | None = field(default=None, metadata={"help": "Local folder(s): imagefolder, Kaggle layout, PBC layout or parquet "
+                                                                       "files; several (space- or comma-separated) are pooled, each as its own domain"})
     validation_dir: str | None = field(default=None, metadata={"help": "Separate validation folder (else carved from train_dir)"})
     train_val_split: float = field(default=0.15, metadata={"help": "Fraction of each class used for validation"})
     test_split: float = field(default=0.15, metadata={"help": "Fraction of each class held out for the final test"})
@@ -58,6 +59,10 @@ class DataArguments:
     dataset_revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of the Hub dataset (a commit makes the run repeatable)"})
     external_dir: str | None = field(default=None, metadata={"help": "PBC-layout folder evaluated as out-of-domain data (never trained on)"})
 
+    def __post_init__(self) -> None:
+        if self.train_dir:  # "a,b" and "a b" alike
+            self.train_dir = [part for item in self.train_dir for part in str(item).split(",") if part]
+
 
 @dataclass
 class ModelArguments:
@@ -67,7 +72,11 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(default=False, metadata={"help": "Re-head a classifier trained on other classes"})
     image_size: int = field(default=112, metadata={"help": "Square input side in pixels (DINOv2: a multiple of 14)"})
     denoise: bool = field(default=False, metadata={"help": "OpenCV non-local-means denoising before the model"})
-    loss: str = field(default="weighted_ce", metadata={"help": "'ce', 'weighted_ce' (inverse class frequency) or 'focal'"})
+    loss: str = field(default="weighted_ce", metadata={"help": "'ce', 'weighted_ce' (weights from --balance) or 'focal'"})
+    balance: str = field(default="domain_class", metadata={"help": "Loss weights: 'class' (inverse class frequency over the pooled data) or "
+                                                                    "'domain_class' (classes weigh the same within each domain)"})
+    domain_weighting: str = field(default="equal", metadata={"help": "With --balance domain_class: 'equal' (every domain the same total "
+                                                                      "weight) or 'size' (in proportion to its training images)"})
     focal_gamma: float = field(default=2.0, metadata={"help": "Focusing parameter of the focal loss"})
     head_lr_multiplier: float = field(default=10.0, metadata={"help": "Learning rate of the new classification head relative to the backbone"})
     layer_lr_decay: float = field(default=0.75, metadata={"help": "Layer-wise learning-rate decay for transformer blocks (1: flat)"})
@@ -85,10 +94,9 @@ class ModelArguments:
 class CellTrainer(Trainer):
     """``Trainer`` with a loss for imbalanced classes and a faster-learning classification head."""
 
-    def __init__(self, *args: Any, class_weights: torch.Tensor | None = None, loss_name: str = "weighted_ce",
+    def __init__(self, *args: Any, loss_name: str = "weighted_ce",
                  focal_gamma: float = 2.0, head_lr_multiplier: float = 1.0, layer_lr_decay: float = 1.0, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.class_weights = class_weights
         self.loss_name = loss_name
         self.focal_gamma = focal_gamma
         self.head_lr_multiplier = head_lr_multiplier
@@ -96,8 +104,9 @@ class CellTrainer(Trainer):
 
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None):
         labels = inputs.pop("labels")
+        weights = inputs.pop("sample_weight", None)
         outputs = model(**inputs)
-        loss = cell_loss(outputs.logits, labels, self.loss_name, self.class_weights, self.focal_gamma, self.args.label_smoothing_factor)
+        loss = cell_loss(outputs.logits, labels, self.loss_name, weights, self.focal_gamma, self.args.label_smoothing_factor)
         return (loss, outputs) if return_outputs else loss
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
@@ -154,28 +163,48 @@ def _load_checkpoint_weights(model: nn.Module, checkpoint: str) -> None:
     model.load_state_dict(loaded.state_dict(), strict=True)
 
 
-def cell_loss(logits: torch.Tensor, labels: torch.Tensor, name: str, class_weights: torch.Tensor | None,
+def cell_loss(logits: torch.Tensor, labels: torch.Tensor, name: str, sample_weights: torch.Tensor | None,
               gamma: float = 2.0, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy (plain or class-weighted) or focal loss (Lin et al. 2017), averaged over the batch."""
-    weights = class_weights.to(logits.device) if (class_weights is not None and name != "ce") else None
-    if name in ("ce", "weighted_ce"):
-        return nn.functional.cross_entropy(logits, labels, weight=weights, label_smoothing=label_smoothing)
+    """Cross-entropy or focal loss (Lin et al. 2017), a weighted mean over the batch.
+
+    ``sample_weights`` (from :func:`sample_weights`) are ignored by plain ``ce``."""
+    if name not in ("ce", "weighted_ce", "focal"):
+        raise ValueError(f"unknown loss {name!r}: use ce, weighted_ce or focal")
     if name == "focal":
         logp = nn.functional.log_softmax(logits.float(), dim=-1)
         logp_true = logp.gather(1, labels[:, None]).squeeze(1)
-        loss = -((1 - logp_true.exp()) ** gamma) * logp_true
-        if weights is not None:
-            loss = loss * weights[labels]
-            return loss.sum() / weights[labels].sum()
-        return loss.mean()
-    raise ValueError(f"unknown loss {name!r}: use ce, weighted_ce or focal")
+        per_item = -((1 - logp_true.exp()) ** gamma) * logp_true
+    else:
+        per_item = nn.functional.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+    if name == "ce" or sample_weights is None:
+        return per_item.mean()
+    w = sample_weights.to(per_item.device, per_item.dtype)
+    return (per_item * w).sum() / w.sum()
 
 
-def inverse_frequency_weights(label_ids: list[int], n_classes: int) -> torch.Tensor:
-    """Weights ∝ 1/count, scaled to mean 1 over the classes present: rare classes count as much as common ones."""
-    counts = Counter(label_ids)
-    w = torch.tensor([1.0 / counts[i] if counts[i] else 0.0 for i in range(n_classes)])
-    return w * (sum(1 for i in range(n_classes) if counts[i]) / w.sum())
+def sample_weights(label_ids: list[int], domains: list[str], balance: str = "domain_class",
+                   domain_weighting: str = "equal") -> list[float]:
+    """One loss weight per training image, scaled to mean 1.
+
+    ``class``: ∝ 1 / (images of its class) over the pooled data — rare classes count as much as
+    common ones. ``domain_class``: ∝ (domain's share) / (classes in its domain × images of its
+    (domain, class)), so within each domain every class weighs the same and each domain weighs
+    its share (``equal``, or ∝ its images with ``size``). With pooled laboratories, class weights
+    alone make a class that only one laboratory supplies worth several of the shared classes, so
+    "looks like that laboratory" becomes evidence for it (the shortcut this scheme removes)."""
+    if balance not in ("class", "domain_class") or domain_weighting not in ("equal", "size"):
+        raise ValueError(f"unknown weighting {balance!r}/{domain_weighting!r}")
+    if balance == "class":
+        counts = Counter(label_ids)
+        raw = [1.0 / counts[label] for label in label_ids]
+    else:
+        strata = Counter(zip(domains, label_ids))
+        per_domain = Counter(domains)
+        classes_in = Counter(d for d, _ in strata)
+        share = {d: (1.0 / len(per_domain) if domain_weighting == "equal" else n / len(domains)) for d, n in per_domain.items()}
+        raw = [share[d] / (classes_in[d] * strata[(d, label)]) for d, label in zip(domains, label_ids)]
+    scale = len(raw) / sum(raw)
+    return [w * scale for w in raw]
 
 
 def compute_metrics(eval_pred: Any) -> dict[str, float]:
@@ -190,21 +219,24 @@ def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[D.SkippedFil
     ``seed`` only subsamples (``--max_*_samples``); the split itself follows ``args.split_seed``."""
     if not args.dataset_name and not args.train_dir:
         raise ValueError("give --train_dir (a local folder) or --dataset_name (a Hub dataset id)")
-    cells = D.load_cells(args.dataset_name or args.train_dir, args.image_column_name, args.label_column_name, args.dataset_revision)
+    cells = D.load_sources([args.dataset_name] if args.dataset_name else list(args.train_dir or []),
+                           args.image_column_name, args.label_column_name, args.dataset_revision)
     ds, skipped = cells.dataset, list(cells.skipped)
-    sources, label_ids = ds["source"], ds["label"]
+    codes = cells.codes
+    sources, label_ids, domains = ds["source"], ds["label"], ds["domain"]
     val_fraction = 0.0 if args.validation_dir else args.train_val_split
     if args.split_mode == "block" and not any(D.image_number(s) is not None for s in sources):
         log.warning("no image numbers in the file names: falling back to a random split")
         args.split_mode = "random"
-    splits = D.assign_splits(sources, label_ids, val_fraction, args.test_split, args.split_mode, args.split_block_size, args.split_seed)
+    splits = D.assign_splits(sources, [codes[i] for i in label_ids], val_fraction, args.test_split, args.split_mode,
+                             args.split_block_size, args.split_seed, domains, cells.id_only_domains)
     dsd = D.split_cells(ds, splits)
     if args.validation_dir:
-        val = D.load_folder(args.validation_dir, codes=cells.codes)
+        val = D.load_folder(args.validation_dir, codes=codes)
         skipped += val.skipped
         dsd["validation"] = val.dataset
-        sources = list(sources) + val.dataset["source"]
-        label_ids = list(label_ids) + val.dataset["label"]
+        sources, label_ids, domains = list(sources) + val.dataset["source"], list(label_ids) + val.dataset["label"], \
+            list(domains) + val.dataset["domain"]
         splits = splits + ["validation"] * len(val.dataset)
     if "validation" not in dsd:
         raise ValueError("no validation images: give --validation_dir or a --train_val_split above 0")
@@ -214,14 +246,27 @@ def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[D.SkippedFil
         for name in ("validation", "test"):
             if name in dsd:
                 dsd[name] = dsd[name].shuffle(seed=seed).select(range(min(args.max_eval_samples, len(dsd[name]))))
-    codes = cells.codes
-    manifest = [{"source": s, "label": codes[l], "split": sp} for s, l, sp in zip(sources, label_ids, splits)]
+    manifest = [{"source": s, "label": codes[l], "split": sp, "domain": d}
+                for s, l, sp, d in zip(sources, label_ids, splits, domains)]
     return dsd, skipped, manifest
+
+
+def _by_domain(logits: np.ndarray, labels: np.ndarray, domains: list[str], codes: list[str], temperature: float) -> dict:
+    """The metrics of each domain on its own (only when a split holds more than one)."""
+    names = sorted(set(domains))
+    if len(names) < 2:
+        return {}
+    mask = {d: np.asarray([x == d for x in domains]) for d in names}
+    return {d: _metrics_from_logits(logits[m], labels[m], codes, temperature) for d, m in mask.items()}
 
 
 def _evaluate(model: Any, processor: Any, dataset: Any, codes: list[str], temperature: float, use_denoise: bool) -> dict:
     logits, labels = dataset_logits(model, processor, dataset, use_denoise=use_denoise)
-    return _metrics_from_logits(logits, labels, codes, temperature)
+    result = _metrics_from_logits(logits, labels, codes, temperature)
+    by_domain = _by_domain(logits, labels, dataset["domain"], codes, temperature)
+    if by_domain:
+        result["by_domain"] = by_domain
+    return result
 
 
 def _metrics_from_logits(logits: np.ndarray, labels: np.ndarray, codes: list[str], temperature: float) -> dict:
@@ -255,7 +300,8 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
     base_processor = _base_processor(model_args.model_name_or_path, model_args.model_revision)
     processor = build_image_processor(model_args.image_size, tuple(base_processor.image_mean), tuple(base_processor.image_std))
     train_transform = TrainTransform(processor, model_args.denoise, training_args.seed)
-    train_ds = dsd["train"].with_transform(train_transform)
+    weights = sample_weights(dsd["train"]["label"], dsd["train"]["domain"], model_args.balance, model_args.domain_weighting)
+    train_ds = dsd["train"].add_column("weight", weights).with_transform(train_transform)
     val_ds = dsd["validation"].with_transform(make_eval_transform(processor, model_args.denoise))
 
     training_args.remove_unused_columns = False
@@ -268,7 +314,7 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
     trainer = CellTrainer(
         model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
         processing_class=processor, data_collator=_collate, compute_metrics=compute_metrics, callbacks=callbacks,
-        class_weights=inverse_frequency_weights(dsd["train"]["label"], len(codes)), loss_name=model_args.loss,
+        loss_name=model_args.loss,
         focal_gamma=model_args.focal_gamma, head_lr_multiplier=model_args.head_lr_multiplier,
         layer_lr_decay=model_args.layer_lr_decay,
     )
@@ -310,6 +356,9 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
         "n_parameters": int(sum(p.numel() for p in saved_model.parameters())),
     }
     results["validation"] = _metrics_from_logits(val_logits, val_labels, codes, calib["temperature"])
+    by_domain = _by_domain(val_logits, val_labels, dsd["validation"]["domain"], codes, calib["temperature"])
+    if by_domain:
+        results["validation"]["by_domain"] = by_domain
     if "test" in dsd:
         results["test"] = _evaluate(saved_model, saved_processor, dsd["test"], codes, calib["temperature"], model_args.denoise)
     if data_args.external_dir:
@@ -319,7 +368,7 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
             results["external"]["excluded"] = excluded
             results["external"]["source"] = data_args.external_dir
 
-    D.write_manifest(staging / "split_manifest.csv", [m["source"] for m in manifest], [m["label"] for m in manifest], [m["split"] for m in manifest])
+    D.write_manifest(staging / "split_manifest.csv", manifest)
     D.write_skipped(staging / "skipped_files.csv", skipped)
     if "test" in results:
         plot_confusion_matrix(results["test"]["confusion_matrix"], codes, staging / "confusion_matrix.png",
@@ -401,10 +450,13 @@ def describe_write_error(exc: OSError) -> str | None:
 
 
 def _collate(examples: list[dict]) -> dict[str, torch.Tensor]:
-    return {
+    batch = {
         "pixel_values": torch.from_numpy(np.stack([np.asarray(e["pixel_values"], np.float32) for e in examples])),
         "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long),
     }
+    if "weight" in examples[0]:
+        batch["sample_weight"] = torch.tensor([e["weight"] for e in examples], dtype=torch.float32)
+    return batch
 
 
 def check_no_held_out_leak(base: str, manifest: list[dict]) -> None:

@@ -6,8 +6,15 @@ the model card are the figures a pipeline user gets. Training adds albumentation
 augmentation before the same normalisation:
 
 * rotation by ±20° and 90° turns, horizontal/vertical flips: a cell on a slide has no orientation;
-* random resized crop (zoom), brightness/contrast: focus and illumination vary;
-* hue/saturation jitter: stain intensity and hue differ between labs, the main domain shift.
+* zoom-out onto the image's own background colour (:func:`zoom_out`): Matek crops show the cell
+  filling most of the frame, PBC and BCCD crops a third of it; a model that has only seen large
+  cells reads small ones as other types;
+* random resized crop (zoom in), brightness/contrast, blur and downscaling: focus, illumination
+  and camera quality vary;
+* stain: albumentations' ``HEStain`` (colour deconvolution into two stains, each stain's amount
+  scaled and shifted — a maintained implementation instead of hand-written colour maths; the
+  May-Grünwald-Giemsa dyes, azure/methylene blue and eosin, split into a blue-purple and a pink
+  stain as H&E does) plus hue/saturation jitter: stain differs between labs, the main domain shift.
 
 Optional OpenCV non-local-means denoising is recorded in the model config (``bmc_denoise``) so
 that bmc's predictor applies it at inference too.
@@ -57,6 +64,28 @@ def denoise(rgb: np.ndarray) -> np.ndarray:
     return cv2.fastNlMeansDenoisingColored(rgb, None, 3, 3, 7, 21)
 
 
+ZOOM_OUT_P = 0.5
+ZOOM_OUT_MIN_SCALE = 0.45
+"""Half the training images are shrunk to 45–100 % of their side on a background canvas: the
+cell of a PBC crop spans about a third of the frame, a Matek cell most of it."""
+
+
+def zoom_out(rgb: np.ndarray, rng: np.random.Generator, p: float = ZOOM_OUT_P, min_scale: float = ZOOM_OUT_MIN_SCALE) -> np.ndarray:
+    """With probability ``p``, place the image at a random position on a larger canvas filled
+    with the median colour of its own border (the slide background around the cell), so the cell
+    covers ``min_scale``–1 of the side. A constant border colour, unlike mirroring, adds no
+    mirrored copies of the cell or its neighbours."""
+    if rng.random() >= p:
+        return rgb
+    scale = rng.uniform(min_scale, 1.0)
+    h, w = rgb.shape[:2]
+    big_h, big_w = round(h / scale), round(w / scale)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    fill = [float(v) for v in np.median(border, axis=0)]
+    top, left = int(rng.integers(0, big_h - h + 1)), int(rng.integers(0, big_w - w + 1))
+    return cv2.copyMakeBorder(rgb, top, big_h - h - top, left, big_w - w - left, cv2.BORDER_CONSTANT, value=fill)
+
+
 def train_augmentation(size: int, seed: int | None = None) -> A.Compose:
     """The train-time augmentation, ending at ``size``×``size`` uint8 RGB (normalisation follows).
     ``seed`` makes the sequence of random draws repeatable (tests)."""
@@ -66,8 +95,10 @@ def train_augmentation(size: int, seed: int | None = None) -> A.Compose:
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),
         A.RandomResizedCrop(size=(size, size), scale=(0.65, 1.0), ratio=(0.85, 1.18), interpolation=cv2.INTER_AREA, p=1.0),
+        A.HEStain(method="random_preset", p=0.5),
         A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.7),
-        A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=20, val_shift_limit=10, p=0.7),
+        A.HueSaturationValue(hue_shift_limit=12, sat_shift_limit=25, val_shift_limit=10, p=0.7),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.Downscale(scale_range=(0.5, 0.9))], p=0.2),
     ], seed=seed)
 
 
@@ -103,9 +134,14 @@ class TrainTransform:
             rgb = np.asarray(open_image(image))
             if self.use_denoise:
                 rgb = denoise(rgb)
-            self.augment.set_random_seed(self.sample_seed(source))
+            seed = self.sample_seed(source)
+            rgb = zoom_out(rgb, np.random.default_rng(seed))
+            self.augment.set_random_seed(seed)
             pixels.append(_normalise(self.augment(image=rgb)["image"], self.processor))
-        return {"pixel_values": pixels, "labels": batch["label"]}
+        out = {"pixel_values": pixels, "labels": batch["label"]}
+        if "weight" in batch:
+            out["weight"] = batch["weight"]
+        return out
 
 
 def preprocess(images: list[Image.Image], processor: Any, use_denoise: bool = False) -> np.ndarray:

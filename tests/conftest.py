@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = (ROOT.parent / "shared" / "data").resolve()
 MATEK = SHARED / "bone-marrow-cells"
 PBC = SHARED / "pbc-external"
+PBC_TRAIN = SHARED / "pbc-train"
+BCCD = SHARED / "external-wbc" / "bccd"
 UNSEEN = SHARED / "unseen-classes"
 BUNDLED = ROOT / "models" / "bmc-dinov2s-matek8"
 

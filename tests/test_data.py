@@ -5,14 +5,15 @@ import datasets
 import pytest
 
 from bmc import data as D
-from conftest import MATEK, PBC, image_bytes, matek_images
+from conftest import MATEK, PBC, PBC_TRAIN, image_bytes, matek_images
 from corpus import CORPUS
 
 
 def test_kaggle_layout_labels_come_from_the_top_folder(shared_data):
     records, skipped = D.scan_folder(MATEK)  # root holds abbreviations.csv and one wrapper folder
     counts = Counter(code for _, code in records)
-    assert counts == {"ART": 400, "BLA": 500, "EOS": 500, "LYT": 500, "MON": 500, "NGS": 500, "NIF": 500, "PMO": 500}
+    # the counts of ../shared/data/README.md (grown on 2026-11-28 from 3,900 to 5,548 images)
+    assert counts == {"ART": 450, "BLA": 750, "EOS": 750, "LYT": 750, "MON": 750, "NGS": 750, "NIF": 750, "PMO": 598}
     assert all(Path(p).parent.name == "0001-1000" for p, _ in records)  # the range folder is not the label
     assert skipped == []
 
@@ -115,9 +116,54 @@ def test_block_split_keeps_neighbouring_numbers_together():
 
 
 def test_manifest_round_trip(tmp_path):
-    D.write_manifest(tmp_path / "m.csv", ["a.jpg", "b.jpg"], ["BLA", "NGS"], ["train", "test"])
-    assert D.read_manifest(tmp_path / "m.csv") == [
-        {"source": "a.jpg", "label": "BLA", "split": "train"}, {"source": "b.jpg", "label": "NGS", "split": "test"}]
+    rows = [{"source": "a.jpg", "label": "BLA", "split": "train", "domain": "matek"},
+            {"source": "b.jpg", "label": "NGS", "split": "test", "domain": "pbc"}]
+    D.write_manifest(tmp_path / "m.csv", rows)
+    assert D.read_manifest(tmp_path / "m.csv") == rows
+
+
+def test_a_stratum_keeps_its_split_when_other_sources_or_classes_join():
+    # The Matek-only and the Matek + PBC models must be compared on the same Matek test images.
+    sources, labels = _fake_sources(classes=("BLA", "NGS"))
+    alone = D.assign_splits(sources, [("BLA", "NGS")[k] for k in labels], mode="block", seed=42, domains=["m"] * len(sources))
+    more_sources = [f"/p/{c}/{c}_{i}.jpg" for c in ("EBO", "NGS") for i in range(100)]
+    pooled = D.assign_splits(sources + more_sources, [("BLA", "NGS")[k] for k in labels] + ["EBO"] * 100 + ["NGS"] * 100,
+                             mode="block", seed=42, domains=["m"] * len(sources) + ["p"] * 200, id_only_domains={"p"})
+    assert pooled[:len(sources)] == alone
+    extra = pooled[len(sources):]
+    assert Counter(extra[:100]) == {"train": 70, "validation": 15, "test": 15}  # id-only domain: random, not blocks
+
+
+def test_pbc_layout_takes_the_class_from_the_file_prefix(shared_data):
+    cells = D.load_folder(PBC_TRAIN)
+    codes = cells.codes
+    counts = Counter(codes[i] for i in cells.dataset["label"])
+    assert counts == {c: 100 for c in ("EOS", "LYT", "MON", "NGS", "NGB", "PMO", "MYB", "MMZ", "BAS", "EBO")}
+    assert set(cells.dataset["domain"]) == {"pbc-train"} and cells.id_only_domains == {"pbc-train"}
+
+
+def test_pbc_platelets_and_unspecified_prefixes_are_skipped_with_a_count(tmp_path):
+    for name in ("ig/PMY_1.jpg", "ig/IG_2.jpg", "neutrophil/NEUTROPHIL_3.jpg", "platelet/PLATELET_4.jpg", "neutrophil/BNE_5.jpg"):
+        _write(tmp_path / "pbc" / name, image_bytes("JPEG"))
+    cells = D.load_folder(tmp_path / "pbc")
+    assert sorted(cells.codes) == ["NGB", "PMO"] and len(cells.dataset) == 2
+    reasons = sorted(s.reason for s in cells.skipped)
+    assert reasons == ["PBC platelet: not a marrow cell class", "PBC prefix 'IG' names no single cell type",
+                       "PBC prefix 'NEUTROPHIL' names no single cell type"]
+
+
+def test_several_sources_pool_into_one_class_list_with_domains(tmp_path):
+    for i in range(2):
+        _write(tmp_path / "marrow" / "BLA" / f"BLA_{i}.jpg", image_bytes("JPEG"))
+        _write(tmp_path / "marrow" / "NGS" / f"NGS_{i}.jpg", image_bytes("JPEG"))
+        _write(tmp_path / "blood" / "erythroblast" / f"ERB_{i}.jpg", image_bytes("JPEG"))
+        _write(tmp_path / "blood" / "neutrophil" / f"SNE_{i}.jpg", image_bytes("JPEG"))
+    cells = D.load_sources([str(tmp_path / "marrow"), str(tmp_path / "blood")])
+    ds = cells.dataset
+    rows = sorted(zip(ds["domain"], (cells.codes[i] for i in ds["label"])))
+    assert cells.codes == ["BLA", "NGS", "EBO"]  # haematologists' order over the union
+    assert rows == sorted([("marrow", "BLA")] * 2 + [("marrow", "NGS")] * 2 + [("blood", "EBO")] * 2 + [("blood", "NGS")] * 2)
+    assert cells.id_only_domains == {"blood"}
 
 
 def test_pbc_external_maps_prefixes_not_folders(shared_data):

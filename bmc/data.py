@@ -198,9 +198,18 @@ PBC_FOLDERS = {"basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "mo
 
 
 def is_pbc_layout(root: str | Path) -> bool:
-    """True for a folder in the PBC layout (class folders named as in the PBC download)."""
-    names = {p.name.lower() for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")}
-    return bool(names) and names <= PBC_FOLDERS
+    """True for a folder in the PBC layout: class folders named as in the PBC download whose
+    images carry PBC's type prefixes (other white-cell sets, BCCD say, use the same folder names)."""
+    folders = [p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if not folders or not {p.name.lower() for p in folders} <= PBC_FOLDERS:
+        return False
+    files = [f for folder in folders for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES]
+    prefixes = {f.stem.split("_")[0].upper() for f in files}
+    return bool(files) and prefixes <= set(PBC_PREFIX_TO_CODE) | PBC_UNSPLIT_PREFIXES
+
+
+PBC_UNSPLIT_PREFIXES = {"IG", "NEUTROPHIL"}
+"""PBC prefixes that name no single cell type (unspecified immature granulocytes, neutrophils)."""
 
 
 def scan_pbc(root: str | Path) -> tuple[list[tuple[str, str]], list[SkippedFile]]:

@@ -99,4 +99,3 @@ class Predictor:
                 confidence=float(row[top]), flagged=bool(row[top] < self.threshold),
             ))
         return out
-

@@ -52,6 +52,29 @@ CELL_CLASSES: tuple[CellClass, ...] = (
     CellClass("ART", "Artefact", "artefact"),
 )
 
+#: Rows of a marrow differential count, in the order a haematologist reads one (ICSH 2015).
+COUNT_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("blasts and other immature cells", ("BLA", "FGC")),
+    ("granulocytic series", ("PMO", "MYB", "MMZ", "NGB", "NGS")),
+    ("eosinophils and basophils", ("EOS", "ABE", "BAS")),
+    ("monocytes", ("MON",)),
+    ("lymphocytes and plasma cells", ("LYI", "LYT", "HAC", "PLM")),
+    ("erythroid precursors", ("PEB", "EBO")),
+    ("other", ("OTH",)),
+    ("not counted (not nucleated cells, or not assessable)", ("KSC", "NIF", "ART")),
+)
+NOT_COUNTED: frozenset[str] = frozenset(COUNT_GROUPS[-1][1])
+"""Shown in a count but left out of the denominator: artefacts, unidentifiable cells, smudge cells."""
+MYELOID_FOR_ME: frozenset[str] = frozenset(COUNT_GROUPS[1][1] + COUNT_GROUPS[2][1])
+"""The M of the M:E ratio: the granulocytic series with eosinophils and basophils (blasts are on neither side)."""
+ERYTHROID_FOR_ME: frozenset[str] = frozenset(COUNT_GROUPS[5][1])
+
+
+def count_group(code: str) -> str:
+    """The differential-count row group of a code (labels outside the Matek set: ``other``)."""
+    return next((name for name, codes in COUNT_GROUPS if code in codes), "other")
+
+
 BY_CODE: dict[str, CellClass] = {c.code: c for c in CELL_CLASSES}
 _ORDER: dict[str, int] = {c.code: i for i, c in enumerate(CELL_CLASSES)}
 # Spellings seen in the wild: the data set's own abbreviations.csv says "Faggott cell".

@@ -13,26 +13,73 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from bmc import data as D
 from bmc import labels as L
+from bmc import evaluation as E
+from bmc.evaluation import external_results
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 MATEK_DATASET = "ekim15/bone_marrow_cell_dataset"
+HUB_PLACEHOLDER = "your-username/{name}"
+"""The repository id the card's code uses until the model is published with --hub_model_id."""
+
+MATEK = ("Matek et al. bone marrow cytology (Munich; May-Grünwald-Giemsa/Pappenheim stain, 40× oil immersion, 250×250 px crops)",
+         "Matek, C., Krappe, S., Münzenmayer, C., Haferlach, T., & Marr, C. (2021). An Expert-Annotated Dataset of Bone Marrow "
+         "Cytology in Hematologic Malignancies [Data set]. The Cancer Imaging Archive. https://doi.org/10.7937/TCIA.AXH3-T579 "
+         "(CC BY 4.0); and: Highly accurate differential diagnosis of bone marrow cytology using deep learning. Blood 138(20), "
+         "1917–1927. https://doi.org/10.1182/blood.2020010568")
+PBC = ("PBC peripheral blood cells (Hospital Clinic of Barcelona; CellaVision DM96, 360×363 px, the cell fills about a third of the frame)",
+       "Acevedo, A., Merino, A., Alférez, S., Molina, Á., Boldú, L., & Rodellar, J. (2020). A dataset of microscopic peripheral "
+       "blood cell images for development of automatic recognition systems. Data in Brief 30, 105474. "
+       "https://doi.org/10.1016/j.dib.2020.105474 (CC BY 4.0)")
+BCCD = ("BCCD white blood cells (a third laboratory; camera images of peripheral blood smears, lower quality)",
+        "BCCD Dataset, Shenggan (MIT licence), https://github.com/Shenggan/BCCD_Dataset; single-cell crops as published in "
+        "github.com/apple2373/BCCD")
+KNOWN_SOURCES: dict[str, tuple[str, str]] = {
+    "bone-marrow-cells": MATEK, "bone_marrow_cell_dataset": MATEK, "ekim15/bone_marrow_cell_dataset": MATEK,
+    "pbc-train": PBC, "pbc-external": PBC, "bccd": BCCD,
+}
+"""Description and citation of the data sets bmc knows by folder name; others are named as given."""
+
+
+def describe_source(name: str) -> dict[str, str | None]:
+    """What the card says about one data source (known data sets get a description and citation)."""
+    description, citation = KNOWN_SOURCES.get(name, (f"`{name}`", None))
+    return {"name": name, "description": description, "citation": citation}
 
 
 def _eval_results(metrics: dict) -> list[EvalResult]:
+    sets = [("test", "held-out test split", metrics.get("test"))]
+    sets += [(name, describe_source(name)["description"].split(" (")[0] + " (external)", result)
+             for name, result in external_results(metrics).items()]
     results = []
-    for split, dataset_name in (("test", "Matek bone marrow cells (held-out block split)"),
-                                ("external", "PBC peripheral blood cells (external, mapped classes)")):
-        if split not in metrics:
+    for split, dataset_name, result in sets:
+        if not result:
             continue
         for key, name in (("accuracy", "Accuracy"), ("macro_f1", "Macro F1"), ("balanced_accuracy", "Balanced accuracy")):
             results.append(EvalResult(
-                task_type="image-classification", dataset_type=MATEK_DATASET if split == "test" else "pbc-external",
-                dataset_name=dataset_name, dataset_split=split, metric_type=key.replace("macro_f1", "f1"),
-                metric_name=name, metric_value=round(float(metrics[split][key]), 4),
+                task_type="image-classification", dataset_type=MATEK_DATASET if split == "test" else split,
+                dataset_name=dataset_name, dataset_split="test", metric_type=key.replace("macro_f1", "f1"),
+                metric_name=name, metric_value=round(float(result[key]), 4),
                 metric_config="macro" if key == "macro_f1" else None,
             ))
     return results
+
+
+def _training_sources(metrics: dict, model_dir: Path) -> list[dict]:
+    """Each training domain with its split sizes and classes (from the split manifest)."""
+    manifest = model_dir / "split_manifest.csv"
+    train_dirs = metrics["data"].get("train_dir") or [metrics["data"].get("dataset_name") or "data"]
+    train_dirs = [train_dirs] if isinstance(train_dirs, str) else train_dirs
+    rows = D.read_manifest(manifest) if manifest.is_file() else []
+    names = list(dict.fromkeys(r.get("domain") or D.domain_name(train_dirs[0]) for r in rows)) or [Path(str(train_dirs[0])).name]
+    out = []
+    for name in names:
+        mine = [r for r in rows if (r.get("domain") or D.domain_name(train_dirs[0])) == name]
+        sizes = {split: sum(r["split"] == split for r in mine) for split in ("train", "validation", "test")}
+        classes = L.sort_codes({r["label"] for r in mine if r["split"] == "train"})
+        out.append({**describe_source(name), "sizes": sizes, "classes": classes})
+    return out
 
 
 def card_context(metrics: dict, model_dir: Path) -> dict[str, Any]:
@@ -44,6 +91,14 @@ def card_context(metrics: dict, model_dir: Path) -> dict[str, Any]:
     size_mb = sum(w.stat().st_size for w in weights) / 1e6
     config_path = model_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    sources = _training_sources(metrics, model_dir)
+    primary = sources[0]["classes"] if sources else codes
+    # classes that only a secondary source supplied: the card warns that they were learnt from that source's images only
+    secondary_only = [{"code": c, "sources": [s["name"] for s in sources if c in s["classes"]]} for c in codes if c not in primary]
+    externals = [{**describe_source(name), "result": result,
+                  "figure": E.confusion_figure(name) if (model_dir / E.confusion_figure(name)).is_file() else None}
+                 for name, result in external_results(metrics).items()]
+    review = metrics["calibration"]
     return {
         "m": metrics,
         "architecture": (config.get("architectures") or [config.get("model_type", "unknown")])[0],
@@ -52,7 +107,14 @@ def card_context(metrics: dict, model_dir: Path) -> dict[str, Any]:
         "weights_mb": f"{size_mb:.1f}",
         "has_confusion": (model_dir / "confusion_matrix.png").is_file(),
         "has_curves": (model_dir / "training_curves.png").is_file(),
-        "repo_id": metrics.get("hub_model_id") or f"models/{metrics['model_name']}",
+        "repo_id": metrics.get("hub_model_id") or HUB_PLACEHOLDER.format(name=metrics["model_name"]),
+        "sources": sources,
+        "multi_source": len(sources) > 1,
+        "secondary_only": secondary_only,
+        "externals": externals,
+        "citations": list(dict.fromkeys(x["citation"] for x in sources + externals if x["citation"])),
+        "review_target_met": review["validation_coverage"] > 0
+        and review["validation_accuracy_above_threshold"] >= review["target_accuracy"] - 1e-9,
         "pct": lambda x: f"{100 * float(x):.1f}",
         "f3": lambda x: f"{float(x):.3f}",
     }
@@ -88,7 +150,7 @@ def comparison_table(model_dirs: list[Path]) -> str:
              "test ECE | external acc. (PBC) | external macro-F1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in model_dirs:
         m = json.loads((Path(d) / "metrics.json").read_text())
-        ext = m.get("external")
+        ext = next(iter(external_results(m).values()), None)
         lines.append(
             f"| `{m['model_name']}` | {_short_source(m['base_model_source'])} | {m['model_args']['image_size']} px | "
             f"{m['n_parameters'] / 1e6:.1f} M | {float(m['epochs_trained']):.0f} | {float(m['train_runtime_s'] or 0) / 60:.0f} min | "

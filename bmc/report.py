@@ -1,10 +1,20 @@
-"""Differential counts: many single-cell predictions → a per-class table, figures and a report.
+"""Differential counts: many single-cell predictions → the count a haematologist reads, reviewed.
 
-The table is grouped by lineage in haematologists' order (``bmc.labels``); cells whose calibrated
-confidence is below the model's review threshold are counted under their top class *and* listed
-as flagged, so the reviewer sees exactly which cells to check. The myeloid:erythroid (M:E) ratio
-is given only when the model knows both granulocytic and erythroid classes and some erythroid
-cells were found. Every report names the model, its version and the research-use disclaimer.
+Conventions (ICSH 2015 marrow differential; CLSI H20-A2 for the intervals):
+
+* rows in haematologists' order, in the groups of :data:`bmc.labels.COUNT_GROUPS` (blasts;
+  granulocytic series from promyelocytes to segmented neutrophils; eosinophils and basophils;
+  monocytes; lymphocytes and plasma cells; erythroid precursors; other);
+* percentages are of **nucleated cells**: artefacts, "not identifiable" and smudge cells are
+  counted and shown but left out of the denominator;
+* every percentage carries a 95 % confidence interval by the exact binomial (Clopper–Pearson)
+  method, which is what the Rümke tables of CLSI H20 tabulate (from ``scipy.stats``);
+* headline figures: cells counted, blast %, and the M:E ratio (granulocytic series with
+  eosinophils and basophils, to erythroid precursors) when the model knows erythroid classes;
+* a count below :data:`MIN_CELLS_WARNING` cells gets a warning (ICSH asks for 500 in marrow).
+
+A count is *reviewed* by confirming or relabelling cells (``corrections``: image name → code);
+every figure is then computed from the reviewed labels, and the CSV keeps both labels per image.
 """
 
 from __future__ import annotations
@@ -13,15 +23,15 @@ import base64
 import csv
 import html
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from bmc import __version__
-from bmc import labels as L
 from PIL import Image
 
+from bmc import __version__
+from bmc import labels as L
 from bmc.data import SkippedFile
 from bmc.inference import Prediction, Predictor
 
@@ -30,136 +40,285 @@ DISCLAIMER = (
     "qualified haematologist. The model knows only the classes listed; other cell types receive one of "
     "these labels, and cells flagged 'uncertain' need manual review."
 )
+MIN_CELLS_WARNING = 200
+"""Below this many nucleated cells a count is too small to read (ICSH recommends 500 for marrow)."""
+ICSH_MARROW_CELLS = 500
+THUMBNAIL_PX = 112
+"""Side of the stored cell thumbnails (review gallery, HTML report): enough to see the cell, a few kB each."""
+
+
+@dataclass
+class Cell:
+    """One counted image: its name, the model's prediction and a small JPEG thumbnail (or None)."""
+
+    name: str
+    prediction: Prediction
+    thumbnail: bytes | None = None
 
 
 @dataclass
 class CountRow:
+    """One class of the count (from the reviewed labels)."""
+
     code: str
     name: str
-    lineage: str
+    group: str
     count: int
-    percent: float
-    mean_confidence: float | None
+    counted: bool
+    """False for the classes left out of the denominator (artefact, not identifiable, smudge cell)."""
+    percent: float | None
+    ci: tuple[float, float] | None
     flagged: int
+
+
+def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial (Clopper–Pearson) interval of k/n in percent, as the Rümke/CLSI H20 tables give."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+    return 100.0 * ci.low, 100.0 * ci.high
 
 
 @dataclass
 class CountReport:
-    """Everything a differential-count report shows."""
+    """A differential count: the cells, the model's labels and the reviewer's corrections."""
 
     model_name: str
     model_version: str
     threshold: float
-    rows: list[CountRow]
-    images: list[tuple[str, Prediction]]
+    codes: list[str]
+    cells: list[Cell]
     skipped: list[SkippedFile] = field(default_factory=list)
+    corrections: dict[str, str] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
+    def label(self, cell: Cell) -> str:
+        """The reviewed label of a cell: the reviewer's, else the model's."""
+        return self.corrections.get(cell.name, cell.prediction.top_code)
+
+    def reviewed(self, corrections: dict[str, str]) -> "CountReport":
+        """The same count with more review decisions (image name → code; the model's code confirms)."""
+        unknown = sorted(set(corrections.values()) - set(self.codes))
+        if unknown:
+            raise ValueError(f"labels {unknown} are not classes of this model ({', '.join(self.codes)})")
+        names = {c.name for c in self.cells}
+        missing = sorted(set(corrections) - names)
+        if missing:
+            raise ValueError(f"{len(missing)} reviewed image(s) are not in this count, e.g. {missing[0]}")
+        return replace(self, corrections={**self.corrections, **corrections})
+
     @property
-    def n_cells(self) -> int:
-        return len(self.images)
+    def n_images(self) -> int:
+        return len(self.cells)
+
+    @property
+    def n_counted(self) -> int:
+        """The denominator: nucleated, assessable cells."""
+        return sum(self.label(c) not in L.NOT_COUNTED for c in self.cells)
 
     @property
     def n_flagged(self) -> int:
-        return sum(p.flagged for _, p in self.images)
+        return sum(c.prediction.flagged for c in self.cells)
+
+    @property
+    def n_reviewed(self) -> int:
+        return len(self.corrections)
+
+    @property
+    def n_changed(self) -> int:
+        return sum(1 for c in self.cells if c.name in self.corrections and self.corrections[c.name] != c.prediction.top_code)
+
+    @property
+    def n_flagged_open(self) -> int:
+        """Flagged cells nobody has reviewed yet."""
+        return sum(c.prediction.flagged and c.name not in self.corrections for c in self.cells)
+
+    @property
+    def rows(self) -> list[CountRow]:
+        """One row per class the model knows, in count order, zeros included."""
+        n = self.n_counted
+        order = [code for _, group in L.COUNT_GROUPS for code in group if code in self.codes]
+        order += [c for c in self.codes if c not in order]  # custom labels
+        out = []
+        for code in order:
+            mine = [c for c in self.cells if self.label(c) == code]
+            counted = code not in L.NOT_COUNTED
+            out.append(CountRow(
+                code=code, name=L.full_name(code), group=L.count_group(code), count=len(mine), counted=counted,
+                percent=100.0 * len(mine) / n if counted and n else None,
+                ci=proportion_ci(len(mine), n) if counted and n else None,
+                flagged=sum(c.prediction.flagged for c in mine),
+            ))
+        return out
+
+    def _count(self, codes: Iterable[str]) -> int:
+        wanted = set(codes)
+        return sum(self.label(c) in wanted for c in self.cells)
+
+    @property
+    def blast_percent(self) -> tuple[float, tuple[float, float]] | None:
+        """Blast % of nucleated cells with its 95 % interval (None without blasts class or cells)."""
+        if "BLA" not in self.codes or not self.n_counted:
+            return None
+        k = self._count(["BLA"])
+        return 100.0 * k / self.n_counted, proportion_ci(k, self.n_counted)
 
     @property
     def me_ratio(self) -> float | None:
-        """Granulocytic (incl. blasts) : erythroid cells, when the model knows both lineages."""
-        by = {lin: sum(r.count for r in self.rows if r.lineage == lin) for lin in ("granulocytic", "erythroid")}
-        knows_erythroid = any(r.lineage == "erythroid" for r in self.rows)
-        if not knows_erythroid or by["erythroid"] == 0:
+        """Myeloid (granulocytic series, eosinophils, basophils) : erythroid precursors."""
+        if not set(self.codes) & L.ERYTHROID_FOR_ME:
             return None
-        return by["granulocytic"] / by["erythroid"]
+        erythroid = self._count(L.ERYTHROID_FOR_ME)
+        return self._count(L.MYELOID_FOR_ME) / erythroid if erythroid else None
 
     @property
     def me_ratio_text(self) -> str:
-        return f"{self.me_ratio:.2f} : 1" if self.me_ratio is not None else "not available (no erythroid classes or cells)"
+        if not set(self.codes) & L.ERYTHROID_FOR_ME:
+            return "not available: this model knows no erythroid class"
+        if self.me_ratio is None:
+            return "not available: no erythroid precursors in this count"
+        return f"{self.me_ratio:.2f} : 1"
+
+    @property
+    def blast_text(self) -> str:
+        if self.blast_percent is None:
+            return "not available" + (": this model knows no blast class" if "BLA" not in self.codes else ": no nucleated cells")
+        pct, (lo, hi) = self.blast_percent
+        return f"{pct:.1f} % (95 % CI {lo:.1f}–{hi:.1f})"
+
+    @property
+    def warnings(self) -> list[str]:
+        out = []
+        if self.n_counted < MIN_CELLS_WARNING:
+            out.append(f"Only {self.n_counted} nucleated cells were counted: below {MIN_CELLS_WARNING}, the percentages are too "
+                       f"uncertain to read (see the intervals); ICSH recommends at least {ICSH_MARROW_CELLS} for a marrow differential.")
+        if self.n_flagged_open:
+            out.append(f"{self.n_flagged_open} flagged cells have not been reviewed: the count is not final.")
+        return out
+
+    def headline(self) -> str:
+        """The figures a reader looks at first, in one line of text."""
+        return (f"{self.n_counted} nucleated cells counted ({self.n_images - self.n_counted} not counted: artefacts, "
+                f"not identifiable, smudge cells); blasts {self.blast_text}; M:E ratio {self.me_ratio_text}; "
+                f"{self.n_flagged} flagged, {self.n_reviewed} reviewed, {self.n_changed} relabelled.")
 
 
-def build_report(images: Sequence[tuple[str, Prediction]], codes: Sequence[str], model_name: str, model_version: str,
+def thumbnail(image: Image.Image, size: int = THUMBNAIL_PX) -> bytes:
+    """A small JPEG of a cell for review galleries and the HTML report."""
+    small = image.copy()
+    small.thumbnail((size, size))
+    buf = io.BytesIO()
+    small.convert("RGB").save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def build_report(cells: Sequence[Cell], codes: Sequence[str], model_name: str, model_version: str,
                  threshold: float, skipped: Sequence[SkippedFile] = ()) -> CountReport:
-    """Per-class counts in canonical order (all the model's classes, zeros included)."""
-    total = len(images)
-    rows = []
-    for code in L.sort_codes(codes):
-        preds = [p for _, p in images if p.top_code == code]
-        rows.append(CountRow(
-            code=code, name=L.full_name(code), lineage=L.lineage(code), count=len(preds),
-            percent=100.0 * len(preds) / total if total else 0.0,
-            mean_confidence=sum(p.confidence for p in preds) / len(preds) if preds else None,
-            flagged=sum(p.flagged for p in preds),
-        ))
-    rows.sort(key=lambda r: (L.LINEAGES.index(r.lineage), L.sort_codes(codes).index(r.code)))
-    return CountReport(model_name, model_version, threshold, rows, list(images), list(skipped))
+    """A count over the model's classes (in haematologists' order); nothing reviewed yet."""
+    return CountReport(model_name, model_version, threshold, L.sort_codes(codes), list(cells), list(skipped))
 
 
 def predict_stream(predictor: Predictor, items: Iterable[tuple[str, Image.Image] | SkippedFile], batch_size: int = 32,
-                   progress: bool = False) -> tuple[list[tuple[str, Prediction]], list[SkippedFile]]:
-    """Predict decoded items (see ``bmc.uploads.iter_images``) batch by batch, keeping the skipped ones."""
+                   progress: bool = False, thumbnails: str = "flagged") -> tuple[list[Cell], list[SkippedFile]]:
+    """Predict decoded items (see ``bmc.uploads.iter_images``) batch by batch, keeping the skipped ones.
+
+    ``thumbnails``: keep a small JPEG of ``"flagged"`` cells (the HTML report shows them), of
+    ``"all"`` cells (the app lets a reviewer open any cell), or ``"none"``; each image is decoded once."""
     from tqdm.auto import tqdm
 
-    done: list[tuple[str, Prediction]] = []
+    done: list[Cell] = []
     skipped: list[SkippedFile] = []
-    names: list[str] = []
-    images: list[Image.Image] = []
+    batch: list[tuple[str, Image.Image]] = []
 
     def flush() -> None:
-        if images:
-            done.extend(zip(names, predictor.predict(images, batch_size)))
-            names.clear()
-            images.clear()
+        if batch:
+            for (name, image), pred in zip(batch, predictor.predict([im for _, im in batch], batch_size)):
+                keep = thumbnails == "all" or (thumbnails == "flagged" and pred.flagged)
+                done.append(Cell(name, pred, thumbnail(image) if keep else None))
+            batch.clear()
 
     for item in tqdm(items, desc="cells", unit="img", disable=not progress):
         if isinstance(item, SkippedFile):
             skipped.append(item)
             continue
-        names.append(item[0])
-        images.append(item[1])
-        if len(images) >= batch_size:
+        batch.append(item)
+        if len(batch) >= batch_size:
             flush()
     flush()
     return done, skipped
 
 
+TABLE_HEADERS = ["group", "cell type", "count", "% of nucleated cells", "95 % CI", "flagged"]
+
+
+def _pct(row: CountRow) -> str:
+    return "—" if row.percent is None else f"{row.percent:.1f}"
+
+
+def _ci(row: CountRow) -> str:
+    return "not counted" if not row.counted else "—" if row.ci is None else f"{row.ci[0]:.1f}–{row.ci[1]:.1f}"
+
+
 def table(report: CountReport) -> list[list[object]]:
-    """Rows for a UI table: lineage, cell type, count, %, mean confidence, flagged."""
-    return [[r.lineage, L.display_name(r.code), r.count, round(r.percent, 1),
-             None if r.mean_confidence is None else round(r.mean_confidence, 3), r.flagged] for r in report.rows]
+    """Rows for a UI table (see :data:`TABLE_HEADERS`), ending with the total row."""
+    rows: list[list[object]] = [[r.group, L.display_name(r.code), r.count, _pct(r), _ci(r), r.flagged] for r in report.rows]
+    rows.append(["total", f"{report.n_counted} nucleated + {report.n_images - report.n_counted} not counted",
+                 report.n_images, "100.0" if report.n_counted else "—", "", report.n_flagged])
+    return rows
 
 
-TABLE_HEADERS = ["lineage", "cell type", "count", "%", "mean confidence", "flagged"]
+def read_corrections(path: str | Path, report: CountReport) -> dict[str, str]:
+    """A review file (CSV with columns ``image`` and ``label``; a label is a code or a full name)."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"image", "label"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: a review file needs the columns 'image' and 'label' (found {reader.fieldnames})")
+        out = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                code = L.to_code(row["label"]) if row["label"].strip().upper() not in report.codes else row["label"].strip().upper()
+            except KeyError:
+                code = row["label"].strip()
+            if code not in report.codes:
+                raise ValueError(f"{path}, line {line}: {row['label']!r} is not a class of this model ({', '.join(report.codes)})")
+            out[row["image"].strip()] = code
+    return out
 
 
 def write_csv(report: CountReport, path: Path) -> Path:
-    """Per-image predictions (and skipped files) as CSV."""
+    """Per-image model and reviewed labels (and skipped files) as CSV."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["file", "predicted_code", "predicted_name", "confidence", "flagged_for_review", "top3", "skipped_reason"])
-        for name, p in report.images:
+        w.writerow(["file", "model_label", "model_label_name", "confidence", "flagged_for_review", "top3",
+                    "reviewed", "reviewed_label", "counted", "skipped_reason"])
+        for cell in report.cells:
+            p = cell.prediction
             top3 = "; ".join(f"{c} {s:.3f}" for c, s in p.top_k(3))
-            w.writerow([name, p.top_code, L.full_name(p.top_code), f"{p.confidence:.4f}", "yes" if p.flagged else "no", top3, ""])
+            label = report.label(cell)
+            w.writerow([cell.name, p.top_code, L.full_name(p.top_code), f"{p.confidence:.4f}", "yes" if p.flagged else "no", top3,
+                        "yes" if cell.name in report.corrections else "no", label, "no" if label in L.NOT_COUNTED else "yes", ""])
         for s in report.skipped:
-            w.writerow([s.source, "", "", "", "", "", s.reason])
+            w.writerow([s.source, "", "", "", "", "", "", "", "", s.reason])
     return path
 
 
 def bar_chart(report: CountReport, path: Path | None = None) -> bytes:
-    """Horizontal bar chart of counts per class (PNG bytes; also written to ``path`` if given)."""
+    """Horizontal bar chart of the reviewed counts per class (PNG bytes; also written to ``path`` if given)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = list(reversed(report.rows))
+    groups = [g for g, _ in L.COUNT_GROUPS]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
     colours = plt.get_cmap("tab10")
     ax.barh([L.display_name(r.code) for r in rows], [r.count for r in rows],
-            color=[colours(L.LINEAGES.index(r.lineage) % 10) for r in rows])
+            color=[colours(groups.index(r.group) % 10 if r.group in groups else 9) for r in rows])
     ax.barh([L.display_name(r.code) for r in rows], [r.flagged for r in rows], color="none", edgecolor="black", hatch="//",
-            label="flagged for review")
+            label="flagged by the model")
     ax.set_xlabel("cells")
-    ax.set_title(f"Differential count ({report.n_cells} cells)")
+    ax.set_title(f"Differential count ({report.n_counted} nucleated cells, {report.n_reviewed} reviewed)")
     ax.legend(loc="lower right")
     fig.tight_layout()
     buf = io.BytesIO()
@@ -170,28 +329,57 @@ def bar_chart(report: CountReport, path: Path | None = None) -> bytes:
     return buf.getvalue()
 
 
+_CSS = """body{font-family:sans-serif;max-width:900px;margin:2em auto;color:#111}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #999;padding:3px 8px;text-align:left}td.n{text-align:right}tr.total td{font-weight:bold;border-top:2px solid #333}
+tr.group td{background:#eee;font-style:italic}.warn{background:#fff3cd;padding:.6em 1em;border:1px solid #e0c36c}
+.head{font-size:1.1em}.cells{display:flex;flex-wrap:wrap;gap:8px}.cell{width:130px;font-size:.75em;border:1px solid #ccc;padding:4px}
+.cell img{width:112px;height:112px;object-fit:contain;display:block}
+@media print{body{margin:0;max-width:none;font-size:10pt}.page1{page-break-after:always}.chart{display:none}
+.cells{page-break-before:always}}"""
+
+
 def write_html(report: CountReport, path: Path, chart_png: bytes | None = None) -> Path:
-    """A self-contained HTML report (chart embedded) that states model, version and disclaimer."""
+    """One self-contained HTML file (images embedded): headline figures and the table first (the
+    first printed page), then the chart, the flagged cells with their top-3 classes, skipped files."""
     esc = html.escape
     chart_png = chart_png or bar_chart(report)
-    rows = "".join(
-        f"<tr><td>{esc(r.lineage)}</td><td>{esc(L.display_name(r.code))}</td><td>{r.count}</td><td>{r.percent:.1f}</td>"
-        f"<td>{'' if r.mean_confidence is None else f'{r.mean_confidence:.3f}'}</td><td>{r.flagged}</td></tr>"
-        for r in report.rows)
-    flagged = "".join(f"<li>{esc(n)}: {esc(L.display_name(p.top_code))} ({p.confidence:.2f})</li>"
-                      for n, p in report.images if p.flagged) or "<li>none</li>"
+    body, last_group = [], None
+    for r in report.rows:
+        if r.group != last_group:
+            body.append(f'<tr class="group"><td colspan="5">{esc(r.group)}</td></tr>')
+            last_group = r.group
+        body.append(f"<tr><td>{esc(L.display_name(r.code))}</td><td class=n>{r.count}</td><td class=n>{_pct(r)}</td>"
+                    f"<td>{_ci(r)}</td><td class=n>{r.flagged}</td></tr>")
+    body.append(f'<tr class="total"><td>total ({report.n_counted} nucleated + {report.n_images - report.n_counted} not counted)</td>'
+                f"<td class=n>{report.n_images}</td><td class=n>{'100.0' if report.n_counted else '—'}</td><td></td>"
+                f"<td class=n>{report.n_flagged}</td></tr>")
+    warnings = "".join(f'<p class="warn">{esc(w)}</p>' for w in report.warnings)
+    cells = []
+    for cell in report.cells:
+        if not (cell.prediction.flagged or cell.name in report.corrections):
+            continue
+        img = (f'<img alt="" src="data:image/jpeg;base64,{base64.b64encode(cell.thumbnail).decode()}">' if cell.thumbnail else "")
+        top3 = "<br>".join(f"{esc(c)} {s:.0%}" for c, s in cell.prediction.top_k(3))
+        review = (f"<br><b>reviewed: {esc(report.label(cell))}</b>" if cell.name in report.corrections else "<br><i>not reviewed</i>")
+        cells.append(f'<div class="cell">{img}{esc(cell.name)}<br>{top3}{review}</div>')
     skipped = "".join(f"<li>{esc(s.source)}: {esc(s.reason)}</li>" for s in report.skipped) or "<li>none</li>"
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>bmc differential count</title>
-<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #999;padding:4px 8px}}.warn{{background:#fff3cd;padding:1em;border:1px solid #e0c36c}}</style></head><body>
-<h1>Differential count (research use only)</h1>
+    blast = esc(report.blast_text)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>bmc differential count</title><style>{_CSS}</style></head><body>
+<div class="page1"><h1>Differential count (research use only)</h1>
 <p class="warn"><strong>{esc(DISCLAIMER)}</strong></p>
-<p>Model: <code>{esc(report.model_name)}</code>, version <code>{esc(report.model_version)}</code>; bmc {__version__};
-created {esc(report.created)}.<br>Cells counted: {report.n_cells}; flagged for review (calibrated confidence below
-{report.threshold:.2f}): {report.n_flagged}; files skipped: {len(report.skipped)}.<br>Myeloid : erythroid ratio: {esc(report.me_ratio_text)}</p>
-<table><tr><th>lineage</th><th>cell type</th><th>count</th><th>%</th><th>mean confidence</th><th>flagged</th></tr>{rows}</table>
-<p><img alt="counts per class" src="data:image/png;base64,{base64.b64encode(chart_png).decode()}"></p>
-<h2>Flagged for review</h2><ul>{flagged}</ul><h2>Skipped files</h2><ul>{skipped}</ul></body></html>"""
+<p class="head">Nucleated cells counted: <b>{report.n_counted}</b> &nbsp; Blasts: <b>{blast}</b> &nbsp;
+M:E ratio: <b>{esc(report.me_ratio_text)}</b></p>
+<p>Flagged by the model (calibrated confidence below {report.threshold:.2f}): {report.n_flagged}; reviewed: {report.n_reviewed};
+relabelled: {report.n_changed}; files skipped: {len(report.skipped)}.</p>{warnings}
+<table><tr><th>cell type</th><th>count</th><th>% of nucleated cells</th><th>95 % CI (exact binomial)</th><th>flagged</th></tr>{''.join(body)}</table>
+<p>Percentages are of nucleated cells: artefacts, not identifiable and smudge cells are counted but left out of the
+denominator. Intervals are exact binomial (Clopper–Pearson), as in the Rümke tables of CLSI H20. The M:E ratio is the
+granulocytic series with eosinophils and basophils to erythroid precursors; blasts are on neither side.</p>
+<p>Model: <code>{esc(report.model_name)}</code>, version <code>{esc(report.model_version)}</code>; review threshold
+{report.threshold:.3f}; bmc {__version__}; created {esc(report.created)}.</p></div>
+<p class="chart"><img alt="counts per class" src="data:image/png;base64,{base64.b64encode(chart_png).decode()}"></p>
+<h2>Flagged and reviewed cells (top-3 classes of the model)</h2><div class="cells">{''.join(cells) or 'none'}</div>
+<h2>Skipped files</h2><ul>{skipped}</ul></body></html>"""
     Path(path).write_text(page, encoding="utf-8")
     return Path(path)
 
@@ -206,4 +394,3 @@ def write_all(report: CountReport, out_dir: Path) -> dict[str, Path]:
         "chart": out_dir / "counts.png",
         "html": write_html(report, out_dir / "report.html", png),
     }
-

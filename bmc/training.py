@@ -27,11 +27,12 @@ from torch import nn
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from bmc import data as D
+from bmc import evaluation as E
 from bmc import labels as L
 from bmc.calibration import calibrate
 from bmc.figures import plot_confusion_matrix, plot_training_curves
 from bmc.inference import dataset_logits
-from bmc.metrics import classification_metrics, per_class_rows, scalar_metrics, softmax
+from bmc.metrics import classification_metrics, scalar_metrics, softmax
 from bmc.model import load_classifier, load_for_training, save_classifier, update_config
 from bmc.transforms import TrainTransform, build_image_processor, make_eval_transform
 
@@ -57,11 +58,22 @@ class DataArguments:
     image_column_name: str = field(default="image", metadata={"help": "Image column of a Hub/parquet dataset"})
     label_column_name: str = field(default="label", metadata={"help": "Label column of a Hub/parquet dataset"})
     dataset_revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of the Hub dataset (a commit makes the run repeatable)"})
-    external_dir: str | None = field(default=None, metadata={"help": "PBC-layout folder evaluated as out-of-domain data (never trained on)"})
+    external_dir: list[str] | None = field(default=None, metadata={"help": "Other laboratories' folders (PBC layout or class folders "
+                                                                           "such as BCCD) evaluated as out-of-domain data, never trained on"})
+    unseen_dir: str | None = field(default=None, metadata={"help": "Marrow images of types the training marrow data lacks "
+                                                                   "(<CODE>_n.jpg): reported one by one in the card"})
 
     def __post_init__(self) -> None:
-        if self.train_dir:  # "a,b" and "a b" alike
-            self.train_dir = [part for item in self.train_dir for part in str(item).split(",") if part]
+        # several folders: "a,b" and "a b" alike
+        self.train_dir = _split_list(self.train_dir)
+        self.external_dir = _split_list(self.external_dir)
+
+
+def _split_list(values: list[str] | str | None) -> list[str] | None:
+    if not values:
+        return None
+    values = [values] if isinstance(values, str) else values
+    return [part for item in values for part in str(item).split(",") if part]
 
 
 @dataclass
@@ -251,31 +263,6 @@ def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[D.SkippedFil
     return dsd, skipped, manifest
 
 
-def _by_domain(logits: np.ndarray, labels: np.ndarray, domains: list[str], codes: list[str], temperature: float) -> dict:
-    """The metrics of each domain on its own (only when a split holds more than one)."""
-    names = sorted(set(domains))
-    if len(names) < 2:
-        return {}
-    mask = {d: np.asarray([x == d for x in domains]) for d in names}
-    return {d: _metrics_from_logits(logits[m], labels[m], codes, temperature) for d, m in mask.items()}
-
-
-def _evaluate(model: Any, processor: Any, dataset: Any, codes: list[str], temperature: float, use_denoise: bool) -> dict:
-    logits, labels = dataset_logits(model, processor, dataset, use_denoise=use_denoise)
-    result = _metrics_from_logits(logits, labels, codes, temperature)
-    by_domain = _by_domain(logits, labels, dataset["domain"], codes, temperature)
-    if by_domain:
-        result["by_domain"] = by_domain
-    return result
-
-
-def _metrics_from_logits(logits: np.ndarray, labels: np.ndarray, codes: list[str], temperature: float) -> dict:
-    result = classification_metrics(softmax(logits, temperature), labels, num_classes=len(codes))
-    result["per_class_rows"] = per_class_rows(result, codes)
-    result["n_images"] = int(len(labels))
-    return result
-
-
 def use_all_cores_when_alone() -> None:
     """``accelerate launch`` sets ``OMP_NUM_THREADS=1`` for every process, which on a CPU-only
     single-process run halves (2 cores) or worse the speed. With one process, use every core."""
@@ -355,18 +342,20 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
         "calibration": calib,
         "n_parameters": int(sum(p.numel() for p in saved_model.parameters())),
     }
-    results["validation"] = _metrics_from_logits(val_logits, val_labels, codes, calib["temperature"])
-    by_domain = _by_domain(val_logits, val_labels, dsd["validation"]["domain"], codes, calib["temperature"])
-    if by_domain:
-        results["validation"]["by_domain"] = by_domain
+    results["shared_classes"] = E.shared_classes(manifest)
+    results["validation"] = E.metrics_from_logits(val_logits, val_labels, codes, calib["temperature"])
+    per_domain = E.by_domain(val_logits, val_labels, dsd["validation"]["domain"], codes, calib["temperature"])
+    if per_domain:
+        results["validation"]["by_domain"] = per_domain
     if "test" in dsd:
-        results["test"] = _evaluate(saved_model, saved_processor, dsd["test"], codes, calib["temperature"], model_args.denoise)
-    if data_args.external_dir:
-        ext_ds, excluded = D.load_pbc_external(data_args.external_dir, codes)
-        if len(ext_ds):
-            results["external"] = _evaluate(saved_model, saved_processor, ext_ds, codes, calib["temperature"], model_args.denoise)
-            results["external"]["excluded"] = excluded
-            results["external"]["source"] = data_args.external_dir
+        results["test"] = E.evaluate_split(saved_model, saved_processor, dsd["test"], codes, calib["temperature"], model_args.denoise)
+    external, unseen = E.evaluate_more(results, saved_model, saved_processor, data_args.external_dir or [], data_args.unseen_dir,
+                                       model_args.denoise)
+    if external:
+        results["external"] = external
+        E.plot_external(external, codes, staging)
+    if unseen:
+        results["unseen_marrow"] = unseen
 
     D.write_manifest(staging / "split_manifest.csv", manifest)
     D.write_skipped(staging / "skipped_files.csv", skipped)

@@ -32,13 +32,12 @@ import numpy as np
 from PIL import Image
 from transformers.models.vit import ViTImageProcessorPil
 
+from bmc.constants import IMAGENET_MEAN, IMAGENET_STD
 from bmc.data import open_image
 
-DEFAULT_MEAN = (0.485, 0.456, 0.406)
-DEFAULT_STD = (0.229, 0.224, 0.225)
 
 
-def build_image_processor(size: int, mean: tuple[float, ...] = DEFAULT_MEAN, std: tuple[float, ...] = DEFAULT_STD) -> ViTImageProcessorPil:
+def build_image_processor(size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> ViTImageProcessorPil:
     """Square resize of the whole cell image, rescale to [0, 1], normalise.
 
     A square resize (not resize-then-centre-crop, as ImageNet processors do) keeps the whole cell:

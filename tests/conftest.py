@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bmc.constants import BUNDLED_MODEL_NAME
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -31,7 +33,7 @@ PBC = SHARED / "pbc-external"
 PBC_TRAIN = SHARED / "pbc-train"
 BCCD = SHARED / "external-wbc" / "bccd"
 UNSEEN = SHARED / "unseen-classes"
-BUNDLED = ROOT / "models" / "bmc-dinov2s-matek8"
+BUNDLED = ROOT / "models" / BUNDLED_MODEL_NAME
 
 
 def matek_images(code: str, n: int) -> list[Path]:

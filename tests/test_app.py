@@ -35,7 +35,7 @@ def test_listens_on_loopback_only(app_url):
 
 
 def test_named_endpoints(client):
-    assert {"/classify", "/explain", "/count"} <= set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/classify", "/explain", "/count", "/open_cell", "/review"} <= set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
 
 
 @pytest.mark.parametrize("code", ["NGS", "EOS", "LYT"])
@@ -86,7 +86,14 @@ def test_explain_a_chosen_class(client):
     assert "Monocyte (MON)" in note
 
 
-def test_count_many_cells_and_a_zip(client, tmp_path):
+def _row(table: dict, code: str) -> list:
+    return next(r for r in table["data"] if f"({code})" in str(r[1]))
+
+
+def test_count_many_cells_and_a_zip_then_review_one(client, tmp_path):
+    import csv
+    import re
+
     from gradio_client import handle_file
 
     cells = matek_images("NGS", 3) + matek_images("LYT", 3)
@@ -96,18 +103,47 @@ def test_count_many_cells_and_a_zip(client, tmp_path):
             zf.write(p, p.name)
         zf.writestr("../evil.jpg", image_bytes())
         zf.writestr("readme.txt", "hi")
-    table, summary, chart, flagged, files = client.predict([handle_file(str(p)) for p in cells] + [handle_file(str(archive))],
-                                                           api_name="/count")
-    assert sum(row[2] for row in table["data"]) == 8
-    assert "8 cells" in summary and "2 files skipped" in summary and "unsafe path" in summary
-    assert [row[0] for row in table["data"]][0] == "granulocytic"
-    import re
-
+    table, summary, chart, flagged, files, _ = client.predict([handle_file(str(p)) for p in cells] + [handle_file(str(archive))],
+                                                              api_name="/count")
+    total = table["data"][-1]
+    assert total[0] == "total" and total[2] == 8
+    assert "8 images" in summary and "2 files skipped" in summary and "unsafe path" in summary
+    assert "below 200" in summary  # an 8-cell count is far too small to read
+    assert table["data"][0][0] == "blasts and other immature cells"
     n_flagged = int(re.search(r"(\d+) flagged for review", summary).group(1))
-    assert len(flagged) == n_flagged == sum(row[5] for row in table["data"])  # zip entries are shown too
+    assert len(flagged) == n_flagged == total[5]  # zip entries are shown too
     assert {Path(f).name for f in files} == {"predictions.csv", "report.html"}
     html = Path([f for f in files if f.endswith(".html")][0]).read_text()
-    assert "Research use only" in html and "bmc-dinov2s-matek8" in html
+    assert "Research use only" in html and BUNDLED.name in html
+
+    # open one cell, relabel it, and see the count, the summary and the CSV follow (same session: same client)
+    name = "cells.zip/" + matek_images("EOS", 2)[0].name  # a zip entry
+    image, info, label = client.predict(name, api_name="/open_cell")
+    assert Path(image).is_file() and name in info and "model:" in info
+    model_label = re.search(r"\((\w{3})\)", label).group(1)
+    new_code = "MON" if model_label != "MON" else "LYT"
+    before = _row(table, new_code)[2]
+    table2, summary2, _, _, files2 = client.predict(name, L_display(new_code), api_name="/review")
+    assert _row(table2, new_code)[2] == before + 1 and table2["data"][-1][2] == 8
+    assert "1 reviewed, 1 relabelled" in summary2
+    rows = {r["file"]: r for r in csv.DictReader(open([f for f in files2 if f.endswith(".csv")][0]))}
+    assert rows[name]["model_label"] == model_label and rows[name]["reviewed_label"] == new_code
+    with pytest.raises(Exception, match="not in the list of choices"):  # Gradio checks dropdown values itself
+        client.predict(name, "Not a class", api_name="/review")
+
+
+def L_display(code: str) -> str:
+    from bmc.labels import display_name
+
+    return display_name(code)
+
+
+def test_review_before_any_count_is_refused_by_name(app_url):
+    from gradio_client import Client
+
+    fresh = Client(app_url, verbose=False)  # a new session: no count in its state
+    with pytest.raises(Exception, match="count some cells first"):
+        fresh.predict("x.jpg", "Blast (BLA)", api_name="/review")
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[c.name for c in CORPUS])

@@ -21,11 +21,31 @@ def test_count_a_folder_and_a_zip(tmp_path, tiny_model_dir, shared_data):
     result = subprocess.run([sys.executable, "-m", "bmc", "count", str(folder), str(archive), "--model", str(tiny_model_dir),
                              "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "6 cells counted" in result.stdout and "1 files skipped" in result.stdout
+    assert "6 nucleated cells counted" in result.stdout and "1 files skipped" in result.stdout
+    assert "below 200" in result.stdout  # a 6-cell count is too small to read
     assert "cells" in result.stderr  # tqdm progress bar
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert len(rows) == 7 and rows[-1]["skipped_reason"].startswith("not an image file type")
     assert (out / "report.html").is_file() and (out / "counts.png").is_file()
+
+    # review: relabel one cell and confirm another from a CSV; the report counts the reviewed labels, the CSV keeps both
+    first, second = rows[0], rows[1]
+    new_label = next(c for c in ("BLA", "LYT", "NGS") if c != first["model_label"])
+    review = tmp_path / "corrections.csv"
+    review.write_text(f"image,label\n{first['file']},{new_label}\n{second['file']},{second['model_label']}\n")
+    result = subprocess.run([sys.executable, "-m", "bmc", "count", str(folder), str(archive), "--model", str(tiny_model_dir),
+                             "--out", str(out), "--review", str(review)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 reviewed, 1 relabelled" in result.stdout
+    reviewed = {r["file"]: r for r in csv.DictReader(open(out / "predictions.csv"))}
+    assert reviewed[first["file"]]["model_label"] == first["model_label"]
+    assert reviewed[first["file"]]["reviewed_label"] == new_label and reviewed[first["file"]]["reviewed"] == "yes"
+    assert reviewed[second["file"]]["reviewed_label"] == second["model_label"]
+
+    review.write_text(f"image,label\n{first['file']},Hairy cell\n")  # not a class of this model
+    result = subprocess.run([sys.executable, "-m", "bmc", "count", str(folder), "--model", str(tiny_model_dir),
+                             "--out", str(out), "--review", str(review)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "line 2" in result.stderr and "not a class of this model" in result.stderr
 
 
 def test_missing_input_is_named(tmp_path, tiny_model_dir):

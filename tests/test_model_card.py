@@ -53,8 +53,55 @@ def test_external_section_and_hub_id(tmp_path):
     text = render_card(tmp_path).read_text()
     meta = yaml.safe_load(text.split("---")[1])
     assert meta["base_model"] == "facebook/dinov2-small"
-    assert "out of domain" in text and "NGB 30" in text and "Acevedo" in text
+    assert "another laboratory, never trained on" in text and "NGB 30" in text and "Acevedo" in text
     assert 'model="me/bmc"' in text
+
+
+def test_card_without_hub_id_names_no_local_path(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps(_metrics()))
+    text = render_card(tmp_path).read_text()
+    assert 'model="your-username/bmc-test"' in text and "models/" not in text
+
+
+def _two_source_model(tmp_path, **extra):
+    """A card folder for a model trained on marrow (BLA, LYT) and blood (LYT, EBO) images."""
+    m = _metrics(classes=["BLA", "LYT", "EBO"], **extra)
+    m["data"]["train_dir"] = ["x/bone-marrow-cells", "x/pbc-train"]
+    m["model_args"].update(balance="domain_class", domain_weighting="equal")
+    (tmp_path / "metrics.json").write_text(json.dumps(m))
+    rows = ["source,label,split,domain"] + [f"m{i}.jpg,{c},{s},bone-marrow-cells" for i, (c, s) in enumerate(
+        [("BLA", "train"), ("LYT", "train"), ("BLA", "test")])] + [f"p{i}.jpg,{c},{s},pbc-train" for i, (c, s) in enumerate(
+        [("LYT", "train"), ("EBO", "train"), ("EBO", "test")])]
+    (tmp_path / "split_manifest.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+def test_card_names_each_source_and_warns_about_classes_from_one_source_only(tmp_path):
+    text = render_card(_two_source_model(tmp_path)).read_text()
+    assert "**EBO were learnt from pbc-train images only**" in text
+    assert "| EBO | Erythroblast | erythroid | `pbc-train` |" in text
+    assert "| LYT | Lymphocyte | lymphoid | `bone-marrow-cells`, `pbc-train` |" in text
+    # per-source split sizes from the manifest
+    assert "`pbc-train`: PBC peripheral blood cells" in text and "2 classes; train 2, validation 0, test 1 images" in text
+    assert "within each source every class weighs the same" in text
+    assert "Acevedo" in text and "Matek" in text
+
+
+def test_card_says_plainly_when_no_threshold_reaches_the_target(tmp_path):
+    m = _metrics()
+    m["calibration"].update(validation_coverage=0.01, validation_accuracy_above_threshold=0.0)
+    (tmp_path / "metrics.json").write_text(json.dumps(m))
+    text = render_card(tmp_path).read_text()
+    assert "No threshold reached the target" in text and "(0.0 % of them correct)" not in text
+
+
+def test_card_states_only_what_the_run_did(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps(_metrics(best_checkpoint=None)))
+    text = render_card(tmp_path).read_text()
+    assert "weights after the last step were kept" in text and "best" not in text.split("## Training procedure")[1]
+    (tmp_path / "metrics.json").write_text(json.dumps(_metrics(best_checkpoint="runs/x/checkpoint-9")))
+    text = render_card(tmp_path).read_text()
+    assert "best\n  validation macro-F1 was kept (early stopping after 3 evaluations without gain: it stopped the run)" in text
 
 
 def test_comparison_table_reads_each_metrics_file(tmp_path):

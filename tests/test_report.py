@@ -1,34 +1,120 @@
+"""Differential-count conventions against hand-worked examples, the review round trip, the report files."""
+
 import csv
 import html
+import re
+
+import pytest
 
 from bmc.inference import Prediction
-from bmc.report import DISCLAIMER, build_report, table, write_all
+from bmc.report import DISCLAIMER, Cell, build_report, proportion_ci, read_corrections, table, thumbnail, write_all
+
+CODES = ["BLA", "PMO", "NGS", "EOS", "EBO", "LYT", "NIF", "ART"]
 
 
-def _pred(code, conf, flagged=False, others=("BLA", "EBO", "LYT")):
-    probs = {c: (1 - conf) / (len(others) - 1) if c != code else conf for c in others}
+def _pred(code, conf=0.9, flagged=False):
+    others = [c for c in CODES if c != code]
+    probs = {code: conf, **{c: (1 - conf) / len(others) for c in others}}
     return Prediction(probs=probs, top_code=code, confidence=conf, flagged=flagged)
 
 
-def test_counts_grouped_by_lineage_with_me_ratio_and_flags(tmp_path):
-    images = [("a.jpg", _pred("BLA", 0.9)), ("b.jpg", _pred("BLA", 0.7)), ("c.jpg", _pred("EBO", 0.95)),
-              ("d.jpg", _pred("LYT", 0.4, flagged=True))]
-    report = build_report(images, ["LYT", "EBO", "BLA"], "tiny", "sha256:abc", 0.5)
-    assert [r.code for r in report.rows] == ["BLA", "EBO", "LYT"]  # granulocytic, erythroid, lymphoid
-    bla = report.rows[0]
-    assert (bla.count, bla.percent, round(bla.mean_confidence, 3), bla.flagged) == (2, 50.0, 0.8, 0)
-    assert report.rows[2].flagged == 1
-    assert report.me_ratio == 2.0
-    assert table(report)[0] == ["granulocytic", "Blast (BLA)", 2, 50.0, 0.8, 0]
+def _cells(counts: dict[str, int], flagged: set[str] = frozenset()) -> list[Cell]:
+    cells = []
+    for code, n in counts.items():
+        for i in range(n):
+            name = f"{code}_{i}.jpg"
+            cells.append(Cell(name, _pred(code, 0.5 if name in flagged else 0.9, name in flagged)))
+    return cells
+
+
+def test_percentages_are_of_nucleated_cells_only():
+    # 104 images: 14 blasts, 68 other nucleated cells, 12 artefacts, 10 not identifiable -> blasts 14/82 = 17.1 %, not 13.5 %
+    report = build_report(_cells({"BLA": 14, "NGS": 40, "LYT": 28, "ART": 12, "NIF": 10}), CODES, "m", "v", 0.8)
+    assert report.n_images == 104 and report.n_counted == 82
+    rows = {r.code: r for r in report.rows}
+    assert rows["BLA"].percent == pytest.approx(100 * 14 / 82)
+    assert rows["ART"].count == 12 and rows["ART"].percent is None and not rows["ART"].counted
+    assert report.blast_text.startswith("17.1 %")
+    assert sum(r.percent for r in report.rows if r.percent is not None) == pytest.approx(100.0)
+
+
+def test_rows_follow_the_icsh_groups_and_end_with_a_total():
+    report = build_report(_cells({"LYT": 1, "BLA": 1, "EBO": 1}), CODES, "m", "v", 0.8)
+    assert [r.code for r in report.rows] == ["BLA", "PMO", "NGS", "EOS", "LYT", "EBO", "NIF", "ART"]
+    assert [r.group for r in report.rows][:3] == ["blasts and other immature cells", "granulocytic series", "granulocytic series"]
+    total = table(report)[-1]
+    assert total[0] == "total" and total[2] == 3 and total[3] == "100.0"
+
+
+@pytest.mark.parametrize("k, n, low, high", [
+    # CLSI H20-A2 / Rümke table, 95 % limits for an observed 10 % (and 0 %) at 100, 200, 500 and 1000 cells counted
+    (10, 100, 5, 18), (20, 200, 6, 15), (50, 500, 8, 13), (100, 1000, 8, 12), (0, 100, 0, 4),
+])
+def test_confidence_limits_match_the_ruemke_table(k, n, low, high):
+    lo, hi = proportion_ci(k, n)
+    assert (round(lo), round(hi)) == (low, high)
+
+
+def test_a_small_count_is_wide_and_warned_about():
+    report = build_report(_cells({"BLA": 13, "NGS": 87}), CODES, "m", "v", 0.8)
+    pct, (lo, hi) = report.blast_percent
+    assert pct == 13.0 and round(lo) == 7 and round(hi) == 21  # "13 % of 100 is compatible with roughly 7-21 %"
+    assert any("below 200" in w and "500" in w for w in report.warnings)
+    assert not build_report(_cells({"NGS": 250}), CODES, "m", "v", 0.8).warnings
+
+
+def test_me_ratio_counts_granulocytic_series_with_eosinophils_against_erythroid_precursors():
+    # M = 5 PMO + 30 NGS + 10 EOS = 45 (blasts on neither side); E = 15 EBO
+    report = build_report(_cells({"BLA": 20, "PMO": 5, "NGS": 30, "EOS": 10, "EBO": 15, "LYT": 10}), CODES, "m", "v", 0.8)
+    assert report.me_ratio == pytest.approx(3.0) and report.me_ratio_text == "3.00 : 1"
+    no_ery = build_report(_cells({"NGS": 3}), ["BLA", "NGS"], "m", "v", 0.8)
+    assert no_ery.me_ratio is None and no_ery.me_ratio_text == "not available: this model knows no erythroid class"
+    none_found = build_report(_cells({"NGS": 3}), CODES, "m", "v", 0.8)
+    assert none_found.me_ratio_text == "not available: no erythroid precursors in this count"
+
+
+def test_review_relabels_and_confirms_and_every_figure_follows():
+    report = build_report(_cells({"BLA": 2, "NGS": 2, "EBO": 1}, flagged={"BLA_0.jpg", "NGS_0.jpg"}), CODES, "m", "v", 0.8)
+    assert report.blast_percent[0] == 40.0 and report.n_flagged_open == 2
+    reviewed = report.reviewed({"BLA_0.jpg": "PMO", "NGS_0.jpg": "NGS"})
+    assert reviewed.blast_percent[0] == 20.0 and reviewed.me_ratio == pytest.approx(3.0)  # PMO + 2 NGS : 1 EBO
+    assert (reviewed.n_reviewed, reviewed.n_changed, reviewed.n_flagged_open) == (2, 1, 0)
+    assert report.n_reviewed == 0  # the unreviewed count is unchanged
+    with pytest.raises(ValueError, match="not classes of this model"):
+        report.reviewed({"BLA_0.jpg": "HAC"})
+    with pytest.raises(ValueError, match="not in this count"):
+        report.reviewed({"nope.jpg": "BLA"})
+
+
+def test_review_file_accepts_codes_and_names_and_names_a_bad_line(tmp_path):
+    report = build_report(_cells({"BLA": 2}), CODES, "m", "v", 0.8)
+    good = tmp_path / "good.csv"
+    good.write_text("image,label\nBLA_0.jpg,Promyelocyte\nBLA_1.jpg,bla\n")
+    assert read_corrections(good, report) == {"BLA_0.jpg": "PMO", "BLA_1.jpg": "BLA"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,label\nBLA_0.jpg,BLA\nBLA_1.jpg,Hairy cell\n")
+    with pytest.raises(ValueError, match="line 3: 'Hairy cell' is not a class of this model"):
+        read_corrections(bad, report)
+    (tmp_path / "cols.csv").write_text("file,code\nBLA_0.jpg,BLA\n")
+    with pytest.raises(ValueError, match="columns 'image' and 'label'"):
+        read_corrections(tmp_path / "cols.csv", report)
+
+
+def test_report_files_keep_both_labels_and_are_self_contained(tmp_path):
+    from PIL import Image
+
+    cells = _cells({"BLA": 3, "EBO": 1, "ART": 1}, flagged={"BLA_0.jpg"})
+    cells[0].thumbnail = thumbnail(Image.new("RGB", (250, 250), (200, 100, 200)))
+    report = build_report(cells, CODES, "tiny", "sha256:abc", 0.5).reviewed({"BLA_0.jpg": "LYT"})
     paths = write_all(report, tmp_path)
-    rows = list(csv.DictReader(open(paths["csv"])))
-    assert [r["predicted_code"] for r in rows] == ["BLA", "BLA", "EBO", "LYT"]
-    assert rows[3]["flagged_for_review"] == "yes"
+    rows = {r["file"]: r for r in csv.DictReader(open(paths["csv"]))}
+    assert rows["BLA_0.jpg"]["model_label"] == "BLA" and rows["BLA_0.jpg"]["reviewed_label"] == "LYT"
+    assert rows["BLA_1.jpg"]["reviewed"] == "no" and rows["BLA_1.jpg"]["reviewed_label"] == "BLA"
+    assert rows["ART_0.jpg"]["counted"] == "no"
     page = paths["html"].read_text()
-    assert html.escape(DISCLAIMER) in page and "sha256:abc" in page and "2.00 : 1" in page
+    assert html.escape(DISCLAIMER) in page and "sha256:abc" in page and "0.00 : 1" in page  # blasts are not M
+    assert not re.search(r'src="(?!data:)', page)  # every image embedded: one file to keep or mail
+    assert "data:image/jpeg;base64," in page and "reviewed: LYT" in page
+    assert "@media print" in page
+    assert page.index("<table>") < page.index('class="chart"') < page.index("Flagged and reviewed cells")
     assert paths["chart"].read_bytes()[:4] == b"\x89PNG"
-
-
-def test_no_me_ratio_without_erythroid_classes():
-    report = build_report([("a", _pred("BLA", 0.9, others=("BLA", "LYT")))], ["BLA", "LYT"], "m", "v", 0.5)
-    assert report.me_ratio is None

@@ -1,0 +1,15 @@
+"""Constants shared by the library, the app, the CLI and the benchmark (one place each, as timm keeps them)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_MODEL_NAME = "bmc-dinov2s-matek8"
+DEFAULT_MODEL = os.environ.get("BMC_MODEL") or str(REPO_ROOT / "models" / BUNDLED_MODEL_NAME)
+"""The model the app, ``bmc count`` and the benchmark use unless told otherwise (``BMC_MODEL`` overrides)."""
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""Normalisation of the DINOv2 and ConvNeXt base models (and of any base that ships no processor)."""

@@ -1,0 +1,207 @@
+"""Evaluating saved weights on every set a model card reports.
+
+The training run and ``python -m bmc evaluate`` share these functions, so a figure in a card
+comes from the same code whether it was measured at the end of training or added later (a new
+external set, say). External sets are other laboratories' images that are never trained on or
+used to choose a model; each is read in its own layout:
+
+* PBC (Acevedo et al.): class from the file-name prefix (:func:`bmc.data.load_pbc_external`);
+* a white-cell imagefolder such as BCCD (``Neutrophil/``, ``Eosinophil/`` …): class from the
+  folder name. Such sets do not split neutrophils into band and segmented, so a neutrophil
+  counts as right when it is called either (the band probability is added to the segmented one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from bmc import data as D
+from bmc import labels as L
+from bmc.inference import dataset_logits
+from bmc.metrics import classification_metrics, per_class_rows, softmax
+
+WBC_FOLDER_TO_CODE: dict[str, str] = {
+    "neutrophil": "NGS", "eosinophil": "EOS", "lymphocyte": "LYT", "monocyte": "MON", "basophil": "BAS",
+}
+"""Folder names of white-cell sets that are not Matek names (BCCD's); 'neutrophil' is unsplit."""
+UNSPLIT_NEUTROPHIL = {"NGB": "NGS"}
+"""For sets whose neutrophils are not split into band/segmented: a band call counts as segmented."""
+
+
+def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, codes: Sequence[str], temperature: float,
+                        equivalents: dict[str, str] | None = None) -> dict:
+    """Card metrics for one set; ``equivalents`` ({predicted: counted as}) merges classes the set's
+    labels do not tell apart, by adding the first class's probability to the second's."""
+    probs = softmax(logits, temperature)
+    for alias, target in (equivalents or {}).items():
+        if alias in codes and target in codes:
+            a, t = list(codes).index(alias), list(codes).index(target)
+            probs[:, t] += probs[:, a]
+            probs[:, a] = 0.0
+    result = classification_metrics(probs, labels, num_classes=len(codes))
+    result["per_class_rows"] = per_class_rows(result, list(codes))
+    result["n_images"] = int(len(labels))
+    return result
+
+
+def by_domain(logits: np.ndarray, labels: np.ndarray, domains: Sequence[str], codes: Sequence[str], temperature: float) -> dict:
+    """The metrics of each domain on its own (empty when a split holds only one domain)."""
+    names = sorted(set(domains))
+    if len(names) < 2:
+        return {}
+    out = {}
+    for name in names:
+        mask = np.asarray([d == name for d in domains])
+        out[name] = metrics_from_logits(logits[mask], labels[mask], codes, temperature)
+    return out
+
+
+def evaluate_split(model: Any, processor: Any, dataset: Any, codes: Sequence[str], temperature: float, use_denoise: bool) -> dict:
+    """A held-out split: pooled metrics plus, when it mixes sources, ``by_domain``."""
+    logits, labels = dataset_logits(model, processor, dataset, use_denoise=use_denoise)
+    result = metrics_from_logits(logits, labels, codes, temperature)
+    per_domain = by_domain(logits, labels, dataset["domain"], codes, temperature)
+    if per_domain:
+        result["by_domain"] = per_domain
+    return result
+
+
+def load_wbc_external(root: str | Path, codes: Sequence[str]) -> tuple[Any, dict[str, int]]:
+    """A white-cell imagefolder (BCCD layout): the images whose class the model knows, and per class
+    how many were left out because it does not."""
+    records, skipped = D.scan_folder(root, map_names=False)
+    keep, excluded = [], {}
+    for path, folder in records:
+        code = WBC_FOLDER_TO_CODE.get(folder.lower()) or _matek_code(folder)
+        if code in codes:
+            keep.append((path, code))
+        else:
+            excluded[code or folder] = excluded.get(code or folder, 0) + 1
+    keep, bad = D.check_files(keep)
+    if bad or skipped:
+        excluded["unreadable"] = len(bad) + len(skipped)
+    return D.from_records(keep, codes, D.domain_name(root)), excluded
+
+
+def _matek_code(name: str) -> str | None:
+    try:
+        return L.to_code(name)
+    except KeyError:
+        return None
+
+
+def evaluate_external(model: Any, processor: Any, root: str | Path, codes: Sequence[str], temperature: float,
+                      use_denoise: bool, shared_codes: Sequence[str] | None = None) -> dict | None:
+    """One external set, read in its own layout; None when it holds no class the model knows.
+
+    ``shared_codes``: the classes the primary (marrow) source also supplies; their images get a
+    figure of their own (``shared``), the fair comparison with a model that knows only those."""
+    pbc = D.is_pbc_layout(root)
+    ds, excluded = D.load_pbc_external(root, codes) if pbc else load_wbc_external(root, codes)
+    if not len(ds):
+        return None
+    equivalents = None if pbc else UNSPLIT_NEUTROPHIL
+    logits, labels = dataset_logits(model, processor, ds, use_denoise=use_denoise)
+    result = metrics_from_logits(logits, labels, codes, temperature, equivalents)
+    result.update(excluded=excluded, source=str(root), layout="PBC (class from file prefix)" if pbc else "class folders",
+                  neutrophils_unsplit=not pbc)
+    if shared_codes and pbc:  # the PBC set holds the classes a marrow-only model lacks; others hold few
+        keep = np.isin(labels, [list(codes).index(c) for c in shared_codes if c in codes])
+        if keep.any() and not keep.all():
+            result["shared"] = metrics_from_logits(logits[keep], labels[keep], codes, temperature, equivalents)
+            result["shared"]["classes"] = [c for c in codes if c in shared_codes]
+    return result
+
+
+def evaluate_unseen_marrow(model: Any, processor: Any, root: str | Path, codes: Sequence[str], temperature: float,
+                           threshold: float, use_denoise: bool) -> dict:
+    """Single marrow images of types the training marrow data lacks (``<CODE>_nnnnn.jpg``): what the
+    model calls each one, for classes it learnt only from other sources and for ones it never saw."""
+    records = [(str(p), p.stem.split("_")[0].upper()) for p in sorted(Path(root).glob("*")) if p.suffix.lower() in D.IMAGE_SUFFIXES]
+    records, _ = D.check_files(records)
+    images = [D.open_image(p) for p, _ in records]
+    from bmc.inference import predict_logits
+
+    probs = softmax(predict_logits(model, processor, images, use_denoise=use_denoise), temperature) if images else np.zeros((0, len(codes)))
+    rows = []
+    for (path, truth), p in zip(records, probs):
+        top = int(p.argmax())
+        rows.append({"file": Path(path).name, "true": truth, "known_class": truth in codes, "predicted": codes[top],
+                     "confidence": round(float(p[top]), 3), "flagged": bool(p[top] < threshold)})
+    known = [r for r in rows if r["known_class"]]
+    return {"source": str(root), "rows": rows, "n_known": len(known), "n_known_correct": sum(r["predicted"] == r["true"] for r in known),
+            "n_unknown": len(rows) - len(known), "n_unknown_flagged": sum(r["flagged"] for r in rows if not r["known_class"])}
+
+
+def shared_classes(manifest: list[dict]) -> list[str]:
+    """Classes that more than one training domain supplies (with one domain: none)."""
+    domains: dict[str, set[str]] = {}
+    for row in manifest:
+        if row["split"] == "train":
+            domains.setdefault(row["label"], set()).add(row.get("domain", ""))
+    return L.sort_codes(code for code, ds in domains.items() if len(ds) > 1)
+
+
+def evaluate_more(results: dict, model: Any, processor: Any, external_dirs: Sequence[str], unseen_dir: str | None,
+                  use_denoise: bool) -> tuple[dict[str, dict], dict | None]:
+    """The external sets (by folder name) and the unseen-type marrow images, for a model whose
+    ``results`` already hold its classes, calibration and shared classes."""
+    codes, calib = results["classes"], results["calibration"]
+    external = {}
+    for folder in external_dirs:
+        result = evaluate_external(model, processor, folder, codes, calib["temperature"], use_denoise, results.get("shared_classes"))
+        if result is not None:
+            external[D.domain_name(folder)] = result
+    unseen = evaluate_unseen_marrow(model, processor, unseen_dir, codes, calib["temperature"], calib["review_threshold"],
+                                    use_denoise) if unseen_dir else None
+    return external, unseen
+
+
+def evaluate_model_dir(model_dir: str | Path, external_dirs: Sequence[str], unseen_dir: str | None) -> dict:
+    """Measure a saved bmc model folder on (more) external sets and unseen-type images, add the
+    results to its ``metrics.json`` and re-render its card (``python -m bmc evaluate``)."""
+    import json
+
+    from bmc.model import load_classifier
+    from bmc.model_card import render_card
+
+    model_dir = Path(model_dir)
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    manifest = model_dir / "split_manifest.csv"
+    if "shared_classes" not in metrics and manifest.is_file():
+        metrics["shared_classes"] = shared_classes(D.read_manifest(manifest))
+    model, processor = load_classifier(str(model_dir))
+    denoise = bool(getattr(model.config, "bmc_denoise", False))
+    external, unseen = evaluate_more(metrics, model, processor, external_dirs, unseen_dir, denoise)
+    metrics["external"] = {**external_results(metrics), **external}
+    plot_external(external, metrics["classes"], model_dir)
+    if unseen:
+        metrics["unseen_marrow"] = unseen
+    (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    render_card(model_dir)
+    return metrics
+
+
+def confusion_figure(set_name: str) -> str:
+    """File name of an external set's confusion matrix beside the model."""
+    return f"confusion_matrix_{set_name}.png"
+
+
+def plot_external(external: dict[str, dict], codes: Sequence[str], folder: Path) -> None:
+    """One confusion-matrix figure per external set, for the card (the rows of classes the set lacks stay empty)."""
+    from bmc.figures import plot_confusion_matrix
+
+    for name, result in external.items():
+        plot_confusion_matrix(result["confusion_matrix"], list(codes), folder / confusion_figure(name),
+                              f"external set {name} ({result['n_images']} images)")
+
+
+def external_results(metrics: dict) -> dict[str, dict]:
+    """``metrics["external"]`` as {set name: result}; older metrics.json files hold one PBC result."""
+    ext = metrics.get("external") or {}
+    if "accuracy" in ext:  # written before several external sets were supported
+        return {Path(ext.get("source", "pbc-external")).name: ext}
+    return ext

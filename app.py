@@ -125,7 +125,7 @@ class CellApp:
         top3 = ", ".join(f"{L.display_name(c)} {s:.0%}" for c, s in pred.top_k(3))
         status = (f"reviewed as **{L.display_name(report.corrections[name])}**" if name in report.corrections
                   else "flagged, not reviewed yet" if pred.flagged else "not flagged, not reviewed")
-        info = f"**{name}** — model: {top3}. {status.capitalize()}."
+        info = f"**{name}** — model: {top3}. {status[0].upper()}{status[1:]}."
         image = Image.open(io.BytesIO(cell.thumbnail)) if cell.thumbnail else None
         return image, info, L.display_name(report.label(cell))
 

@@ -4,9 +4,13 @@
 Arguments follow transformers' ``run_image_classification.py`` (plus bmc's own, see
 ``bmc/training.py``); all ``TrainingArguments`` are accepted, or one JSON file holding them all::
 
-    accelerate launch train_hf.py --train_dir ../shared/data/bone-marrow-cells --output_dir runs/x ...
-    accelerate launch train_hf.py config.json
-    accelerate launch train_hf.py config.json --resume_from_checkpoint True   # flags after the file override it
+    accelerate launch --quiet train_hf.py --train_dir ../shared/data/bone-marrow-cells --output_dir runs/x ...
+    accelerate launch --quiet train_hf.py config.json
+    accelerate launch --quiet train_hf.py config.json --resume_from_checkpoint True   # flags after the file override it
+
+A mistake (a typo'd choice, a missing folder, one class only, no network for a Hub id) ends the run
+with one line saying what to fix and exit code 2, before any data or model is loaded where it can
+be. ``--quiet`` stops ``accelerate launch`` from adding its own traceback after that line.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import sys
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import HfArgumentParser, TrainingArguments
 
-from bmc.hub import HubArguments, publish
+from bmc.hub import ExportArguments, HubArguments, publish
 from bmc.training import DataArguments, ModelArguments, describe_write_error, run
 
 
@@ -37,28 +41,48 @@ def config_as_arguments(path: str) -> list[str]:
     return args
 
 
+def _fail(message: str) -> int:
+    """Log a user-fixable problem in one line; exit code 2 (as argparse uses for bad arguments)."""
+    logging.getLogger("train_hf").error("%s", message)
+    return 2
+
+
+class _Parser(HfArgumentParser):
+    """argparse prints the whole usage (hundreds of TrainingArguments flags) before a bad choice; one line is enough."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (all options: --help)\n")
+
+
+def make_parser() -> HfArgumentParser:
+    """The parser of every train_hf.py argument (bmc's dataclasses and all of TrainingArguments)."""
+    return _Parser((DataArguments, ModelArguments, ExportArguments, HubArguments, TrainingArguments))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((DataArguments, ModelArguments, HubArguments, TrainingArguments))
-    if argv and argv[0].endswith(".json"):  # a config file, then optional overrides: the last value given wins
-        argv = config_as_arguments(argv[0]) + argv[1:]
-    data_args, model_args, hub_args, training_args = parser.parse_args_into_dataclasses(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    parser = make_parser()
+    try:
+        if argv and argv[0].endswith(".json"):  # a config file, then optional overrides: the last value given wins
+            argv = config_as_arguments(argv[0]) + argv[1:]
+        # argparse itself reports a bad choice or type (usage line, exit code 2); the dataclasses check the rest
+        data_args, model_args, export_args, hub_args, training_args = parser.parse_args_into_dataclasses(argv)
+    except (ValueError, OSError) as exc:
+        return _fail(str(exc))
     # bmc publishes the finished folder itself (with its own card), not the Trainer's checkpoints.
     push, training_args.push_to_hub = training_args.push_to_hub, False
     try:
-        results = run(data_args, model_args, training_args)
+        results = run(data_args, model_args, training_args, export_args)
     except (ValueError, FileNotFoundError, OSError) as exc:
         message = describe_write_error(exc) if isinstance(exc, OSError) else None
-        logging.getLogger("train_hf").error("%s", message or exc)
-        return 2
+        return _fail(message or str(exc))
     except RuntimeError as exc:  # torch.save reports a full disk as a RuntimeError, not an OSError
         if "file write failed" not in str(exc) and "No space left" not in str(exc):
             raise
-        logging.getLogger("train_hf").error("%s", describe_write_error(OSError(errno.ENOSPC, str(exc))))
-        return 2
+        return _fail(describe_write_error(OSError(errno.ENOSPC, str(exc))) or str(exc))
     if push and results:
-        folder = model_args.export_dir or training_args.output_dir
+        folder = export_args.export_dir or training_args.output_dir
         try:
             url = publish(folder, training_args.hub_model_id, token=training_args.hub_token, private=hub_args.hub_private)
         except (HfHubHTTPError, OSError, ValueError) as exc:

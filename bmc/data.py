@@ -279,7 +279,8 @@ def load_folder(root: str | Path, codes: Sequence[str] | None = None) -> CellDat
     records, skipped = scan_pbc(root) if pbc else scan_folder(root)
     records, bad = check_files(records)
     if not records:
-        raise ValueError(f"no readable images found under {root}")
+        raise ValueError(f"no readable images in class folders under {root}: expected {root}/<CLASS>/<image> "
+                         "(a folder per class, named by Matek code or cell type)")
     domain = domain_name(root)
     return CellData(from_records(records, codes, domain), skipped + bad, {domain} if pbc else set())
 

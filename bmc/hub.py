@@ -18,6 +18,15 @@ PUBLISH_PATTERNS = ["*.safetensors", "*.json", "*.md", "*.png", "*.csv"]
 
 
 @dataclass
+class ExportArguments:
+    """Where and how the finished model folder is written (the folder that is also published)."""
+
+    export_dir: str | None = field(default=None, metadata={"help": "Where the final model, card and figures go (default: output_dir)"})
+    fp16_weights: bool = field(default=True, metadata={"help": "Store final weights as float16 (they load as float32)"})
+    model_name: str | None = field(default=None, metadata={"help": "Name used in the model card (default: export folder name)"})
+
+
+@dataclass
 class HubArguments:
     """Publishing options beyond TrainingArguments' ``--push_to_hub``/``--hub_model_id``/``--hub_token``."""
 

@@ -25,6 +25,24 @@ class UnsafeModelError(ValueError):
     """The model folder offers only pickle weights (``.bin``/``.pt``), which bmc refuses to load."""
 
 
+class ModelNotFoundError(ValueError):
+    """Neither a local model folder nor a Hub id that could be fetched (offline, say)."""
+
+
+def _not_found(name_or_path: str, exc: Exception) -> ModelNotFoundError:
+    """A message that says why a model could not be had and what to do, instead of transformers' generic one."""
+    import os
+
+    if Path(name_or_path).exists() or name_or_path.startswith((".", "/", "~")):
+        return ModelNotFoundError(f"{name_or_path}: not a model folder ({str(exc).splitlines()[0][:160]})")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    why = "HF_HUB_OFFLINE=1 is set" if offline else "the Hub is unreachable from here, or there is no such repository"
+    return ModelNotFoundError(
+        f"{name_or_path} is not a local folder and could not be fetched from the Hugging Face Hub ({why}). Without a network, "
+        "build the DINOv2 ViT-S/14 backbone locally with `make base` (or `bmc base-weights --out .cache/dinov2-small`) and pass "
+        "--model_name_or_path .cache/dinov2-small; a bmc model folder (models/…) works too.")
+
+
 def check_safetensors(name_or_path: str, allow_pickle: bool = False) -> None:
     """Refuse a local folder that has pickle weights but no safetensors, with a clear message."""
     path = Path(name_or_path)
@@ -72,7 +90,10 @@ def load_for_training(
     ``revision`` pins a Hub model to a branch, tag or commit.
     """
     check_safetensors(name_or_path, allow_pickle)
-    config = AutoConfig.from_pretrained(name_or_path, id2label=id2label, label2id=label2id, revision=revision or "main")
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, id2label=id2label, label2id=label2id, revision=revision or "main")
+    except OSError as exc:
+        raise _not_found(name_or_path, exc) from None
     if drop_path_rate is not None and hasattr(config, "drop_path_rate"):
         config.drop_path_rate = drop_path_rate
     return _from_pretrained(name_or_path, allow_pickle, revision, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes)
@@ -81,7 +102,10 @@ def load_for_training(
 def load_classifier(name_or_path: str, allow_pickle: bool = False, revision: str | None = None) -> tuple[PreTrainedModel, Any]:
     """A trained classifier and its image processor, in float32 and eval mode."""
     check_safetensors(name_or_path, allow_pickle)
-    model = _from_pretrained(name_or_path, allow_pickle, revision)
+    try:
+        model = _from_pretrained(name_or_path, allow_pickle, revision)
+    except OSError as exc:
+        raise _not_found(name_or_path, exc) from None
     processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision or "main")
     return model.eval(), processor
 

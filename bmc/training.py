@@ -19,7 +19,7 @@ import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from bmc import evaluation as E
 from bmc import labels as L
 from bmc.calibration import calibrate
 from bmc.figures import plot_confusion_matrix, plot_training_curves
+from bmc.hub import ExportArguments
 from bmc.inference import dataset_logits
 from bmc.metrics import classification_metrics, scalar_metrics, softmax
 from bmc.model import load_classifier, load_for_training, save_classifier, update_config
@@ -49,7 +50,8 @@ class DataArguments:
     validation_dir: str | None = field(default=None, metadata={"help": "Separate validation folder (else carved from train_dir)"})
     train_val_split: float = field(default=0.15, metadata={"help": "Fraction of each class used for validation"})
     test_split: float = field(default=0.15, metadata={"help": "Fraction of each class held out for the final test"})
-    split_mode: str = field(default="block", metadata={"help": "'block' (whole runs of image numbers per split: no same-slide leakage) or 'random'"})
+    split_mode: Literal["block", "random"] = field(default="block", metadata={"help": "'block' (whole runs of image numbers per split: no "
+                                                                                       "same-slide leakage) or 'random'"})
     split_block_size: int = field(default=50, metadata={"help": "Consecutive image numbers per block in block mode"})
     split_seed: int = field(default=42, metadata={"help": "Seed of the train/validation/test assignment; kept apart from --seed so "
                                                           "that a run with another training seed keeps the same held-out images"})
@@ -64,9 +66,19 @@ class DataArguments:
                                                                    "(<CODE>_n.jpg): reported one by one in the card"})
 
     def __post_init__(self) -> None:
+        """Checks that need no data, so a mistake is reported before anything is loaded."""
         # several folders: "a,b" and "a b" alike
         self.train_dir = _split_list(self.train_dir)
         self.external_dir = _split_list(self.external_dir)
+        if not self.dataset_name and not self.train_dir:
+            raise ValueError("give --train_dir (a local folder) or --dataset_name (a Hub dataset id)")
+        for name in ("train_val_split", "test_split"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be a fraction in [0, 1), not {getattr(self, name)}")
+        if self.train_val_split + self.test_split >= 1:
+            raise ValueError("--train_val_split and --test_split leave no training images (their sum must be below 1)")
+        if self.split_block_size < 1:
+            raise ValueError("--split_block_size must be at least 1")
 
 
 def _split_list(values: list[str] | str | None) -> list[str] | None:
@@ -84,11 +96,13 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(default=False, metadata={"help": "Re-head a classifier trained on other classes"})
     image_size: int = field(default=112, metadata={"help": "Square input side in pixels (DINOv2: a multiple of 14)"})
     denoise: bool = field(default=False, metadata={"help": "OpenCV non-local-means denoising before the model"})
-    loss: str = field(default="weighted_ce", metadata={"help": "'ce', 'weighted_ce' (weights from --balance) or 'focal'"})
-    balance: str = field(default="domain_class", metadata={"help": "Loss weights: 'class' (inverse class frequency over the pooled data) or "
-                                                                    "'domain_class' (classes weigh the same within each domain)"})
-    domain_weighting: str = field(default="equal", metadata={"help": "With --balance domain_class: 'equal' (every domain the same total "
-                                                                      "weight) or 'size' (in proportion to its training images)"})
+    loss: Literal["ce", "weighted_ce", "focal"] = field(default="weighted_ce", metadata={"help": "'ce', 'weighted_ce' (weights from "
+                                                                                                "--balance) or 'focal'"})
+    balance: Literal["class", "domain_class"] = field(default="domain_class", metadata={
+        "help": "Loss weights: 'class' (inverse class frequency over the pooled data) or 'domain_class' (classes weigh the same "
+                "within each training source)"})
+    domain_weighting: Literal["equal", "size"] = field(default="equal", metadata={
+        "help": "With --balance domain_class: 'equal' (every source the same total weight) or 'size' (in proportion to its images)"})
     focal_gamma: float = field(default=2.0, metadata={"help": "Focusing parameter of the focal loss"})
     head_lr_multiplier: float = field(default=10.0, metadata={"help": "Learning rate of the new classification head relative to the backbone"})
     layer_lr_decay: float = field(default=0.75, metadata={"help": "Layer-wise learning-rate decay for transformer blocks (1: flat)"})
@@ -98,9 +112,27 @@ class ModelArguments:
                                                                          "(torch's weights-only unpickler); safetensors only by default"})
     early_stopping_patience: int = field(default=3, metadata={"help": "Evaluations without macro-F1 gain before stopping (0: off)"})
     review_target_accuracy: float = field(default=0.95, metadata={"help": "Validation accuracy required above the review threshold"})
-    export_dir: str | None = field(default=None, metadata={"help": "Where the final model, card and figures go (default: output_dir)"})
-    fp16_weights: bool = field(default=True, metadata={"help": "Store final weights as float16 (they load as float32)"})
-    model_name: str | None = field(default=None, metadata={"help": "Name used in the model card (default: export folder name)"})
+
+    def __post_init__(self) -> None:
+        """Checks that need no data or weights (only the base model's config.json, when it is a local folder)."""
+        patch = _patch_size(self.model_name_or_path)
+        if self.image_size < 28:
+            raise ValueError(f"--image_size {self.image_size} is too small for a cell image (at least 28 px)")
+        if patch and self.image_size % patch:
+            rounded = max(patch, round(self.image_size / patch) * patch)
+            log.warning("--image_size %d is not a multiple of the model's %d-px patches; using %d (the last partial patch "
+                        "would be cut off)", self.image_size, patch, rounded)
+            self.image_size = rounded
+        if not 0 < self.review_target_accuracy <= 1:
+            raise ValueError(f"--review_target_accuracy must be in (0, 1], not {self.review_target_accuracy}")
+
+
+def _patch_size(name_or_path: str) -> int | None:
+    """The ViT patch size of a base model, from a local config.json, or 14 for a DINOv2 Hub id."""
+    config = Path(name_or_path) / "config.json"
+    if config.is_file():
+        return json.loads(config.read_text()).get("patch_size")
+    return 14 if "dinov2" in name_or_path.lower() else None
 
 
 class CellTrainer(Trainer):
@@ -229,12 +261,14 @@ def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[D.SkippedFil
     """Load, check and split the data; return the DatasetDict, skipped files and manifest rows.
 
     ``seed`` only subsamples (``--max_*_samples``); the split itself follows ``args.split_seed``."""
-    if not args.dataset_name and not args.train_dir:
-        raise ValueError("give --train_dir (a local folder) or --dataset_name (a Hub dataset id)")
     cells = D.load_sources([args.dataset_name] if args.dataset_name else list(args.train_dir or []),
                            args.image_column_name, args.label_column_name, args.dataset_revision)
     ds, skipped = cells.dataset, list(cells.skipped)
     codes = cells.codes
+    if len(codes) < 2:
+        where = args.dataset_name or ", ".join(args.train_dir or [])
+        raise ValueError(f"{where} holds only one class ({', '.join(codes)}): a classifier needs at least two. Put each class's "
+                         "images in a folder of its own (BLA/, NGS/, …) under the data folder.")
     sources, label_ids, domains = ds["source"], ds["label"], ds["domain"]
     val_fraction = 0.0 if args.validation_dir else args.train_val_split
     if args.split_mode == "block" and not any(D.image_number(s) is not None for s in sources):
@@ -270,10 +304,12 @@ def use_all_cores_when_alone() -> None:
         torch.set_num_threads(os.cpu_count() or 1)
 
 
-def run(data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments) -> dict:
+def run(data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments,
+        export_args: ExportArguments | None = None) -> dict:
     """The whole training run; returns the metrics written to ``metrics.json``."""
     use_all_cores_when_alone()
-    export_dir = Path(model_args.export_dir or training_args.output_dir)
+    export_args = export_args or ExportArguments()
+    export_dir = Path(export_args.export_dir or training_args.output_dir)
     dsd, skipped, manifest = prepare_data(data_args, training_args.seed)
     check_no_held_out_leak(model_args.model_name_or_path, manifest)
     codes = dsd["train"].features["label"].names
@@ -315,7 +351,7 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
     # Export to a staging folder, then calibrate and evaluate what was actually saved (float16 on disk).
     export_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bmc-export-", dir=export_dir.parent))
-    save_classifier(trainer.model.eval(), processor, staging, fp16=model_args.fp16_weights)
+    save_classifier(trainer.model.eval(), processor, staging, fp16=export_args.fp16_weights)
     saved_model, saved_processor = load_classifier(str(staging))
     val_logits, val_labels = dataset_logits(saved_model, saved_processor, dsd["validation"], use_denoise=model_args.denoise)
     calib = calibrate(val_logits, val_labels, model_args.review_target_accuracy)
@@ -323,13 +359,13 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
                   bmc_denoise=model_args.denoise)
 
     results: dict[str, Any] = {
-        "model_name": model_args.model_name or export_dir.name,
+        "model_name": export_args.model_name or export_dir.name,
         "hub_model_id": training_args.hub_model_id,
         "classes": codes,
         "base_model": model_args.model_name_or_path,
         "base_model_source": _base_source(model_args.model_name_or_path),
         "data": {k: v for k, v in asdict(data_args).items()},
-        "model_args": {k: v for k, v in asdict(model_args).items() if k != "export_dir"},
+        "model_args": asdict(model_args),
         "training": {k: getattr(training_args, k) for k in (
             "learning_rate", "num_train_epochs", "per_device_train_batch_size", "weight_decay", "warmup_steps",
             "lr_scheduler_type", "label_smoothing_factor", "seed", "gradient_accumulation_steps")},

@@ -210,10 +210,25 @@ def test_browser_upload_label_and_attribution(app_url, tmp_path, shared_data):
 
         page.get_by_role("tab", name="Differential count").click()
         batch = matek_images("NGS", 2) + matek_images("LYT", 2) + sorted(UNSEEN.glob("*.jpg"))[:3]  # + 3 unfamiliar types
-        page.locator("input[type=file]").nth(2).set_input_files([str(p) for p in batch])
+        page.locator("input[type=file][multiple]").first.set_input_files([str(p) for p in batch])
         page.get_by_role("button", name="Count").click()
-        page.get_by_text("7 cells", exact=False).first.wait_for(timeout=120_000)
+        page.get_by_text("7 images", exact=False).first.wait_for(timeout=120_000)
         for d in shots:
             page.screenshot(path=str(d / "app-count.png"), full_page=True)
+
+        # review: open the first flagged cell from the gallery, relabel it, and see the count follow
+        before = page.locator("body").inner_text()
+        page.locator(".thumbnail-item").first.click()
+        page.get_by_text("model:", exact=False).first.wait_for(timeout=30_000)
+        current = page.get_by_label("label", exact=True).input_value()
+        new = "Monocyte (MON)" if current != "Monocyte (MON)" else "Lymphocyte (LYT)"
+        page.get_by_label("label", exact=True).click()
+        page.get_by_role("option", name=new).click()
+        page.get_by_role("button", name="Save review").click()
+        page.get_by_text("1 reviewed, 1 relabelled", exact=False).first.wait_for(timeout=60_000)
+        assert "0 reviewed, 0 relabelled" in before
+        page.get_by_text(f"Reviewed as {new}", exact=False).first.wait_for(timeout=30_000)
+        for d in shots:
+            page.screenshot(path=str(d / "app-review.png"), full_page=True)
         browser.close()
     assert (tmp_path / "app-one-cell.png").stat().st_size > 10_000

@@ -1,6 +1,7 @@
 """train_hf.py end to end on ~60 real images with a tiny model (minutes → seconds), then pipeline()."""
 
 import json
+import re
 from collections import Counter
 import os
 from pathlib import Path
@@ -215,20 +216,17 @@ def test_export_swaps_a_whole_folder_and_keeps_checkpoints(tmp_path):
 
 
 def test_json_config_then_overrides_parse_like_the_file_alone(tmp_path):
-    from transformers import HfArgumentParser, TrainingArguments
-
-    from bmc.hub import HubArguments
-    from bmc.training import DataArguments, ModelArguments
     from conftest import ROOT
 
-    parser = HfArgumentParser((DataArguments, ModelArguments, HubArguments, TrainingArguments))
-    config = str(ROOT / "configs" / "bmc-dinov2s-matek8.json")
+    parser = train_hf.make_parser()
+    config = str(ROOT / "configs" / "bmc-dinov2s-matek-pbc13.json")
     alone = parser.parse_json_file(config)
     parsed = parser.parse_args_into_dataclasses(train_hf.config_as_arguments(config))
-    assert [vars(x) for x in parsed[:3]] == [vars(x) for x in alone[:3]]
-    assert parsed[3].to_dict() == alone[3].to_dict()
+    assert [vars(x) for x in parsed[:4]] == [vars(x) for x in alone[:4]]
+    assert parsed[4].to_dict() == alone[4].to_dict()
+    assert parsed[0].train_dir == ["../shared/data/bone-marrow-cells", "../shared/data/pbc-train"]
     overridden = parser.parse_args_into_dataclasses(train_hf.config_as_arguments(config) + ["--resume_from_checkpoint", "True", "--image_size", "56"])
-    assert overridden[3].resume_from_checkpoint == "True" and overridden[1].image_size == 56
+    assert overridden[4].resume_from_checkpoint == "True" and overridden[1].image_size == 56
     # Every shipped config parses without unknown keys, and all Matek runs share one held-out split.
     for path in sorted((ROOT / "configs").glob("*.json")):
         data_args = parser.parse_json_file(str(path), allow_extra_keys=False)[0]
@@ -252,6 +250,69 @@ def test_continuing_a_model_keeps_its_held_out_images_out_of_training(trained, s
     assert code == 2
     assert "validation/test images of the base model" in caplog.text
     assert not (tmp_path / "next" / "model.safetensors").exists()
+
+
+@pytest.fixture
+def one_class_folder(tmp_path, shared_data):
+    for src in matek_images("BLA", 4):
+        (tmp_path / "cells" / "BLA").mkdir(parents=True, exist_ok=True)
+        os.symlink(src, tmp_path / "cells" / "BLA" / src.name)
+    return tmp_path / "cells"
+
+
+def test_one_class_is_refused_before_any_model_is_loaded(one_class_folder, tmp_path, caplog, monkeypatch):
+    import bmc.training as T
+
+    monkeypatch.setattr(T, "load_for_training", lambda *a, **k: pytest.fail("the model must not be loaded"))
+    code = train_hf.main(["--train_dir", str(one_class_folder), "--output_dir", str(tmp_path / "out"), "--report_to", "none"])
+    assert code == 2 and "holds only one class (BLA): a classifier needs at least two" in caplog.text
+    assert not (tmp_path / "out").exists()  # nothing written: no card with "100 % accuracy"
+
+
+def test_a_typo_in_a_choice_is_refused_at_parse_time_in_one_line(tmp_path, capsys):
+    for flag, value in (("--loss", "focall"), ("--split_mode", "blocks"), ("--balance", "domain")):
+        with pytest.raises(SystemExit) as stop:
+            train_hf.main(["--train_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), flag, value])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert re.search(f"argument {flag}.*: invalid choice: '{value}'", err) and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_image_size_is_rounded_to_whole_patches_with_a_warning(tmp_path, caplog):
+    from bmc.training import ModelArguments
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "dinov2", "patch_size": 14}))
+    assert ModelArguments(model_name_or_path=str(tmp_path), image_size=100).image_size == 98
+    assert "not a multiple of the model's 14-px patches; using 98" in caplog.text
+    assert ModelArguments(model_name_or_path="facebook/dinov2-small", image_size=112).image_size == 112
+    with pytest.raises(ValueError, match="too small"):
+        ModelArguments(model_name_or_path=str(tmp_path), image_size=10)
+
+
+def test_an_unreachable_hub_model_says_what_to_do_offline(small_kaggle_folder, tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = train_hf.main(["--train_dir", str(small_kaggle_folder), "--output_dir", str(tmp_path / "o"), "--report_to", "none",
+                          "--model_name_or_path", "facebook/dinov2-small", "--split_mode", "random"])
+    assert code == 2
+    assert "could not be fetched from the Hugging Face Hub (HF_HUB_OFFLINE=1 is set)" in caplog.text and "make base" in caplog.text
+
+
+@pytest.mark.slow
+def test_under_accelerate_launch_a_mistake_is_one_line_without_a_traceback(one_class_folder, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    accelerate = Path(sys.executable).parent / "accelerate"
+    result = subprocess.run([str(accelerate), "launch", "--quiet", "--num_processes", "1", "--num_machines", "1",
+                             "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "train_hf.py"),
+                             "--train_dir", str(one_class_folder), "--output_dir", str(tmp_path / "o"), "--report_to", "none"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "holds only one class" in output and "Traceback" not in output and "CalledProcessError" not in output
 
 
 def test_bad_arguments_give_a_message_not_a_traceback(tmp_path, caplog):

@@ -31,7 +31,7 @@ from bmc.data import ImageError, open_image
 from bmc.explain import Explainer, overlay
 from bmc.inference import Predictor
 from bmc.report import DISCLAIMER, TABLE_HEADERS, CountReport, build_report, predict_stream, table, write_all
-from bmc.uploads import UploadError, iter_images
+from bmc.uploads import ARCHIVE_SUFFIXES, UploadError, iter_images
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_EXAMPLES = [ROOT.parent / "shared" / "data" / "bone-marrow-cells", ROOT.parent / "shared" / "data" / "unseen-classes"]
@@ -239,8 +239,8 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
                        concurrency_limit=HEAVY_CONCURRENCY)
         with gr.Tab("Differential count"):
             report = gr.State(None, time_to_live=3600)  # this session's count and review; dropped with the session
-            files = gr.File(file_count="multiple", file_types=["image", ".zip", ".tif", ".tiff", ".bmp"],
-                            label="Many single-cell images, or a zip of them")
+            files = gr.File(file_count="multiple", file_types=["image", ".tif", ".tiff", ".bmp", *ARCHIVE_SUFFIXES],
+                            label="Many single-cell images, or a zip / tar archive of them")
             c_go = gr.Button("Count", variant="primary")
             c_summary = gr.Markdown()
             c_table = gr.Dataframe(headers=TABLE_HEADERS, label="Differential count (percent of nucleated cells, 95 % CI)",

@@ -102,6 +102,9 @@ def open_image(data: str | Path | bytes | Image.Image, name: str = "image") -> I
             raise ImageError(f"{name}: the image is too large to decode safely (limit {MAX_PIXELS // 1_000_000} Mpx)") from None
         except UnidentifiedImageError:
             raise ImageError(f"{name}: not an image file (or an image format that cannot be read)") from None
+        except ValueError as exc:  # PIL: "Decompressed Data Too Large" from a metadata (text) chunk
+            raise ImageError(f"{name}: the file's metadata is too large to read safely ({exc}); "
+                             "re-save the image without embedded text") from None
         except OSError as exc:
             raise ImageError(f"{name}: the image data is damaged or truncated ({exc})") from None
     w, h = img.size

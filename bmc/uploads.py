@@ -1,14 +1,16 @@
-"""Reading many user-supplied images safely: folders, loose files and zip archives.
+"""Reading many user-supplied images safely: folders, loose files, zip and tar archives.
 
-Zip archives are read in memory entry by entry and never extracted, so a crafted entry name
-(``../../etc/passwd``, an absolute path) cannot write anywhere; symlinks, nested archives,
+Archives are read in memory entry by entry and never extracted, so a crafted entry name
+(``../../etc/passwd``, an absolute path) cannot write anywhere; links, nested archives,
 oversize entries, and archives with too many entries or too much uncompressed data (zip bombs)
-are refused or listed as skipped, each with the reason.
+are refused or listed as skipped, each with the reason. Zip and tar (plain, gzip, bzip2, xz)
+follow the same rules.
 """
 
 from __future__ import annotations
 
 import stat
+import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -27,6 +29,62 @@ class UploadError(ValueError):
     """The upload as a whole is refused (too many entries, zip bomb, not a zip…)."""
 
 
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def _archive_kind(name: str) -> str | None:
+    lowered = name.lower()
+    if lowered.endswith(".zip"):
+        return "zip"
+    return "tar" if lowered.endswith(ARCHIVE_SUFFIXES[1:]) else None
+
+
+def _entry_problem(name: str, size: int) -> str | None:
+    """Why an archive entry is not read (None: read it): the rules zip and tar share."""
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts or (len(name) > 1 and name[1] == ":"):
+        return "unsafe path inside the archive (absolute or '..'): ignored"
+    if _archive_kind(name):
+        return "nested archive: unpack it and upload its images"
+    if pure.suffix.lower() not in IMAGE_SUFFIXES:
+        return f"not an image file type ({pure.suffix.lower() or 'no extension'})"
+    if size > MAX_FILE_BYTES:
+        return f"{size / 1e6:.1f} MB; the limit is {MAX_FILE_BYTES / 1e6:.0f} MB"
+    return None
+
+
+def iter_tar(path: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
+    """Like :func:`iter_zip` for tar archives (compressed or not), read as a stream: the entry
+    count and the total size are checked as the headers arrive, so a tar bomb is refused early."""
+    try:
+        archive = tarfile.open(path, mode="r:*")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UploadError(f"{path.name}: not a readable tar archive ({exc})") from None
+    with archive:
+        count = total = 0
+        try:
+            for info in archive:
+                if info.isdir():
+                    continue
+                count += 1
+                if count > MAX_ENTRIES:
+                    raise UploadError(f"{path.name}: more than {MAX_ENTRIES} files in the archive; the limit is {MAX_ENTRIES}")
+                if not info.isfile():
+                    yield info.name, None, "link or special file inside the archive: ignored"
+                    continue
+                problem = _entry_problem(info.name, info.size)
+                if problem:
+                    yield info.name, None, problem
+                    continue
+                total += info.size
+                if total > MAX_TOTAL_BYTES:
+                    raise UploadError(f"{path.name}: unpacks to more than {MAX_TOTAL_BYTES / 1e6:.0f} MB; the limit")
+                fh = archive.extractfile(info)
+                yield info.name, fh.read(info.size + 1) if fh else b"", None
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise UploadError(f"{path.name}: the tar archive is damaged or truncated ({exc})") from None
+
+
 def iter_zip(path: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
     """``(name, bytes, None)`` for each acceptable entry, ``(name, None, reason)`` for each refused one."""
     try:
@@ -43,22 +101,12 @@ def iter_zip(path: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
         total = 0
         for info in infos:
             name = info.filename
-            pure = PurePosixPath(name.replace("\\", "/"))
-            if pure.is_absolute() or ".." in pure.parts or (len(name) > 1 and name[1] == ":"):
-                yield name, None, "unsafe path inside the archive (absolute or '..'): ignored"
-                continue
             if stat.S_ISLNK(info.external_attr >> 16):
                 yield name, None, "symbolic link inside the archive: ignored"
                 continue
-            suffix = pure.suffix.lower()
-            if suffix == ".zip":
-                yield name, None, "nested archive: unpack it and upload its images"
-                continue
-            if suffix not in IMAGE_SUFFIXES:
-                yield name, None, f"not an image file type ({suffix or 'no extension'})"
-                continue
-            if info.file_size > MAX_FILE_BYTES:
-                yield name, None, f"{info.file_size / 1e6:.1f} MB; the limit is {MAX_FILE_BYTES / 1e6:.0f} MB"
+            problem = _entry_problem(name, info.file_size)
+            if problem:
+                yield name, None, problem
                 continue
             # Read at most one byte more than declared: a header that lies about the size is caught.
             with archive.open(info) as fh:
@@ -82,9 +130,14 @@ def iter_inputs(paths: list[str | Path]) -> Iterator[tuple[str, bytes | Path | N
                     yield name, child, None
                 else:
                     yield name, None, f"not an image file type ({child.suffix or 'no extension'})"
-        elif path.suffix.lower() == ".zip":
-            for name, data, reason in iter_zip(path):
+        elif _archive_kind(path.name):
+            entries = iter_zip(path) if _archive_kind(path.name) == "zip" else iter_tar(path)
+            empty = True
+            for name, data, reason in entries:
+                empty = False
                 yield f"{path.name}/{name}", data, reason
+            if empty:
+                yield path.name, None, "the archive holds no files (it is empty, or holds only folders)"
         else:
             yield path.name, path, None
 

@@ -51,6 +51,14 @@ def _png_header_bomb(w: int = 20000, h: int = 20000) -> bytes:
             + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
 
 
+def _png_text_bomb() -> bytes:
+    """A valid 64×64 PNG carrying a compressed text (zTXt) chunk that inflates to 2 MB (PIL's limit is 1 MB)."""
+    png = _save(_img(), "PNG")
+    data = b"Comment\0\0" + zlib.compress(b"A" * (2 * 1024 * 1024))
+    ztxt = struct.pack(">I", len(data)) + b"zTXt" + data + struct.pack(">I", zlib.crc32(b"zTXt" + data))
+    return png[:33] + ztxt + png[33:]  # right after IHDR (8-byte signature + 25-byte IHDR chunk)
+
+
 def _multipage_tiff() -> bytes:
     frames = [_img(), _img().rotate(90), _img().rotate(180)]
     return _save(frames[0], "TIFF", save_all=True, append_images=frames[1:])
@@ -69,6 +77,7 @@ CORPUS: list[BadInput] = [
     BadInput("tiny.png", lambda: _save(_img(size=(1, 1)), "PNG"), "too small"),
     BadInput("huge-header.png", _png_header_bomb, "too large"),
     BadInput("oversize.jpg", lambda: _save(_img(), "JPEG") + b"\0" * (10 * 1024 * 1024 + 1), "limit is 10 MB"),
+    BadInput("text-bomb.png", _png_text_bomb, "metadata is too large to read safely"),
     BadInput("stack.tif", _multipage_tiff, "multi-page TIFF with 3 frames"),
     BadInput("animated.gif", _animated_gif, "animated GIF with 2 frames"),
     BadInput("cmyk.jpg", lambda: _save(_img("CMYK"), "JPEG"), "CMYK", converted=True),

@@ -82,3 +82,49 @@ def test_folder_input_recurses_and_lists_non_images(tmp_path):
     names, skipped = read([tmp_path])
     assert sorted(names) == ["a/x.jpg", "y.tif"]
     assert [s.source for s in skipped] == ["z.csv"]
+
+
+@pytest.mark.parametrize("entries", [[], [("folder/", b""), ("folder/sub/", b"")]], ids=["empty", "only-folders"])
+def test_an_archive_without_files_is_named(tmp_path, entries):
+    archive = _zip(tmp_path / "cells.zip", entries)
+    names, skipped = read([archive])
+    assert names == [] and [(s.source, s.reason) for s in skipped] == [
+        ("cells.zip", "the archive holds no files (it is empty, or holds only folders)")]
+
+
+def _tar(path, entries, links=()):
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for name, target in links:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tf.addfile(info)
+    return path
+
+
+def test_tar_archives_follow_the_zip_rules(tmp_path):
+    archive = _tar(tmp_path / "cells.tar.gz", [
+        ("slide/a.jpg", image_bytes()), ("b.png", image_bytes("PNG")), ("../escape.jpg", image_bytes()),
+        ("/abs.jpg", image_bytes()), ("inner.tar", b"x"), ("notes.txt", b"hi")], links=[("link.jpg", "/etc/passwd")])
+    names, skipped = read([archive])
+    assert names == ["cells.tar.gz/slide/a.jpg", "cells.tar.gz/b.png"]
+    reasons = {s.source.split("/", 1)[1]: s.reason for s in skipped}
+    assert "unsafe path" in reasons["../escape.jpg"] and "unsafe path" in reasons["/abs.jpg"]
+    assert "nested archive" in reasons["inner.tar"] and "not an image file type" in reasons["notes.txt"]
+    assert "link or special file" in reasons["link.jpg"]
+    assert not (tmp_path.parent / "escape.jpg").exists()
+
+
+def test_tar_with_too_many_entries_or_a_damaged_stream_is_refused(tmp_path):
+    many = _tar(tmp_path / "many.tgz", [(f"{i}.txt", b"") for i in range(U.MAX_ENTRIES + 1)])
+    with pytest.raises(U.UploadError, match="more than 5000 files"):
+        read([many])
+    damaged = tmp_path / "damaged.tar.gz"
+    damaged.write_bytes(_tar(tmp_path / "ok.tar.gz", [("a.jpg", image_bytes())]).read_bytes()[:40])
+    with pytest.raises(U.UploadError, match="damaged.tar.gz"):
+        read([damaged])

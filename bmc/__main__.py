@@ -1,11 +1,12 @@
-"""``python -m bmc``: command-line tools around the library.
+"""``bmc`` (or ``python -m bmc``): command-line tools around the library.
 
-    python -m bmc count CELLS/ --model models/bmc-dinov2s-matek8 --out report/   # differential count
-    python -m bmc base-weights --out .cache/dinov2-small    # offline DINOv2 ViT-S/14 backbone
-    python -m bmc base-weights --arch convnext-scratch --out .cache/convnext-scratch
-    python -m bmc card models/NAME                           # re-render a model card from metrics.json
-    python -m bmc evaluate models/NAME --external ../shared/data/external-wbc/bccd   # add an external set to the card
-    python -m bmc compare models/A runs/B/export             # side-by-side table of trained models
+    bmc count CELLS/ cells.zip --out report/           # differential count (bundled model; --model to choose)
+    bmc count CELLS/ --out report/ --review corrections.csv   # the same count with review decisions applied
+    bmc base-weights --out .cache/dinov2-small          # offline DINOv2 ViT-S/14 backbone
+    bmc base-weights --arch convnext-scratch --out .cache/convnext-scratch
+    bmc card models/NAME                                 # re-render a model card from metrics.json
+    bmc evaluate models/NAME --external ../shared/data/external-wbc/bccd   # add an external set to the card
+    bmc compare models/A runs/B/export                   # side-by-side table of trained models
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from bmc.cli import add_model_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bmc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="bmc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     count = sub.add_parser("count", help="differential count of a folder or zip of single-cell images")
     count.add_argument("inputs", nargs="+", help="folders, zip archives or image files")

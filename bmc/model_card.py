@@ -18,7 +18,9 @@ from bmc import labels as L
 from bmc import evaluation as E
 from bmc.evaluation import external_results
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
+TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
+"""Package data, so an installed (non-editable) bmc renders cards; the repository's top-level
+``model_card.md`` is a link to it."""
 MATEK_DATASET = "ekim15/bone_marrow_cell_dataset"
 HUB_PLACEHOLDER = "your-username/{name}"
 """The repository id the card's code uses until the model is published with --hub_model_id."""

@@ -34,7 +34,7 @@ from bmc.report import DISCLAIMER, TABLE_HEADERS, CountReport, build_report, pre
 from bmc.uploads import ARCHIVE_SUFFIXES, UploadError, iter_images
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_EXAMPLES = [ROOT.parent / "shared" / "data" / "bone-marrow-cells", ROOT.parent / "shared" / "data" / "unseen-classes"]
+EXAMPLES_DIR = ROOT / "examples"  # shipped, cited in examples/README.md: a Space has no ../shared
 HEAVY_CONCURRENCY = 1     # attribution and counting: many forward/backward passes, one at a time on a 2-core machine
 CLASSIFY_CONCURRENCY = 2
 QUEUE_SIZE = 64           # beyond this many waiting requests, new ones are told the server is busy
@@ -171,19 +171,18 @@ def _cell(report: CountReport, name: str):
     return next((c for c in report.cells if c.name == name), None)
 
 
-def example_images(sources: list[Path], per_class: int = 1) -> list[str]:
-    """A few example cells: the first image of each class folder (never files shipped in the repo)."""
-    found: list[str] = []
-    for src in sources:
-        if not src.is_dir():
-            continue
-        class_dirs = [d for d in sorted(src.rglob("*")) if d.is_dir() and d.parent.name in ("bone_marrow_cell_dataset",)]
-        if class_dirs:
-            for d in class_dirs:
-                found += [str(p) for p in sorted(d.rglob("*.jpg"))[:per_class]]
-        else:
-            found += [str(p) for p in sorted(src.glob("*.jpg"))]
-    return found
+def example_images(folder: Path, known: list[str]) -> tuple[list[str], str]:
+    """The example cells in ``folder`` (file names start with their Matek code): the types the model
+    knows first, in haematologists' order, then the unfamiliar ones; and a label that says which are which."""
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"))
+    code = {p: p.name.split("_")[0].upper() for p in files}
+    order = {c: i for i, c in enumerate(L.sort_codes(code.values()))}
+    files.sort(key=lambda p: (code[p] not in known, order[code[p]], p.name))
+    unknown = sorted({code[p] for p in files if code[p] not in known}, key=order.get)
+    label = "Example cells (Matek marrow; BAS from peripheral blood)"
+    if unknown:
+        label += f"; the last {sum(code[p] in unknown for p in files)} are types this model never saw ({', '.join(unknown)})"
+    return [str(p) for p in files], label
 
 
 def cell_image_input(label: str) -> gr.Image:
@@ -199,9 +198,10 @@ def cell_image_input(label: str) -> gr.Image:
     return component
 
 
-def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
+def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blocks:
     """The interface: three tabs wired to a :class:`CellApp`'s handlers, each with a named API endpoint."""
     h = CellApp(predictor)
+    examples, examples_label = example_images(examples_dir, predictor.codes) if examples_dir.is_dir() else ([], "")
     model_name = Path(predictor.name).name if Path(predictor.name).is_dir() else predictor.name
     with gr.Blocks(title="bmc — bone marrow cell classifier", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
@@ -219,7 +219,7 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
                     label = gr.Label(label="Calibrated confidence")
                     verdict = gr.Markdown()
             if examples:
-                gr.Examples(examples=[[e] for e in examples], inputs=[image], label="Example cells (Matek; the last six are classes this model never saw)")
+                gr.Examples(examples=[[e] for e in examples], inputs=[image], label=examples_label, examples_per_page=20)
             go.click(h.classify, [image, k], [label, verdict], api_name="classify", concurrency_limit=CLASSIFY_CONCURRENCY)
         with gr.Tab("Why (attribution)"):
             with gr.Row():
@@ -234,7 +234,7 @@ def build_app(predictor: Predictor, examples: list[str]) -> gr.Blocks:
                     x_out = gr.Image(type="pil", label="attribution overlay", format="png")
                     x_note = gr.Markdown()
             if examples:
-                gr.Examples(examples=[[e] for e in examples], inputs=[x_image])
+                gr.Examples(examples=[[e] for e in examples], inputs=[x_image], label=examples_label, examples_per_page=20)
             x_go.click(h.explain, [x_image, method, target, opacity, nt], [x_out, x_note], api_name="explain",
                        concurrency_limit=HEAVY_CONCURRENCY)
         with gr.Tab("Differential count"):
@@ -291,11 +291,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    examples_env = os.environ.get("BMC_EXAMPLES")
-    examples = example_images([Path(examples_env)] if examples_env else DEFAULT_EXAMPLES)
-    demo = build_app(predictor_from_args(args), examples)
-    demo.launch(server_name=args.host, server_port=args.port, show_error=False,
-                allowed_paths=[str(Path(e).parent) for e in examples])
+    examples_dir = Path(os.environ.get("BMC_EXAMPLES") or EXAMPLES_DIR)
+    demo = build_app(predictor_from_args(args), examples_dir)
+    demo.launch(server_name=args.host, server_port=args.port, show_error=False, allowed_paths=[str(examples_dir)])
 
 
 if __name__ == "__main__":

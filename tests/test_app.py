@@ -232,3 +232,21 @@ def test_browser_upload_label_and_attribution(app_url, tmp_path, shared_data):
             page.screenshot(path=str(d / "app-review.png"), full_page=True)
         browser.close()
     assert (tmp_path / "app-one-cell.png").stat().st_size > 10_000
+
+
+def test_a_space_like_start_without_shared_data_offers_the_shipped_examples(tmp_path):
+    """A Space is a clone with nothing beside it: the app must still offer clickable example cells."""
+    import json
+    import urllib.request
+
+    space = tmp_path / "space" / "repo"  # ../shared does not exist here
+    space.mkdir(parents=True)
+    for name in ("app.py", "bmc", "examples", "models"):
+        (space / name).symlink_to(ROOT / name)
+    assert not (space.parent / "shared").exists()
+    with running_app(root=space, extra_env={"PYTHONPATH": str(space)}) as (url, _proc):
+        config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())  # nosec B310 # loopback
+    samples = [c["props"]["samples"] for c in config["components"] if c.get("type") == "dataset"]
+    assert samples and min(len(s) for s in samples) >= 8
+    shown = [Path(str(s[0].get("path") if isinstance(s[0], dict) else s[0])).name for s in samples[0]]
+    assert "BLA_matek_00001.jpg" in shown and "PLM_matek_00009.jpg" in shown

@@ -27,7 +27,7 @@ from PIL import Image
 
 from bmc import labels as L
 from bmc.cli import add_model_arguments, predictor_from_args
-from bmc.data import ImageError, open_image
+from bmc.images import ImageError, open_image
 from bmc.explain import Explainer, overlay
 from bmc.inference import Predictor
 from bmc.report import DISCLAIMER, TABLE_HEADERS, CountReport, build_report, predict_stream, table, write_all

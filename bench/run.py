@@ -36,9 +36,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import torch  # noqa: E402
 
 from bmc import data as D  # noqa: E402
+from bmc.constants import DEFAULT_MODEL  # noqa: E402
+from bmc.images import open_image  # noqa: E402
 from bmc.inference import Predictor  # noqa: E402
 
-DEFAULT_MODEL = ROOT / "models" / "bmc-dinov2s-matek8"
 CONVNEXT_METRICS = ROOT / "docs" / "comparison" / "convnext-scratch-128"
 SECTIONS = ("inference", "latency", "attribution", "train", "app", "cost")
 
@@ -49,7 +50,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
-def test_images(model_dir: Path, n: int) -> list[tuple[str, str]]:
+def held_out_images(model_dir: Path, n: int) -> list[tuple[str, str]]:
     """``n`` (path, code) pairs from the model's test split, spread over the classes."""
     rows = [r for r in D.read_manifest(model_dir / "split_manifest.csv") if r["split"] == "test"]
     rows = [r for r in rows if Path(r["source"]).is_file()]
@@ -77,7 +78,7 @@ def bench_inference(model: Path, images: list[tuple[str, str]]) -> dict:
         t_load, predictor = timed(lambda: Predictor(str(model), backend))
         if backend == "auto":
             out["default_backend"] = predictor.backend
-        predictor.logits([D.open_image(paths[0])])  # warm-up
+        predictor.logits([open_image(paths[0])])  # warm-up
         t, top = timed(lambda: _predict_files(predictor, paths))
         key = predictor.backend.replace("-", "_")
         out[f"bmc_{key}_img_s"] = len(paths) / t
@@ -133,14 +134,14 @@ def _predict_files(predictor: Predictor, paths: list[str], batch_size: int = 32)
     """What ``python -m bmc count`` does per batch: decode with bmc's checks, then one batched forward."""
     tops = []
     for start in range(0, len(paths), batch_size):
-        images = [D.open_image(p) for p in paths[start:start + batch_size]]
+        images = [open_image(p) for p in paths[start:start + batch_size]]
         tops += [p.top_code for p in predictor.predict(images, batch_size)]
     return tops
 
 
 def bench_latency(model: Path, images: list[tuple[str, str]], repeats: int = 60) -> dict:
     """One uploaded image through the app's path: decode → preprocess → forward → calibrated top-k."""
-    from bmc.metrics import softmax
+    from bmc.calibration import softmax
     from bmc.transforms import preprocess
 
     predictor = Predictor(str(model))
@@ -149,7 +150,7 @@ def bench_latency(model: Path, images: list[tuple[str, str]], repeats: int = 60)
     parts: dict[str, list[float]] = {"decode": [], "preprocess": [], "forward": [], "postprocess": []}
     for i, blob in enumerate([blobs[0]] * 5 + blobs):
         t0 = time.perf_counter()
-        image = D.open_image(blob)
+        image = open_image(blob)
         t1 = time.perf_counter()
         pixels = preprocess([image], predictor.processor, predictor.use_denoise)
         t2 = time.perf_counter()
@@ -179,7 +180,7 @@ def bench_attribution(model: Path, images: list[tuple[str, str]], repeats: int =
 
     predictor = Predictor(str(model), "torch")
     explainer = Explainer(predictor.model, predictor.processor, predictor.use_denoise)
-    image = D.open_image(images[0][0])
+    image = open_image(images[0][0])
     x = explainer.pixels(image)
     with torch.inference_mode():
         for _ in range(3):
@@ -239,7 +240,8 @@ def _train_child(model: Path, steps: int, batch: int, out_json: Path) -> None:
     from bmc import labels as L
     from bmc.model import load_for_training
     from bmc.training import CellTrainer, _collate, cell_loss, sample_weights, use_all_cores_when_alone
-    from bmc.transforms import TrainTransform, processor_size
+    from bmc.augmentation import TrainTransform
+    from bmc.transforms import processor_size
 
     use_all_cores_when_alone()
     metrics = json.loads((model / "metrics.json").read_text())
@@ -407,7 +409,7 @@ def print_table(h: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--model", type=Path, default=Path(DEFAULT_MODEL))
     parser.add_argument("--n-images", type=int, default=500)
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections (repeatable)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
@@ -421,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {"machine": machine(), "model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),
                                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    images = test_images(args.model, args.n_images)
+    images = held_out_images(args.model, args.n_images)
     sections = args.only or SECTIONS
     runners = {"inference": lambda: bench_inference(args.model, images), "latency": lambda: bench_latency(args.model, images),
                "attribution": lambda: bench_attribution(args.model, images),

@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.appserver import peak_rss_mb, rss_mb, running_app  # noqa: E402
-from bench.run import DEFAULT_MODEL, test_images  # noqa: E402
+from bench.run import held_out_images  # noqa: E402
+from bmc.constants import DEFAULT_MODEL  # noqa: E402
 
 
 def client_loop(url: str, cid: int, paths: list[str], n: int, rounds: int, barrier: threading.Barrier,
@@ -77,7 +78,7 @@ def stress_clients(url: str, paths: list[str], clients: int, requests: int, roun
 
 
 def stress(model: Path, clients: int, requests: int, rounds: int) -> dict:
-    paths = [p for p, _ in test_images(model, 200)]
+    paths = [p for p, _ in held_out_images(model, 200)]
     memory: list[float] = []
     with running_app(str(model)) as (url, proc):
         start_rss = rss_mb(proc.pid)
@@ -108,7 +109,7 @@ def stress(model: Path, clients: int, requests: int, rounds: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--model", type=Path, default=Path(DEFAULT_MODEL))
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=50, help="per client")
     parser.add_argument("--rounds", type=int, default=10, help="memory is read after each round")

@@ -20,8 +20,10 @@ import numpy as np
 
 from bmc import data as D
 from bmc import labels as L
+from bmc.images import IMAGE_SUFFIXES, open_image
 from bmc.inference import dataset_logits
-from bmc.metrics import classification_metrics, per_class_rows, softmax
+from bmc.calibration import softmax
+from bmc.metrics import classification_metrics, per_class_rows
 
 WBC_FOLDER_TO_CODE: dict[str, str] = {
     "neutrophil": "NGS", "eosinophil": "EOS", "lymphocyte": "LYT", "monocyte": "MON", "basophil": "BAS",
@@ -120,9 +122,9 @@ def evaluate_unseen_marrow(model: Any, processor: Any, root: str | Path, codes: 
                            threshold: float, use_denoise: bool) -> dict:
     """Single marrow images of types the training marrow data lacks (``<CODE>_nnnnn.jpg``): what the
     model calls each one, for classes it learnt only from other sources and for ones it never saw."""
-    records = [(str(p), p.stem.split("_")[0].upper()) for p in sorted(Path(root).glob("*")) if p.suffix.lower() in D.IMAGE_SUFFIXES]
+    records = [(str(p), p.stem.split("_")[0].upper()) for p in sorted(Path(root).glob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
     records, _ = D.check_files(records)
-    images = [D.open_image(p) for p, _ in records]
+    images = [open_image(p) for p, _ in records]
     from bmc.inference import predict_logits
 
     probs = softmax(predict_logits(model, processor, images, use_denoise=use_denoise), temperature) if images else np.zeros((0, len(codes)))

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from bmc.backends import describe, make_runner, torch_runner
-from bmc.metrics import softmax
+from bmc.calibration import softmax
 from bmc.model import load_classifier
 from bmc.transforms import preprocess, processor_size
 

@@ -26,14 +26,6 @@ def _metric() -> evaluate.EvaluationModule:
     return evaluate.load(str(MODULE_DIR))
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Numerically stable softmax of ``logits / temperature`` along the last axis."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def classification_metrics(probs: np.ndarray, references: Sequence[int], num_classes: int | None = None) -> dict:
     """All card metrics from probabilities: scalars, ``per_class`` and ``confusion_matrix``."""
     probs = np.asarray(probs, dtype=np.float32)

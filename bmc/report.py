@@ -32,7 +32,7 @@ from PIL import Image
 
 from bmc import __version__
 from bmc import labels as L
-from bmc.data import SkippedFile
+from bmc.images import SkippedFile
 from bmc.inference import Prediction, Predictor
 
 DISCLAIMER = (

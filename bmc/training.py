@@ -29,13 +29,15 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from bmc import data as D
 from bmc import evaluation as E
 from bmc import labels as L
-from bmc.calibration import calibrate
+from bmc.augmentation import TrainTransform
+from bmc.calibration import calibrate, softmax
 from bmc.figures import plot_confusion_matrix, plot_training_curves
 from bmc.hub import ExportArguments
+from bmc.images import SkippedFile
 from bmc.inference import dataset_logits
-from bmc.metrics import classification_metrics, scalar_metrics, softmax
+from bmc.metrics import classification_metrics, scalar_metrics
 from bmc.model import load_classifier, load_for_training, save_classifier, update_config
-from bmc.transforms import TrainTransform, build_image_processor, make_eval_transform
+from bmc.transforms import build_image_processor, make_eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +259,7 @@ def compute_metrics(eval_pred: Any) -> dict[str, float]:
     return scalar_metrics(classification_metrics(softmax(logits), labels, num_classes=logits.shape[1]))
 
 
-def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[D.SkippedFile], list[dict]]:
+def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[SkippedFile], list[dict]]:
     """Load, check and split the data; return the DatasetDict, skipped files and manifest rows.
 
     ``seed`` only subsamples (``--max_*_samples``); the split itself follows ``args.split_seed``."""

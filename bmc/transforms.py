@@ -1,20 +1,9 @@
-"""Preprocessing (shared by training, evaluation and serving) and train-time augmentation.
+"""Preprocessing, shared by training, evaluation and serving.
 
 Evaluation and serving use the model's own image processor — the very object that
 ``pipeline("image-classification")`` loads from ``preprocessor_config.json`` — so the figures in
-the model card are the figures a pipeline user gets. Training adds albumentations (OpenCV)
-augmentation before the same normalisation:
-
-* rotation by ±20° and 90° turns, horizontal/vertical flips: a cell on a slide has no orientation;
-* zoom-out onto the image's own background colour (:func:`zoom_out`): Matek crops show the cell
-  filling most of the frame, PBC and BCCD crops a third of it; a model that has only seen large
-  cells reads small ones as other types;
-* random resized crop (zoom in), brightness/contrast, blur and downscaling: focus, illumination
-  and camera quality vary;
-* stain: albumentations' ``HEStain`` (colour deconvolution into two stains, each stain's amount
-  scaled and shifted — a maintained implementation instead of hand-written colour maths; the
-  May-Grünwald-Giemsa dyes, azure/methylene blue and eosin, split into a blue-purple and a pink
-  stain as H&E does) plus hue/saturation jitter: stain differs between labs, the main domain shift.
+the model card are the figures a pipeline user gets. Train-time augmentation lives in
+:mod:`bmc.augmentation` (albumentations), which serving never imports.
 
 Optional OpenCV non-local-means denoising is recorded in the model config (``bmc_denoise``) so
 that bmc's predictor applies it at inference too.
@@ -24,17 +13,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import zlib
-
-import albumentations as A
 import cv2
 import numpy as np
 from PIL import Image
 from transformers.models.vit import ViTImageProcessorPil
 
 from bmc.constants import IMAGENET_MEAN, IMAGENET_STD
-from bmc.data import open_image
-
+from bmc.images import open_image
 
 
 def build_image_processor(size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> ViTImageProcessorPil:
@@ -61,86 +46,6 @@ def processor_size(processor: Any) -> int:
 def denoise(rgb: np.ndarray) -> np.ndarray:
     """OpenCV non-local-means denoising, mild settings that keep granules and chromatin."""
     return cv2.fastNlMeansDenoisingColored(rgb, None, 3, 3, 7, 21)
-
-
-ZOOM_OUT_P = 0.5
-ZOOM_OUT_MIN_SCALE = 0.45
-"""Half the training images are shrunk to 45–100 % of their side on a background canvas: the
-cell of a PBC crop spans about a third of the frame, a Matek cell most of it."""
-
-
-def zoom_out(rgb: np.ndarray, rng: np.random.Generator, p: float = ZOOM_OUT_P, min_scale: float = ZOOM_OUT_MIN_SCALE) -> np.ndarray:
-    """With probability ``p``, place the image at a random position on a larger canvas filled
-    with the median colour of its own border (the slide background around the cell), so the cell
-    covers ``min_scale``–1 of the side. A constant border colour, unlike mirroring, adds no
-    mirrored copies of the cell or its neighbours."""
-    if rng.random() >= p:
-        return rgb
-    scale = rng.uniform(min_scale, 1.0)
-    h, w = rgb.shape[:2]
-    big_h, big_w = round(h / scale), round(w / scale)
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    fill = [float(v) for v in np.median(border, axis=0)]
-    top, left = int(rng.integers(0, big_h - h + 1)), int(rng.integers(0, big_w - w + 1))
-    return cv2.copyMakeBorder(rgb, top, big_h - h - top, left, big_w - w - left, cv2.BORDER_CONSTANT, value=fill)
-
-
-def train_augmentation(size: int, seed: int | None = None) -> A.Compose:
-    """The train-time augmentation, ending at ``size``×``size`` uint8 RGB (normalisation follows).
-    ``seed`` makes the sequence of random draws repeatable (tests)."""
-    return A.Compose([
-        A.RandomRotate90(p=1.0),
-        A.Rotate(limit=20, border_mode=cv2.BORDER_REFLECT_101, p=0.7),
-        A.HorizontalFlip(p=0.5),
-        A.VerticalFlip(p=0.5),
-        A.RandomResizedCrop(size=(size, size), scale=(0.65, 1.0), ratio=(0.85, 1.18), interpolation=cv2.INTER_AREA, p=1.0),
-        A.HEStain(method="random_preset", p=0.5),
-        A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.7),
-        A.HueSaturationValue(hue_shift_limit=12, sat_shift_limit=25, val_shift_limit=10, p=0.7),
-        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.Downscale(scale_range=(0.5, 0.9))], p=0.2),
-    ], seed=seed)
-
-
-def _normalise(rgb: np.ndarray, processor: Any) -> np.ndarray:
-    arr = rgb.astype(np.float32) * float(processor.rescale_factor)
-    arr = (arr - np.asarray(processor.image_mean, np.float32)) / np.asarray(processor.image_std, np.float32)
-    return arr.transpose(2, 0, 1)
-
-
-class TrainTransform:
-    """A ``datasets`` ``set_transform`` function: decode, augment, normalise, to ``pixel_values``.
-
-    Each image's augmentation is drawn from its own seed, made of the run's ``seed``, the current
-    ``epoch`` (set by :class:`bmc.training.AugmentationEpoch`) and the image's ``source``. The draws
-    therefore do not depend on the order or the process in which images are loaded: a run resumed
-    from a checkpoint sees exactly the augmented images the uninterrupted run saw.
-    """
-
-    def __init__(self, processor: Any, use_denoise: bool = False, seed: int = 0):
-        self.processor = processor
-        self.use_denoise = use_denoise
-        self.seed = seed
-        self.epoch = 0
-        self.augment = train_augmentation(processor_size(processor), seed)
-
-    def sample_seed(self, source: str) -> int:
-        return zlib.crc32(f"{self.seed}:{self.epoch}:{source}".encode())
-
-    def __call__(self, batch: dict) -> dict:
-        pixels = []
-        sources = batch.get("source") or [str(i) for i in range(len(batch["image"]))]
-        for image, source in zip(batch["image"], sources):
-            rgb = np.asarray(open_image(image))
-            if self.use_denoise:
-                rgb = denoise(rgb)
-            seed = self.sample_seed(source)
-            rgb = zoom_out(rgb, np.random.default_rng(seed))
-            self.augment.set_random_seed(seed)
-            pixels.append(_normalise(self.augment(image=rgb)["image"], self.processor))
-        out = {"pixel_values": pixels, "labels": batch["label"]}
-        if "weight" in batch:
-            out["weight"] = batch["weight"]
-        return out
 
 
 def preprocess(images: list[Image.Image], processor: Any, use_denoise: bool = False) -> np.ndarray:

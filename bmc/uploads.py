@@ -17,7 +17,7 @@ from typing import Iterator
 
 from PIL import Image
 
-from bmc.data import IMAGE_SUFFIXES, MAX_FILE_BYTES, ImageError, SkippedFile, open_image
+from bmc.images import IMAGE_SUFFIXES, MAX_FILE_BYTES, ImageError, SkippedFile, open_image
 
 MAX_ENTRIES = 5000
 """More entries than this in one upload is refused (a slide's differential is a few hundred cells)."""

@@ -11,7 +11,8 @@ from PIL import Image
 from bmc import data as D
 from bmc.explain import Explainer, centre_vs_border
 from bmc.inference import Predictor, dataset_logits
-from bmc.metrics import classification_metrics, softmax
+from bmc.calibration import softmax
+from bmc.metrics import classification_metrics
 from conftest import BUNDLED, UNSEEN, matek_images
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from bmc.calibration import calibrate, fit_temperature, review_threshold
-from bmc.metrics import softmax
+from bmc.calibration import softmax
 
 
 def test_temperature_recovers_the_true_one():

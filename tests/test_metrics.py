@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from bmc.metrics import classification_metrics, softmax
+from bmc.calibration import softmax
+from bmc.metrics import classification_metrics
 
 
 def test_metrics_match_hand_computed_values():

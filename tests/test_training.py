@@ -12,7 +12,8 @@ import torch
 import train_hf
 from bmc import data as D
 from bmc.inference import dataset_logits
-from bmc.metrics import classification_metrics, softmax
+from bmc.calibration import softmax
+from bmc.metrics import classification_metrics
 from bmc.model import load_classifier
 from bmc.training import _load_checkpoint_weights, cell_loss, sample_weights
 from conftest import PBC, matek_images

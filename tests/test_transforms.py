@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bmc.transforms import TrainTransform, build_image_processor, make_eval_transform, preprocess, processor_size
+from bmc.augmentation import TrainTransform
+from bmc.transforms import build_image_processor, make_eval_transform, preprocess, processor_size
 from conftest import matek_images
 
 

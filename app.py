@@ -28,7 +28,7 @@ from PIL import Image
 from bmc import labels as L
 from bmc.cli import add_model_arguments, predictor_from_args
 from bmc.images import ImageError, open_image
-from bmc.explain import Explainer, overlay
+from bmc.explain import Explainer, get_method, overlay
 from bmc.inference import Predictor
 from bmc.report import DISCLAIMER, TABLE_HEADERS, CountReport, build_report, predict_stream, table, write_all
 from bmc.uploads import ARCHIVE_SUFFIXES, UploadError, iter_images
@@ -88,10 +88,9 @@ class CellApp:
             raise gr.Error(f"{method} is not available for this model; choose one of {', '.join(self.explainer.methods())}.")
         progress(0.1, desc=f"{method}…")
         target = None if target_name in (None, "", "predicted class") else self.predictor.codes.index(self.names[target_name])
-        options = {"noise_tunnel": noise_tunnel} if method == "Integrated Gradients" else {}
-        attribution = self.explainer.explain(image, method, target, **options)
+        attribution = self.explainer.explain(image, method, target, noise_tunnel=noise_tunnel)
         progress(0.9, desc="overlay")
-        if method == "Attention rollout":
+        if get_method(method).class_independent:
             note = f"**{method}** (class-independent). {attribution.how_to_read}"
         else:
             note = f"**{method}** for **{L.display_name(self.predictor.codes[attribution.target])}**. {attribution.how_to_read}"

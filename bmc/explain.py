@@ -32,13 +32,6 @@ from torch import nn
 from bmc.transforms import preprocess, processor_size
 
 IG_STEPS = 16  # path steps of Integrated Gradients, evaluated as one batch (see bench/results.json for the cost)
-METHODS = ("Grad-CAM", "Integrated Gradients", "Occlusion", "Attention rollout")
-HOW_TO_READ = {
-    "Grad-CAM": "Warm regions are the parts of the cell whose late-layer features raised the score of the chosen class; coarse (one value per image patch).",
-    "Integrated Gradients": "Bright pixels are those whose colour most increased the chosen class's score compared with a blank image; fine-grained but speckled.",
-    "Occlusion": "Warm regions are where covering the image with a grey square lowers the chosen class's score the most: the evidence the model cannot do without.",
-    "Attention rollout": "Warm patches are where the transformer's attention flows from its summary token, whatever the class: where the model looks, not why.",
-}
 
 
 @dataclass
@@ -90,19 +83,17 @@ class Explainer:
         if target is None:
             with torch.inference_mode():
                 target = int(self._logits(x).argmax(-1))
-        fn: dict[str, Callable[..., np.ndarray]] = {
-            "Grad-CAM": self.grad_cam, "Integrated Gradients": self.integrated_gradients,
-            "Occlusion": self.occlusion, "Attention rollout": self.attention_rollout,
-        }
-        if method not in fn:
-            raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(self.methods())}")
+        entry = get_method(method)
+        if entry.vit_only and not is_vit(self.model):
+            raise ValueError(f"{method} needs a vision transformer; choose one of {', '.join(self.methods())}")
+        accepted = {k: v for k, v in options.items() if k in entry.options}  # other methods' options are ignored
         with parameters_frozen(self.model):
-            raw = fn[method](x, target, **options)
-        return Attribution(method, target, _to_image_size(raw, image.size), HOW_TO_READ[method])
+            raw = entry.run(self, x, target, **accepted)
+        return Attribution(method, target, _to_image_size(raw, image.size), entry.how_to_read)
 
     def methods(self) -> tuple[str, ...]:
-        """Methods available for this architecture (attention rollout needs a ViT)."""
-        return METHODS if is_vit(self.model) else METHODS[:3]
+        """Names of the methods available for this architecture, in the order the app offers them."""
+        return tuple(name for name, m in METHODS.items() if is_vit(self.model) or not m.vit_only)
 
     # ----------------------------------------------------------------- methods
 
@@ -181,6 +172,44 @@ class Explainer:
         if stages is None:
             raise ValueError(f"Grad-CAM does not know where the last convolutional stage of {type(self.model).__name__} is")
         return stages[-1]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One attribution method: what computes it, how to read its map, and what it needs."""
+
+    name: str
+    run: Callable[..., np.ndarray]
+    """``run(explainer, pixel_values, target, **options)`` → raw map (any resolution)."""
+    how_to_read: str
+    vit_only: bool = False
+    class_independent: bool = False
+    """The map is the same whichever class is asked for (it shows where the model looks)."""
+    options: tuple[str, ...] = ()
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("Grad-CAM", Explainer.grad_cam,
+           "Warm regions are the parts of the cell whose late-layer features raised the score of the chosen class; "
+           "coarse (one value per image patch)."),
+    Method("Integrated Gradients", Explainer.integrated_gradients,
+           "Bright pixels are those whose colour most increased the chosen class's score compared with a blank image; "
+           "fine-grained but speckled.", options=("noise_tunnel", "n_steps")),
+    Method("Occlusion", Explainer.occlusion,
+           "Warm regions are where covering the image with a grey square lowers the chosen class's score the most: "
+           "the evidence the model cannot do without.", options=("window_fraction", "stride_fraction")),
+    Method("Attention rollout", Explainer.attention_rollout,
+           "Warm patches are where the transformer's attention flows from its summary token, whatever the class: "
+           "where the model looks, not why.", vit_only=True, class_independent=True, options=("discard_ratio",)),
+)}
+"""The one table of attribution methods: the app, the benchmark and the tests read it (name → entry)."""
+
+
+def get_method(name: str) -> Method:
+    """The registry entry of a method, or a ValueError listing the known ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown attribution method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
 
 
 @contextmanager

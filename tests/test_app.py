@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.appserver import AppStartError, running_app
+from bmc.explain import METHODS
 from conftest import BUNDLED, ROOT, UNSEEN, image_bytes, matek_images
 from corpus import CORPUS
 
@@ -67,7 +68,7 @@ def test_unseen_cell_types_verdicts_match_the_review_flag(client):
         assert threshold in verdict
 
 
-@pytest.mark.parametrize("method", ["Grad-CAM", "Integrated Gradients", "Occlusion", "Attention rollout"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_explain_every_method(client, method):
     from gradio_client import handle_file
     from PIL import Image

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bmc.explain import Explainer, centre_vs_border, overlay
+from bmc.explain import METHODS, Explainer, centre_vs_border, overlay
 from bmc.inference import Predictor
 from bmc.model import UnsafeModelError, load_classifier
 
@@ -38,7 +38,7 @@ def test_batched_and_single_predictions_agree(predictor, cell):
     assert together[1].probs == pytest.approx(alone[0].probs, abs=1e-5)
 
 
-@pytest.mark.parametrize("method", ["Grad-CAM", "Integrated Gradients", "Occlusion", "Attention rollout"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_gives_a_normalised_map_at_image_size(tiny_model_dir, cell, method):
     model, processor = load_classifier(str(tiny_model_dir))
     attribution = Explainer(model, processor).explain(cell, method, target=1)
@@ -111,3 +111,12 @@ def test_no_code_path_trusts_remote_code():
     sources = [*ROOT.joinpath("bmc").rglob("*.py"), ROOT / "app.py", ROOT / "train_hf.py"]
     offenders = [str(p) for p in sources if "trust_remote_code=True" in p.read_text()]
     assert not offenders
+
+
+def test_the_registry_says_which_maps_ignore_the_class(tiny_model_dir, cell):
+    model, processor = load_classifier(str(tiny_model_dir))
+    explainer = Explainer(model, processor)
+    assert explainer.methods() == tuple(METHODS)  # a ViT offers every method, in the registry's order
+    for name, method in METHODS.items():
+        maps = [explainer.explain(cell, name, target=t).heatmap for t in (0, 2)]
+        assert np.allclose(maps[0], maps[1]) == method.class_independent, name

@@ -167,9 +167,18 @@ def from_records(records: Sequence[tuple[str, str]], codes: Sequence[str] | None
     )
 
 
+MATEK_KAGGLE_WRAPPER = "bone_marrow_cell_dataset"
+"""The folder inside the Kaggle download of the Matek data (``<download>/bone_marrow_cell_dataset/BLA/…``)."""
+
+
 def domain_name(root: str | Path) -> str:
-    """The name a local folder goes by as a training source: its own folder name."""
-    return Path(root).resolve().name
+    """The name a local folder goes by as a training source: its own folder name, except that a
+    Kaggle download of the Matek data (recognised by its wrapper folder) is ``bone-marrow-cells``
+    whatever the user called the folder, so that cards cite it."""
+    root = Path(root).resolve()
+    if (root / MATEK_KAGGLE_WRAPPER).is_dir() or root.name == MATEK_KAGGLE_WRAPPER:
+        return "bone-marrow-cells"
+    return root.name
 
 
 def load_folder(root: str | Path, codes: Sequence[str] | None = None) -> CellData:

@@ -308,16 +308,56 @@ def use_all_cores_when_alone() -> None:
 
 def run(data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments,
         export_args: ExportArguments | None = None) -> dict:
-    """The whole training run; returns the metrics written to ``metrics.json``."""
+    """The whole training run; returns the metrics written to ``metrics.json``.
+
+    Four steps: load and split the data (refusing a split that leaks the base model's held-out
+    images), train, export the weights and measure the *saved* model, write the model folder."""
     use_all_cores_when_alone()
     export_args = export_args or ExportArguments()
     export_dir = Path(export_args.export_dir or training_args.output_dir)
     dsd, skipped, manifest = prepare_data(data_args, training_args.seed)
     check_no_held_out_leak(model_args.model_name_or_path, manifest)
     codes = dsd["train"].features["label"].names
-    id2label, label2id = L.label_maps(codes)
     log.info("classes: %s; split sizes: %s; skipped files: %d", codes, {k: len(v) for k, v in dsd.items()}, len(skipped))
 
+    trainer, processor = build_trainer(dsd, codes, model_args, training_args)
+    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    # A resumed run continues the early-stopping count where it stopped (transformers resets it by default).
+    training_args.restore_callback_states_from_checkpoint = True
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    if not trainer.is_world_process_zero():
+        return {}
+
+    export_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".bmc-export-", dir=export_dir.parent))
+    save_classifier(trainer.model.eval(), processor, staging, fp16=export_args.fp16_weights)
+    results = {
+        "model_name": export_args.model_name or export_dir.name,
+        "hub_model_id": training_args.hub_model_id,
+        "classes": codes,
+        "base_model": model_args.model_name_or_path,
+        "base_model_source": _base_source(model_args.model_name_or_path),
+        "data": asdict(data_args),
+        "model_args": asdict(model_args),
+        "training": {k: getattr(training_args, k) for k in (
+            "learning_rate", "num_train_epochs", "per_device_train_batch_size", "weight_decay", "warmup_steps",
+            "lr_scheduler_type", "label_smoothing_factor", "seed", "gradient_accumulation_steps")},
+        "split_sizes": {k: len(v) for k, v in dsd.items()},
+        "split_counts": {k: dict(Counter(codes[i] for i in v["label"])) for k, v in dsd.items()},
+        "skipped_files": len(skipped),
+        "epochs_trained": trainer.state.epoch,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "train_runtime_s": train_result.metrics.get("train_runtime"),
+        "shared_classes": E.shared_classes(manifest),
+    }
+    results.update(calibrate_and_evaluate(staging, dsd, data_args, model_args, codes, results["shared_classes"]))
+    write_model_folder(staging, export_dir, results, manifest, skipped, trainer.state.log_history)
+    return results
+
+
+def build_trainer(dsd: Any, codes: list[str], model_args: ModelArguments, training_args: TrainingArguments) -> tuple[CellTrainer, Any]:
+    """The model (new head seeded), its processor, the augmented and weighted training set, and the Trainer."""
+    id2label, label2id = L.label_maps(codes)
     set_seed(training_args.seed)  # a new head is initialised here, before the Trainer seeds anything
     model = load_for_training(model_args.model_name_or_path, id2label, label2id,
                               model_args.ignore_mismatched_sizes, model_args.drop_path_rate, model_args.allow_pickle_weights,
@@ -339,75 +379,55 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
     trainer = CellTrainer(
         model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
         processing_class=processor, data_collator=_collate, compute_metrics=compute_metrics, callbacks=callbacks,
-        loss_name=model_args.loss,
-        focal_gamma=model_args.focal_gamma, head_lr_multiplier=model_args.head_lr_multiplier,
+        loss_name=model_args.loss, focal_gamma=model_args.focal_gamma, head_lr_multiplier=model_args.head_lr_multiplier,
         layer_lr_decay=model_args.layer_lr_decay,
     )
-    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    # A resumed run continues the early-stopping count where it stopped (transformers resets it by default).
-    training_args.restore_callback_states_from_checkpoint = True
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    if not trainer.is_world_process_zero():
-        return {}
+    return trainer, processor
 
-    # Export to a staging folder, then calibrate and evaluate what was actually saved (float16 on disk).
-    export_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".bmc-export-", dir=export_dir.parent))
-    save_classifier(trainer.model.eval(), processor, staging, fp16=export_args.fp16_weights)
-    saved_model, saved_processor = load_classifier(str(staging))
-    val_logits, val_labels = dataset_logits(saved_model, saved_processor, dsd["validation"], use_denoise=model_args.denoise)
+
+def calibrate_and_evaluate(folder: Path, dsd: Any, data_args: DataArguments, model_args: ModelArguments, codes: list[str],
+                           shared: list[str]) -> dict[str, Any]:
+    """Load the weights as saved in ``folder`` (float16 on disk), fit the calibration on the validation
+    split (stored in its config.json), then measure validation, test, external sets and unseen types."""
+    model, processor = load_classifier(str(folder))
+    val_logits, val_labels = dataset_logits(model, processor, dsd["validation"], use_denoise=model_args.denoise)
     calib = calibrate(val_logits, val_labels, model_args.review_target_accuracy)
-    update_config(staging, bmc_temperature=calib["temperature"], bmc_review_threshold=calib["review_threshold"],
+    update_config(folder, bmc_temperature=calib["temperature"], bmc_review_threshold=calib["review_threshold"],
                   bmc_denoise=model_args.denoise)
-
-    results: dict[str, Any] = {
-        "model_name": export_args.model_name or export_dir.name,
-        "hub_model_id": training_args.hub_model_id,
-        "classes": codes,
-        "base_model": model_args.model_name_or_path,
-        "base_model_source": _base_source(model_args.model_name_or_path),
-        "data": {k: v for k, v in asdict(data_args).items()},
-        "model_args": asdict(model_args),
-        "training": {k: getattr(training_args, k) for k in (
-            "learning_rate", "num_train_epochs", "per_device_train_batch_size", "weight_decay", "warmup_steps",
-            "lr_scheduler_type", "label_smoothing_factor", "seed", "gradient_accumulation_steps")},
-        "split_sizes": {k: len(v) for k, v in dsd.items()},
-        "split_counts": {k: dict(Counter(codes[i] for i in v["label"])) for k, v in dsd.items()},
-        "skipped_files": len(skipped),
-        "epochs_trained": trainer.state.epoch,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "train_runtime_s": train_result.metrics.get("train_runtime"),
-        "calibration": calib,
-        "n_parameters": int(sum(p.numel() for p in saved_model.parameters())),
-    }
-    results["shared_classes"] = E.shared_classes(manifest)
-    results["validation"] = E.metrics_from_logits(val_logits, val_labels, codes, calib["temperature"])
-    per_domain = E.by_domain(val_logits, val_labels, dsd["validation"]["domain"], codes, calib["temperature"])
+    t = calib["temperature"]
+    out: dict[str, Any] = {"calibration": calib, "n_parameters": int(sum(p.numel() for p in model.parameters()))}
+    out["validation"] = E.metrics_from_logits(val_logits, val_labels, codes, t)
+    per_domain = E.by_domain(val_logits, val_labels, dsd["validation"]["domain"], codes, t)
     if per_domain:
-        results["validation"]["by_domain"] = per_domain
+        out["validation"]["by_domain"] = per_domain
     if "test" in dsd:
-        results["test"] = E.evaluate_split(saved_model, saved_processor, dsd["test"], codes, calib["temperature"], model_args.denoise)
-    external, unseen = E.evaluate_more(results, saved_model, saved_processor, data_args.external_dir or [], data_args.unseen_dir,
-                                       model_args.denoise)
+        out["test"] = E.evaluate_split(model, processor, dsd["test"], codes, t, model_args.denoise)
+    external, unseen = E.evaluate_more({"classes": codes, "calibration": calib, "shared_classes": shared}, model, processor,
+                                       data_args.external_dir or [], data_args.unseen_dir, model_args.denoise)
     if external:
-        results["external"] = external
-        E.plot_external(external, codes, staging)
+        out["external"] = external
     if unseen:
-        results["unseen_marrow"] = unseen
+        out["unseen_marrow"] = unseen
+    return out
 
+
+def write_model_folder(staging: Path, export_dir: Path, results: dict, manifest: list[dict], skipped: list[SkippedFile],
+                       log_history: list[dict]) -> None:
+    """Manifest, skipped files, figures, metrics.json and the card into ``staging``, then swap it into place."""
+    from bmc.model_card import render_card
+
+    codes = results["classes"]
     D.write_manifest(staging / "split_manifest.csv", manifest)
     D.write_skipped(staging / "skipped_files.csv", skipped)
     if "test" in results:
         plot_confusion_matrix(results["test"]["confusion_matrix"], codes, staging / "confusion_matrix.png",
                               f"test split ({results['test']['n_images']} images)")
-    plot_training_curves(trainer.state.log_history, staging / "training_curves.png")
+    E.plot_external(results.get("external", {}), codes, staging)
+    plot_training_curves(log_history, staging / "training_curves.png")
     (staging / "metrics.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    from bmc.model_card import render_card
-
     render_card(staging)
     _replace_dir_contents(staging, export_dir)
     log.info("model, card and figures written to %s", export_dir)
-    return results
 
 
 def _replace_dir_contents(staging: Path, target: Path) -> None:

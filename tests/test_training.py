@@ -64,7 +64,8 @@ def test_run_writes_a_complete_hub_model_folder(trained):
     assert "https://doi.org/10.7937/TCIA.AXH3-T579" in card
     metrics = json.loads((trained / "metrics.json").read_text())
     assert f"{metrics['test']['macro_f1']:.3f}" in card
-    assert metrics["external"]["n_images"] == 300  # EOS, LYT, NGS (SNE_) images of PBC
+    assert metrics["external"]["pbc-external"]["n_images"] == 300  # EOS, LYT, NGS (SNE_) images of PBC
+    assert (trained / "confusion_matrix_pbc-external.png").is_file() and "confusion_matrix_pbc-external.png" in card
     assert metrics["split_sizes"] == {"train": 44, "validation": 8, "test": 8}
 
 

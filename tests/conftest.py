@@ -1,18 +1,15 @@
-"""Shared fixtures: paths to the real data in ../shared/data, tiny models, generated bad files."""
+"""Shared fixtures (real data present, a tiny model); plain helpers and paths live in helpers.py."""
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from bmc.constants import BUNDLED_MODEL_NAME
+from helpers import MATEK, SHARED
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -26,19 +23,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _TEST_CACHE:
         shutil.rmtree(_TEST_CACHE, ignore_errors=True)
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = (ROOT.parent / "shared" / "data").resolve()
-MATEK = SHARED / "bone-marrow-cells"
-PBC = SHARED / "pbc-external"
-PBC_TRAIN = SHARED / "pbc-train"
-BCCD = SHARED / "external-wbc" / "bccd"
-UNSEEN = SHARED / "unseen-classes"
-BUNDLED = ROOT / "models" / BUNDLED_MODEL_NAME
+
+SLOW_FIXTURES = {"app_url", "trained", "installed", "small_kaggle_folder", "predictor", "fake_hub"}
+"""Fixtures that start the app, train a model or build a package: a test using one is ``slow``."""
 
 
-def matek_images(code: str, n: int) -> list[Path]:
-    """The first ``n`` real images of a class (sorted: the same files on every machine)."""
-    return sorted((MATEK / "bone_marrow_cell_dataset" / code).rglob("*.jpg"))[:n]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers that mean what they say: ``integration`` on every test that reads ../shared/data (it
+    needs the ``shared_data`` fixture, directly or through another), ``slow`` on every test that
+    trains, serves or builds; ``pytest -m "not slow"`` is the quick loop."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "shared_data" in fixtures:
+            item.add_marker(pytest.mark.integration)
+        if fixtures & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -66,15 +65,3 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_model")
     save_classifier(model, build_image_processor(56), out, fp16=False)
     return out
-
-
-def image_bytes(fmt: str = "JPEG", size: tuple[int, int] = (64, 64), mode: str = "RGB", **save: object) -> bytes:
-    """A small generated image in any format/mode, for input-handling tests."""
-    rng = np.random.default_rng(0)
-    if mode in ("I;16",):
-        img = Image.fromarray(rng.integers(0, 65535, size[::-1], dtype=np.uint16))
-    else:
-        img = Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).convert(mode)
-    buf = io.BytesIO()
-    img.save(buf, fmt, **save)
-    return buf.getvalue()

@@ -5,9 +5,12 @@ import subprocess
 import sys
 import zipfile
 
-from conftest import ROOT, matek_images
+import pytest
+
+from helpers import ROOT, matek_images
 
 
+@pytest.mark.slow  # three `bmc count` processes, each loading torch and a model
 def test_count_a_folder_and_a_zip(tmp_path, tiny_model_dir, shared_data):
     folder = tmp_path / "slide"
     folder.mkdir()

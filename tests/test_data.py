@@ -6,7 +6,7 @@ import pytest
 
 from bmc import data as D
 from bmc.images import MAX_FILE_BYTES
-from conftest import MATEK, PBC, PBC_TRAIN, image_bytes, matek_images
+from helpers import MATEK, PBC, PBC_TRAIN, image_bytes, matek_images
 
 
 def test_kaggle_layout_labels_come_from_the_top_folder(shared_data):
@@ -65,7 +65,7 @@ def test_plain_imagefolder_with_full_names(tmp_path):
     assert cells.dataset[0]["image"].size == (64, 64)
 
 
-def test_parquet_source_with_string_labels_and_a_bad_row(tmp_path):
+def test_parquet_source_with_string_labels_and_a_bad_row(tmp_path, shared_data):
     paths = matek_images("EOS", 3) + matek_images("MON", 3)
     rows = {"img": [{"bytes": p.read_bytes(), "path": None} for p in paths] + [{"bytes": b"junk", "path": None}],
             "cell": ["Eosinophil"] * 3 + ["MON"] * 3 + ["EOS"]}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, matek_images
+from helpers import ROOT, matek_images
 
 TOKEN = "hf_contract_test_token_1234567890"
 

@@ -3,7 +3,7 @@
 import pytest
 
 from bmc.images import ImageError, open_image
-from conftest import image_bytes
+from helpers import image_bytes
 from corpus import CORPUS
 
 

@@ -106,7 +106,7 @@ def test_pickle_weights_load_only_with_the_flag_and_only_tensors(tiny_model_dir,
 
 
 def test_no_code_path_trusts_remote_code():
-    from conftest import ROOT
+    from helpers import ROOT
 
     sources = [*ROOT.joinpath("bmc").rglob("*.py"), ROOT / "app.py", ROOT / "train_hf.py"]
     offenders = [str(p) for p in sources if "trust_remote_code=True" in p.read_text()]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUNDLED, ROOT, matek_images
+from helpers import BUNDLED, ROOT, matek_images
 
 
 @pytest.fixture(scope="module")

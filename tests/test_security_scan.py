@@ -7,7 +7,7 @@ pyproject.toml; single-line exceptions carry a ``# nosec <id>`` with their reaso
 import subprocess
 import sys
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def test_bandit_reports_no_issue():

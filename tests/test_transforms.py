@@ -4,7 +4,7 @@ from PIL import Image
 
 from bmc.augmentation import TrainTransform
 from bmc.transforms import build_image_processor, make_eval_transform, preprocess, processor_size
-from conftest import matek_images
+from helpers import matek_images
 
 
 @pytest.fixture

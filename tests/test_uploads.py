@@ -7,7 +7,7 @@ import zipfile
 import pytest
 
 from bmc import uploads as U
-from conftest import image_bytes
+from helpers import image_bytes
 
 
 def read(paths):

@@ -52,9 +52,38 @@ def test_test_split_is_disjoint_from_training_and_blockwise(metrics):
     by_split = {s: {r["source"] for r in rows if r["split"] == s} for s in ("train", "validation", "test")}
     assert not (by_split["train"] & by_split["test"]) and not (by_split["validation"] & by_split["test"])
     blocks = {}
-    for r in rows:
-        blocks.setdefault((r["label"], (D.image_number(r["source"]) - 1) // metrics["data"]["split_block_size"]), set()).add(r["split"])
-    assert all(len(s) == 1 for s in blocks.values())
+    for r in rows:  # Matek numbers run per slide: whole blocks per split (PBC numbers are ids, split at random)
+        if r.get("domain", "bone-marrow-cells") == "bone-marrow-cells":
+            key = (r["label"], (D.image_number(r["source"]) - 1) // metrics["data"]["split_block_size"])
+            blocks.setdefault(key, set()).add(r["split"])
+    assert blocks and all(len(s) == 1 for s in blocks.values())
+
+
+def test_per_source_figures_in_the_card_match_a_fresh_evaluation(predictor, metrics):
+    by_domain = metrics["test"].get("by_domain")
+    if not by_domain:
+        pytest.skip("the bundled model was trained on one source")
+    rows = [r for r in D.read_manifest(BUNDLED / "split_manifest.csv") if r["split"] == "test"]
+    card = (BUNDLED / "README.md").read_text()
+    for domain, expected in by_domain.items():
+        mine = [r for r in rows if r["domain"] == domain]
+        ds = D.from_records([(r["source"], r["label"]) for r in mine], metrics["classes"])
+        logits, labels = dataset_logits(predictor.model, predictor.processor, ds, batch_size=64)
+        fresh = classification_metrics(softmax(logits, predictor.temperature), labels, len(metrics["classes"]))
+        assert fresh["macro_f1"] == pytest.approx(expected["macro_f1"], abs=1e-4), domain
+        assert f"test split, `{domain}` images only | {len(mine)} | {100 * fresh['accuracy']:.1f} % | {fresh['macro_f1']:.3f} |" in card
+
+
+def test_card_warns_about_classes_learnt_from_one_source_and_shows_the_external_confusion(metrics):
+    card = (BUNDLED / "README.md").read_text()
+    rows = D.read_manifest(BUNDLED / "split_manifest.csv")
+    marrow = {r["label"] for r in rows if r["split"] == "train" and r.get("domain", "bone-marrow-cells") == "bone-marrow-cells"}
+    elsewhere = [c for c in metrics["classes"] if c not in marrow]
+    if elsewhere:
+        assert f"**{', '.join(elsewhere)} were learnt from pbc-train images only**" in card
+    for name in metrics.get("external", {}):
+        if "accuracy" not in metrics["external"]:  # one entry per external set
+            assert (BUNDLED / f"confusion_matrix_{name}.png").is_file() and f"confusion_matrix_{name}.png" in card
 
 
 def test_pipeline_loads_offline_in_float32_and_agrees_with_bmc(predictor):
@@ -83,7 +112,9 @@ def test_attribution_sits_on_the_cell_not_the_border(predictor, method):
 
 
 def test_unfamiliar_cell_types_get_lower_confidence(predictor):
-    images = [Image.open(p).convert("RGB") for p in sorted(UNSEEN.glob("*.jpg"))]
+    unknown = [p for p in sorted(UNSEEN.glob("*.jpg")) if p.name.split("_")[0] not in predictor.codes]
+    assert unknown
+    images = [Image.open(p).convert("RGB") for p in unknown]
     preds = predictor.predict(images)
     seen_conf = np.mean([p.confidence for p in predictor.predict(
         [Image.open(p).convert("RGB") for code in ("EOS", "LYT", "NGS") for p in matek_images(code, 300)[-4:]])])

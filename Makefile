@@ -44,7 +44,7 @@ train: install base
 	$(BIN)/accelerate launch train_hf.py configs/bmc-dinov2s-matek8-stage1-112px.json
 	$(BIN)/accelerate launch train_hf.py configs/bmc-dinov2s-matek8.json
 
-## Performance benchmark of the bundled model (about 8 minutes); writes bench/results.json.
+## Performance benchmark of the bundled model; writes bench/results.json (run time in its total_s; docs/performance.md).
 bench: install
 	$(BIN)/python bench/run.py
 

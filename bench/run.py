@@ -1,6 +1,6 @@
 """bmc's performance benchmark: inference, latency, attribution, training, memory, accuracy per cost.
 
-    python bench/run.py                       # about 6-8 minutes on 2 CPU cores; writes bench/results.json
+    python bench/run.py                       # writes bench/results.json (its total_s says how long it took)
     python bench/run.py --only inference      # one section (inference, latency, attribution, train, app, cost)
 
 Peers are measured side by side in the same run and reported as ratios, because absolute times on a
@@ -234,47 +234,79 @@ def bench_train(model: Path, steps: int = 6, batch: int = 32) -> dict:
 
 
 def _train_child(model: Path, steps: int, batch: int, out_json: Path) -> None:
-    from torch.utils.data import DataLoader
-    from transformers import TrainerCallback, TrainingArguments
-
-    from bmc import labels as L
-    from bmc.model import load_for_training
-    from bmc.training import CellTrainer, _collate, cell_loss, sample_weights, use_all_cores_when_alone
-    from bmc.augmentation import TrainTransform
-    from bmc.transforms import processor_size
+    """Time the same training steps twice, as a minimal PyTorch loop and as train_hf.py's Trainer."""
+    from bmc.training import use_all_cores_when_alone
 
     use_all_cores_when_alone()
-    metrics = json.loads((model / "metrics.json").read_text())
-    codes = metrics["classes"]
+    ds, transform, label_maps, image_size = _train_data(model, steps, batch)
+    plain_s, data_s = _time_plain_loop(model, ds, transform, label_maps, steps, batch)
+    t_train, begin, end = _time_trainer(model, ds, transform, label_maps, steps, batch)
+    steps_s = [e - b for b, e in zip(begin, end)]
+    gaps = [b - e for e, b in zip(end[:-1], begin[1:])]  # next batch fetched + collated in the gap
+    step_wall = (end[-1] - begin[0]) if end else float("nan")
+    result = {
+        "steps": steps, "batch": batch, "image_size": image_size,
+        "plain_loop_img_s": steps * batch / plain_s,
+        "trainer_img_s": steps * batch / t_train,
+        "trainer_steady_img_s": (len(steps_s) - 1) * batch / step_wall if len(steps_s) > 1 else None,
+        "plain_loop_data_share": data_s / plain_s,
+        "trainer_data_share": sum(gaps) / step_wall if gaps else None,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    result["train_throughput_ratio_vs_plain_loop"] = result["trainer_img_s"] / result["plain_loop_img_s"]
+    out_json.write_text(json.dumps(result))
+
+
+def _train_data(model: Path, steps: int, batch: int) -> tuple[Any, Any, tuple[dict, dict], int]:
+    """Enough of the model's own training images for ``steps`` batches (twice over), weighted and augmented as in training."""
+    from bmc import labels as L
+    from bmc.augmentation import TrainTransform
+    from bmc.training import sample_weights
+    from bmc.transforms import processor_size
+
+    codes = json.loads((model / "metrics.json").read_text())["classes"]
     rows = [r for r in D.read_manifest(model / "split_manifest.csv") if r["split"] == "train"][: steps * batch * 2]
     ds = D.from_records([(r["source"], r["label"]) for r in rows], codes)
     ds = ds.add_column("weight", sample_weights(ds["label"], [r.get("domain", "") for r in rows]))
     predictor = Predictor(str(model), "torch")
     transform = TrainTransform(predictor.processor, predictor.use_denoise, seed=0)
-    id2label, label2id = L.label_maps(codes)
+    return ds, transform, L.label_maps(codes), processor_size(predictor.processor)
 
-    # 1. minimal loop, with timers around the data fetch and the model step
+
+def _time_plain_loop(model: Path, ds: Any, transform: Any, label_maps: tuple[dict, dict], steps: int, batch: int) -> tuple[float, float]:
+    """A minimal PyTorch loop with timers around the data fetch; returns (total, data) seconds."""
+    from torch.utils.data import DataLoader
+
+    from bmc.model import load_for_training
+    from bmc.training import _collate, cell_loss
+
     torch.manual_seed(0)
-    net = load_for_training(str(model), id2label, label2id).train()
+    net = load_for_training(str(model), *label_maps).train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
     loader = DataLoader(ds.with_transform(transform), batch_size=batch, shuffle=True, collate_fn=_collate)
-    data_s = model_s = 0.0
+    data_s = 0.0
     it = iter(loader)
     start = time.perf_counter()
     for _ in range(steps):
         t0 = time.perf_counter()
         inputs = next(it)
-        t1 = time.perf_counter()
+        data_s += time.perf_counter() - t0
         loss = cell_loss(net(pixel_values=inputs["pixel_values"]).logits, inputs["labels"], "weighted_ce", inputs["sample_weight"],
                          label_smoothing=0.1)
         loss.backward()
         opt.step()
         opt.zero_grad()
-        data_s += t1 - t0
-        model_s += time.perf_counter() - t1
-    plain_s = time.perf_counter() - start
+    return time.perf_counter() - start, data_s
 
-    # 2. the Trainer exactly as train_hf.py builds it, with timers between steps (data fetch happens there)
+
+def _time_trainer(model: Path, ds: Any, transform: Any, label_maps: tuple[dict, dict], steps: int,
+                  batch: int) -> tuple[float, list[float], list[float]]:
+    """The Trainer as train_hf.py builds it; returns total seconds and each step's begin and end times."""
+    from transformers import TrainerCallback, TrainingArguments
+
+    from bmc.model import load_for_training
+    from bmc.training import CellTrainer, _collate
+
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
             self.begin: list[float] = []
@@ -291,24 +323,10 @@ def _train_child(model: Path, steps: int, batch: int, out_json: Path) -> None:
         args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-5,
                                  save_strategy="no", eval_strategy="no", report_to="none", logging_steps=1000,
                                  label_smoothing_factor=0.1, disable_tqdm=True, seed=0, remove_unused_columns=False)
-        trainer = CellTrainer(model=load_for_training(str(model), id2label, label2id), args=args,
-                              train_dataset=ds.with_transform(transform), data_collator=_collate,
-                              callbacks=[timer])
+        trainer = CellTrainer(model=load_for_training(str(model), *label_maps), args=args,
+                              train_dataset=ds.with_transform(transform), data_collator=_collate, callbacks=[timer])
         t_train, _ = timed(trainer.train)
-    steps_s = [e - b for b, e in zip(timer.begin, timer.end)]
-    gaps = [b - e for e, b in zip(timer.end[:-1], timer.begin[1:])]  # next batch fetched + collated in the gap
-    step_wall = (timer.end[-1] - timer.begin[0]) if timer.end else float("nan")
-    result = {
-        "steps": steps, "batch": batch, "image_size": processor_size(predictor.processor),
-        "plain_loop_img_s": steps * batch / plain_s,
-        "trainer_img_s": steps * batch / t_train,
-        "trainer_steady_img_s": (len(steps_s) - 1) * batch / step_wall if len(steps_s) > 1 else None,
-        "plain_loop_data_share": data_s / plain_s,
-        "trainer_data_share": sum(gaps) / step_wall if gaps else None,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    result["train_throughput_ratio_vs_plain_loop"] = result["trainer_img_s"] / result["plain_loop_img_s"]
-    out_json.write_text(json.dumps(result))
+    return t_train, timer.begin, timer.end
 
 
 def bench_app(model: Path, images: list[tuple[str, str]]) -> dict:

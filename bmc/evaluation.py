@@ -34,9 +34,10 @@ UNSPLIT_NEUTROPHIL = {"NGB": "NGS"}
 
 
 def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, codes: Sequence[str], temperature: float,
-                        equivalents: dict[str, str] | None = None) -> dict:
+                        equivalents: dict[str, str] | None = None, threshold: float | None = None) -> dict:
     """Card metrics for one set; ``equivalents`` ({predicted: counted as}) merges classes the set's
-    labels do not tell apart, by adding the first class's probability to the second's."""
+    labels do not tell apart, by adding the first class's probability to the second's. With the
+    review ``threshold``, also how many cells would be flagged and how often the others are right."""
     probs = softmax(logits, temperature)
     for alias, target in (equivalents or {}).items():
         if alias in codes and target in codes:
@@ -46,10 +47,21 @@ def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, codes: Sequence[
     result = classification_metrics(probs, labels, num_classes=len(codes))
     result["per_class_rows"] = per_class_rows(result, list(codes))
     result["n_images"] = int(len(labels))
+    if threshold is not None and len(labels):
+        result["review"] = review_stats(probs, np.asarray(labels), threshold)
     return result
 
 
-def by_domain(logits: np.ndarray, labels: np.ndarray, domains: Sequence[str], codes: Sequence[str], temperature: float) -> dict:
+def review_stats(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """Share of cells flagged (calibrated confidence below ``threshold``) and accuracy of the unflagged ones."""
+    conf, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    kept = conf >= threshold
+    return {"threshold": float(threshold), "flagged_share": float(1 - kept.mean()),
+            "unflagged_accuracy": float(correct[kept].mean()) if kept.any() else float("nan"), "n_unflagged": int(kept.sum())}
+
+
+def by_domain(logits: np.ndarray, labels: np.ndarray, domains: Sequence[str], codes: Sequence[str], temperature: float,
+              threshold: float | None = None) -> dict:
     """The metrics of each domain on its own (empty when a split holds only one domain)."""
     names = sorted(set(domains))
     if len(names) < 2:
@@ -57,15 +69,16 @@ def by_domain(logits: np.ndarray, labels: np.ndarray, domains: Sequence[str], co
     out = {}
     for name in names:
         mask = np.asarray([d == name for d in domains])
-        out[name] = metrics_from_logits(logits[mask], labels[mask], codes, temperature)
+        out[name] = metrics_from_logits(logits[mask], labels[mask], codes, temperature, threshold=threshold)
     return out
 
 
-def evaluate_split(model: Any, processor: Any, dataset: Any, codes: Sequence[str], temperature: float, use_denoise: bool) -> dict:
+def evaluate_split(model: Any, processor: Any, dataset: Any, codes: Sequence[str], temperature: float, use_denoise: bool,
+                   threshold: float | None = None) -> dict:
     """A held-out split: pooled metrics plus, when it mixes sources, ``by_domain``."""
     logits, labels = dataset_logits(model, processor, dataset, use_denoise=use_denoise)
-    result = metrics_from_logits(logits, labels, codes, temperature)
-    per_domain = by_domain(logits, labels, dataset["domain"], codes, temperature)
+    result = metrics_from_logits(logits, labels, codes, temperature, threshold=threshold)
+    per_domain = by_domain(logits, labels, dataset["domain"], codes, temperature, threshold)
     if per_domain:
         result["by_domain"] = per_domain
     return result
@@ -96,7 +109,7 @@ def _matek_code(name: str) -> str | None:
 
 
 def evaluate_external(model: Any, processor: Any, root: str | Path, codes: Sequence[str], temperature: float,
-                      use_denoise: bool, shared_codes: Sequence[str] | None = None) -> dict | None:
+                      use_denoise: bool, shared_codes: Sequence[str] | None = None, threshold: float | None = None) -> dict | None:
     """One external set, read in its own layout; None when it holds no class the model knows.
 
     ``shared_codes``: the classes the primary (marrow) source also supplies; their images get a
@@ -107,13 +120,13 @@ def evaluate_external(model: Any, processor: Any, root: str | Path, codes: Seque
         return None
     equivalents = None if pbc else UNSPLIT_NEUTROPHIL
     logits, labels = dataset_logits(model, processor, ds, use_denoise=use_denoise)
-    result = metrics_from_logits(logits, labels, codes, temperature, equivalents)
+    result = metrics_from_logits(logits, labels, codes, temperature, equivalents, threshold)
     result.update(excluded=excluded, source=str(root), layout="PBC (class from file prefix)" if pbc else "class folders",
                   neutrophils_unsplit=not pbc)
     if shared_codes and pbc:  # the PBC set holds the classes a marrow-only model lacks; others hold few
         keep = np.isin(labels, [list(codes).index(c) for c in shared_codes if c in codes])
         if keep.any() and not keep.all():
-            result["shared"] = metrics_from_logits(logits[keep], labels[keep], codes, temperature, equivalents)
+            result["shared"] = metrics_from_logits(logits[keep], labels[keep], codes, temperature, equivalents, threshold)
             result["shared"]["classes"] = [c for c in codes if c in shared_codes]
     return result
 
@@ -154,7 +167,8 @@ def evaluate_more(results: dict, model: Any, processor: Any, external_dirs: Sequ
     codes, calib = results["classes"], results["calibration"]
     external = {}
     for folder in external_dirs:
-        result = evaluate_external(model, processor, folder, codes, calib["temperature"], use_denoise, results.get("shared_classes"))
+        result = evaluate_external(model, processor, folder, codes, calib["temperature"], use_denoise, results.get("shared_classes"),
+                                   calib["review_threshold"])
         if result is not None:
             external[D.domain_name(folder)] = result
     unseen = evaluate_unseen_marrow(model, processor, unseen_dir, codes, calib["temperature"], calib["review_threshold"],
@@ -177,6 +191,12 @@ def evaluate_model_dir(model_dir: str | Path, external_dirs: Sequence[str], unse
         metrics["shared_classes"] = shared_classes(D.read_manifest(manifest))
     model, processor = load_classifier(str(model_dir))
     denoise = bool(getattr(model.config, "bmc_denoise", False))
+    if manifest.is_file():  # re-measure the held-out test split with this version's metrics (per source, review flags)
+        rows = [r for r in D.read_manifest(manifest) if r["split"] == "test"]
+        test = dataset_from_manifest(rows, metrics["classes"])
+        if len(test):
+            metrics["test"] = evaluate_split(model, processor, test, metrics["classes"], metrics["calibration"]["temperature"],
+                                             denoise, metrics["calibration"]["review_threshold"])
     external, unseen = evaluate_more(metrics, model, processor, external_dirs, unseen_dir, denoise)
     metrics["external"] = {**external_results(metrics), **external}
     plot_external(external, metrics["classes"], model_dir)
@@ -199,6 +219,17 @@ def plot_external(external: dict[str, dict], codes: Sequence[str], folder: Path)
     for name, result in external.items():
         plot_confusion_matrix(result["confusion_matrix"], list(codes), folder / confusion_figure(name),
                               f"external set {name} ({result['n_images']} images)")
+
+
+def dataset_from_manifest(rows: Sequence[dict], codes: Sequence[str]) -> Any:
+    """A data set of manifest rows (their files, labels and sources)."""
+    import datasets
+
+    parts = []
+    for domain in dict.fromkeys(r.get("domain", "") for r in rows):
+        mine = [(r["source"], r["label"]) for r in rows if r.get("domain", "") == domain]
+        parts.append(D.from_records(mine, codes, domain))
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0] if parts else D.from_records([], codes)
 
 
 def external_results(metrics: dict) -> dict[str, dict]:

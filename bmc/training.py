@@ -395,14 +395,14 @@ def calibrate_and_evaluate(folder: Path, dsd: Any, data_args: DataArguments, mod
     calib = calibrate(val_logits, val_labels, model_args.review_target_accuracy)
     update_config(folder, bmc_temperature=calib["temperature"], bmc_review_threshold=calib["review_threshold"],
                   bmc_denoise=model_args.denoise)
-    t = calib["temperature"]
+    t, thr = calib["temperature"], calib["review_threshold"]
     out: dict[str, Any] = {"calibration": calib, "n_parameters": int(sum(p.numel() for p in model.parameters()))}
-    out["validation"] = E.metrics_from_logits(val_logits, val_labels, codes, t)
-    per_domain = E.by_domain(val_logits, val_labels, dsd["validation"]["domain"], codes, t)
+    out["validation"] = E.metrics_from_logits(val_logits, val_labels, codes, t, threshold=thr)
+    per_domain = E.by_domain(val_logits, val_labels, dsd["validation"]["domain"], codes, t, thr)
     if per_domain:
         out["validation"]["by_domain"] = per_domain
     if "test" in dsd:
-        out["test"] = E.evaluate_split(model, processor, dsd["test"], codes, t, model_args.denoise)
+        out["test"] = E.evaluate_split(model, processor, dsd["test"], codes, t, model_args.denoise, thr)
     external, unseen = E.evaluate_more({"classes": codes, "calibration": calib, "shared_classes": shared}, model, processor,
                                        data_args.external_dir or [], data_args.unseen_dir, model_args.denoise)
     if external:

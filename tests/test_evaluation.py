@@ -1,0 +1,71 @@
+"""Measuring saved weights: review flags, merged neutrophil classes, external sets in their own layouts."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bmc import evaluation as E
+from helpers import BCCD, image_bytes
+
+
+def test_review_stats_count_flagged_cells_and_the_accuracy_of_the_rest():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.55, 0.45]])
+    labels = np.array([0, 1, 1, 0])
+    stats = E.review_stats(probs, labels, threshold=0.7)  # cells 1 and 3 are below 0.7
+    assert stats["flagged_share"] == 0.5 and stats["unflagged_accuracy"] == 1.0 and stats["n_unflagged"] == 2
+
+
+def test_a_band_call_counts_as_right_for_a_set_that_does_not_split_neutrophils():
+    codes = ["NGB", "NGS", "LYT"]
+    logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.2, 0.7]]))  # a neutrophil called "band", a lymphocyte
+    labels = np.array([1, 2])
+    assert E.metrics_from_logits(logits, labels, codes, 1.0)["accuracy"] == 0.5
+    assert E.metrics_from_logits(logits, labels, codes, 1.0, E.UNSPLIT_NEUTROPHIL)["accuracy"] == 1.0
+
+
+def test_white_cell_folders_map_to_matek_codes_and_unknown_ones_are_counted(tmp_path):
+    for folder in ("Neutrophil", "Basophil", "Platelet"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a_1.jpg").write_bytes(image_bytes())
+    ds, excluded = E.load_wbc_external(tmp_path, ["NGS", "LYT"])
+    assert [ds.features["label"].names[i] for i in ds["label"]] == ["NGS"]
+    assert excluded == {"BAS": 1, "Platelet": 1}
+
+
+def test_the_bccd_set_is_read_as_class_folders_not_pbc(shared_data):
+    from bmc.data import is_pbc_layout
+
+    assert not is_pbc_layout(BCCD)
+    ds, excluded = E.load_wbc_external(BCCD, ["NGS", "EOS", "LYT", "MON", "BAS"])
+    names = ds.features["label"].names
+    counts = {c: sum(names[i] == c for i in ds["label"]) for c in names}
+    assert counts == {"NGS": 207, "EOS": 88, "LYT": 33, "MON": 20, "BAS": 3} and not excluded  # ../shared/data/README.md
+
+
+def test_old_metrics_files_with_one_external_result_still_read():
+    old = {"external": {"accuracy": 0.7, "source": "../shared/data/pbc-external"}}
+    assert E.external_results(old) == {"pbc-external": old["external"]}
+    new = {"external": {"bccd": {"accuracy": 0.6}}}
+    assert E.external_results(new) == new["external"] and E.external_results({}) == {}
+
+
+def test_evaluate_adds_an_external_set_to_a_model_folder_and_its_card(tiny_model_dir, tmp_path, shared_data):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "metrics.json").write_text(json.dumps({
+        "model_name": "tiny", "classes": ["BLA", "LYT", "NGS"], "base_model": "x", "base_model_source": "random", "hub_model_id": None,
+        "data": {"train_dir": ["x/cells"], "split_mode": "random", "split_block_size": 50}, "split_sizes": {}, "skipped_files": 0,
+        "model_args": {"image_size": 56, "denoise": False, "loss": "ce", "head_lr_multiplier": 1, "drop_path_rate": 0.1},
+        "training": {"learning_rate": 1e-4, "num_train_epochs": 1, "per_device_train_batch_size": 8, "weight_decay": 0,
+                     "warmup_steps": 0, "lr_scheduler_type": "linear", "label_smoothing_factor": 0},
+        "epochs_trained": 1, "n_parameters": 1,
+        "calibration": {"temperature": 1.0, "review_threshold": 0.5, "target_accuracy": 0.95, "validation_coverage": 0.5,
+                        "validation_accuracy_above_threshold": 0.96}}))
+    metrics = E.evaluate_model_dir(model, [str(BCCD)], None)
+    assert metrics["external"]["bccd"]["n_images"] == 240  # neutrophils and lymphocytes: the classes the tiny model knows
+    assert metrics["external"]["bccd"]["excluded"] == {"EOS": 88, "MON": 20, "BAS": 3}
+    assert "review" in metrics["external"]["bccd"]
+    assert (model / "confusion_matrix_bccd.png").is_file() and "`bccd`" in (model / "README.md").read_text()

@@ -38,11 +38,14 @@ base: $(BASE)/model.safetensors
 $(BASE)/model.safetensors: | install
 	$(BIN)/python -m bmc base-weights --out $(BASE)
 
-## Retrain the bundled default model in two stages: 12 epochs at 112 px from the DINOv2 base, then
-## 6 epochs at 168 px continuing from stage 1 (progressive resizing; about 1.5 h on 2 CPU cores).
+## Retrain the bundled default model (Matek marrow + PBC blood, 13 classes) in two stages: 8 epochs at
+## 112 px from the DINOv2 base, then 4 at 168 px continuing from stage 1 (progressive resizing); then add
+## the BCCD third-lab set and the unseen-type marrow cells to its card. Run times: docs/experiments.md.
 train: install base
-	$(BIN)/accelerate launch train_hf.py configs/bmc-dinov2s-matek8-stage1-112px.json
-	$(BIN)/accelerate launch train_hf.py configs/bmc-dinov2s-matek8.json
+	$(BIN)/accelerate launch --quiet train_hf.py configs/bmc-dinov2s-matek-pbc13-stage1-112px.json
+	$(BIN)/accelerate launch --quiet train_hf.py configs/bmc-dinov2s-matek-pbc13.json
+	$(BIN)/bmc evaluate models/bmc-dinov2s-matek-pbc13 --external ../shared/data/pbc-external ../shared/data/external-wbc/bccd \
+	  --unseen ../shared/data/unseen-classes
 
 ## Performance benchmark of the bundled model; writes bench/results.json (run time in its total_s; docs/performance.md).
 bench: install

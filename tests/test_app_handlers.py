@@ -1,0 +1,48 @@
+"""The app's handlers called directly, without a server (the same objects build_app wires into Blocks)."""
+
+import pytest
+
+from helpers import image_bytes
+
+
+@pytest.fixture(scope="module")
+def handlers(tiny_model_dir):
+    from app import CellApp
+    from bmc.inference import Predictor
+
+    return CellApp(Predictor(str(tiny_model_dir), "torch"))
+
+
+@pytest.fixture
+def cells(tmp_path):
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"cell{i}.png"
+        path.write_bytes(image_bytes("PNG", size=(60 + i, 60)))
+        paths.append(str(path))
+    return paths
+
+
+def test_classify_names_a_missing_or_broken_image(handlers, tmp_path):
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="No image"):
+        handlers.classify(None, 3)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(gr.Error, match="bad.jpg: not an image file"):
+        handlers.classify(str(bad), 3)
+
+
+def test_count_then_review_without_a_server(handlers, cells):
+    table, summary, chart, gallery, files, choices, report = handlers.count(cells)
+    assert report.n_images == 4 and table[-1][2] == 4
+    name = report.cells[0].name
+    other = next(c for c in report.codes if c != report.cells[0].prediction.top_code)
+    from bmc.labels import display_name
+
+    *rendered, reviewed = handlers.review(name, display_name(other), report)
+    assert reviewed.n_changed == 1 and reviewed.label(reviewed.cells[0]) == other
+    assert "1 reviewed, 1 relabelled" in rendered[1]
+    image, info, label = handlers.open_cell(name, reviewed)
+    assert image.size[0] <= 112 and f"Reviewed as **{display_name(other)}**" in info and label == display_name(other)

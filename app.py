@@ -110,14 +110,14 @@ class CellApp:
             raise gr.Error(f"None of the files is a readable cell image ({reasons}).")
         p = self.predictor
         report = build_report(done, p.codes, p.name, p.version, p.threshold, skipped)
-        flagged_first = sorted((c.name for c in report.cells), key=lambda n: not _cell(report, n).prediction.flagged)
+        flagged_first = [c.name for c in report.cells if c.prediction.flagged] + [c.name for c in report.cells if not c.prediction.flagged]
         return (*self.render(report), gr.update(choices=flagged_first, value=None), report)
 
     def open_cell(self, name: str | None, report: CountReport | None) -> tuple[Image.Image | None, str, str | None]:
         """One cell of the count, large, with the model's top-3 and its current label preset for review."""
         if not name or report is None:
             return None, "Choose a cell: click a flagged thumbnail or pick a name.", None
-        cell = _cell(report, name)
+        cell = report.cell(name)
         if cell is None:
             raise gr.Error(f"{name} is not in this count: count again, then choose a cell.")
         pred = cell.prediction
@@ -132,7 +132,7 @@ class CellApp:
         """Confirm (the model's label) or relabel one cell; every figure and download follows."""
         if report is None:
             raise gr.Error("Nothing to review yet: count some cells first.")
-        if not name or _cell(report, name) is None:
+        if not name or report.cell(name) is None:
             raise gr.Error("Choose a cell of this count to review.")
         if label_name not in self.names:
             raise gr.Error(f"Choose a label from the list (one of this model's {len(self.names)} classes).")
@@ -164,10 +164,6 @@ class CellApp:
             return None
         flagged = [c.name for c in report.cells if c.prediction.flagged and c.thumbnail][:MAX_GALLERY]
         return flagged[evt.index] if 0 <= evt.index < len(flagged) else None
-
-
-def _cell(report: CountReport, name: str):
-    return next((c for c in report.cells if c.name == name), None)
 
 
 def example_images(folder: Path, known: list[str]) -> tuple[list[str], str]:

@@ -92,6 +92,10 @@ class CountReport:
     corrections: dict[str, str] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
+    def cell(self, name: str) -> Cell | None:
+        """The counted image of that name (names are unique within a count)."""
+        return next((c for c in self.cells if c.name == name), None)
+
     def label(self, cell: Cell) -> str:
         """The reviewed label of a cell: the reviewer's, else the model's."""
         return self.corrections.get(cell.name, cell.prediction.top_code)
@@ -229,6 +233,7 @@ def predict_stream(predictor: Predictor, items: Iterable[tuple[str, Image.Image]
     done: list[Cell] = []
     skipped: list[SkippedFile] = []
     batch: list[tuple[str, Image.Image]] = []
+    seen: dict[str, int] = {}
 
     def flush() -> None:
         if batch:
@@ -241,7 +246,11 @@ def predict_stream(predictor: Predictor, items: Iterable[tuple[str, Image.Image]
         if isinstance(item, SkippedFile):
             skipped.append(item)
             continue
-        batch.append(item)
+        name, image = item
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:  # two uploads called cell.jpg: each needs its own name to be reviewed
+            name = f"{name} ({seen[name]})"
+        batch.append((name, image))
         if len(batch) >= batch_size:
             flush()
     flush()

@@ -118,3 +118,14 @@ def test_report_files_keep_both_labels_and_are_self_contained(tmp_path):
     assert "@media print" in page
     assert page.index("<table>") < page.index('class="chart"') < page.index("Flagged and reviewed cells")
     assert paths["chart"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cells_with_the_same_file_name_stay_apart(tiny_model_dir):
+    from PIL import Image
+
+    from bmc.inference import Predictor
+    from bmc.report import predict_stream
+
+    items = [("cell.jpg", Image.new("RGB", (64, 64), (200, 100, 200))), ("cell.jpg", Image.new("RGB", (64, 64), (90, 90, 200)))]
+    done, _ = predict_stream(Predictor(str(tiny_model_dir), "torch"), iter(items))
+    assert [c.name for c in done] == ["cell.jpg", "cell.jpg (2)"]

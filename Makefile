@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BASE   := .cache/dinov2-small
-MODEL  ?= models/bmc-dinov2s-matek8
+MODEL  ?= models/bmc-dinov2s-matek-pbc13
 export HF_HUB_OFFLINE ?= 1
 export GRADIO_ANALYTICS_ENABLED ?= False
 export HF_DATASETS_OFFLINE ?= 1
@@ -45,7 +45,7 @@ train: install base
 	$(BIN)/accelerate launch --quiet train_hf.py configs/bmc-dinov2s-matek-pbc13-stage1-112px.json
 	$(BIN)/accelerate launch --quiet train_hf.py configs/bmc-dinov2s-matek-pbc13.json
 	$(BIN)/bmc evaluate models/bmc-dinov2s-matek-pbc13 --external ../shared/data/pbc-external ../shared/data/external-wbc/bccd \
-	  --unseen ../shared/data/unseen-classes
+	  --unseen ../shared/data/unseen-classes --targets configs/goals/issue11.json
 
 ## Performance benchmark of the bundled model; writes bench/results.json (run time in its total_s; docs/performance.md).
 bench: install

@@ -118,6 +118,14 @@ def _inference_evidence(classify: Any, paths: list[str], out: dict) -> dict:
     }
 
 
+def _pbc_accuracy(metrics: dict) -> float | None:
+    """Accuracy on the PBC external set, whichever metrics.json layout the model folder has."""
+    from bmc.evaluation import external_results
+
+    pbc = external_results(metrics).get("pbc-external")
+    return pbc["accuracy"] if pbc else None
+
+
 def _model_gflops(net: torch.nn.Module, processor: Any) -> float:
     """Forward FLOPs of one image (torch's FLOP counter: 2 per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -360,7 +368,7 @@ def bench_cost(model: Path) -> dict:
     size = m["model_args"]["image_size"]
     routes[m["model_name"]] = {"params_m": sum(p.numel() for p in net.parameters()) / 1e6, "image_size": size,
                                "gflops": flops(net, size) / 1e9, "test_macro_f1": m["test"]["macro_f1"],
-                               "external_accuracy": m.get("external", {}).get("accuracy")}
+                               "external_accuracy": _pbc_accuracy(m)}
     if (CONVNEXT_METRICS / "metrics.json").is_file():
         from transformers import AutoConfig, AutoModelForImageClassification
 
@@ -370,7 +378,7 @@ def bench_cost(model: Path) -> dict:
         csize = c["model_args"]["image_size"]
         routes[c["model_name"]] = {"params_m": sum(p.numel() for p in cnet.parameters()) / 1e6, "image_size": csize,
                                    "gflops": flops(cnet, csize) / 1e9, "test_macro_f1": c["test"]["macro_f1"],
-                                   "external_accuracy": c.get("external", {}).get("accuracy")}
+                                   "external_accuracy": _pbc_accuracy(c)}
     for r in routes.values():
         r["macro_f1_per_gflop"] = r["test_macro_f1"] / r["gflops"]
     return routes

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("model_dir", type=Path)
     evaluate.add_argument("--external", nargs="*", default=[], help="other laboratories' folders (PBC layout or class folders, e.g. BCCD)")
     evaluate.add_argument("--unseen", default=None, help="folder of marrow images of types the training marrow data lacks (<CODE>_n.jpg)")
+    evaluate.add_argument("--targets", type=Path, default=None,
+                          help="JSON list of goals ({what, path into metrics.json, goal like '>= 0.86'}): met or not, in the card")
     args = parser.parse_args(argv)
 
     if args.command == "count":
@@ -81,12 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "evaluate":
         from bmc.evaluation import evaluate_model_dir, external_results
 
-        missing = [p for p in [args.model_dir, *args.external, *([args.unseen] if args.unseen else [])] if not Path(p).exists()]
+        optional = [p for p in (args.unseen, args.targets) if p]
+        missing = [p for p in [args.model_dir, *args.external, *optional] if not Path(p).exists()]
         if missing:
             parser.error(f"not found: {', '.join(map(str, missing))}")
-        metrics = evaluate_model_dir(args.model_dir, args.external, args.unseen)
+        targets = json.loads(args.targets.read_text()) if args.targets else None
+        metrics = evaluate_model_dir(args.model_dir, args.external, args.unseen, targets)
         for name, result in external_results(metrics).items():
             print(f"{name}: {result['n_images']} images, accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
+        for t in metrics.get("targets", []):
+            value = "missing" if t["value"] is None else f"{t['value']:.3f}"
+            print(f"| {t['what']} | {value} | {t['goal']} {'✓' if t['met'] else '✗'} |")
         print(f"card: {args.model_dir / 'README.md'}")
     elif args.command == "card":
         from bmc.model_card import render_card

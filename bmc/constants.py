@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_MODEL_NAME = "bmc-dinov2s-matek8"
+BUNDLED_MODEL_NAME = "bmc-dinov2s-matek-pbc13"
 DEFAULT_MODEL = os.environ.get("BMC_MODEL") or str(REPO_ROOT / "models" / BUNDLED_MODEL_NAME)
 """The model the app, ``bmc count`` and the benchmark use unless told otherwise (``BMC_MODEL`` overrides)."""
 

@@ -176,9 +176,11 @@ def evaluate_more(results: dict, model: Any, processor: Any, external_dirs: Sequ
     return external, unseen
 
 
-def evaluate_model_dir(model_dir: str | Path, external_dirs: Sequence[str], unseen_dir: str | None) -> dict:
-    """Measure a saved bmc model folder on (more) external sets and unseen-type images, add the
-    results to its ``metrics.json`` and re-render its card (``python -m bmc evaluate``)."""
+def evaluate_model_dir(model_dir: str | Path, external_dirs: Sequence[str], unseen_dir: str | None,
+                       targets: Sequence[dict] | None = None) -> dict:
+    """Measure a saved bmc model folder on (more) external sets and unseen-type images, check it
+    against ``targets`` (see :func:`check_targets`), add the results to its ``metrics.json`` and
+    re-render its card (``bmc evaluate``)."""
     import json
 
     from bmc.model import load_classifier
@@ -230,6 +232,23 @@ def dataset_from_manifest(rows: Sequence[dict], codes: Sequence[str]) -> Any:
         mine = [(r["source"], r["label"]) for r in rows if r.get("domain", "") == domain]
         parts.append(D.from_records(mine, codes, domain))
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0] if parts else D.from_records([], codes)
+
+
+_COMPARE = {">=": float.__ge__, ">": float.__gt__, "<=": float.__le__, "<": float.__lt__}
+
+
+def check_targets(metrics: dict, targets: Sequence[dict]) -> list[dict]:
+    """Each target (``what``, a dotted ``path`` into metrics.json, a ``goal`` such as ``">= 0.86"``)
+    with the measured value and whether it is met; a figure the metrics lack is reported as missing."""
+    out = []
+    for target in targets:
+        op, bound = target["goal"].split()
+        value: Any = metrics
+        for key in target["path"].split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        met = None if value is None else _COMPARE[op](float(value), float(bound))
+        out.append({**target, "value": None if value is None else float(value), "met": met})
+    return out
 
 
 def external_results(metrics: dict) -> dict[str, dict]:

@@ -69,3 +69,12 @@ def test_evaluate_adds_an_external_set_to_a_model_folder_and_its_card(tiny_model
     assert metrics["external"]["bccd"]["excluded"] == {"EOS": 88, "MON": 20, "BAS": 3}
     assert "review" in metrics["external"]["bccd"]
     assert (model / "confusion_matrix_bccd.png").is_file() and "`bccd`" in (model / "README.md").read_text()
+
+
+def test_targets_are_checked_against_the_measured_figures():
+    metrics = {"test": {"macro_f1": 0.8, "review": {"flagged_share": 0.4}}}
+    checked = E.check_targets(metrics, [
+        {"what": "a", "path": "test.macro_f1", "goal": ">= 0.86"},
+        {"what": "b", "path": "test.review.flagged_share", "goal": "<= 0.45"},
+        {"what": "c", "path": "external.bccd.accuracy", "goal": ">= 0.7"}])
+    assert [(t["value"], t["met"]) for t in checked] == [(0.8, False), (0.4, True), (None, None)]

@@ -204,6 +204,8 @@ def evaluate_model_dir(model_dir: str | Path, external_dirs: Sequence[str], unse
     plot_external(external, metrics["classes"], model_dir)
     if unseen:
         metrics["unseen_marrow"] = unseen
+    if targets:
+        metrics["targets"] = check_targets(metrics, targets)
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     render_card(model_dir)
     return metrics

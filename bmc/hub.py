@@ -24,6 +24,7 @@ class ExportArguments:
     export_dir: str | None = field(default=None, metadata={"help": "Where the final model, card and figures go (default: output_dir)"})
     fp16_weights: bool = field(default=True, metadata={"help": "Store final weights as float16 (they load as float32)"})
     model_name: str | None = field(default=None, metadata={"help": "Name used in the model card (default: export folder name)"})
+    code_url: str | None = field(default=None, metadata={"help": "Where the card says the training code lives (bmc's repository or Space)"})
 
 
 @dataclass

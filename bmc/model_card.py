@@ -24,6 +24,8 @@ TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 MATEK_DATASET = "ekim15/bone_marrow_cell_dataset"
 HUB_PLACEHOLDER = "your-username/{name}"
 """The repository id the card's code uses until the model is published with --hub_model_id."""
+CODE_PLACEHOLDER = "https://huggingface.co/spaces/your-username/bmc"
+"""Where the card says bmc's code lives until a run is given --code_url (the project has no public address yet)."""
 
 MATEK = ("Matek et al. bone marrow cytology (Munich; May-Grünwald-Giemsa/Pappenheim stain, 40× oil immersion, 250×250 px crops)",
          "Matek, C., Krappe, S., Münzenmayer, C., Haferlach, T., & Marr, C. (2021). An Expert-Annotated Dataset of Bone Marrow "
@@ -110,6 +112,7 @@ def card_context(metrics: dict, model_dir: Path) -> dict[str, Any]:
         "has_confusion": (model_dir / "confusion_matrix.png").is_file(),
         "has_curves": (model_dir / "training_curves.png").is_file(),
         "repo_id": metrics.get("hub_model_id") or HUB_PLACEHOLDER.format(name=metrics["model_name"]),
+        "code_url": metrics.get("code_url") or CODE_PLACEHOLDER,
         "sources": sources,
         "multi_source": len(sources) > 1,
         "secondary_only": secondary_only,

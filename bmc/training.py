@@ -334,6 +334,7 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
     results = {
         "model_name": export_args.model_name or export_dir.name,
         "hub_model_id": training_args.hub_model_id,
+        "code_url": export_args.code_url,
         "classes": codes,
         "base_model": model_args.model_name_or_path,
         "base_model_source": _base_source(model_args.model_name_or_path),

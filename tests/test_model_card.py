@@ -136,3 +136,12 @@ def test_a_stage_continued_from_a_hub_base_keeps_base_model_metadata(tmp_path):
                                                                base_model_source="continued from the bmc model stage1")))
     meta = yaml.safe_load(render_card(card_dir).read_text().split("---")[1])
     assert meta["base_model"] == "facebook/dinov2-small"
+
+
+def test_a_custom_run_card_speaks_of_its_own_data(tmp_path):
+    m = _metrics(code_url="https://example.org/bmc")
+    m["data"]["train_dir"] = ["/labs/our-slides"]
+    (tmp_path / "metrics.json").write_text(json.dumps(m))
+    text = render_card(tmp_path).read_text()
+    assert "`our-slides`" in text and "trained on 300 images." in text
+    assert "171,374" not in text and "Matek test split" not in text and "https://example.org/bmc" in text

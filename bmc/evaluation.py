@@ -87,25 +87,18 @@ def evaluate_split(model: Any, processor: Any, dataset: Any, codes: Sequence[str
 def load_wbc_external(root: str | Path, codes: Sequence[str]) -> tuple[Any, dict[str, int]]:
     """A white-cell imagefolder (BCCD layout): the images whose class the model knows, and per class
     how many were left out because it does not."""
-    records, skipped = D.scan_folder(root, map_names=False)
+    records, skipped = D.scan_folder(root)  # Matek codes and names are mapped there; other names are kept
     keep, excluded = [], {}
-    for path, folder in records:
-        code = WBC_FOLDER_TO_CODE.get(folder.lower()) or _matek_code(folder)
+    for path, label in records:
+        code = WBC_FOLDER_TO_CODE.get(label.lower(), label)
         if code in codes:
             keep.append((path, code))
         else:
-            excluded[code or folder] = excluded.get(code or folder, 0) + 1
+            excluded[code] = excluded.get(code, 0) + 1
     keep, bad = D.check_files(keep)
     if bad or skipped:
         excluded["unreadable"] = len(bad) + len(skipped)
     return D.from_records(keep, codes, D.domain_name(root)), excluded
-
-
-def _matek_code(name: str) -> str | None:
-    try:
-        return L.to_code(name)
-    except KeyError:
-        return None
 
 
 def evaluate_external(model: Any, processor: Any, root: str | Path, codes: Sequence[str], temperature: float,
@@ -193,7 +186,8 @@ def evaluate_model_dir(model_dir: str | Path, external_dirs: Sequence[str], unse
         metrics["shared_classes"] = shared_classes(D.read_manifest(manifest))
     model, processor = load_classifier(str(model_dir))
     denoise = bool(getattr(model.config, "bmc_denoise", False))
-    if manifest.is_file():  # re-measure the held-out test split with this version's metrics (per source, review flags)
+    if manifest.is_file() and "review" not in metrics.get("test", {}):
+        # written by an older bmc: re-measure the held-out test split with this version's metrics (per source, review flags)
         rows = [r for r in D.read_manifest(manifest) if r["split"] == "test"]
         test = dataset_from_manifest(rows, metrics["classes"])
         if len(test):

@@ -27,6 +27,11 @@ import numpy as np
 from bmc.images import open_image
 from bmc.transforms import denoise, processor_size
 
+ROBUSTNESS_AUGMENTATIONS = ("zoom_out", "stain", "blur")
+"""The changes aimed at other laboratories' images, each switchable (``--augment``) so that each can
+be measured on its own: scale (:func:`zoom_out`), stain (``HEStain`` + hue/saturation jitter) and
+camera quality (blur/downscale). Rotation, flips, crop and brightness/contrast are always on."""
+
 ZOOM_OUT_P = 0.5
 ZOOM_OUT_MIN_SCALE = 0.45
 """Half the training images are shrunk to 45–100 % of their side on a background canvas: the
@@ -49,20 +54,25 @@ def zoom_out(rgb: np.ndarray, rng: np.random.Generator, p: float = ZOOM_OUT_P, m
     return cv2.copyMakeBorder(rgb, top, big_h - h - top, left, big_w - w - left, cv2.BORDER_CONSTANT, value=fill)
 
 
-def train_augmentation(size: int, seed: int | None = None) -> A.Compose:
+def train_augmentation(size: int, seed: int | None = None, robust: tuple[str, ...] = ROBUSTNESS_AUGMENTATIONS) -> A.Compose:
     """The train-time augmentation, ending at ``size``×``size`` uint8 RGB (normalisation follows).
-    ``seed`` makes the sequence of random draws repeatable (tests)."""
-    return A.Compose([
+    ``robust`` names the :data:`ROBUSTNESS_AUGMENTATIONS` to include ("zoom_out" is applied by
+    :class:`TrainTransform`, before this); ``seed`` makes the random draws repeatable (tests)."""
+    steps: list[A.BasicTransform] = [
         A.RandomRotate90(p=1.0),
         A.Rotate(limit=20, border_mode=cv2.BORDER_REFLECT_101, p=0.7),
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),
         A.RandomResizedCrop(size=(size, size), scale=(0.65, 1.0), ratio=(0.85, 1.18), interpolation=cv2.INTER_AREA, p=1.0),
-        A.HEStain(method="random_preset", p=0.5),
-        A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.7),
-        A.HueSaturationValue(hue_shift_limit=12, sat_shift_limit=25, val_shift_limit=10, p=0.7),
-        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.Downscale(scale_range=(0.5, 0.9))], p=0.2),
-    ], seed=seed)
+    ]
+    if "stain" in robust:
+        steps.append(A.HEStain(method="random_preset", p=0.5))
+    steps.append(A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.7))
+    if "stain" in robust:
+        steps.append(A.HueSaturationValue(hue_shift_limit=12, sat_shift_limit=25, val_shift_limit=10, p=0.7))
+    if "blur" in robust:
+        steps.append(A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.Downscale(scale_range=(0.5, 0.9))], p=0.2))
+    return A.Compose(steps, seed=seed)
 
 
 def _normalise(rgb: np.ndarray, processor: Any) -> np.ndarray:
@@ -80,12 +90,14 @@ class TrainTransform:
     from a checkpoint sees exactly the augmented images the uninterrupted run saw.
     """
 
-    def __init__(self, processor: Any, use_denoise: bool = False, seed: int = 0):
+    def __init__(self, processor: Any, use_denoise: bool = False, seed: int = 0,
+                 robust: tuple[str, ...] = ROBUSTNESS_AUGMENTATIONS):
         self.processor = processor
         self.use_denoise = use_denoise
         self.seed = seed
         self.epoch = 0
-        self.augment = train_augmentation(processor_size(processor), seed)
+        self.zoom_out = "zoom_out" in robust
+        self.augment = train_augmentation(processor_size(processor), seed, robust)
 
     def sample_seed(self, source: str) -> int:
         return zlib.crc32(f"{self.seed}:{self.epoch}:{source}".encode())
@@ -98,7 +110,8 @@ class TrainTransform:
             if self.use_denoise:
                 rgb = denoise(rgb)
             seed = self.sample_seed(source)
-            rgb = zoom_out(rgb, np.random.default_rng(seed))
+            if self.zoom_out:
+                rgb = zoom_out(rgb, np.random.default_rng(seed))
             self.augment.set_random_seed(seed)
             pixels.append(_normalise(self.augment(image=rgb)["image"], self.processor))
         out = {"pixel_values": pixels, "labels": batch["label"]}

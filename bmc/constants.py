@@ -13,3 +13,8 @@ DEFAULT_MODEL = os.environ.get("BMC_MODEL") or str(REPO_ROOT / "models" / BUNDLE
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 """Normalisation of the DINOv2 and ConvNeXt base models (and of any base that ships no processor)."""
+
+ROBUSTNESS_AUGMENTATIONS = ("zoom_out", "stain", "blur")
+"""The train-time changes aimed at other laboratories' images, each switchable (``--augment``) so that
+each can be measured on its own: scale (zoom-out), stain (``HEStain`` + hue/saturation jitter) and
+camera quality (blur/downscale). Rotation, flips, crop and brightness/contrast are always on."""

@@ -16,6 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from bmc import data as D
 from bmc import labels as L
 from bmc import evaluation as E
+from bmc.constants import ROBUSTNESS_AUGMENTATIONS
 from bmc.evaluation import external_results
 
 TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
@@ -105,6 +106,7 @@ def card_context(metrics: dict, model_dir: Path) -> dict[str, Any]:
     review = metrics["calibration"]
     return {
         "m": metrics,
+        "augment": recorded_augment(metrics["model_args"]),
         "architecture": (config.get("architectures") or [config.get("model_type", "unknown")])[0],
         "classes": classes,
         "unseen_classes": unseen,
@@ -190,15 +192,24 @@ def validation_table(model_dirs: list[Path]) -> str:
         matek, pbc = domains.get("bone-marrow-cells"), domains.get("pbc-train")
         balance = args.get("balance", "class")  # runs before --balance weighted by class count
         weights = balance + (f", sources {args.get('domain_weighting', 'equal')}" if balance == "domain_class" else "")
-        augment = args.get("augment", ["zoom_out", "stain", "blur"])  # runs before --augment had all three
+        augment = recorded_augment(args)
         lines.append(
-            f"| `{m['model_name']}` | {weights} | {', '.join(augment) or 'none'} | {args['image_size']} px | "
+            f"| `{m['model_name']}` | {weights} | {'—' if augment is None else ', '.join(augment) or 'none'} | {args['image_size']} px | "
             f"{float(m['epochs_trained']):.0f} | {val['macro_f1']:.3f} | {100 * val['accuracy']:.1f} % | "
             + (f"{matek['macro_f1']:.3f} | " if matek else "— | ")
             + (f"{pbc['macro_f1']:.3f} | " if pbc else "— | ")
             + (f"{_shared_accuracy(pbc, m['classes'], m.get('shared_classes') or [])} |" if pbc else "— |")
         )
     return "\n".join(lines)
+
+
+def recorded_augment(model_args: dict) -> list[str] | None:
+    """The robustness augmentations a run used: ``--augment`` when recorded; all three for the runs of
+    issue 11 made before the flag existed (recognised by ``balance``); ``None`` for older runs, which
+    had none of them."""
+    if "augment" in model_args:
+        return list(model_args["augment"])
+    return list(ROBUSTNESS_AUGMENTATIONS) if "balance" in model_args else None
 
 
 def _shared_accuracy(result: dict, codes: list[str], shared: list[str]) -> str:

@@ -29,8 +29,9 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from bmc import data as D
 from bmc import evaluation as E
 from bmc import labels as L
-from bmc.augmentation import ROBUSTNESS_AUGMENTATIONS, TrainTransform
+from bmc.augmentation import TrainTransform
 from bmc.calibration import calibrate, softmax
+from bmc.constants import ROBUSTNESS_AUGMENTATIONS
 from bmc.figures import plot_confusion_matrix, plot_training_curves
 from bmc.hub import ExportArguments
 from bmc.images import SkippedFile

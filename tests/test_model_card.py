@@ -159,12 +159,24 @@ def test_validation_table_shows_per_source_validation_figures_and_recipe_differe
     mixed["model_args"] = dict(mixed["model_args"], balance="domain_class", domain_weighting="equal", augment=["stain", "blur"])
     mixed["validation"] = dict(matek, macro_f1=0.77, accuracy=0.78, by_domain={"bone-marrow-cells": matek, "pbc-train": pbc})
     alone = _metrics(model_name="alone", data={"train_dir": ["../shared/data/bone-marrow-cells"]})
-    for name, m in (("mixed", mixed), ("alone", alone)):
+    alone["model_args"] = dict(alone["model_args"], balance="domain_class", domain_weighting="size")
+    old = _metrics(model_name="old")  # before per-source weights and the robustness augmentations
+    for name, m in (("mixed", mixed), ("alone", alone), ("old", old)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(json.dumps(m))
-    table = validation_table([tmp_path / "mixed", tmp_path / "alone"]).splitlines()
+    table = validation_table([tmp_path / "mixed", tmp_path / "alone", tmp_path / "old"]).splitlines()
     assert "test" not in " ".join(table)  # nothing to choose by that a choice must not use
     assert table[2] == ("| `mixed` | domain_class, sources equal | stain, blur | 112 px | 7 | 0.770 | 78.0 % | 0.810 | 0.700 "
                         "| 75.0 % (4) |")
     # a one-source run: its whole validation split is that source's; no --augment recorded: all three were on
-    assert table[3] == "| `alone` | class | zoom_out, stain, blur | 112 px | 7 | 0.824 | 81.2 % | 0.824 | — | — |"
+    assert table[3] == "| `alone` | domain_class, sources size | zoom_out, stain, blur | 112 px | 7 | 0.824 | 81.2 % | 0.824 | — | — |"
+    assert table[4].startswith("| `old` | class | — |")  # an older run: no claim about augmentations it did not record
+
+
+def test_card_names_only_the_augmentations_the_run_used(tmp_path):
+    m = _metrics()
+    m["model_args"] = dict(m["model_args"], balance="domain_class", domain_weighting="equal", augment=["zoom_out", "blur"])
+    (tmp_path / "metrics.json").write_text(json.dumps(m))
+    text = " ".join(render_card(tmp_path).read_text().split())
+    assert "zoom-out onto the image's own background colour" in text and "blur or downscaling" in text
+    assert "HEStain" not in text and "hue/saturation" not in text

@@ -52,7 +52,8 @@ def test_processor_size_reads_both_spellings():
 
 
 def test_each_robustness_augmentation_can_be_left_out():
-    from bmc.augmentation import ROBUSTNESS_AUGMENTATIONS, train_augmentation
+    from bmc.augmentation import train_augmentation
+    from bmc.constants import ROBUSTNESS_AUGMENTATIONS
 
     def names(robust):
         return {type(t).__name__ for t in train_augmentation(56, 0, robust).transforms}

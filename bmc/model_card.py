@@ -155,23 +155,22 @@ def comparison_table(model_dirs: list[Path]) -> str:
     and external columns are there to be reported, not to pick a winner by. "Matek test" is the
     marrow images of the test split (the whole split for a marrow-only model); the PBC columns are
     the external PBC set, all its mapped classes and those the marrow data also has."""
-    lines = ["| model | base weights | input | epochs | train time | val. macro-F1 | test macro-F1 | Matek test macro-F1 | "
-             "PBC ext. acc. / macro-F1 | PBC ext., marrow classes: acc. | BCCD acc. |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for d in model_dirs:
-        m = json.loads((Path(d) / "metrics.json").read_text())
+    rows = []
+    for m in _read_metrics(model_dirs):
         external = external_results(m)
         pbc, bccd = external.get("pbc-external"), external.get("bccd")
         matek = (m["test"].get("by_domain") or {}).get("bone-marrow-cells", m["test"])
         shared = (pbc or {}).get("shared") or (pbc if pbc and "by_domain" not in m["test"] else None)
-        lines.append(
-            f"| `{m['model_name']}` | {_short_source(m['base_model_source'])} | {m['model_args']['image_size']} px | "
-            f"{float(m['epochs_trained']):.0f} | {float(m['train_runtime_s'] or 0) / 60:.0f} min | "
-            f"{m['validation']['macro_f1']:.3f} | {m['test']['macro_f1']:.3f} | {matek['macro_f1']:.3f} | "
-            + (f"{100 * pbc['accuracy']:.1f} % / {pbc['macro_f1']:.3f} ({pbc['n_images']}) | " if pbc else "— | ")
-            + (f"{100 * shared['accuracy']:.1f} % ({shared['n_images']}) | " if shared else "— | ")
-            + (f"{100 * bccd['accuracy']:.1f} % |" if bccd else "— |")
-        )
-    return "\n".join(lines)
+        rows.append([
+            f"`{m['model_name']}`", _short_source(m["base_model_source"]), f"{m['model_args']['image_size']} px",
+            f"{float(m['epochs_trained']):.0f}", f"{float(m['train_runtime_s'] or 0) / 60:.0f} min",
+            f"{m['validation']['macro_f1']:.3f}", f"{m['test']['macro_f1']:.3f}", f"{matek['macro_f1']:.3f}",
+            f"{100 * pbc['accuracy']:.1f} % / {pbc['macro_f1']:.3f} ({pbc['n_images']})" if pbc else "—",
+            f"{100 * shared['accuracy']:.1f} % ({shared['n_images']})" if shared else "—",
+            f"{100 * bccd['accuracy']:.1f} %" if bccd else "—",
+        ])
+    return _markdown_table(["model", "base weights", "input", "epochs", "train time", "val. macro-F1", "test macro-F1",
+                            "Matek test macro-F1", "PBC ext. acc. / macro-F1", "PBC ext., marrow classes: acc.", "BCCD acc."], rows)
 
 
 def validation_table(model_dirs: list[Path]) -> str:
@@ -180,10 +179,8 @@ def validation_table(model_dirs: list[Path]) -> str:
 
     "PBC, marrow classes" is the accuracy on the PBC validation images of the classes both
     laboratories have: the figure that shows a source shortcut (PBC look → PBC-only class)."""
-    lines = ["| model | loss weights | augmentation | input | epochs | val. macro-F1 | val. accuracy | "
-             "Matek val. macro-F1 | PBC val. macro-F1 | PBC val., marrow classes: acc. |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for d in model_dirs:
-        m = json.loads((Path(d) / "metrics.json").read_text())
+    rows = []
+    for m in _read_metrics(model_dirs):
         args, val = m["model_args"], m["validation"]
         sources = (m.get("data") or {}).get("train_dir") or []
         sources = [sources] if isinstance(sources, str) else sources
@@ -191,16 +188,26 @@ def validation_table(model_dirs: list[Path]) -> str:
         domains = val.get("by_domain") or ({D.domain_name(sources[0]): val} if len(sources) == 1 else {})
         matek, pbc = domains.get("bone-marrow-cells"), domains.get("pbc-train")
         balance = args.get("balance", "class")  # runs before --balance weighted by class count
-        weights = balance + (f", sources {args.get('domain_weighting', 'equal')}" if balance == "domain_class" else "")
         augment = recorded_augment(args)
-        lines.append(
-            f"| `{m['model_name']}` | {weights} | {'—' if augment is None else ', '.join(augment) or 'none'} | {args['image_size']} px | "
-            f"{float(m['epochs_trained']):.0f} | {val['macro_f1']:.3f} | {100 * val['accuracy']:.1f} % | "
-            + (f"{matek['macro_f1']:.3f} | " if matek else "— | ")
-            + (f"{pbc['macro_f1']:.3f} | " if pbc else "— | ")
-            + (f"{_shared_accuracy(pbc, m['classes'], m.get('shared_classes') or [])} |" if pbc else "— |")
-        )
-    return "\n".join(lines)
+        rows.append([
+            f"`{m['model_name']}`",
+            balance + (f", sources {args.get('domain_weighting', 'equal')}" if balance == "domain_class" else ""),
+            "—" if augment is None else ", ".join(augment) or "none", f"{args['image_size']} px",
+            f"{float(m['epochs_trained']):.0f}", f"{val['macro_f1']:.3f}", f"{100 * val['accuracy']:.1f} %",
+            f"{matek['macro_f1']:.3f}" if matek else "—", f"{pbc['macro_f1']:.3f}" if pbc else "—",
+            _shared_accuracy(pbc, m["classes"], m.get("shared_classes") or []) if pbc else "—",
+        ])
+    return _markdown_table(["model", "loss weights", "augmentation", "input", "epochs", "val. macro-F1", "val. accuracy",
+                            "Matek val. macro-F1", "PBC val. macro-F1", "PBC val., marrow classes: acc."], rows)
+
+
+def _read_metrics(model_dirs: list[Path]) -> list[dict]:
+    return [json.loads((Path(d) / "metrics.json").read_text()) for d in model_dirs]
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def recorded_augment(model_args: dict) -> list[str] | None:

@@ -46,3 +46,26 @@ def per_class_rows(result: dict, class_names: Sequence[str]) -> list[dict]:
         {"label": name, "precision": pc["precision"][i], "recall": pc["recall"][i], "f1": pc["f1"][i], "support": pc["support"][i]}
         for i, name in enumerate(class_names)
     ]
+
+
+def macro_f1_from_confusion(confusion: np.ndarray) -> np.ndarray:
+    """Macro-F1 of one confusion matrix (rows: true class) or a stack of them, over the classes
+    present in the references, as :func:`classification_metrics` takes it."""
+    c = np.asarray(confusion, dtype=np.float64)
+    tp = np.diagonal(c, axis1=-2, axis2=-1)
+    support, predicted = c.sum(axis=-1), c.sum(axis=-2)
+    denominator = support + predicted
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    present = support > 0
+    return (f1 * present).sum(axis=-1) / present.sum(axis=-1)
+
+
+def macro_f1_spread(confusion: Sequence[Sequence[int]], n_resamples: int = 2000, seed: int = 0) -> float:
+    """Standard deviation of macro-F1 when the evaluated images are resampled with replacement
+    (bootstrap). A confusion matrix holds every image's (true, predicted) pair, so no predictions
+    need re-running. Two runs whose figures differ by less than about this much on the same
+    images cannot be told apart by them."""
+    c = np.asarray(confusion, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(int(c.sum()), c.ravel() / c.sum(), size=n_resamples).reshape(n_resamples, *c.shape)
+    return float(macro_f1_from_confusion(draws).std())

@@ -18,6 +18,7 @@ from bmc import labels as L
 from bmc import evaluation as E
 from bmc.constants import ROBUSTNESS_AUGMENTATIONS
 from bmc.evaluation import external_results
+from bmc.metrics import macro_f1_spread
 
 TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 """Package data, so an installed (non-editable) bmc renders cards; the repository's top-level
@@ -178,7 +179,10 @@ def validation_table(model_dirs: list[Path]) -> str:
     per training source, beside what the runs' recipes differ in (loss weights, augmentation).
 
     "PBC, marrow classes" is the accuracy on the PBC validation images of the classes both
-    laboratories have: the figure that shows a source shortcut (PBC look → PBC-only class)."""
+    laboratories have: the figure that shows a source shortcut (PBC look → PBC-only class). The ±
+    is the bootstrap spread of the validation macro-F1 (:func:`bmc.metrics.macro_f1_spread`): a
+    difference well inside it says nothing about which recipe is better. (Two runs scored on the same
+    images differ by less than that by chance, as the hard images count against both: a cautious yardstick.)"""
     rows = []
     for m in _read_metrics(model_dirs):
         args, val = m["model_args"], m["validation"]
@@ -193,8 +197,8 @@ def validation_table(model_dirs: list[Path]) -> str:
             f"`{m['model_name']}`",
             balance + (f", sources {args.get('domain_weighting', 'equal')}" if balance == "domain_class" else ""),
             "—" if augment is None else ", ".join(augment) or "none", f"{args['image_size']} px",
-            f"{float(m['epochs_trained']):.0f}", f"{val['macro_f1']:.3f}", f"{100 * val['accuracy']:.1f} %",
-            f"{matek['macro_f1']:.3f}" if matek else "—", f"{pbc['macro_f1']:.3f}" if pbc else "—",
+            f"{float(m['epochs_trained']):.0f}", f"{val['macro_f1']:.3f} ± {macro_f1_spread(val['confusion_matrix']):.3f}",
+            f"{100 * val['accuracy']:.1f} %", f"{matek['macro_f1']:.3f}" if matek else "—", f"{pbc['macro_f1']:.3f}" if pbc else "—",
             _shared_accuracy(pbc, m["classes"], m.get("shared_classes") or []) if pbc else "—",
         ])
     return _markdown_table(["model", "loss weights", "augmentation", "input", "epochs", "val. macro-F1", "val. accuracy",

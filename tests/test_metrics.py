@@ -37,3 +37,18 @@ def test_softmax_temperature_flattens():
     logits = np.array([[2.0, 0.0]])
     assert softmax(logits, 2.0)[0, 0] < softmax(logits, 1.0)[0, 0]
     assert softmax(logits).sum() == pytest.approx(1.0)
+
+
+def test_macro_f1_from_confusion_matches_the_metric_module_and_its_spread_shrinks_with_more_images():
+    from bmc.metrics import classification_metrics, macro_f1_from_confusion, macro_f1_spread
+
+    rng = np.random.default_rng(0)
+    refs = rng.integers(0, 4, 300)
+    refs[refs == 3] = 2  # class 3 absent from the references: left out of the macro average
+    preds = np.where(rng.random(300) < 0.7, refs, rng.integers(0, 4, 300))
+    result = classification_metrics(np.eye(4)[preds], refs, 4)
+    assert macro_f1_from_confusion(np.asarray(result["confusion_matrix"])) == pytest.approx(result["macro_f1"])
+    small = macro_f1_spread(result["confusion_matrix"])
+    large = macro_f1_spread(np.asarray(result["confusion_matrix"]) * 16)  # same rates, 16x the images: spread / 4
+    assert 0.01 < small < 0.06 and large == pytest.approx(small / 4, rel=0.2)
+    assert macro_f1_spread([[50, 0], [0, 50]]) == 0.0  # all right in every resample

@@ -358,6 +358,8 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
         "epochs_trained": trainer.state.epoch,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "train_runtime_s": train_result.metrics.get("train_runtime"),
+        # what a comparison between runs may look at, epoch by epoch (the log itself stays in the checkpoints)
+        "validation_macro_f1_by_epoch": [round(h["eval_macro_f1"], 4) for h in trainer.state.log_history if "eval_macro_f1" in h],
         "shared_classes": E.shared_classes(manifest),
     }
     results.update(calibrate_and_evaluate(staging, dsd, data_args, model_args, codes, results["shared_classes"]))

@@ -67,6 +67,8 @@ def test_run_writes_a_complete_hub_model_folder(trained):
     assert metrics["external"]["pbc-external"]["n_images"] == 300  # EOS, LYT, NGS (SNE_) images of PBC
     assert (trained / "confusion_matrix_pbc-external.png").is_file() and "confusion_matrix_pbc-external.png" in card
     assert metrics["split_sizes"] == {"train": 44, "validation": 8, "test": 8}
+    by_epoch = metrics["validation_macro_f1_by_epoch"]
+    assert len(by_epoch) == round(metrics["epochs_trained"]) and all(0 <= f <= 1 for f in by_epoch)
 
 
 def test_pipeline_loads_the_result_offline(trained, shared_data):

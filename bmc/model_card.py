@@ -225,10 +225,9 @@ def recorded_augment(model_args: dict) -> list[str] | None:
 
 def _shared_accuracy(result: dict, codes: list[str], shared: list[str]) -> str:
     """Accuracy on the rows of ``shared`` classes of a confusion matrix, as "xx.x % (n)"."""
-    rows = [result["confusion_matrix"][codes.index(c)] for c in shared if c in codes]
-    n = sum(sum(r) for r in rows)
-    right = sum(r[codes.index(c)] for r, c in zip(rows, [c for c in shared if c in codes]))
-    return f"{100 * right / n:.1f} % ({n})" if n else "—"
+    rows = [(result["confusion_matrix"][codes.index(c)], codes.index(c)) for c in shared if c in codes]
+    n = sum(sum(row) for row, _ in rows)
+    return f"{100 * sum(row[i] for row, i in rows) / n:.1f} % ({n})" if n else "—"
 
 
 def _short_source(source: str) -> str:

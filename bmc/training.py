@@ -131,7 +131,8 @@ class ModelArguments:
             self.image_size = rounded
         if not 0 < self.review_target_accuracy <= 1:
             raise ValueError(f"--review_target_accuracy must be in (0, 1], not {self.review_target_accuracy}")
-        self.augment = [] if _split_list(self.augment) in (None, ["none"]) else _split_list(self.augment)
+        augment = _split_list(self.augment) or []
+        self.augment = [] if augment == ["none"] else augment
         unknown = sorted(set(self.augment) - set(ROBUSTNESS_AUGMENTATIONS))
         if unknown:
             raise ValueError(f"--augment {','.join(unknown)}: unknown; choose from {', '.join(ROBUSTNESS_AUGMENTATIONS)} or 'none'")

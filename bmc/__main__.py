@@ -8,6 +8,7 @@
     bmc evaluate models/NAME --external ../shared/data/external-wbc/bccd   # add an external set to the card
     bmc compare models/A runs/B/export                   # side-by-side table of trained models
     bmc compare --validation models/A runs/B/export      # ... validation figures only, to choose between runs
+    bmc compare --validation --heldout pbc-train runs/A/export runs/B/export   # ... and on a lab those runs never saw
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("model_dirs", nargs="+", type=Path)
     compare.add_argument("--validation", action="store_true",
                          help="only validation figures, per source, beside the recipes' differences: the table to choose runs by")
+    compare.add_argument("--heldout", default=None, metavar="SET",
+                         help="with --validation: also each run's figures on SET, a training source it did not train on "
+                              "(measured by bmc evaluate --external), e.g. pbc-train for marrow-only runs; never a test set")
     card = sub.add_parser("card", help="render README.md of a model folder from its metrics.json")
     card.add_argument("model_dir", type=Path)
     evaluate = sub.add_parser("evaluate", help="measure a model folder on external sets / unseen-type images; updates its metrics.json and card")
@@ -83,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "compare":
         from bmc.model_card import comparison_table, validation_table
 
-        print((validation_table if args.validation else comparison_table)(args.model_dirs))
+        if args.heldout and not args.validation:
+            parser.error("--heldout goes with --validation")
+        try:
+            print(validation_table(args.model_dirs, args.heldout) if args.validation else comparison_table(args.model_dirs))
+        except ValueError as exc:
+            parser.error(str(exc))
     elif args.command == "evaluate":
         from bmc.evaluation import evaluate_model_dir, external_results
 
@@ -92,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             parser.error(f"not found: {', '.join(map(str, missing))}")
         targets = json.loads(args.targets.read_text()) if args.targets else None
-        metrics = evaluate_model_dir(args.model_dir, args.external, args.unseen, targets)
+        try:
+            metrics = evaluate_model_dir(args.model_dir, args.external, args.unseen, targets)
+        except ValueError as exc:
+            parser.error(str(exc))
         for name, result in external_results(metrics).items():
             print(f"{name}: {result['n_images']} images, accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
         for t in metrics.get("targets", []):

@@ -18,3 +18,7 @@ ROBUSTNESS_AUGMENTATIONS = ("zoom_out", "stain", "blur")
 """The train-time changes aimed at other laboratories' images, each switchable (``--augment``) so that
 each can be measured on its own: scale (zoom-out), stain (``HEStain`` + hue/saturation jitter) and
 camera quality (blur/downscale). Rotation, flips, crop and brightness/contrast are always on."""
+
+TEST_SETS = ("pbc-external", "bccd")
+"""The external test sets of ``../shared/data`` (other laboratories' images): reported, never used to
+choose a run. A training source a run did not train on (``pbc-train`` for a marrow-only run) may be."""

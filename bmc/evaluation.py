@@ -181,6 +181,11 @@ def evaluate_model_dir(model_dir: str | Path, external_dirs: Sequence[str], unse
 
     model_dir = Path(model_dir)
     metrics = json.loads((model_dir / "metrics.json").read_text())
+    trained_on = set(training_sources(metrics))
+    for folder in external_dirs:
+        if D.domain_name(folder) in trained_on:
+            raise ValueError(f"{folder}: {metrics['model_name']} was trained on {D.domain_name(folder)}; "
+                             "an external set must be images the model never saw")
     manifest = model_dir / "split_manifest.csv"
     if "shared_classes" not in metrics and manifest.is_file():
         metrics["shared_classes"] = shared_classes(D.read_manifest(manifest))
@@ -245,6 +250,12 @@ def check_targets(metrics: dict, targets: Sequence[dict]) -> list[dict]:
         met = None if value is None else _COMPARE[op](float(value), float(bound))
         out.append({**target, "value": None if value is None else float(value), "met": met})
     return out
+
+
+def training_sources(metrics: dict) -> list[str]:
+    """The names of the folders a model was trained on (``metrics["data"]["train_dir"]``, one or several)."""
+    dirs = (metrics.get("data") or {}).get("train_dir") or []
+    return [D.domain_name(d) for d in ([dirs] if isinstance(dirs, str) else dirs)]
 
 
 def external_results(metrics: dict) -> dict[str, dict]:

@@ -16,7 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from bmc import data as D
 from bmc import labels as L
 from bmc import evaluation as E
-from bmc.constants import ROBUSTNESS_AUGMENTATIONS
+from bmc.constants import ROBUSTNESS_AUGMENTATIONS, TEST_SETS
 from bmc.evaluation import external_results
 from bmc.metrics import macro_f1_spread
 
@@ -174,7 +174,7 @@ def comparison_table(model_dirs: list[Path]) -> str:
                             "Matek test macro-F1", "PBC ext. acc. / macro-F1", "PBC ext., marrow classes: acc.", "BCCD acc."], rows)
 
 
-def validation_table(model_dirs: list[Path]) -> str:
+def validation_table(model_dirs: list[Path], heldout: str | None = None) -> str:
     """Markdown table of the figures a choice between runs may use: the validation split only,
     per training source, beside what the runs' recipes differ in (loss weights, augmentation).
 
@@ -182,14 +182,20 @@ def validation_table(model_dirs: list[Path]) -> str:
     laboratories have: the figure that shows a source shortcut (PBC look → PBC-only class). The ±
     is the bootstrap spread of the validation macro-F1 (:func:`bmc.metrics.macro_f1_spread`): a
     difference well inside it says nothing about which recipe is better. (Two runs scored on the same
-    images differ by less than that by chance, as the hard images count against both: a cautious yardstick.)"""
+    images differ by less than that by chance, as the hard images count against both: a cautious yardstick.)
+
+    ``heldout``: a training source that these runs did not train on (``pbc-train`` for marrow-only
+    runs), with each run's accuracy / macro-F1 on it from ``bmc evaluate --external``. It is another
+    laboratory's images that are no test set, so a change meant for other labs' images can be chosen
+    by it; the validation split cannot show that, its images come from the training labs."""
+    if heldout in TEST_SETS:
+        raise ValueError(f"{heldout} is a test set: reported, never used to choose a run")
     rows = []
     for m in _read_metrics(model_dirs):
         args, val = m["model_args"], m["validation"]
-        sources = (m.get("data") or {}).get("train_dir") or []
-        sources = [sources] if isinstance(sources, str) else sources
+        sources = E.training_sources(m)
         # a one-source run stores no per-source split: its whole validation split is that source's
-        domains = val.get("by_domain") or ({D.domain_name(sources[0]): val} if len(sources) == 1 else {})
+        domains = val.get("by_domain") or ({sources[0]: val} if len(sources) == 1 else {})
         matek, pbc = domains.get("bone-marrow-cells"), domains.get("pbc-train")
         balance = args.get("balance", "class")  # runs before --balance weighted by class count
         augment = recorded_augment(args)
@@ -200,9 +206,17 @@ def validation_table(model_dirs: list[Path]) -> str:
             f"{float(m['epochs_trained']):.0f}", f"{val['macro_f1']:.3f} ± {macro_f1_spread(val['confusion_matrix']):.3f}",
             f"{100 * val['accuracy']:.1f} %", f"{matek['macro_f1']:.3f}" if matek else "—", f"{pbc['macro_f1']:.3f}" if pbc else "—",
             _shared_accuracy(pbc, m["classes"], m.get("shared_classes") or []) if pbc else "—",
-        ])
+        ] + ([_heldout_figures(m, heldout, sources)] if heldout else []))
     return _markdown_table(["model", "loss weights", "augmentation", "input", "epochs", "val. macro-F1", "val. accuracy",
-                            "Matek val. macro-F1", "PBC val. macro-F1", "PBC val., marrow classes: acc."], rows)
+                            "Matek val. macro-F1", "PBC val. macro-F1", "PBC val., marrow classes: acc."]
+                           + ([f"`{heldout}`, not trained on: acc. / macro-F1"] if heldout else []), rows)
+
+
+def _heldout_figures(metrics: dict, heldout: str, sources: list[str]) -> str:
+    if heldout in sources:
+        return "trained on"
+    result = external_results(metrics).get(heldout)
+    return f"{100 * result['accuracy']:.1f} % / {result['macro_f1']:.3f} ({result['n_images']})" if result else "not measured"
 
 
 def _read_metrics(model_dirs: list[Path]) -> list[dict]:

@@ -55,3 +55,14 @@ def test_missing_input_is_named(tmp_path, tiny_model_dir):
     result = subprocess.run([sys.executable, "-m", "bmc", "count", str(tmp_path / "nope"), "--model", str(tiny_model_dir),
                              "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_compare_refuses_to_choose_by_a_test_set(tmp_path, capsys):
+    from bmc.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", "--validation", "--heldout", "pbc-external", str(tmp_path)])
+    assert exit_.value.code == 2 and "pbc-external is a test set" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compare", "--heldout", "pbc-train", str(tmp_path)])
+    assert "--heldout goes with --validation" in capsys.readouterr().err

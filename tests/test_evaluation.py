@@ -71,6 +71,14 @@ def test_evaluate_adds_an_external_set_to_a_model_folder_and_its_card(tiny_model
     assert (model / "confusion_matrix_bccd.png").is_file() and "`bccd`" in (model / "README.md").read_text()
 
 
+def test_a_folder_the_model_trained_on_is_refused_as_an_external_set(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"model_name": "mixed", "classes": ["BLA"],
+                                                        "data": {"train_dir": ["../shared/data/bone-marrow-cells", "../shared/data/pbc-train"]}}))
+    with pytest.raises(ValueError, match="mixed was trained on pbc-train"):
+        E.evaluate_model_dir(tmp_path, ["/elsewhere/pbc-train"], None)
+    assert E.training_sources({"data": {"train_dir": "a/cells"}}) == ["cells"]
+
+
 def test_targets_are_checked_against_the_measured_figures():
     metrics = {"test": {"macro_f1": 0.8, "review": {"flagged_share": 0.4}}}
     checked = E.check_targets(metrics, [

@@ -174,6 +174,26 @@ def test_validation_table_shows_per_source_validation_figures_and_recipe_differe
     assert table[4].startswith("| `old` | class | — |")  # an older run: no claim about augmentations it did not record
 
 
+def test_validation_table_adds_a_training_source_the_runs_never_saw_but_never_a_test_set(tmp_path):
+    import pytest
+
+    from bmc.model_card import validation_table
+
+    pbc = dict(_metrics()["test"], accuracy=0.76, macro_f1=0.741, n_images=500)
+    runs = {"alone": _metrics(model_name="alone", external={"pbc-train": pbc, "bccd": dict(pbc, accuracy=0.5)}),
+            "unmeasured": _metrics(model_name="unmeasured"),
+            "mixed": _metrics(model_name="mixed", data={"train_dir": ["../shared/data/bone-marrow-cells", "../shared/data/pbc-train"]})}
+    for name, m in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(m))
+    table = validation_table([tmp_path / n for n in runs], heldout="pbc-train").splitlines()
+    assert table[0].endswith("| `pbc-train`, not trained on: acc. / macro-F1 |")
+    assert table[2].endswith("| 76.0 % / 0.741 (500) |") and "50.0" not in table[2]
+    assert table[3].endswith("| not measured |") and table[4].endswith("| trained on |")
+    with pytest.raises(ValueError, match="bccd is a test set"):
+        validation_table([tmp_path / "alone"], heldout="bccd")
+
+
 def test_card_names_only_the_augmentations_the_run_used(tmp_path):
     m = _metrics()
     m["model_args"] = dict(m["model_args"], balance="domain_class", domain_weighting="equal", augment=["zoom_out", "blur"])

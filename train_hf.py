@@ -15,6 +15,7 @@ be. ``--quiet`` stops ``accelerate launch`` from adding its own traceback after 
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import logging
@@ -22,6 +23,7 @@ import sys
 
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.hf_argparser import string_to_bool
 
 from bmc.hub import ExportArguments, HubArguments, publish
 from bmc.training import DataArguments, ModelArguments, describe_write_error, run
@@ -39,6 +41,21 @@ def config_as_arguments(path: str) -> list[str]:
         values = value if isinstance(value, list) else [value]
         args += [f"--{key}", *(str(v) for v in values)]
     return args
+
+
+def bf16_on_cpu(argv: list[str]) -> list[str]:
+    """``--bf16`` on a machine without a GPU: TrainingArguments refuses it unless ``--use_cpu`` is
+    given, so add that here. A config that asks for bf16 then trains in bf16 autocast on a CPU with
+    AMX/AVX512-BF16 (2-3x faster than float32, docs/performance.md) and on a GPU where there is one."""
+    import torch
+
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag in ("--bf16", "--use_cpu"):
+        pre.add_argument(flag, type=string_to_bool, nargs="?", const=True, default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.bf16 and known.use_cpu is None and not torch.cuda.is_available():
+        return [*argv, "--use_cpu", "True"]
+    return argv
 
 
 def _fail(message: str) -> int:
@@ -66,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0].endswith(".json"):  # a config file, then optional overrides: the last value given wins
             argv = config_as_arguments(argv[0]) + argv[1:]
+        argv = bf16_on_cpu(argv)
         # argparse itself reports a bad choice or type (usage line, exit code 2); the dataclasses check the rest
         data_args, model_args, export_args, hub_args, training_args = parser.parse_args_into_dataclasses(argv)
     except (ValueError, OSError) as exc:

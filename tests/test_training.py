@@ -239,10 +239,26 @@ def test_json_config_then_overrides_parse_like_the_file_alone(tmp_path):
     assert parsed[0].train_dir == ["../shared/data/bone-marrow-cells", "../shared/data/pbc-train"]
     overridden = parser.parse_args_into_dataclasses(train_hf.config_as_arguments(config) + ["--resume_from_checkpoint", "True", "--image_size", "56"])
     assert overridden[4].resume_from_checkpoint == "True" and overridden[1].image_size == 56
-    # Every shipped config parses without unknown keys, and all Matek runs share one held-out split.
+    # Every shipped config parses as train_hf.py reads it (unknown keys refused), and all Matek runs share one held-out split.
     for path in sorted((ROOT / "configs").glob("*.json")):
-        data_args = parser.parse_json_file(str(path), allow_extra_keys=False)[0]
+        data_args = parser.parse_args_into_dataclasses(train_hf.bf16_on_cpu(train_hf.config_as_arguments(str(path))))[0]
         assert (data_args.split_mode, data_args.split_block_size, data_args.split_seed) == ("block", 50, 42), path.name
+
+
+def test_bf16_without_a_gpu_trains_on_the_cpu_instead_of_failing(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    base = ["--train_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--report_to", "none"]
+    for flags in (["--bf16"], ["--bf16", "True"]):
+        args = train_hf.bf16_on_cpu(base + flags)
+        assert args[-2:] == ["--use_cpu", "True"]
+        training_args = train_hf.make_parser().parse_args_into_dataclasses(args)[4]
+        assert training_args.bf16 and training_args.use_cpu
+    for flags in ([], ["--bf16", "False"], ["--bf16", "--use_cpu", "False"]):  # nothing asked, or the user's own choice
+        assert train_hf.bf16_on_cpu(base + flags) == base + flags
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train_hf.bf16_on_cpu(base + ["--bf16"]) == base + ["--bf16"]
 
 
 def test_continuing_a_model_keeps_its_held_out_images_out_of_training(trained, small_kaggle_folder, tmp_path, caplog):

@@ -249,20 +249,39 @@ def _train_child(model: Path, steps: int, batch: int, out_json: Path) -> None:
     ds, transform, label_maps, image_size = _train_data(model, steps, batch)
     plain_s, data_s = _time_plain_loop(model, ds, transform, label_maps, steps, batch)
     t_train, begin, end = _time_trainer(model, ds, transform, label_maps, steps, batch)
-    steps_s = [e - b for b, e in zip(begin, end)]
+    _, begin_bf16, end_bf16 = _time_trainer(model, ds, transform, label_maps, steps, batch, bf16=True)
     gaps = [b - e for e, b in zip(end[:-1], begin[1:])]  # next batch fetched + collated in the gap
     step_wall = (end[-1] - begin[0]) if end else float("nan")
     result = {
         "steps": steps, "batch": batch, "image_size": image_size,
         "plain_loop_img_s": steps * batch / plain_s,
         "trainer_img_s": steps * batch / t_train,
-        "trainer_steady_img_s": (len(steps_s) - 1) * batch / step_wall if len(steps_s) > 1 else None,
+        "trainer_steady_img_s": _steady_img_s(begin, end, batch),
         "plain_loop_data_share": data_s / plain_s,
         "trainer_data_share": sum(gaps) / step_wall if gaps else None,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # the same Trainer steps in bf16 autocast (the configs' "bf16": true)
+        "trainer_bf16_steady_img_s": _steady_img_s(begin_bf16, end_bf16, batch),
+        "cpu_bf16_instructions": _cpu_bf16_flags(),
     }
+    if result["trainer_bf16_steady_img_s"] and result["trainer_steady_img_s"]:
+        result["bf16_speedup_vs_fp32"] = result["trainer_bf16_steady_img_s"] / result["trainer_steady_img_s"]
     result["train_throughput_ratio_vs_plain_loop"] = result["trainer_img_s"] / result["plain_loop_img_s"]
     out_json.write_text(json.dumps(result))
+
+
+def _steady_img_s(begin: list[float], end: list[float], batch: int) -> float | None:
+    """Images per second from the second step's start to the last step's end (the first step warms up)."""
+    return (len(begin) - 1) * batch / (end[-1] - begin[1]) if len(begin) > 1 else None
+
+
+def _cpu_bf16_flags() -> list[str]:
+    """The CPU's bfloat16 instructions (AMX, AVX512-BF16): bf16 training is only faster where they exist."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f in {"amx_bf16", "avx512_bf16", "amx_tile"})
 
 
 def _train_data(model: Path, steps: int, batch: int) -> tuple[Any, Any, tuple[dict, dict], int]:
@@ -308,8 +327,9 @@ def _time_plain_loop(model: Path, ds: Any, transform: Any, label_maps: tuple[dic
 
 
 def _time_trainer(model: Path, ds: Any, transform: Any, label_maps: tuple[dict, dict], steps: int,
-                  batch: int) -> tuple[float, list[float], list[float]]:
-    """The Trainer as train_hf.py builds it; returns total seconds and each step's begin and end times."""
+                  batch: int, bf16: bool = False) -> tuple[float, list[float], list[float]]:
+    """The Trainer as train_hf.py builds it (in float32, or bf16 autocast as with ``--bf16``); returns
+    total seconds and each step's begin and end times."""
     from transformers import TrainerCallback, TrainingArguments
 
     from bmc.model import load_for_training
@@ -330,7 +350,8 @@ def _time_trainer(model: Path, ds: Any, transform: Any, label_maps: tuple[dict, 
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-5,
                                  save_strategy="no", eval_strategy="no", report_to="none", logging_steps=1000,
-                                 label_smoothing_factor=0.1, disable_tqdm=True, seed=0, remove_unused_columns=False)
+                                 label_smoothing_factor=0.1, disable_tqdm=True, seed=0, remove_unused_columns=False,
+                                 bf16=bf16, use_cpu=bf16 and not torch.cuda.is_available())
         trainer = CellTrainer(model=load_for_training(str(model), *label_maps), args=args,
                               train_dataset=ds.with_transform(transform), data_collator=_collate, callbacks=[timer])
         t_train, _ = timed(trainer.train)
@@ -417,6 +438,7 @@ def headline(r: dict) -> dict:
         "slowest_attribution_default_s": att.get("slowest_default_s"),
         "train_throughput_ratio_vs_plain_loop": tr.get("train_throughput_ratio_vs_plain_loop"),
         "data_share_of_train_step": tr.get("trainer_data_share"),
+        "train_bf16_speedup_vs_fp32": tr.get("bf16_speedup_vs_fp32"),
         "train_peak_rss_mb": tr.get("peak_rss_mb"),
         "app_peak_rss_mb": r.get("app", {}).get("app_peak_rss_mb"),
     }

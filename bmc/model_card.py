@@ -185,7 +185,7 @@ def validation_table(model_dirs: list[Path], heldout: str | None = None) -> str:
     images differ by less than that by chance, as the hard images count against both: a cautious yardstick.)
 
     ``heldout``: a training source that these runs did not train on (``pbc-train`` for marrow-only
-    runs), with each run's accuracy / macro-F1 on it from ``bmc evaluate --external``. It is another
+    runs), with each run's accuracy / macro-F1 (± its bootstrap spread) on it from ``bmc evaluate --external``. It is another
     laboratory's images that are no test set, so a change meant for other labs' images can be chosen
     by it; the validation split cannot show that, its images come from the training labs."""
     if heldout in TEST_SETS:
@@ -216,7 +216,10 @@ def _heldout_figures(metrics: dict, heldout: str, sources: list[str]) -> str:
     if heldout in sources:
         return "trained on"
     result = external_results(metrics).get(heldout)
-    return f"{100 * result['accuracy']:.1f} % / {result['macro_f1']:.3f} ({result['n_images']})" if result else "not measured"
+    if not result:
+        return "not measured"
+    spread = macro_f1_spread(result["confusion_matrix"])
+    return f"{100 * result['accuracy']:.1f} % / {result['macro_f1']:.3f} ± {spread:.3f} ({result['n_images']})"
 
 
 def _read_metrics(model_dirs: list[Path]) -> list[dict]:

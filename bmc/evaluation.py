@@ -52,6 +52,31 @@ def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, codes: Sequence[
     return result
 
 
+VALIDATION_PREDICTIONS = "validation_predictions.csv"
+"""Each validation image's true and predicted class, beside the model: two runs on the same split can then be
+compared image by image (:func:`bmc.metrics.paired_macro_f1_difference`), not only by their totals."""
+
+
+def write_predictions(path: str | Path, sources: Sequence[str], labels: Sequence[int], probs: np.ndarray,
+                      codes: Sequence[str]) -> None:
+    """One row per image: file, true class, predicted class and its calibrated confidence."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["source", "label", "predicted", "confidence"])
+        for source, label, p in zip(sources, labels, probs):
+            out.writerow([source, codes[int(label)], codes[int(p.argmax())], f"{float(p.max()):.4f}"])
+
+
+def read_predictions(path: str | Path) -> dict[str, tuple[str, str]]:
+    """{file: (true class, predicted class)} from a :func:`write_predictions` file."""
+    import csv
+
+    with open(path, newline="") as fh:
+        return {row["source"]: (row["label"], row["predicted"]) for row in csv.DictReader(fh)}
+
+
 def review_stats(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
     """Share of cells flagged (calibrated confidence below ``threshold``) and accuracy of the unflagged ones."""
     conf, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
@@ -198,6 +223,12 @@ def evaluate_model_dir(model_dir: str | Path, external_dirs: Sequence[str], unse
         if len(test):
             metrics["test"] = evaluate_split(model, processor, test, metrics["classes"], metrics["calibration"]["temperature"],
                                              denoise, metrics["calibration"]["review_threshold"])
+    if manifest.is_file() and not (model_dir / VALIDATION_PREDICTIONS).is_file():  # a model trained before the file existed
+        val = dataset_from_manifest([r for r in D.read_manifest(manifest) if r["split"] == "validation"], metrics["classes"])
+        if len(val):
+            logits, labels = dataset_logits(model, processor, val, use_denoise=denoise)
+            write_predictions(model_dir / VALIDATION_PREDICTIONS, val["source"], labels,
+                              softmax(logits, metrics["calibration"]["temperature"]), metrics["classes"])
     external, unseen = evaluate_more(metrics, model, processor, external_dirs, unseen_dir, denoise)
     metrics["external"] = {**external_results(metrics), **external}
     plot_external(external, metrics["classes"], model_dir)

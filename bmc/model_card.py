@@ -18,7 +18,7 @@ from bmc import labels as L
 from bmc import evaluation as E
 from bmc.constants import ROBUSTNESS_AUGMENTATIONS, TEST_SETS
 from bmc.evaluation import external_results
-from bmc.metrics import macro_f1_spread
+from bmc.metrics import macro_f1_spread, paired_macro_f1_difference
 
 TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 """Package data, so an installed (non-editable) bmc renders cards; the repository's top-level
@@ -184,14 +184,19 @@ def validation_table(model_dirs: list[Path], heldout: str | None = None) -> str:
     difference well inside it says nothing about which recipe is better. (Two runs scored on the same
     images differ by less than that by chance, as the hard images count against both: a cautious yardstick.)
 
+    When the first run and others kept their per-image validation predictions
+    (``validation_predictions.csv``), a last column gives each run's macro-F1 minus the first run's on the
+    same images with a 95 % paired-bootstrap interval: finer than comparing two ± spreads.
+
     ``heldout``: a training source that these runs did not train on (``pbc-train`` for marrow-only
     runs), with each run's accuracy / macro-F1 (± its bootstrap spread) on it from ``bmc evaluate --external``. It is another
     laboratory's images that are no test set, so a change meant for other labs' images can be chosen
     by it; the validation split cannot show that, its images come from the training labs."""
     if heldout in TEST_SETS:
         raise ValueError(f"{heldout} is a test set: reported, never used to choose a run")
+    paired = _paired_differences(model_dirs)
     rows = []
-    for m in _read_metrics(model_dirs):
+    for m, diff in zip(_read_metrics(model_dirs), paired or [None] * len(model_dirs)):
         args, val = m["model_args"], m["validation"]
         sources = E.training_sources(m)
         # a one-source run stores no per-source split: its whole validation split is that source's
@@ -206,10 +211,37 @@ def validation_table(model_dirs: list[Path], heldout: str | None = None) -> str:
             f"{float(m['epochs_trained']):.0f}", f"{val['macro_f1']:.3f} ± {macro_f1_spread(val['confusion_matrix']):.3f}",
             f"{100 * val['accuracy']:.1f} %", f"{matek['macro_f1']:.3f}" if matek else "—", f"{pbc['macro_f1']:.3f}" if pbc else "—",
             _shared_accuracy(pbc, m["classes"], m.get("shared_classes") or []) if pbc else "—",
-        ] + ([_heldout_figures(m, heldout, sources)] if heldout else []))
+        ] + ([_heldout_figures(m, heldout, sources)] if heldout else []) + ([diff] if paired else []))
     return _markdown_table(["model", "loss weights", "augmentation", "input", "epochs", "val. macro-F1", "val. accuracy",
                             "Matek val. macro-F1", "PBC val. macro-F1", "PBC val., marrow classes: acc."]
-                           + ([f"`{heldout}`, not trained on: acc. / macro-F1"] if heldout else []), rows)
+                           + ([f"`{heldout}`, not trained on: acc. / macro-F1"] if heldout else [])
+                           + (["val. macro-F1 − first run's, same images [95 % interval]"] if paired else []), rows)
+
+
+def _paired_differences(model_dirs: list[Path]) -> list[str] | None:
+    """Each run's validation macro-F1 minus the first run's, image by image on the validation images both
+    have (:func:`bmc.metrics.paired_macro_f1_difference`); None unless the first run and another one kept
+    their per-image predictions. An interval that excludes 0 tells the two runs apart."""
+    files = [Path(d) / E.VALIDATION_PREDICTIONS for d in model_dirs]
+    if len(files) < 2 or not files[0].is_file() or not any(f.is_file() for f in files[1:]):
+        return None
+    first = E.read_predictions(files[0])
+    out = ["reference"]
+    for f in files[1:]:
+        if not f.is_file():
+            out.append("no per-image predictions")
+            continue
+        other = E.read_predictions(f)
+        common = sorted(set(first) & set(other))
+        codes = sorted({c for s in common for c in (*first[s], *other[s])})
+        if not common or any(first[s][0] != other[s][0] for s in common):
+            out.append("not the same validation images")
+            continue
+        index = {c: i for i, c in enumerate(codes)}
+        diff, low, high = paired_macro_f1_difference([index[first[s][0]] for s in common], [index[first[s][1]] for s in common],
+                                                     [index[other[s][1]] for s in common], len(codes))
+        out.append(f"{diff:+.3f} [{low:+.3f}, {high:+.3f}] ({len(common)})")
+    return out
 
 
 def _heldout_figures(metrics: dict, heldout: str, sources: list[str]) -> str:

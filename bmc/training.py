@@ -410,6 +410,7 @@ def calibrate_and_evaluate(folder: Path, dsd: Any, data_args: DataArguments, mod
     t, thr = calib["temperature"], calib["review_threshold"]
     out: dict[str, Any] = {"calibration": calib, "n_parameters": int(sum(p.numel() for p in model.parameters()))}
     out["validation"] = E.metrics_from_logits(val_logits, val_labels, codes, t, threshold=thr)
+    E.write_predictions(folder / E.VALIDATION_PREDICTIONS, dsd["validation"]["source"], val_labels, softmax(val_logits, t), codes)
     per_domain = E.by_domain(val_logits, val_labels, dsd["validation"]["domain"], codes, t, thr)
     if per_domain:
         out["validation"]["by_domain"] = per_domain

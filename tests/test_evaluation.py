@@ -64,7 +64,15 @@ def test_evaluate_adds_an_external_set_to_a_model_folder_and_its_card(tiny_model
         "epochs_trained": 1, "n_parameters": 1,
         "calibration": {"temperature": 1.0, "review_threshold": 0.5, "target_accuracy": 0.95, "validation_coverage": 0.5,
                         "validation_accuracy_above_threshold": 0.96}}))
+    # a model folder from before per-image validation predictions were kept: evaluate writes them from its manifest
+    val = sorted((BCCD / "Lymphocyte").glob("*"))[:3] + sorted((BCCD / "Neutrophil").glob("*"))[:2]
+    from bmc import data as D
+
+    D.write_manifest(model / "split_manifest.csv", [{"source": str(f), "label": "LYT" if "Lymph" in str(f) else "NGS",
+                                                      "split": "validation", "domain": "bccd"} for f in val])
     metrics = E.evaluate_model_dir(model, [str(BCCD)], None)
+    predictions = E.read_predictions(model / E.VALIDATION_PREDICTIONS)
+    assert sorted(predictions) == sorted(map(str, val)) and predictions[str(val[0])][0] == "LYT"
     assert metrics["external"]["bccd"]["n_images"] == 240  # neutrophils and lymphocytes: the classes the tiny model knows
     assert metrics["external"]["bccd"]["excluded"] == {"EOS": 88, "MON": 20, "BAS": 3}
     assert "review" in metrics["external"]["bccd"]

@@ -52,3 +52,19 @@ def test_macro_f1_from_confusion_matches_the_metric_module_and_its_spread_shrink
     large = macro_f1_spread(np.asarray(result["confusion_matrix"]) * 16)  # same rates, 16x the images: spread / 4
     assert 0.01 < small < 0.06 and large == pytest.approx(small / 4, rel=0.2)
     assert macro_f1_spread([[50, 0], [0, 50]]) == 0.0  # all right in every resample
+
+
+def test_a_paired_difference_tells_apart_runs_that_differ_on_a_few_images_only():
+    from bmc.metrics import macro_f1_spread, paired_macro_f1_difference
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 900)
+    a = np.where(rng.random(900) < 0.8, y, rng.integers(0, 5, 900))
+    b = np.where(rng.random(900) < 0.1, y, a)  # b corrects about a tenth of a's images, changes nothing else
+    assert paired_macro_f1_difference(y, a, a, 5) == (0.0, 0.0, 0.0)
+    diff, low, high = paired_macro_f1_difference(y, a, b, 5)
+    assert 0 < low < diff < high
+    # the two runs' independent spreads would not separate them
+    spread = macro_f1_spread(np.bincount(y * 5 + a, minlength=25).reshape(5, 5))
+    assert diff < 2 * spread
+    assert paired_macro_f1_difference(y, b, a, 5)[0] == -diff

@@ -3,6 +3,7 @@
 import json
 import re
 
+import pytest
 import yaml
 
 from bmc.model_card import render_card
@@ -176,8 +177,6 @@ def test_validation_table_shows_per_source_validation_figures_and_recipe_differe
 
 
 def test_validation_table_adds_a_training_source_the_runs_never_saw_but_never_a_test_set(tmp_path):
-    import pytest
-
     from bmc.model_card import validation_table
 
     pbc = dict(_metrics()["test"], accuracy=0.76, macro_f1=0.741, n_images=500)
@@ -193,6 +192,28 @@ def test_validation_table_adds_a_training_source_the_runs_never_saw_but_never_a_
     assert table[3].endswith("| not measured |") and table[4].endswith("| trained on |")
     with pytest.raises(ValueError, match="bccd is a test set"):
         validation_table([tmp_path / "alone"], heldout="bccd")
+
+
+def test_validation_table_compares_runs_image_by_image_when_they_kept_their_predictions(tmp_path):
+    from bmc.evaluation import VALIDATION_PREDICTIONS
+    from bmc.model_card import validation_table
+
+    rows = {"first": ["LYT"] * 30 + ["BLA"] * 30, "better": ["LYT"] * 30 + ["BLA"] * 28 + ["LYT"] * 2}
+    truth = ["LYT"] * 30 + ["BLA"] * 30
+    first_pred = ["LYT"] * 24 + ["BLA"] * 6 + ["BLA"] * 30  # 6 lymphocytes wrong
+    better_pred = ["LYT"] * 30 + ["BLA"] * 30  # all right
+    for name, pred in (("first", first_pred), ("better", better_pred), ("none", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(_metrics(model_name=name)))
+        if pred:
+            lines = ["source,label,predicted,confidence"] + [f"img{i}.jpg,{t},{p},0.9" for i, (t, p) in enumerate(zip(truth, pred))]
+            (tmp_path / name / VALIDATION_PREDICTIONS).write_text("\n".join(lines) + "\n")
+    table = validation_table([tmp_path / "first", tmp_path / "better", tmp_path / "none"]).splitlines()
+    assert table[0].endswith("| val. macro-F1 − first run's, same images [95 % interval] |")
+    assert table[2].endswith("| reference |") and table[4].endswith("| no per-image predictions |")
+    diff, low = re.search(r"\| \+(0\.\d+) \[\+(0\.\d+), \+\d\.\d+\] \(60\) \|$", table[3]).groups()
+    assert float(diff) == pytest.approx(1 - (2 * 24 / 54 + 2 * 30 / 66) / 2, abs=1e-3) and float(low) > 0
+    assert "reference" not in validation_table([tmp_path / "first"])  # one run: nothing to compare
 
 
 def test_card_names_only_the_augmentations_the_run_used(tmp_path):

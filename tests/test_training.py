@@ -69,6 +69,12 @@ def test_run_writes_a_complete_hub_model_folder(trained):
     assert metrics["split_sizes"] == {"train": 44, "validation": 8, "test": 8}
     by_epoch = metrics["validation_macro_f1_by_epoch"]
     assert len(by_epoch) == round(metrics["epochs_trained"]) and all(0 <= f <= 1 for f in by_epoch)
+    from bmc.evaluation import VALIDATION_PREDICTIONS, read_predictions
+
+    predictions = read_predictions(trained / VALIDATION_PREDICTIONS)  # one row per validation image, as the totals count them
+    assert len(predictions) == 8 and all(label in CLASSES and predicted in CLASSES for label, predicted in predictions.values())
+    right = sum(label == predicted for label, predicted in predictions.values())
+    assert right == sum(metrics["validation"]["confusion_matrix"][i][i] for i in range(len(CLASSES)))
 
 
 def test_pipeline_loads_the_result_offline(trained, shared_data):

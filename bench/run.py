@@ -275,13 +275,16 @@ def _steady_img_s(begin: list[float], end: list[float], batch: int) -> float | N
     return (len(begin) - 1) * batch / (end[-1] - begin[1]) if len(begin) > 1 else None
 
 
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` line of /proc/cpuinfo (None where there is no such file or line)."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == field), None)
+
+
 def _cpu_bf16_flags() -> list[str]:
     """The CPU's bfloat16 instructions (AMX, AVX512-BF16): bf16 training is only faster where they exist."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in flags if f in {"amx_bf16", "avx512_bf16", "amx_tile"})
+    return sorted(f for f in (_cpuinfo("flags") or "").split() if f in {"amx_bf16", "avx512_bf16", "amx_tile"})
 
 
 def _train_data(model: Path, steps: int, batch: int) -> tuple[Any, Any, tuple[dict, dict], int]:
@@ -409,8 +412,7 @@ def bench_cost(model: Path) -> dict:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = _cpuinfo("model name") or platform.processor()
     import onnxruntime
     import transformers
 

@@ -206,25 +206,23 @@ def evaluate_model_dir(model_dir: str | Path, external_dirs: Sequence[str], unse
 
     model_dir = Path(model_dir)
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    trained_on = set(training_sources(metrics))
-    for folder in external_dirs:
-        if D.domain_name(folder) in trained_on:
-            raise ValueError(f"{folder}: {metrics['model_name']} was trained on {D.domain_name(folder)}; "
-                             "an external set must be images the model never saw")
+    for folder, name in ((f, D.domain_name(f)) for f in external_dirs):
+        if name in training_sources(metrics):
+            raise ValueError(f"{folder}: {metrics['model_name']} was trained on {name}; an external set must be images the model never saw")
     manifest = model_dir / "split_manifest.csv"
-    if "shared_classes" not in metrics and manifest.is_file():
-        metrics["shared_classes"] = shared_classes(D.read_manifest(manifest))
+    rows = D.read_manifest(manifest) if manifest.is_file() else []
+    if "shared_classes" not in metrics and rows:
+        metrics["shared_classes"] = shared_classes(rows)
     model, processor = load_classifier(str(model_dir))
     denoise = bool(getattr(model.config, "bmc_denoise", False))
-    if manifest.is_file() and "review" not in metrics.get("test", {}):
+    if rows and "review" not in metrics.get("test", {}):
         # written by an older bmc: re-measure the held-out test split with this version's metrics (per source, review flags)
-        rows = [r for r in D.read_manifest(manifest) if r["split"] == "test"]
-        test = dataset_from_manifest(rows, metrics["classes"])
+        test = dataset_from_manifest([r for r in rows if r["split"] == "test"], metrics["classes"])
         if len(test):
             metrics["test"] = evaluate_split(model, processor, test, metrics["classes"], metrics["calibration"]["temperature"],
                                              denoise, metrics["calibration"]["review_threshold"])
-    if manifest.is_file() and not (model_dir / VALIDATION_PREDICTIONS).is_file():  # a model trained before the file existed
-        val = dataset_from_manifest([r for r in D.read_manifest(manifest) if r["split"] == "validation"], metrics["classes"])
+    if rows and not (model_dir / VALIDATION_PREDICTIONS).is_file():  # a model trained before the file existed
+        val = dataset_from_manifest([r for r in rows if r["split"] == "validation"], metrics["classes"])
         if len(val):
             logits, labels = dataset_logits(model, processor, val, use_denoise=denoise)
             write_predictions(model_dir / VALIDATION_PREDICTIONS, val["source"], labels,

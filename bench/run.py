@@ -162,7 +162,7 @@ def bench_latency(model: Path, images: list[tuple[str, str]], repeats: int = 60)
         t1 = time.perf_counter()
         pixels = preprocess([image], predictor.processor, predictor.use_denoise)
         t2 = time.perf_counter()
-        logits = predictor.run(pixels)
+        logits, _embeddings = predictor.run(pixels)
         t3 = time.perf_counter()
         probs = softmax(logits, predictor.temperature)[0]
         _top = sorted(zip(predictor.codes, probs), key=lambda kv: -kv[1])[:3]

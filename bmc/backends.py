@@ -7,6 +7,10 @@ export under a name that includes the sha256 of the weights, so a changed model 
 Dynamic int8 quantisation is offered as an option only: it changes predictions, and its accuracy
 cost is measured by the benchmark, not assumed.
 
+Every runner returns two arrays from one forward pass: the logits and the *embedding*, the features
+the classification head reads (for DINOv2 the class token beside the mean patch token). The learning
+review (:mod:`bmc.adaptation`) fits its head on those embeddings, so a count never runs the model twice.
+
 Attribution (``bmc.explain``) needs gradients and always uses the PyTorch model.
 """
 
@@ -27,6 +31,33 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+ONNX_LAYOUT = "emb1"
+"""Part of the cached export's file name: an export from before the embedding output is not reused."""
+
+Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""Normalised pixels (N, 3, H, W) → (logits (N, C), embeddings (N, D)), both float32."""
+
+
+def with_embeddings(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` wrapped to return ``(logits, embeddings)``: the embedding is the input of its
+    ``classifier`` layer, caught by a forward pre-hook (works for DINOv2, ViT and ConvNeXt heads alike)."""
+    import torch
+
+    class WithEmbeddings(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            caught: list[torch.Tensor] = []
+            handle = self.inner.classifier.register_forward_pre_hook(lambda _module, args: caught.append(args[0]))
+            try:
+                logits = self.inner(pixel_values=pixel_values).logits
+            finally:
+                handle.remove()
+            return logits, caught[0].flatten(1)
+
+    return WithEmbeddings(model).eval()
 
 
 def cache_dir() -> Path:
@@ -34,19 +65,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BMC_CACHE_DIR") or Path.home() / ".cache" / "bmc")
 
 
-def torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    """Logits from normalised pixels with the PyTorch model (no autograd bookkeeping)."""
+def torch_runner(model: torch.nn.Module) -> Runner:
+    """Logits and embeddings from normalised pixels with the PyTorch model (no autograd bookkeeping)."""
     import torch
 
+    wrapped = with_embeddings(model)
+
     @torch.inference_mode()
-    def run(pixels: np.ndarray) -> np.ndarray:
-        return model(pixel_values=torch.from_numpy(pixels)).logits.float().numpy()
+    def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, embeddings = wrapped(torch.from_numpy(pixels))
+        return logits.float().numpy(), embeddings.float().numpy()
 
     return run
 
 
 def export_onnx(model: torch.nn.Module, size: int, path: Path) -> Path:
-    """Write ``model`` as float32 ONNX with a dynamic batch axis; atomic (temp file, then rename)."""
+    """Write ``model`` as float32 ONNX (outputs ``logits`` and ``embeddings``) with a dynamic batch axis;
+    atomic (temp file, then rename)."""
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,9 +92,9 @@ def export_onnx(model: torch.nn.Module, size: int, path: Path) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
             torch.onnx.export(
-                model.eval(), (example,), tmp, dynamo=False, opset_version=17,
-                input_names=["pixel_values"], output_names=["logits"],
-                dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+                with_embeddings(model.eval()), (example,), tmp, dynamo=False, opset_version=17,
+                input_names=["pixel_values"], output_names=["logits", "embeddings"],
+                dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}, "embeddings": {0: "batch"}},
             )
         os.replace(tmp, path)
     finally:
@@ -83,11 +118,11 @@ def quantize_int8(fp32_path: Path, path: Path) -> Path:
     return path
 
 
-def onnx_runner(model: torch.nn.Module, size: int, version: str, int8: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-    """Logits from normalised pixels with ONNX Runtime, exporting (once) if no cached copy exists."""
+def onnx_runner(model: torch.nn.Module, size: int, version: str, int8: bool = False) -> Runner:
+    """Logits and embeddings from normalised pixels with ONNX Runtime, exporting (once) if no cached copy exists."""
     import onnxruntime as ort
 
-    stem = f"{type(model).__name__}-{version.replace(':', '-')}-{size}px"
+    stem = f"{type(model).__name__}-{version.replace(':', '-')}-{size}px-{ONNX_LAYOUT}"
     fp32 = cache_dir() / "onnx" / f"{stem}.onnx"
     if not fp32.is_file():
         log.info("exporting the model to ONNX (once per model): %s", fp32)
@@ -102,13 +137,14 @@ def onnx_runner(model: torch.nn.Module, size: int, version: str, int8: bool = Fa
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def run(pixels: np.ndarray) -> np.ndarray:
-        return session.run(["logits"], {"pixel_values": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+    def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, embeddings = session.run(["logits", "embeddings"], {"pixel_values": np.ascontiguousarray(pixels, dtype=np.float32)})
+        return logits, embeddings
 
     return run
 
 
-def make_runner(backend: str, model: torch.nn.Module, size: int, version: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+def make_runner(backend: str, model: torch.nn.Module, size: int, version: str) -> tuple[str, Runner]:
     """The runner for ``backend``; ``auto`` is ONNX Runtime float32 (exact and faster on CPU) with a
     fall-back to PyTorch, logged, if onnxruntime is missing or the export fails."""
     if backend not in BACKENDS:

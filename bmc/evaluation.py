@@ -126,21 +126,33 @@ def load_wbc_external(root: str | Path, codes: Sequence[str]) -> tuple[Any, dict
     return D.from_records(keep, codes, D.domain_name(root)), excluded
 
 
+def load_labelled(root: str | Path, codes: Sequence[str]) -> tuple[Any, dict[str, int], dict[str, str] | None]:
+    """A labelled folder in its own layout (PBC prefixes, or class folders named by Matek code or by white-cell
+    name): the images of classes the model knows, the count left out per class, and the class equivalents its
+    labels imply (:data:`UNSPLIT_NEUTROPHIL` when its neutrophils are not split into band and segmented)."""
+    if D.is_pbc_layout(root):
+        ds, excluded = D.load_pbc_external(root, codes)
+        return ds, excluded, None
+    ds, excluded = load_wbc_external(root, codes)
+    names = ds.features["label"].names
+    has_band = "NGB" in names and names.index("NGB") in set(ds["label"])
+    return ds, excluded, None if has_band else UNSPLIT_NEUTROPHIL
+
+
 def evaluate_external(model: Any, processor: Any, root: str | Path, codes: Sequence[str], temperature: float,
                       use_denoise: bool, shared_codes: Sequence[str] | None = None, threshold: float | None = None) -> dict | None:
     """One external set, read in its own layout; None when it holds no class the model knows.
 
     ``shared_codes``: the classes the primary (marrow) source also supplies; their images get a
     figure of their own (``shared``), the fair comparison with a model that knows only those."""
-    pbc = D.is_pbc_layout(root)
-    ds, excluded = D.load_pbc_external(root, codes) if pbc else load_wbc_external(root, codes)
+    ds, excluded, equivalents = load_labelled(root, codes)
     if not len(ds):
         return None
-    equivalents = None if pbc else UNSPLIT_NEUTROPHIL
+    pbc = D.is_pbc_layout(root)
     logits, labels = dataset_logits(model, processor, ds, use_denoise=use_denoise)
     result = metrics_from_logits(logits, labels, codes, temperature, equivalents, threshold)
     result.update(excluded=excluded, source=str(root), layout="PBC (class from file prefix)" if pbc else "class folders",
-                  neutrophils_unsplit=not pbc)
+                  neutrophils_unsplit=equivalents is not None)
     if shared_codes and pbc:  # the PBC set holds the classes a marrow-only model lacks; others hold few
         keep = np.isin(labels, [list(codes).index(c) for c in shared_codes if c in codes])
         if keep.any() and not keep.all():

@@ -3,30 +3,32 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-from bmc.backends import describe, make_runner, torch_runner
+from bmc.backends import Runner, describe, make_runner, torch_runner
 from bmc.calibration import softmax
 from bmc.model import load_classifier
 from bmc.transforms import preprocess, processor_size
 
 
-def batched_logits(run: Callable[[np.ndarray], np.ndarray], processor: Any, images: Sequence[Image.Image],
-                   n_classes: int, batch_size: int = 32, use_denoise: bool = False) -> np.ndarray:
-    """Logits for RGB images from any backend runner, in batches (one forward per batch, not per image)."""
+def batched_forward(run: Runner, processor: Any, images: Sequence[Image.Image], n_classes: int, batch_size: int = 32,
+                    use_denoise: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and embeddings for RGB images from any backend runner, in batches (one forward per batch)."""
     out = [run(preprocess(list(images[start:start + batch_size]), processor, use_denoise))
            for start in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
+    if not out:
+        return np.zeros((0, n_classes), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
 
 
 def predict_logits(model: Any, processor: Any, images: Sequence[Image.Image], batch_size: int = 32, use_denoise: bool = False) -> np.ndarray:
     """Logits for RGB images with the PyTorch model (training and evaluation use this exact path)."""
-    return batched_logits(torch_runner(model), processor, images, model.config.num_labels, batch_size, use_denoise)
+    return batched_forward(torch_runner(model), processor, images, model.config.num_labels, batch_size, use_denoise)[0]
 
 
 def dataset_logits(model: Any, processor: Any, dataset: Any, batch_size: int = 32, use_denoise: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +50,10 @@ class Prediction:
     top_code: str
     confidence: float
     flagged: bool
+    logits: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """Uncalibrated logits, in the order of the model's classes (for the learning review)."""
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """The features the model's head reads, from the same forward pass (see :mod:`bmc.backends`)."""
 
     def top_k(self, k: int) -> list[tuple[str, float]]:
         return sorted(self.probs.items(), key=lambda kv: -kv[1])[:k]
@@ -81,21 +87,36 @@ class Predictor:
         self.temperature = float(getattr(cfg, "bmc_temperature", 1.0) or 1.0)
         self.threshold = float(getattr(cfg, "bmc_review_threshold", 0.5) or 0.5)
         self.use_denoise = bool(getattr(cfg, "bmc_denoise", False))
+        flagged = getattr(cfg, "bmc_validation_flagged", None)
+        self.validation_flagged = None if flagged is None else float(flagged)
+        """Share of validation images the threshold flags: the baseline a count is compared with (:mod:`bmc.adaptation`)."""
         self.version = model_version(name_or_path, cfg)
         self.backend, self.run = make_runner(backend, self.model, processor_size(self.processor), self.version)
         self.backend_description = describe(self.backend)
 
+    def forward(self, images: Sequence[Image.Image], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Uncalibrated logits and embeddings from this predictor's backend (one pass)."""
+        return batched_forward(self.run, self.processor, images, len(self.codes), batch_size, self.use_denoise)
+
     def logits(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Uncalibrated logits from this predictor's backend."""
-        return batched_logits(self.run, self.processor, images, len(self.codes), batch_size, self.use_denoise)
+        return self.forward(images, batch_size)[0]
 
-    def predict(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[Prediction]:
-        probs = softmax(self.logits(images, batch_size), self.temperature)
+    def predictions(self, probs: np.ndarray, logits: np.ndarray | None = None,
+                    embeddings: np.ndarray | None = None) -> list[Prediction]:
+        """Calibrated probabilities (rows in the order of :attr:`codes`) as flagged predictions: the one
+        place where the review threshold turns a probability into a flag."""
         out = []
-        for row in probs:
+        for i, row in enumerate(probs):
             top = int(row.argmax())
             out.append(Prediction(
                 probs={c: float(p) for c, p in zip(self.codes, row)}, top_code=self.codes[top],
                 confidence=float(row[top]), flagged=bool(row[top] < self.threshold),
+                logits=None if logits is None else logits[i], embedding=None if embeddings is None else embeddings[i],
             ))
         return out
+
+    def predict(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[Prediction]:
+        """Calibrated, flagged predictions; each keeps its logits and embedding for the learning review."""
+        logits, embeddings = self.forward(images, batch_size)
+        return self.predictions(softmax(logits, self.temperature), logits, embeddings)

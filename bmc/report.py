@@ -15,6 +15,9 @@ Conventions (ICSH 2015 marrow differential; CLSI H20-A2 for the intervals):
 
 A count is *reviewed* by confirming or relabelling cells (``corrections``: image name → code);
 every figure is then computed from the reviewed labels, and the CSV keeps both labels per image.
+Each review also teaches the count (:mod:`bmc.adaptation`): where the model is out of its depth, a
+head learnt from the reviewed cells re-labels the unreviewed ones. Every cell says where its label
+comes from (:data:`bmc.adaptation.SOURCES`: model, learnt from this review, reviewed).
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ from typing import Iterable, Sequence
 
 from PIL import Image
 
+import numpy as np
+
 from bmc import __version__
 from bmc import labels as L
+from bmc.adaptation import SOURCE_LEARNT, SOURCE_MODEL, SOURCE_REVIEWED, SOURCES, relabel
 from bmc.images import SkippedFile
 from bmc.inference import Prediction, Predictor
 
@@ -45,15 +51,19 @@ MIN_CELLS_WARNING = 200
 ICSH_MARROW_CELLS = 500
 THUMBNAIL_PX = 112
 """Side of the stored cell thumbnails (review gallery, HTML report): enough to see the cell, a few kB each."""
+REVIEW_PX = 512
+"""Longest side a cell is kept at for the review screen: single-cell crops (250-400 px) keep their full resolution."""
 
 
 @dataclass
 class Cell:
-    """One counted image: its name, the model's prediction and a small JPEG thumbnail (or None)."""
+    """One counted image: its name, the model's prediction, a small JPEG thumbnail and the image at
+    review size (or None)."""
 
     name: str
     prediction: Prediction
     thumbnail: bytes | None = None
+    image: bytes | None = None
 
 
 @dataclass
@@ -69,6 +79,8 @@ class CountRow:
     percent: float | None
     ci: tuple[float, float] | None
     flagged: int
+    sources: dict[str, int] = field(default_factory=dict)
+    """How many of the row's cells have their label from each of :data:`bmc.adaptation.SOURCES`."""
 
 
 def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -91,25 +103,73 @@ class CountReport:
     skipped: list[SkippedFile] = field(default_factory=list)
     corrections: dict[str, str] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    temperature: float = 1.0
+    validation_flagged: float | None = None
+    """The model's calibration and the share of its validation images it flags (the learning review's baseline)."""
+    learn: bool = True
+    """Whether reviews re-label the unreviewed cells (:mod:`bmc.adaptation`); off, the model's labels stand."""
+    learnt: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """Unreviewed cells re-labelled by this review: name → (code, the head's probability of it)."""
+    learning_note: str = "no cell reviewed yet: the model's labels stand"
 
     def cell(self, name: str) -> Cell | None:
         """The counted image of that name (names are unique within a count)."""
         return next((c for c in self.cells if c.name == name), None)
 
     def label(self, cell: Cell) -> str:
-        """The reviewed label of a cell: the reviewer's, else the model's."""
-        return self.corrections.get(cell.name, cell.prediction.top_code)
+        """A cell's label now: the reviewer's, else the one learnt from this review, else the model's."""
+        if cell.name in self.corrections:
+            return self.corrections[cell.name]
+        return self.learnt[cell.name][0] if cell.name in self.learnt else cell.prediction.top_code
+
+    def source(self, cell: Cell) -> str:
+        """Where a cell's label comes from: one of :data:`bmc.adaptation.SOURCES`."""
+        if cell.name in self.corrections:
+            return SOURCE_REVIEWED
+        return SOURCE_LEARNT if cell.name in self.learnt else SOURCE_MODEL
+
+    def confidence(self, cell: Cell) -> float:
+        """How sure the current label is (1 for a reviewed cell): the review queue's order."""
+        if cell.name in self.corrections:
+            return 1.0
+        return self.learnt[cell.name][1] if cell.name in self.learnt else cell.prediction.confidence
+
+    def review_queue(self) -> list[str]:
+        """Unreviewed cells, least confident under the current labels first, then the reviewed ones."""
+        open_ = sorted((c for c in self.cells if c.name not in self.corrections), key=self.confidence)
+        return [c.name for c in open_] + [c.name for c in self.cells if c.name in self.corrections]
 
     def reviewed(self, corrections: dict[str, str]) -> "CountReport":
-        """The same count with more review decisions (image name → code; the model's code confirms)."""
+        """The same count with more review decisions (image name → code; the model's code confirms),
+        and the unreviewed cells re-labelled by what the reviewed ones teach (:meth:`relearn`)."""
         unknown = sorted(set(corrections.values()) - set(self.codes))
         if unknown:
-            raise ValueError(f"labels {unknown} are not classes of this model ({', '.join(self.codes)})")
+            raise ValueError(f"labels {unknown} are not classes of this model ({', '.join(self.codes)}); a class the model "
+                             "lacks can be added with bmc adapt")
         names = {c.name for c in self.cells}
         missing = sorted(set(corrections) - names)
+        if missing and len(missing) == len(corrections):
+            raise ValueError(f"none of the {len(corrections)} reviewed image(s) is in this count (e.g. {missing[0]}): "
+                             "the review is for another count")
         if missing:
             raise ValueError(f"{len(missing)} reviewed image(s) are not in this count, e.g. {missing[0]}")
-        return replace(self, corrections={**self.corrections, **corrections})
+        return replace(self, corrections={**self.corrections, **corrections}).relearn()
+
+    def relearn(self) -> "CountReport":
+        """Refit the learning review on the reviewed cells and re-label the others (model labels if off,
+        or if the cells carry no logits and embeddings, e.g. a count read back from a CSV)."""
+        usable = self.learn and all(c.prediction.logits is not None and c.prediction.embedding is not None for c in self.cells)
+        if not usable:
+            note = "learning is off: the model's labels stand" if not self.learn else self.learning_note
+            return replace(self, learnt={}, learning_note=note)
+        model_codes = list(self.cells[0].prediction.probs)  # the model's own class order (logits' columns)
+        index = {c.name: i for i, c in enumerate(self.cells)}
+        state = relabel(np.stack([c.prediction.logits for c in self.cells]), np.stack([c.prediction.embedding for c in self.cells]),
+                        {index[n]: model_codes.index(code) for n, code in self.corrections.items()},
+                        self.temperature, self.threshold, self.validation_flagged)
+        learnt = {c.name: (model_codes[state.labels[i]], float(state.confidence[i]))
+                  for i, c in enumerate(self.cells) if state.source[i] == SOURCE_LEARNT}
+        return replace(self, learnt=learnt, learning_note=state.reason)
 
     @property
     def n_images(self) -> int:
@@ -133,6 +193,19 @@ class CountReport:
         return sum(1 for c in self.cells if c.name in self.corrections and self.corrections[c.name] != c.prediction.top_code)
 
     @property
+    def n_learnt_changed(self) -> int:
+        """Unreviewed cells whose learnt label differs from the model's."""
+        return sum(1 for c in self.cells if c.name in self.learnt and self.learnt[c.name][0] != c.prediction.top_code)
+
+    @property
+    def source_counts(self) -> dict[str, int]:
+        """How many cells have their label from each source."""
+        out = dict.fromkeys(SOURCES, 0)
+        for c in self.cells:
+            out[self.source(c)] += 1
+        return out
+
+    @property
     def n_flagged_open(self) -> int:
         """Flagged cells nobody has reviewed yet."""
         return sum(c.prediction.flagged and c.name not in self.corrections for c in self.cells)
@@ -152,6 +225,7 @@ class CountReport:
                 percent=100.0 * len(mine) / n if counted and n else None,
                 ci=proportion_ci(len(mine), n) if counted and n else None,
                 flagged=sum(c.prediction.flagged for c in mine),
+                sources={s: sum(self.source(c) == s for c in mine) for s in SOURCES},
             ))
         return out
 
@@ -204,7 +278,14 @@ class CountReport:
         """The figures a reader looks at first, in one line of text."""
         return (f"{self.n_counted} nucleated cells counted ({self.n_images - self.n_counted} not counted: artefacts, "
                 f"not identifiable, smudge cells); blasts {self.blast_text}; M:E ratio {self.me_ratio_text}; "
-                f"{self.n_flagged} flagged, {self.n_reviewed} reviewed, {self.n_changed} relabelled.")
+                f"{self.n_flagged} flagged, {self.n_reviewed} reviewed, {self.n_changed} relabelled. {self.sources_text}")
+
+    @property
+    def sources_text(self) -> str:
+        """Where the labels come from, and what the learning review decided, in one sentence."""
+        n = self.source_counts
+        return (f"Labels: {n[SOURCE_MODEL]} from the model, {n[SOURCE_LEARNT]} learnt from this review "
+                f"({self.n_learnt_changed} of them changed), {n[SOURCE_REVIEWED]} reviewed; {self.learning_note}.")
 
 
 def thumbnail(image: Image.Image, size: int = THUMBNAIL_PX) -> bytes:
@@ -217,9 +298,17 @@ def thumbnail(image: Image.Image, size: int = THUMBNAIL_PX) -> bytes:
 
 
 def build_report(cells: Sequence[Cell], codes: Sequence[str], model_name: str, model_version: str,
-                 threshold: float, skipped: Sequence[SkippedFile] = ()) -> CountReport:
+                 threshold: float, skipped: Sequence[SkippedFile] = (), temperature: float = 1.0,
+                 validation_flagged: float | None = None, learn: bool = True) -> CountReport:
     """A count over the model's classes (in haematologists' order); nothing reviewed yet."""
-    return CountReport(model_name, model_version, threshold, L.sort_codes(codes), list(cells), list(skipped))
+    return CountReport(model_name, model_version, threshold, L.sort_codes(codes), list(cells), list(skipped),
+                       temperature=temperature, validation_flagged=validation_flagged, learn=learn)
+
+
+def report_for(predictor: Predictor, cells: Sequence[Cell], skipped: Sequence[SkippedFile] = (), learn: bool = True) -> CountReport:
+    """:func:`build_report` with a predictor's model name, version and calibration."""
+    return build_report(cells, predictor.codes, predictor.name, predictor.version, predictor.threshold, skipped,
+                        predictor.temperature, predictor.validation_flagged, learn)
 
 
 def predict_stream(predictor: Predictor, items: Iterable[tuple[str, Image.Image] | SkippedFile], batch_size: int = 32,
@@ -227,7 +316,8 @@ def predict_stream(predictor: Predictor, items: Iterable[tuple[str, Image.Image]
     """Predict decoded items (see ``bmc.uploads.iter_images``) batch by batch, keeping the skipped ones.
 
     ``thumbnails``: keep a small JPEG of ``"flagged"`` cells (the HTML report shows them), of
-    ``"all"`` cells (the app lets a reviewer open any cell), or ``"none"``; each image is decoded once."""
+    ``"all"`` cells with the image at review size too (the app lets a reviewer open any cell), or
+    ``"none"``; each image is decoded once."""
     from tqdm.auto import tqdm
 
     done: list[Cell] = []
@@ -239,7 +329,8 @@ def predict_stream(predictor: Predictor, items: Iterable[tuple[str, Image.Image]
         if batch:
             for (name, image), pred in zip(batch, predictor.predict([im for _, im in batch], batch_size)):
                 keep = thumbnails == "all" or (thumbnails == "flagged" and pred.flagged)
-                done.append(Cell(name, pred, thumbnail(image) if keep else None))
+                full = thumbnail(image, REVIEW_PX) if thumbnails == "all" else None
+                done.append(Cell(name, pred, thumbnail(image) if keep else None, full))
             batch.clear()
 
     for item in tqdm(items, desc="cells", unit="img", disable=not progress):
@@ -257,7 +348,12 @@ def predict_stream(predictor: Predictor, items: Iterable[tuple[str, Image.Image]
     return done, skipped
 
 
-TABLE_HEADERS = ["group", "cell type", "count", "% of nucleated cells", "95 % CI", "flagged"]
+TABLE_HEADERS = ["group", "cell type", "count", "% of nucleated cells", "95 % CI", "flagged",
+                 "labels: model · learnt · reviewed"]
+
+
+def _sources(counts: dict[str, int]) -> str:
+    return " · ".join(str(counts.get(s, 0)) for s in SOURCES)
 
 
 def _pct(row: CountRow) -> str:
@@ -270,28 +366,32 @@ def _ci(row: CountRow) -> str:
 
 def table(report: CountReport) -> list[list[object]]:
     """Rows for a UI table (see :data:`TABLE_HEADERS`), ending with the total row."""
-    rows: list[list[object]] = [[r.group, L.display_name(r.code), r.count, _pct(r), _ci(r), r.flagged] for r in report.rows]
+    rows: list[list[object]] = [[r.group, L.display_name(r.code), r.count, _pct(r), _ci(r), r.flagged, _sources(r.sources)]
+                                for r in report.rows]
     rows.append(["total", f"{report.n_counted} nucleated + {report.n_images - report.n_counted} not counted",
-                 report.n_images, "100.0" if report.n_counted else "—", "", report.n_flagged])
+                 report.n_images, "100.0" if report.n_counted else "—", "", report.n_flagged, _sources(report.source_counts)])
     return rows
 
 
-def read_corrections(path: str | Path, report: CountReport) -> dict[str, str]:
-    """A review file (CSV with columns ``image`` and ``label``; a label is a code or a full name)."""
+def read_corrections(path: str | Path, report: CountReport) -> tuple[dict[str, str], list[str]]:
+    """A review file (CSV with columns ``image`` and ``label``; a label is a code, a full name or the app's
+    display name such as "Myelocyte (MYB)"), and notes on what was odd but not wrong (an image reviewed
+    twice: the last line stands)."""
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or not {"image", "label"} <= set(reader.fieldnames):
             raise ValueError(f"{path}: a review file needs the columns 'image' and 'label' (found {reader.fieldnames})")
-        out = {}
+        out: dict[str, str] = {}
+        notes: list[str] = []
         for line, row in enumerate(reader, start=2):
-            try:
-                code = L.to_code(row["label"]) if row["label"].strip().upper() not in report.codes else row["label"].strip().upper()
-            except KeyError:
-                code = row["label"].strip()
+            code = L.code_of(row["label"] or "", report.codes)
             if code not in report.codes:
                 raise ValueError(f"{path}, line {line}: {row['label']!r} is not a class of this model ({', '.join(report.codes)})")
-            out[row["image"].strip()] = code
-    return out
+            name = (row["image"] or "").strip()
+            if name in out and out[name] != code:
+                notes.append(f"{path}, line {line}: {name} was reviewed before as {out[name]}; the last review ({code}) stands")
+            out[name] = code
+    return out, notes
 
 
 def write_csv(report: CountReport, path: Path) -> Path:
@@ -299,36 +399,41 @@ def write_csv(report: CountReport, path: Path) -> Path:
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["file", "model_label", "model_label_name", "confidence", "flagged_for_review", "top3",
-                    "reviewed", "reviewed_label", "counted", "skipped_reason"])
+                    "reviewed", "reviewed_label", "label_source", "counted", "skipped_reason"])
         for cell in report.cells:
             p = cell.prediction
             top3 = "; ".join(f"{c} {s:.3f}" for c, s in p.top_k(3))
             label = report.label(cell)
             w.writerow([cell.name, p.top_code, L.full_name(p.top_code), f"{p.confidence:.4f}", "yes" if p.flagged else "no", top3,
-                        "yes" if cell.name in report.corrections else "no", label, "no" if label in L.NOT_COUNTED else "yes", ""])
+                        "yes" if cell.name in report.corrections else "no", label, report.source(cell),
+                        "no" if label in L.NOT_COUNTED else "yes", ""])
         for s in report.skipped:
-            w.writerow([s.source, "", "", "", "", "", "", "", "", s.reason])
+            w.writerow([s.source, "", "", "", "", "", "", "", "", "", s.reason])
     return path
 
 
 def bar_chart(report: CountReport, path: Path | None = None) -> bytes:
-    """Horizontal bar chart of the reviewed counts per class (PNG bytes; also written to ``path`` if given)."""
+    """Horizontal bars of the count per class in % of nucleated cells (classes left out of the denominator in
+    % of all images, marked), each bar split by where its labels come from (PNG bytes; also written to ``path``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = list(reversed(report.rows))
-    groups = [g for g, _ in L.COUNT_GROUPS]
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
-    colours = plt.get_cmap("tab10")
-    ax.barh([L.display_name(r.code) for r in rows], [r.count for r in rows],
-            color=[colours(groups.index(r.group) % 10 if r.group in groups else 9) for r in rows])
-    ax.barh([L.display_name(r.code) for r in rows], [r.flagged for r in rows], color="none", edgecolor="black", hatch="//",
-            label="flagged by the model")
-    ax.set_xlabel("cells")
+    names = [L.display_name(r.code) + ("" if r.counted else " *") for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.6))
+    left = np.zeros(len(rows))
+    styles = {SOURCE_MODEL: ("#9ecae1", "model"), SOURCE_LEARNT: ("#fdae6b", "learnt from this review"),
+              SOURCE_REVIEWED: ("#31a354", "reviewed")}
+    for source, (colour, label) in styles.items():
+        share = np.array([100.0 * r.sources.get(source, 0) / ((report.n_counted if r.counted else report.n_images) or 1)
+                          for r in rows])
+        ax.barh(names, share, left=left, color=colour, label=label)
+        left += share
+    ax.set_xlabel("% of nucleated cells (* % of all images: not counted)")
     ax.set_title(f"Differential count ({report.n_counted} nucleated cells, {report.n_reviewed} reviewed)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", title="label from")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -355,13 +460,13 @@ def write_html(report: CountReport, path: Path, chart_png: bytes | None = None) 
     body, last_group = [], None
     for r in report.rows:
         if r.group != last_group:
-            body.append(f'<tr class="group"><td colspan="5">{esc(r.group)}</td></tr>')
+            body.append(f'<tr class="group"><td colspan="6">{esc(r.group)}</td></tr>')
             last_group = r.group
         body.append(f"<tr><td>{esc(L.display_name(r.code))}</td><td class=n>{r.count}</td><td class=n>{_pct(r)}</td>"
-                    f"<td>{_ci(r)}</td><td class=n>{r.flagged}</td></tr>")
+                    f"<td>{_ci(r)}</td><td class=n>{r.flagged}</td><td>{_sources(r.sources)}</td></tr>")
     body.append(f'<tr class="total"><td>total ({report.n_counted} nucleated + {report.n_images - report.n_counted} not counted)</td>'
                 f"<td class=n>{report.n_images}</td><td class=n>{'100.0' if report.n_counted else '—'}</td><td></td>"
-                f"<td class=n>{report.n_flagged}</td></tr>")
+                f"<td class=n>{report.n_flagged}</td><td>{_sources(report.source_counts)}</td></tr>")
     warnings = "".join(f'<p class="warn">{esc(w)}</p>' for w in report.warnings)
     cells = []
     for cell in report.cells:
@@ -369,7 +474,8 @@ def write_html(report: CountReport, path: Path, chart_png: bytes | None = None) 
             continue
         img = (f'<img alt="" src="data:image/jpeg;base64,{base64.b64encode(cell.thumbnail).decode()}">' if cell.thumbnail else "")
         top3 = "<br>".join(f"{esc(c)} {s:.0%}" for c, s in cell.prediction.top_k(3))
-        review = (f"<br><b>reviewed: {esc(report.label(cell))}</b>" if cell.name in report.corrections else "<br><i>not reviewed</i>")
+        review = (f"<br><b>reviewed: {esc(report.label(cell))}</b>" if cell.name in report.corrections
+                  else f"<br><i>learnt: {esc(report.label(cell))}</i>" if cell.name in report.learnt else "<br><i>not reviewed</i>")
         cells.append(f'<div class="cell">{img}{esc(cell.name)}<br>{top3}{review}</div>')
     skipped = "".join(f"<li>{esc(s.source)}: {esc(s.reason)}</li>" for s in report.skipped) or "<li>none</li>"
     blast = esc(report.blast_text)
@@ -379,8 +485,9 @@ def write_html(report: CountReport, path: Path, chart_png: bytes | None = None) 
 <p class="head">Nucleated cells counted: <b>{report.n_counted}</b> &nbsp; Blasts: <b>{blast}</b> &nbsp;
 M:E ratio: <b>{esc(report.me_ratio_text)}</b></p>
 <p>Flagged by the model (calibrated confidence below {report.threshold:.2f}): {report.n_flagged}; reviewed: {report.n_reviewed};
-relabelled: {report.n_changed}; files skipped: {len(report.skipped)}.</p>{warnings}
-<table><tr><th>cell type</th><th>count</th><th>% of nucleated cells</th><th>95 % CI (exact binomial)</th><th>flagged</th></tr>{''.join(body)}</table>
+relabelled: {report.n_changed}; files skipped: {len(report.skipped)}.</p><p>{esc(report.sources_text)}</p>{warnings}
+<table><tr><th>cell type</th><th>count</th><th>% of nucleated cells</th><th>95 % CI (exact binomial)</th><th>flagged</th>
+<th>labels: model · learnt · reviewed</th></tr>{''.join(body)}</table>
 <p>Percentages are of nucleated cells: artefacts, not identifiable and smudge cells are counted but left out of the
 denominator. Intervals are exact binomial (Clopper–Pearson), as in the Rümke tables of CLSI H20. The M:E ratio is the
 granulocytic series with eosinophils and basophils to erythroid precursors; blasts are on neither side.</p>

@@ -9,7 +9,7 @@ import pytest
 
 from bench.appserver import AppStartError, running_app
 from bmc.explain import METHODS
-from helpers import BUNDLED, ROOT, UNSEEN, image_bytes, matek_images
+from helpers import BCCD, BUNDLED, ROOT, UNSEEN, image_bytes, matek_images
 from corpus import CORPUS
 
 
@@ -121,7 +121,8 @@ def test_count_many_cells_and_a_zip_then_review_one(client, tmp_path):
     assert "below 200" in summary  # an 8-cell count is far too small to read
     assert table["data"][0][0] == "blasts and other immature cells"
     n_flagged = int(re.search(r"(\d+) flagged for review", summary).group(1))
-    assert len(flagged) == n_flagged == total[5]  # zip entries are shown too
+    assert n_flagged == total[5] and len(flagged) == total[2]  # the review queue shows every unreviewed cell, zip entries too
+    assert "(model)" in flagged[0]["caption"]
     assert {Path(f).name for f in files} == {"predictions.csv", "report.html"}
     html = Path([f for f in files if f.endswith(".html")][0]).read_text()
     assert "Research use only" in html and BUNDLED.name in html
@@ -133,13 +134,40 @@ def test_count_many_cells_and_a_zip_then_review_one(client, tmp_path):
     model_label = re.search(r"\((\w{3})\)", label).group(1)
     new_code = "MON" if model_label != "MON" else "LYT"
     before = _row(table, new_code)[2]
-    table2, summary2, _, _, files2 = client.predict(name, L_display(new_code), api_name="/review")
+    table2, summary2, _, _, files2, queue = client.predict(name, L_display(new_code), api_name="/review")
     assert _row(table2, new_code)[2] == before + 1 and table2["data"][-1][2] == 8
     assert "1 reviewed, 1 relabelled" in summary2
     rows = {r["file"]: r for r in csv.DictReader(open([f for f in files2 if f.endswith(".csv")][0]))}
     assert rows[name]["model_label"] == model_label and rows[name]["reviewed_label"] == new_code
+    assert rows[name]["label_source"] == "reviewed" and _value(queue) != name  # the queue moves on to the least sure cell
     with pytest.raises(Exception, match="not in the list of choices"):  # Gradio checks dropdown values itself
         client.predict(name, "Not a class", api_name="/review")
+
+
+def test_reviews_re_label_the_rest_of_an_unfamiliar_count(client):
+    """Another lab's cells (BCCD, 10 per class): after ten reviews, least sure first, the unreviewed cells
+    carry labels learnt from them, and the summary and the queue say so."""
+    import re
+
+    from gradio_client import handle_file
+
+    from bmc.evaluation import WBC_FOLDER_TO_CODE
+
+    paths = [p for folder in sorted(BCCD.iterdir()) if folder.is_dir() for p in sorted(folder.glob("*.jpg"))[:10]]
+    truth = {p.name: WBC_FOLDER_TO_CODE[p.parent.name.lower()] for p in paths}
+    *_, gallery, _files, _queue = client.predict([handle_file(str(p)) for p in paths], api_name="/count")
+    name = gallery[0]["caption"].split(" — ")[0]  # the head of the review queue
+    for _ in range(10):
+        _table, summary, _chart, gallery, _files, queue = client.predict(name, L_display(truth[name]), api_name="/review")
+        name = _value(queue)
+    learnt = int(re.search(r"(\d+) learnt from this review", summary).group(1))
+    assert "learnt from this review:" in summary and learnt == len(paths) - 10, summary
+    assert all("(learnt)" in g["caption"] for g in gallery)
+
+
+def _value(update: object) -> object:
+    """The value of a dropdown output (the review handler returns an update with choices and value)."""
+    return update.get("value") if isinstance(update, dict) else update
 
 
 def L_display(code: str) -> str:
@@ -237,7 +265,7 @@ def test_browser_upload_label_and_attribution(app_url, tmp_path, shared_data):
         page.get_by_role("button", name="Save review").click()
         page.get_by_text("1 reviewed, 1 relabelled", exact=False).first.wait_for(timeout=60_000)
         assert "0 reviewed, 0 relabelled" in before
-        page.get_by_text(f"Reviewed as {new}", exact=False).first.wait_for(timeout=30_000)
+        page.get_by_text("1 reviewed; ", exact=False).first.wait_for(timeout=30_000)  # label sources in the summary
         for d in shots:
             page.screenshot(path=str(d / "app-review.png"), full_page=True)
         browser.close()

@@ -82,15 +82,22 @@ def test_review_relabels_and_confirms_and_every_figure_follows():
     assert report.n_reviewed == 0  # the unreviewed count is unchanged
     with pytest.raises(ValueError, match="not classes of this model"):
         report.reviewed({"BLA_0.jpg": "HAC"})
-    with pytest.raises(ValueError, match="not in this count"):
+    with pytest.raises(ValueError, match="for another count"):
         report.reviewed({"nope.jpg": "BLA"})
+    with pytest.raises(ValueError, match="1 reviewed image.s. are not in this count"):
+        report.reviewed({"nope.jpg": "BLA", "BLA_1.jpg": "BLA"})
 
 
 def test_review_file_accepts_codes_and_names_and_names_a_bad_line(tmp_path):
     report = build_report(_cells({"BLA": 2}), CODES, "m", "v", 0.8)
     good = tmp_path / "good.csv"
     good.write_text("image,label\nBLA_0.jpg,Promyelocyte\nBLA_1.jpg,bla\n")
-    assert read_corrections(good, report) == {"BLA_0.jpg": "PMO", "BLA_1.jpg": "BLA"}
+    assert read_corrections(good, report) == ({"BLA_0.jpg": "PMO", "BLA_1.jpg": "BLA"}, [])
+    shown = tmp_path / "shown.csv"  # the app's display names, and one cell reviewed twice: the last line stands, said
+    shown.write_text("image,label\nBLA_0.jpg,Myelocyte (MYB)\nBLA_0.jpg,Eosinophil (EOS)\n")
+    report_myb = build_report(_cells({"BLA": 2}), [*CODES, "MYB"], "m", "v", 0.8)
+    corrections, notes = read_corrections(shown, report_myb)
+    assert corrections == {"BLA_0.jpg": "EOS"} and len(notes) == 1 and "the last review (EOS) stands" in notes[0]
     bad = tmp_path / "bad.csv"
     bad.write_text("image,label\nBLA_0.jpg,BLA\nBLA_1.jpg,Hairy cell\n")
     with pytest.raises(ValueError, match="line 3: 'Hairy cell' is not a class of this model"):

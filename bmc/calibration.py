@@ -3,7 +3,11 @@
 A fine-tuned network's softmax is over-confident; temperature scaling (Guo et al., 2017) divides
 the logits by one scalar fitted on the validation split, which keeps every prediction's rank and
 makes "80 % confident" mean roughly 80 % correct. The flag threshold is then chosen on the same
-validation data, so that the predictions above it are right at a stated rate.
+validation data so that the predictions above it are right at a stated rate *with 95 % confidence*:
+the one-sided 95 % lower bound (exact binomial, Clopper-Pearson) of their accuracy must reach the
+target, not merely the observed rate. A threshold that just reaches 95 % on 900 validation cells
+leaves test and new cells about as often below 95 % as above it (measured: 93.0 % on 1,350 new marrow
+cells with the earlier point-estimate rule).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import numpy as np
 import torch
 
 T_MIN, T_MAX = 0.05, 20.0
+THRESHOLD_RULE = "lower 95% bound"
+"""Recorded with each calibration, so a model calibrated by the earlier point-estimate rule is recognised."""
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -40,17 +46,27 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200)
     return float(np.clip(log_t.exp().item(), T_MIN, T_MAX))
 
 
+def accuracy_lower_bound(correct: np.ndarray, level: float = 0.95) -> np.ndarray:
+    """One-sided ``level`` lower confidence bound (Clopper-Pearson) of the accuracy of the first k
+    predictions, for every k (``correct`` in the order they are accepted)."""
+    from scipy.stats import beta
+
+    k = np.cumsum(correct)
+    n = np.arange(1, len(correct) + 1)
+    return np.where(k > 0, beta.ppf(1 - level, k, n - k + 1), 0.0)
+
+
 def review_threshold(probs: np.ndarray, labels: np.ndarray, target_accuracy: float = 0.95) -> float:
-    """Lowest confidence such that validation predictions at or above it are ``target_accuracy`` correct.
+    """Lowest confidence such that the validation predictions at or above it are ``target_accuracy``
+    correct at the 95 % lower confidence bound (:func:`accuracy_lower_bound`).
 
     Falls back to the highest observed confidence (flag nearly everything) when the target cannot
     be met: a model that is never that reliable should say so rather than pass cells through.
     """
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
-    order = np.argsort(-conf)
-    running = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
-    ok = np.nonzero(running >= target_accuracy)[0]
+    order = np.argsort(-conf, kind="stable")
+    ok = np.nonzero(accuracy_lower_bound(correct[order]) >= target_accuracy)[0]
     if len(ok) == 0:
         return float(conf.max())
     return float(conf[order][ok.max()])
@@ -69,4 +85,5 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, target_accuracy: float = 0
         "target_accuracy": target_accuracy,
         "validation_coverage": float(accepted.mean()),
         "validation_accuracy_above_threshold": float(correct[accepted].mean()) if accepted.any() else float("nan"),
+        "threshold_rule": THRESHOLD_RULE,
     }

@@ -30,6 +30,7 @@ from typing import Collection, Iterable, Sequence
 
 import datasets
 from bmc import labels as L
+from bmc.constants import REPO_ROOT
 from bmc.images import IMAGE_SUFFIXES, ImageError, SkippedFile, open_image
 
 SPLITS = ("train", "validation", "test")
@@ -389,6 +390,15 @@ def write_manifest(path: str | Path, rows: Iterable[dict[str, str]]) -> None:
         writer = csv.DictWriter(fh, fieldnames=["source", "label", "split", "domain"], extrasaction="ignore", restval="")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def resolve_source(source: str) -> Path:
+    """A manifest's image path: as written (relative to where training ran, normally the repository root),
+    else relative to the repository root, so tools run from another folder find the same files."""
+    path = Path(source)
+    if path.is_absolute() or path.exists():
+        return path
+    return REPO_ROOT / path
 
 
 def read_manifest(path: str | Path) -> list[dict[str, str]]:

@@ -207,10 +207,12 @@ def evaluate_more(results: dict, model: Any, processor: Any, external_dirs: Sequ
 
 
 def evaluate_model_dir(model_dir: str | Path, external_dirs: Sequence[str], unseen_dir: str | None,
-                       targets: Sequence[dict] | None = None) -> dict:
+                       targets: Sequence[dict] | None = None, recalibrate: bool = False) -> dict:
     """Measure a saved bmc model folder on (more) external sets and unseen-type images, check it
     against ``targets`` (see :func:`check_targets`), add the results to its ``metrics.json`` and
-    re-render its card (``bmc evaluate``)."""
+    re-render its card (``bmc evaluate``). ``recalibrate``: first refit the temperature and review
+    threshold on its validation split with this version's rule (:mod:`bmc.calibration`), then
+    re-measure validation and test with them (external sets: those given)."""
     import json
 
     from bmc.model import load_classifier
@@ -227,7 +229,9 @@ def evaluate_model_dir(model_dir: str | Path, external_dirs: Sequence[str], unse
         metrics["shared_classes"] = shared_classes(rows)
     model, processor = load_classifier(str(model_dir))
     denoise = bool(getattr(model.config, "bmc_denoise", False))
-    if rows and "review" not in metrics.get("test", {}):
+    if recalibrate:
+        recalibrate_model_dir(model_dir, metrics, rows, model, processor, denoise)
+    if rows and (recalibrate or "review" not in metrics.get("test", {})):
         # written by an older bmc: re-measure the held-out test split with this version's metrics (per source, review flags)
         test = dataset_from_manifest([r for r in rows if r["split"] == "test"], metrics["classes"])
         if len(test):
@@ -249,6 +253,33 @@ def evaluate_model_dir(model_dir: str | Path, external_dirs: Sequence[str], unse
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     render_card(model_dir)
     return metrics
+
+
+def recalibrate_model_dir(model_dir: Path, metrics: dict, rows: Sequence[dict], model: Any, processor: Any, denoise: bool) -> None:
+    """Refit calibration and review threshold on the validation split of ``rows``; update config.json, the
+    validation figures and predictions in ``metrics`` and beside the model."""
+    from bmc.calibration import calibrate
+    from bmc.model import update_config
+
+    val = dataset_from_manifest([r for r in rows if r["split"] == "validation"], metrics["classes"])
+    if not len(val):
+        raise ValueError(f"{model_dir}: no validation split in its split_manifest.csv to calibrate on")
+    logits, labels = dataset_logits(model, processor, val, use_denoise=denoise)
+    calib = calibrate(logits, labels, metrics.get("calibration", {}).get("target_accuracy", 0.95))
+    update_config(model_dir, **calibration_config(calib))
+    metrics["calibration"] = calib
+    t, thr = calib["temperature"], calib["review_threshold"]
+    metrics["validation"] = metrics_from_logits(logits, labels, metrics["classes"], t, threshold=thr)
+    per_domain = by_domain(logits, labels, val["domain"], metrics["classes"], t, thr)
+    if per_domain:
+        metrics["validation"]["by_domain"] = per_domain
+    write_predictions(model_dir / VALIDATION_PREDICTIONS, val["source"], labels, softmax(logits, t), metrics["classes"])
+
+
+def calibration_config(calib: dict) -> dict:
+    """The config.json keys a calibration sets (read by :class:`bmc.inference.Predictor`)."""
+    return {"bmc_temperature": calib["temperature"], "bmc_review_threshold": calib["review_threshold"],
+            "bmc_validation_flagged": 1.0 - calib["validation_coverage"]}
 
 
 def confusion_figure(set_name: str) -> str:

@@ -405,8 +405,7 @@ def calibrate_and_evaluate(folder: Path, dsd: Any, data_args: DataArguments, mod
     model, processor = load_classifier(str(folder))
     val_logits, val_labels = dataset_logits(model, processor, dsd["validation"], use_denoise=model_args.denoise)
     calib = calibrate(val_logits, val_labels, model_args.review_target_accuracy)
-    update_config(folder, bmc_temperature=calib["temperature"], bmc_review_threshold=calib["review_threshold"],
-                  bmc_denoise=model_args.denoise)
+    update_config(folder, **E.calibration_config(calib), bmc_denoise=model_args.denoise)
     t, thr = calib["temperature"], calib["review_threshold"]
     out: dict[str, Any] = {"calibration": calib, "n_parameters": int(sum(p.numel() for p in model.parameters()))}
     out["validation"] = E.metrics_from_logits(val_logits, val_labels, codes, t, threshold=thr)

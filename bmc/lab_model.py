@@ -1,0 +1,279 @@
+"""A model for your laboratory (``bmc adapt``): a bmc model re-headed on a lab's reviewed cells.
+
+What changes is the model's last layer only: the linear head that reads each cell's embedding
+(:mod:`bmc.backends`). It starts from the model's own head and is refitted on the lab's cells together
+with a replay of the base model's training images, with an L2 pull towards the original weights, so
+the classes the lab did not show keep what they knew. The backbone is untouched, so adapting takes
+seconds once the embeddings are computed, and the result is an ordinary model folder (safetensors,
+``config.json`` with labels and calibration, image processor, card) that the app, :class:`Predictor`
+and ``pipeline("image-classification")`` load with nothing extra. Chosen by measurement against a
+logistic head on the embeddings alone (docs/experiments.md, "A model for your lab").
+
+A class the model lacks is added when the lab's cells hold at least :data:`MIN_NEW_CLASS` of it. The
+temperature and review threshold are refitted on the lab's cells by k-fold (each cell scored by a
+head that did not see it), and those out-of-fold figures go into the card beside what the adapted
+model scores on the base model's test split (what it forgot).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bmc import labels as L
+from bmc.calibration import calibrate, softmax
+from bmc.data import read_manifest, resolve_source, scan_folder
+from bmc.evaluation import WBC_FOLDER_TO_CODE, calibration_config
+from bmc.inference import Predictor
+from bmc.metrics import classification_metrics
+from bmc.model import save_classifier, update_config
+from bmc.uploads import iter_images
+
+MIN_NEW_CLASS = 5
+"""Cells of a class the model lacks needed to add it."""
+MIN_PER_CLASS_WARN = 5
+REPLAY_PER_CLASS = 30
+"""Base training images per class replayed beside the lab's cells (from the model's split manifest)."""
+PULL = 3e-2
+"""L2 strength pulling the new head towards the original one (per weight, on the mean loss)."""
+LAB_WEIGHT = 3.0
+"""How much more a lab cell weighs than a replayed base image in the loss."""
+FOLDS = 5
+
+
+@dataclass
+class LabCells:
+    """A lab's labelled cells: images, their codes, and what was left out and why."""
+
+    images: list[Image.Image]
+    codes: list[str]
+    names: list[str]
+    skipped: list[str] = field(default_factory=list)
+
+
+def _folder_code(name: str) -> str:
+    """A class folder's code: a Matek code or name, a white-cell name (BCCD), else the name itself."""
+    return WBC_FOLDER_TO_CODE.get(name.lower(), name)
+
+
+def read_lab_cells(cells: Path, images: Sequence[Path] = ()) -> LabCells:
+    """The labelled cells of a lab: a folder of class folders, or a reviewed ``predictions.csv`` of
+    ``bmc count`` or the app (only its reviewed rows) with ``images`` the inputs that count was made of."""
+    if cells.is_dir():
+        records, skipped = scan_folder(cells)
+        out = LabCells([], [], [], [f"{s.source}: {s.reason}" for s in skipped])
+        for path, label in records:
+            item = next(iter_images([path]))
+            if isinstance(item, tuple):
+                out.images.append(item[1])
+                out.codes.append(_folder_code(label))
+                out.names.append(path)
+            else:
+                out.skipped.append(f"{item.source}: {item.reason}")
+        return out
+    with open(cells, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"file", "reviewed", "reviewed_label"} <= set(rows[0]):
+        raise ValueError(f"{cells}: not a folder of class folders nor a predictions.csv of bmc count or the app "
+                         "(columns file, reviewed, reviewed_label)")
+    wanted = {r["file"]: r["reviewed_label"] for r in rows if r["reviewed"] == "yes"}
+    if not wanted:
+        raise ValueError(f"{cells}: no reviewed cell in it (column reviewed = yes): review some cells first")
+    if not images:
+        raise ValueError(f"{cells}: give --images, the files or archives that count was made of, to read the reviewed cells")
+    out = LabCells([], [], [])
+    for item in iter_images(list(images)):
+        if isinstance(item, tuple) and item[0] in wanted:
+            out.images.append(item[1])
+            out.codes.append(wanted[item[0]])
+            out.names.append(item[0])
+    missing = sorted(set(wanted) - set(out.names))
+    out.skipped += [f"{name}: reviewed in {cells.name} but not found in --images" for name in missing]
+    if not out.images:
+        raise ValueError(f"none of the {len(wanted)} reviewed cells of {cells} is in --images")
+    return out
+
+
+def replay_records(model_dir: Path, codes: Sequence[str], per_class: int = REPLAY_PER_CLASS, seed: int = 0) -> list[tuple[str, str]]:
+    """Up to ``per_class`` training images per class of the base model (its split manifest), when on disk."""
+    manifest = Path(model_dir) / "split_manifest.csv"
+    if not manifest.is_file():
+        return []
+    rows = [r for r in read_manifest(manifest) if r["split"] == "train" and r["label"] in codes and resolve_source(r["source"]).is_file()]
+    rng = random.Random(seed)
+    out = []
+    for code in codes:
+        mine = [r for r in rows if r["label"] == code]
+        out += [(str(resolve_source(r["source"])), code) for r in rng.sample(mine, min(per_class, len(mine)))]
+    return out
+
+
+def fit_head(weight: np.ndarray, bias: np.ndarray, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """A linear head fitted on embeddings ``x`` (weighted cross-entropy, L-BFGS) starting from and pulled
+    towards ``weight``/``bias`` (rows of new classes start at zero)."""
+    w0, b0 = torch.tensor(weight, dtype=torch.float64), torch.tensor(bias, dtype=torch.float64)
+    w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+    xt, yt = torch.tensor(x, dtype=torch.float64), torch.tensor(y)
+    sw = torch.tensor(sample_weight / sample_weight.sum(), dtype=torch.float64)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = (torch.nn.functional.cross_entropy(xt @ w.T + b, yt, reduction="none") * sw).sum()
+        loss = loss + PULL * (((w - w0) ** 2).sum() + ((b - b0) ** 2).sum())
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().numpy(), b.detach().numpy()
+
+
+@dataclass
+class Adaptation:
+    """What ``bmc adapt`` learnt and measured."""
+
+    codes: list[str]
+    weight: np.ndarray
+    bias: np.ndarray
+    calibration: dict
+    lab_figures: dict
+    lab_counts: dict[str, int]
+    added: list[str]
+    n_replay: int
+
+
+def adapt_head(model_codes: list[str], weight: np.ndarray, bias: np.ndarray, lab_x: np.ndarray, lab_codes: Sequence[str],
+               replay_x: np.ndarray, replay_codes: Sequence[str], folds: int = FOLDS, seed: int = 0) -> Adaptation:
+    """Refit the head on lab cells + replay; calibrate and measure it on the lab cells by k-fold."""
+    counts = {c: lab_codes.count(c) for c in dict.fromkeys(lab_codes)}
+    added = [c for c, n in counts.items() if c not in model_codes and n >= MIN_NEW_CLASS]
+    unknown = {c: n for c, n in counts.items() if c not in model_codes and c not in added}
+    if unknown:
+        raise ValueError(f"the cells hold classes this model lacks with fewer than {MIN_NEW_CLASS} cells each "
+                         f"({', '.join(f'{c}: {n}' for c, n in unknown.items())}): add more of them, or leave them out")
+    codes = [*model_codes, *added]
+    w = np.vstack([weight, np.zeros((len(added), weight.shape[1]))])
+    b = np.concatenate([bias, np.zeros(len(added))])
+    ly = np.array([codes.index(c) for c in lab_codes])
+    ry = np.array([codes.index(c) for c in replay_codes], dtype=int)
+    x = np.vstack([lab_x, replay_x]) if len(replay_x) else lab_x
+    y = np.concatenate([ly, ry])
+    sw = np.concatenate([np.full(len(ly), LAB_WEIGHT), np.ones(len(ry))])
+    # out-of-fold logits of the lab cells: each scored by a head fitted without it
+    oof = np.zeros((len(ly), len(codes)))
+    order = np.random.default_rng(seed).permutation(len(ly))
+    k = max(2, min(folds, len(ly)))
+    for f in range(k):
+        held = order[f::k]
+        keep = np.setdiff1d(np.arange(len(y)), held)
+        fw, fb = fit_head(w, b, x[keep], y[keep], sw[keep])
+        oof[held] = lab_x[held] @ fw.T + fb
+    calib = calibrate(oof, ly)
+    figures = classification_metrics(softmax(oof, calib["temperature"]), ly, num_classes=len(codes))
+    figures["n"] = len(ly)
+    final_w, final_b = fit_head(w, b, x, y, sw)
+    return Adaptation(codes, final_w, final_b, calib, figures, counts, added, len(ry))
+
+
+def write_adapted(base: Predictor, result: Adaptation, out_dir: Path, forgot: dict, source: str) -> Path:
+    """The adapted model folder: the base model with the new head, its calibration, and a card."""
+    model = base.model
+    head = torch.nn.Linear(result.weight.shape[1], len(result.codes))
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor(result.weight, dtype=torch.float32))
+        head.bias.copy_(torch.tensor(result.bias, dtype=torch.float32))
+    model.classifier = head
+    id2label, label2id = L.label_maps(result.codes)
+    model.config.id2label, model.config.label2id, model.config.num_labels = id2label, label2id, len(result.codes)
+    save_classifier(model, base.processor, out_dir)
+    update_config(out_dir, **calibration_config(result.calibration), bmc_denoise=base.use_denoise,
+                  bmc_adapted_from=str(base.name))
+    summary = {"adapted_from": str(base.name), "adapted_from_version": base.version, "cells": source,
+               "lab_counts": result.lab_counts, "added_classes": result.added, "replay_images": result.n_replay,
+               "calibration": result.calibration, "lab_out_of_fold": _short(result.lab_figures), "base_test": forgot}
+    (out_dir / "adaptation.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    (out_dir / "README.md").write_text(card(summary, result.codes))
+    return out_dir
+
+
+def _short(m: dict) -> dict:
+    return {k: m[k] for k in ("accuracy", "macro_f1", "n")}
+
+
+def card(summary: dict, codes: Sequence[str]) -> str:
+    """The adapted model's card: from what, on which cells, how it does on them and what it forgot."""
+    lab = summary["lab_out_of_fold"]
+    counts = ", ".join(f"{L.display_name(c)} {n}" for c, n in summary["lab_counts"].items())
+    lines = [
+        "---", "library_name: transformers", "pipeline_tag: image-classification",
+        "tags: [image-classification, hematology, research-only, bmc-adapted]", "---", "",
+        f"# Adapted from `{summary['adapted_from']}`", "",
+        "> **Research tool, not a diagnosis.** Every label must be reviewed by a qualified haematologist.", "",
+        f"Made by `bmc adapt` from {sum(summary['lab_counts'].values())} labelled cells of one laboratory "
+        f"(`{summary['cells']}`): {counts}. Only the last layer was refitted (from the base model's head, with "
+        f"{summary['replay_images']} of the base model's training images replayed); the backbone is the base model's "
+        f"(version `{summary['adapted_from_version']}`).",
+        f"Classes added: {', '.join(summary['added_classes']) or 'none'}. Classes: {', '.join(codes)}.", "",
+        "| measured on | images | accuracy | macro-F1 |", "|---|---|---|---|",
+        f"| this lab's cells, out of fold ({len(summary['lab_counts'])} classes; each cell scored by a head fitted without it) | "
+        f"{lab.get('n', '—')} | {lab['accuracy']:.1%} | {lab['macro_f1']:.3f} |",
+    ]
+    for name, fig in summary["base_test"].items():
+        lines.append(f"| base model's test split, {name}: before → after adaptation (what it forgot) | {fig['n']} | "
+                     f"{fig['accuracy_before']:.1%} → {fig['accuracy_after']:.1%} | {fig['macro_f1_before']:.3f} → {fig['macro_f1_after']:.3f} |")
+    calib = summary["calibration"]
+    lines += ["", f"Calibration on this lab's cells (k-fold): temperature {calib['temperature']:.3f}; cells below "
+                  f"{calib['review_threshold']:.3f} calibrated confidence are flagged for review, which flags "
+                  f"{1 - calib['validation_coverage']:.0%} of them. With few cells per class these figures are rough: "
+                  "keep reviewing, and adapt again with more cells.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def forgetting(base: Predictor, result: Adaptation, model_dir: Path) -> dict:
+    """Accuracy and macro-F1 on the base model's test split per source, before and after the new head."""
+    manifest = Path(model_dir) / "split_manifest.csv"
+    rows = [r for r in read_manifest(manifest) if r["split"] == "test" and resolve_source(r["source"]).is_file()] if manifest.is_file() else []
+    out: dict[str, Any] = {}
+    for domain in dict.fromkeys(r.get("domain", "") for r in rows):
+        mine = [r for r in rows if r.get("domain", "") == domain and r["label"] in base.codes]
+        images = [Image.open(resolve_source(r["source"])).convert("RGB") for r in mine]
+        logits, emb = base.forward(images)
+        truth = np.array([base.codes.index(r["label"]) for r in mine])
+        after = emb @ result.weight.T + result.bias
+        before_m = classification_metrics(softmax(np.hstack([logits, np.full((len(logits), len(result.added)), -1e9)])), truth,
+                                          num_classes=len(result.codes))
+        after_m = classification_metrics(softmax(after), truth, num_classes=len(result.codes))
+        out[domain] = {"n": len(mine), "accuracy_before": before_m["accuracy"], "accuracy_after": after_m["accuracy"],
+                       "macro_f1_before": before_m["macro_f1"], "macro_f1_after": after_m["macro_f1"]}
+    return out
+
+
+def adapt_model(model: str, cells: Path, out_dir: Path, images: Sequence[Path] = (), replay_per_class: int = REPLAY_PER_CLASS,
+                measure_forgetting: bool = True, progress: bool = True) -> tuple[Path, dict]:
+    """``bmc adapt``: read the lab's cells, embed them and the replay with the base model, refit the head,
+    measure it, and write the adapted model folder."""
+    say = print if progress else (lambda *_a, **_k: None)
+    base = Predictor(model, backend="torch")
+    lab = read_lab_cells(cells, images)
+    if len(set(lab.codes)) < 2:
+        raise ValueError(f"{cells}: the cells hold {len(set(lab.codes))} class; adapting needs at least two")
+    say(f"{len(lab.images)} lab cells ({len(lab.skipped)} skipped); embedding them with {base.name} ...")
+    _, lab_x = base.forward(lab.images)
+    replay = replay_records(Path(model), base.codes, replay_per_class) if Path(model).is_dir() else []
+    say(f"replaying {len(replay)} of the base model's training images ...")
+    replay_x = base.forward([Image.open(p).convert("RGB") for p, _ in replay])[1] if replay else np.zeros((0, lab_x.shape[1]))
+    head = base.model.classifier
+    result = adapt_head(base.codes, head.weight.detach().numpy(), head.bias.detach().numpy(), lab_x, lab.codes,
+                        replay_x, [c for _, c in replay])
+    forgot = forgetting(base, result, Path(model)) if measure_forgetting and Path(model).is_dir() else {}
+    out = write_adapted(base, result, Path(out_dir), forgot, str(cells))
+    return out, json.loads((out / "adaptation.json").read_text())

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import gradio as gr
@@ -166,6 +167,27 @@ class CellApp:
             gallery.append((Image.open(io.BytesIO(cell.thumbnail)), caption))
         return table(report), "\n\n".join(lines), str(out["chart"]), gallery, [str(out["csv"]), str(out["html"])]
 
+    def export_reviewed(self, report: CountReport | None) -> tuple[str, str]:
+        """The reviewed cells as a zip of class folders, and the ``bmc adapt`` command that makes a model for
+        this lab from them. Not run here: adapting embeds about a thousand images (the replay of the training
+        images and the base test split), minutes of CPU that would hold up every other user of a shared
+        server; on the lab's own machine it takes a few minutes and the lab keeps its cells."""
+        if report is None or not report.corrections:
+            raise gr.Error("No reviewed cells yet: review some cells of a count first (at least two classes).")
+        folder = _request_dir()
+        path = folder / "reviewed-cells.zip"
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, code in report.corrections.items():
+                cell = report.cell(name)
+                data = cell.image or cell.thumbnail if cell else None
+                if data:
+                    zf.writestr(f"reviewed-cells/{code}/{Path(name).stem}.jpg", data)
+        note = (f"**{report.n_reviewed} reviewed cells** in class folders. To make a model for your lab from them, unzip and run\n\n"
+                f"```\nbmc adapt {self.predictor.name} reviewed-cells/ --out models/my-lab\n```\n\n"
+                "It refits the model's last layer on your cells (a few minutes on a laptop CPU); it is not run on this server "
+                "because it would hold up everyone else's counts. More reviewed cells per class give a better model.")
+        return str(path), note
+
     @staticmethod
     def pick_from_gallery(report: CountReport | None, evt: gr.SelectData) -> str | None:
         """The name of the cell clicked in the review-queue gallery."""
@@ -272,8 +294,13 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
                     r_image = gr.Image(type="pil", label="cell (full resolution)", height=REVIEW_IMAGE_HEIGHT)
                     r_info = gr.Markdown()
             c_files = gr.File(label="downloads: per-image CSV (model and reviewed labels) and HTML report", file_count="multiple")
+            with gr.Row():
+                a_go = gr.Button("Download the reviewed cells for a model of your lab (bmc adapt)")
+                a_file = gr.File(label="reviewed cells (zip of class folders)")
+            a_note = gr.Markdown()
             rendered = [c_table, c_summary, c_chart, c_flagged, c_files]
             c_go.click(h.count, [files], [*rendered, r_cell, report], api_name="count", concurrency_limit=HEAVY_CONCURRENCY)
+            a_go.click(h.export_reviewed, [report], [a_file, a_note], api_name="export_reviewed")
             c_flagged.select(h.pick_from_gallery, [report], [r_cell], api_name=False)
             r_cell.change(h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_name="open_cell")
             r_save.click(h.review, [r_cell, r_label, report], [*rendered, r_cell, report], api_name="review").then(

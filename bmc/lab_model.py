@@ -192,7 +192,8 @@ def write_adapted(base: Predictor, result: Adaptation, out_dir: Path, forgot: di
         head.weight.copy_(torch.tensor(result.weight, dtype=torch.float32))
         head.bias.copy_(torch.tensor(result.bias, dtype=torch.float32))
     model.classifier = head
-    id2label, label2id = L.label_maps(result.codes)
+    id2label = dict(enumerate(result.codes))  # the head's row order, new classes last (label_maps would re-sort them)
+    label2id = {c: i for i, c in id2label.items()}
     model.config.id2label, model.config.label2id, model.config.num_labels = id2label, label2id, len(result.codes)
     save_classifier(model, base.processor, out_dir)
     update_config(out_dir, **calibration_config(result.calibration), bmc_denoise=base.use_denoise,

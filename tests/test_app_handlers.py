@@ -46,3 +46,18 @@ def test_count_then_review_without_a_server(handlers, cells):
     assert "1 reviewed, 1 relabelled" in rendered[1]
     image, info, label = handlers.open_cell(name, reviewed)
     assert image.size == (60, 60) and f"Reviewed as **{display_name(other)}**" in info and label == display_name(other)
+
+
+def test_reviewed_cells_download_for_bmc_adapt(handlers, cells):
+    import zipfile
+
+    import gradio as gr
+
+    *_, report = handlers.count(cells)
+    with pytest.raises(gr.Error, match="No reviewed cells"):
+        handlers.export_reviewed(report)
+    *_, reviewed = handlers.review(report.cells[0].name, handlers.names and next(iter(handlers.names)), report)
+    path, note = handlers.export_reviewed(reviewed)
+    code = reviewed.corrections[report.cells[0].name]
+    assert zipfile.ZipFile(path).namelist() == [f"reviewed-cells/{code}/cell0.jpg"]
+    assert "bmc adapt" in note and "reviewed-cells/" in note

@@ -1,0 +1,75 @@
+"""bmc adapt on a tiny model: a complete model folder that loads anywhere, a class added only with enough cells."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bmc.lab_model import MIN_NEW_CLASS, adapt_head
+
+
+def _lab(tmp_path, counts):
+    rng = np.random.default_rng(0)
+    for i, (name, n) in enumerate(counts.items()):
+        (tmp_path / name).mkdir(parents=True)
+        for j in range(n):
+            pixels = np.clip(rng.normal(60 + 60 * i, 20, (56, 56, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / name / f"{name}_{j}.png")
+    return tmp_path
+
+
+def test_adapt_writes_a_folder_that_pipeline_and_the_predictor_load(tmp_path, tiny_model_dir):
+    from transformers import pipeline
+
+    from bmc.inference import Predictor
+
+    lab = _lab(tmp_path / "lab", {"BLA": 6, "Lymphocyte": 6, "NGS": 6, "Plasma cell": MIN_NEW_CLASS})
+    out = tmp_path / "adapted"
+    result = subprocess.run([sys.executable, "-m", "bmc", "adapt", str(tiny_model_dir), str(lab), "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "adapted model:" in result.stdout
+    summary = json.loads((out / "adaptation.json").read_text())
+    assert summary["added_classes"] == ["PLM"] and summary["lab_counts"]["LYT"] == 6
+    card = (out / "README.md").read_text()
+    assert "Research tool, not a diagnosis" in card and "out of fold" in card
+    predictor = Predictor(str(out), "torch")
+    assert sorted(predictor.codes) == ["BLA", "LYT", "NGS", "PLM"] and predictor.codes[-1] == "PLM"  # added last
+    assert 0 < predictor.threshold <= 1
+    classify = pipeline("image-classification", model=str(out))
+    assert {r["label"] for r in classify(str(lab / "NGS" / "NGS_0.png"), top_k=4)} == {"BLA", "LYT", "NGS", "PLM"}
+    again = subprocess.run([sys.executable, "-m", "bmc", "adapt", str(tiny_model_dir), str(lab), "--out", str(out)],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "not empty" in again.stderr  # nothing is overwritten
+
+
+def test_a_class_the_model_lacks_needs_enough_cells():
+    w, b = np.zeros((2, 4)), np.zeros(2)
+    x = np.random.default_rng(0).normal(size=(9, 4))
+    with pytest.raises(ValueError, match="PLM: 3"):
+        adapt_head(["BLA", "LYT"], w, b, x, ["BLA"] * 3 + ["LYT"] * 3 + ["PLM"] * 3, np.zeros((0, 4)), [])
+
+
+def test_a_reviewed_count_is_read_with_the_images_it_was_made_of(tmp_path):
+    from bmc.lab_model import read_lab_cells
+
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 40), (10 * i, 0, 0)).save(buf, "PNG")
+        (folder / f"c{i}.png").write_bytes(buf.getvalue())
+    csv_path = tmp_path / "predictions.csv"
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "model_label", "reviewed", "reviewed_label"])
+        w.writerows([["c0.png", "BLA", "yes", "LYT"], ["c1.png", "BLA", "no", "BLA"], ["gone.png", "BLA", "yes", "NGS"]])
+    with pytest.raises(ValueError, match="give --images"):
+        read_lab_cells(csv_path)
+    lab = read_lab_cells(csv_path, [folder])
+    assert lab.codes == ["LYT"] and lab.names == ["c0.png"] and "gone.png" in lab.skipped[0]

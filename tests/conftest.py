@@ -43,7 +43,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not MATEK.is_dir():
-        pytest.fail(f"real data missing at {SHARED}: the integration tests need ../shared/data beside the repository")
+        if os.environ.get("CI"):
+            pytest.fail(f"real data missing at {SHARED}: CI runs the integration tests and needs ../shared/data beside the repository")
+        pytest.skip(f"no ../shared/data at {SHARED}: integration test skipped (CI runs it)")
     return SHARED
 
 

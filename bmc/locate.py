@@ -1,0 +1,148 @@
+"""Finding white (nucleated) cells in a microscope field, cropping each at the training framing, and the
+single-cell guard of the app.
+
+Romanowsky-type stains colour nuclei blue-violet and red cells pink, so *blue minus red* separates
+nuclei from everything else in a blood or marrow field. The locator smooths that map, keeps what is
+clearly blue (:data:`BLUE_MINUS_RED`), joins the lobes of one nucleus by a dilation, drops blobs smaller
+than a white cell's nucleus (platelets, stain debris: :data:`MIN_AREA_FRACTION` of the field) and boxes
+each blob as a square :data:`GROW` times its side, which covers the cytoplasm (BCCD's boxes are of the
+whole cell). Measured on BCCD's 292 trainval fields by ``bench/locate.py`` (docs/performance.md).
+Touching cells whose nuclei merge are not yet split (no watershed): they come back as one box.
+
+The same blob count guards *One cell*: a picture with several well separated nuclei of cell size is
+not one cell (:func:`several_cells`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+BLUE_MINUS_RED = 35.0
+"""Blue minus red (0-255 scale, after smoothing) above which a pixel is nuclear stain."""
+SMOOTH_SIGMA = 3.0
+DILATE_PX = 15
+"""Dilation (at a 640-px field) that joins the lobes of one nucleus."""
+MIN_AREA_FRACTION = 0.01
+"""Smallest nucleus blob kept, as a share of the field (at BCCD's magnification a platelet is well below it)."""
+GROW = 1.2
+"""Side of a cell's box relative to its nucleus blob's longer side."""
+CROP_FILL = 0.8
+"""Share of a crop's side the cell fills, as in the training images (Matek's cells fill most of a 250-px crop)."""
+MAX_SIDE = 2048
+"""Longer side a field is searched at; a larger one (a 40-megapixel photo) is downscaled first, and said."""
+WORK_SIDE = 640
+"""The side the morphology constants refer to (BCCD's fields)."""
+GUARD_MIN_AREA_FRACTION = 0.02
+"""For the single-cell guard: a second nucleus must be at least this share of the picture to count."""
+GUARD_RELATIVE_AREA = 0.25
+"""... and at least this share of the largest blob (a fragment beside the cell of a crop is smaller)."""
+GUARD_MIN_DISTANCE = 0.45
+"""... and its centre this share of the picture's side away from every other."""
+
+
+@dataclass(frozen=True)
+class Box:
+    """One found cell, in pixels of the original image."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    nucleus_area: int
+
+    @property
+    def side(self) -> int:
+        return max(self.x1 - self.x0, self.y1 - self.y0)
+
+
+@dataclass
+class Field:
+    """The cells found in one picture, and a note when the picture was downscaled to search it."""
+
+    boxes: list[Box]
+    note: str = ""
+
+
+def _blobs(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected nuclear-stain blobs of an RGB array: (stats rows x, y, w, h, area; centroids)."""
+    f = rgb.astype(np.float32)
+    blue = cv2.GaussianBlur(f[:, :, 2] - f[:, :, 0], (0, 0), SMOOTH_SIGMA)
+    mask = (blue > BLUE_MINUS_RED).astype(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+    k = max(3, int(round(DILATE_PX * max(rgb.shape[:2]) / WORK_SIDE)) | 1)
+    mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    _n, _labels, stats, centroids = cv2.connectedComponentsWithStats(mask)
+    return stats[1:], centroids[1:]
+
+
+def find_cells(image: Image.Image) -> Field:
+    """Boxes of the white / nucleated cells in a field (any size; greyscale has no colour to go by)."""
+    rgb = np.asarray(image.convert("RGB"))
+    h, w = rgb.shape[:2]
+    scale, note = 1.0, ""
+    if max(h, w) > MAX_SIDE:
+        scale = MAX_SIDE / max(h, w)
+        rgb = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        note = f"the {w}×{h} picture was searched at {rgb.shape[1]}×{rgb.shape[0]} (longest side {MAX_SIDE} px)"
+    sh, sw = rgb.shape[:2]
+    boxes = []
+    for (x, y, bw, bh, area) in _blobs(rgb)[0]:
+        if area < MIN_AREA_FRACTION * sh * sw:
+            continue
+        cx, cy, side = x + bw / 2, y + bh / 2, max(bw, bh) * GROW
+        x0, y0 = max(0.0, cx - side / 2), max(0.0, cy - side / 2)
+        x1, y1 = min(float(sw), cx + side / 2), min(float(sh), cy + side / 2)
+        boxes.append(Box(int(x0 / scale), int(y0 / scale), int(round(x1 / scale)), int(round(y1 / scale)), int(area / scale ** 2)))
+    return Field(boxes, note)
+
+
+def crop(image: Image.Image, box: Box) -> Image.Image:
+    """A square crop centred on the cell, the cell filling :data:`CROP_FILL` of it (the training framing);
+    outside the picture is padded with the picture's median colour (its background)."""
+    rgb = np.asarray(image.convert("RGB"))
+    side = max(8, int(round(box.side / CROP_FILL)))
+    cx, cy = (box.x0 + box.x1) // 2, (box.y0 + box.y1) // 2
+    background = [int(v) for v in np.median(rgb.reshape(-1, 3), axis=0)]
+    half = side // 2
+    padded = cv2.copyMakeBorder(rgb, half, half, half, half, cv2.BORDER_CONSTANT, value=background)
+    x0, y0 = cx - half + half, cy - half + half
+    return Image.fromarray(padded[y0:y0 + side, x0:x0 + side])
+
+
+def several_cells(image: Image.Image) -> int:
+    """How many separate cell-sized nuclei a picture holds, counted for the single-cell guard: only blobs of
+    at least :data:`GUARD_MIN_AREA_FRACTION` of the picture whose centres lie :data:`GUARD_MIN_DISTANCE` of its
+    side apart, and none touching the picture's edge, count, so a lobed nucleus or a neighbour cut by the edge of a
+    single-cell crop does not."""
+    rgb = np.asarray(image.convert("RGB"))
+    h, w = rgb.shape[:2]
+    if max(h, w) > WORK_SIDE:
+        s = WORK_SIDE / max(h, w)
+        rgb = cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+        h, w = rgb.shape[:2]
+    stats, centroids = _blobs(rgb)
+    largest = max((int(st[4]) for st in stats), default=0)
+    big = [tuple(c) for st, c in zip(stats, centroids)
+           if st[4] >= max(GUARD_MIN_AREA_FRACTION * h * w, GUARD_RELATIVE_AREA * largest)  # cell-sized, not a fragment
+           and st[0] > 1 and st[1] > 1 and st[0] + st[2] < w - 1 and st[1] + st[3] < h - 1]  # whole: not cut by the edge
+    kept: list[tuple[float, float]] = []
+    for c in sorted(big, key=lambda c: (c[1], c[0])):
+        if all(np.hypot(c[0] - k[0], c[1] - k[1]) >= GUARD_MIN_DISTANCE * max(h, w) for k in kept):
+            kept.append(c)
+    return len(kept)
+
+
+def draw(image: Image.Image, boxes: list[Box], labels: list[str] | None = None) -> Image.Image:
+    """The field with numbered boxes (and labels), for the overlay a reviewer clicks through."""
+    canvas = np.asarray(image.convert("RGB")).copy()
+    thick = max(2, max(canvas.shape[:2]) // 320)
+    for i, b in enumerate(boxes, start=1):
+        colour = tuple(int(c) for c in np.array(cv2.applyColorMap(np.uint8([[37 * i % 255]]), cv2.COLORMAP_TURBO))[0, 0][::-1])
+        cv2.rectangle(canvas, (b.x0, b.y0), (b.x1, b.y1), colour, thick)
+        text = f"{i}" + (f" {labels[i - 1]}" if labels else "")
+        cv2.putText(canvas, text, (b.x0 + 3, max(12, b.y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, colour, thick)
+    return Image.fromarray(canvas)

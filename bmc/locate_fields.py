@@ -1,0 +1,52 @@
+"""``bmc locate``: fields in, every found cell cropped, classified and written out with its box.
+
+Kept apart from :mod:`bmc.locate` (pure image processing, no model) so that the guard the app runs on
+every upload does not import the classifier's stack.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterable
+
+from PIL import Image
+
+from bmc.images import SkippedFile
+from bmc.inference import Predictor
+from bmc.locate import crop, draw, find_cells
+
+CSV_COLUMNS = ["image", "x0", "y0", "x1", "y1", "label", "confidence", "flagged", "cell", "crop"]
+
+
+def locate_fields(predictor: Predictor, items: Iterable[tuple[str, Image.Image] | SkippedFile], out_dir: Path) -> list[str]:
+    """Find, crop and classify the cells of each field; write ``cells.csv`` (pixels of the original image),
+    ``crops/`` and ``overlays/`` into ``out_dir``; return one line per field (and per skipped file)."""
+    out_dir = Path(out_dir)
+    (out_dir / "crops").mkdir(parents=True, exist_ok=True)
+    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    n_cells = 0
+    with open(out_dir / "cells.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_COLUMNS)
+        for item in items:
+            if isinstance(item, SkippedFile):
+                lines.append(f"skipped {item.source}: {item.reason}")
+                continue
+            name, image = item
+            field = find_cells(image)
+            stem = Path(name).stem.replace("/", "_")
+            crops = [crop(image, b) for b in field.boxes]
+            preds = predictor.predict(crops) if crops else []
+            for i, (box, c, p) in enumerate(zip(field.boxes, crops, preds), start=1):
+                path = out_dir / "crops" / f"{stem}_{i}.jpg"
+                c.save(path, quality=92)
+                writer.writerow([name, box.x0, box.y0, box.x1, box.y1, p.top_code, f"{p.confidence:.4f}",
+                                 "yes" if p.flagged else "no", i, str(path.relative_to(out_dir))])
+            draw(image, field.boxes, [p.top_code for p in preds]).save(out_dir / "overlays" / f"{stem}.jpg", quality=90)
+            n_cells += len(field.boxes)
+            found = f"{len(field.boxes)} cell(s)" if field.boxes else "no cell found"
+            lines.append(f"{name}: {found}" + (f" ({field.note})" if field.note else ""))
+    lines.append(f"{n_cells} cells found; cells.csv, crops/ and overlays/ in {out_dir}")
+    return lines

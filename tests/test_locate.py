@@ -1,0 +1,82 @@
+"""The cell locator and the single-cell guard: generated fields, bad pictures, and real BCCD fields."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bmc.locate import MAX_SIDE, crop, find_cells, several_cells
+
+
+def _field(centres, size=(640, 480), radius=40):
+    """A pink field with violet nuclei (Romanowsky-like colours) at ``centres``."""
+    import cv2
+
+    canvas = np.full((size[1], size[0], 3), (230, 190, 200), np.uint8)
+    for x, y in centres:
+        cv2.circle(canvas, (x, y), radius + 25, (215, 175, 215), -1)  # cytoplasm
+        cv2.circle(canvas, (x, y), radius, (110, 80, 200), -1)  # nucleus: blue well above red
+    return Image.fromarray(canvas)
+
+
+def test_each_cell_of_a_field_is_found_and_boxed_whole():
+    field = find_cells(_field([(150, 150), (450, 300)]))
+    assert len(field.boxes) == 2 and not field.note
+    first = min(field.boxes, key=lambda b: b.x0)
+    assert first.x0 < 150 - 40 < 150 + 40 < first.x1  # the box holds more than the nucleus
+
+
+@pytest.mark.parametrize("picture, n", [
+    (Image.new("RGB", (640, 480), (240, 240, 240)), 0),  # blank
+    (Image.new("RGB", (640, 480), (220, 120, 130)), 0),  # only red cells' colour
+    (Image.new("L", (640, 480), 128), 0),  # greyscale: no colour to go by
+])
+def test_pictures_without_a_nucleus_give_an_empty_answer(picture, n):
+    assert len(find_cells(picture).boxes) == n
+
+
+def test_a_huge_field_is_searched_downscaled_and_says_so():
+    big = _field([(2000, 1500)], size=(8000, 6000), radius=300)
+    field = find_cells(big)
+    assert "searched at" in field.note and str(MAX_SIDE) in field.note
+    assert len(field.boxes) == 1 and field.boxes[0].x0 < 2000 < field.boxes[0].x1  # boxes in the original's pixels
+
+
+def test_two_hundred_overlapping_cells_do_not_crash():
+    rng = np.random.default_rng(0)
+    field = find_cells(_field([tuple(rng.integers(0, 640, 2)) for _ in range(200)], radius=15))
+    assert isinstance(field.boxes, list)
+
+
+def test_a_crop_centres_the_cell_at_the_training_framing():
+    image = _field([(100, 100)])
+    box = find_cells(image).boxes[0]
+    c = crop(image, box)
+    assert c.size[0] == c.size[1] and abs(c.size[0] - box.side / 0.8) <= 2
+    corner = crop(image, type(box)(0, 0, 60, 60, 100))  # a cell at the edge is padded, not shifted
+    assert corner.size == (75, 75)
+
+
+def test_the_guard_counts_separate_whole_cells_only():
+    assert several_cells(_field([(160, 240), (480, 240)])) == 2
+    assert several_cells(_field([(320, 240)])) == 1
+    assert several_cells(_field([(320, 240), (630, 240)])) == 1  # a neighbour cut by the edge is not a cell
+
+
+def test_real_bccd_fields_are_found(shared_data):
+    from bench.locate import FIELDS, match, wbc_boxes
+
+    ids = (FIELDS / "trainval.txt").read_text().split()[:30]
+    found = total = 0
+    for field_id in ids:
+        truth = wbc_boxes(field_id)
+        found += len(match(truth, find_cells(Image.open(FIELDS / "JPEGImages" / f"{field_id}.jpg")).boxes))
+        total += len(truth)
+    assert found / total >= 0.9
+
+
+def test_real_single_cells_are_not_refused(shared_data):
+    from helpers import BCCD, PBC, matek_images
+
+    cells = [p for code in ("BLA", "NGS", "MON", "EOS") for p in matek_images(code, 10)]
+    cells += sorted(PBC.rglob("*.jpg"))[:20] + sorted(BCCD.rglob("*.jpg"))[:20]
+    assert sum(several_cells(Image.open(p)) >= 2 for p in cells) == 0

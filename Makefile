@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export GRADIO_ANALYTICS_ENABLED ?= False
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo test browser base train bench count audit clean
+.PHONY: install demo test test-fast lint typecheck browser base train bench count audit clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,22 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python app.py --model $(MODEL)
 
-## Whole test suite (unit + integration on ../shared/data + app + headless browser).
-test: install browser
+## Whole test suite (lint, then unit + integration on ../shared/data + app + headless browser).
+test: install browser lint
 	$(BIN)/python -m pytest -q -ra
+
+## The quick loop: tests that need neither ../shared/data nor a server, a training run or a package build.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+## ruff: lint rules and formatting as written in pyproject.toml.
+lint: install
+	$(BIN)/ruff check bmc app.py train_hf.py bench tests
+	$(BIN)/ruff format --check bmc app.py train_hf.py bench tests
+
+## mypy on bmc/ (not yet clean: issue 22).
+typecheck: install
+	$(BIN)/mypy
 
 ## Debian's chromium for the browser test (Playwright drives it; nothing is downloaded by Playwright).
 browser:

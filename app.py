@@ -28,8 +28,9 @@ from PIL import Image
 
 from bmc import labels as L
 from bmc.cli import add_model_arguments, predictor_from_args
-from bmc.images import ImageError, open_image
+from bmc.evaluation import single_source_classes, unseen_marrow_score
 from bmc.explain import Explainer, get_method, overlay
+from bmc.images import IMAGE_SUFFIXES, ImageError, open_image
 from bmc.inference import Predictor
 from bmc.locate import several_cells
 from bmc.report import DISCLAIMER, TABLE_HEADERS, CountReport, predict_stream, report_for, table, write_all
@@ -37,14 +38,16 @@ from bmc.uploads import ARCHIVE_SUFFIXES, UploadError, iter_images
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "examples"  # shipped, cited in examples/README.md: a Space has no ../shared
-HEAVY_CONCURRENCY = 1     # attribution and counting: many forward/backward passes, one at a time on a 2-core machine
+HEAVY_CONCURRENCY = 1  # attribution and counting: many forward/backward passes, one at a time on a 2-core machine
 CLASSIFY_CONCURRENCY = 2
-QUEUE_SIZE = 64           # beyond this many waiting requests, new ones are told the server is busy
-TABLE_MAX_HEIGHT = 900    # px: every row of a 21-class count and its total row without scrolling inside the table
+QUEUE_SIZE = 64  # beyond this many waiting requests, new ones are told the server is busy
+TABLE_MAX_HEIGHT = 900  # px: every row of a 21-class count and its total row without scrolling inside the table
 REVIEW_IMAGE_HEIGHT = 420  # px: a 250-400 px cell shown at its own resolution
-MAX_GALLERY = 120         # the head of the review queue shown as thumbnails; every cell can still be opened by name
-REVIEW_NOTE = ("Review decisions live only in this browser session's memory: nothing about them is kept on the server "
-               "after you close the page. Download the CSV and report to keep them.")
+MAX_GALLERY = 120  # the head of the review queue shown as thumbnails; every cell can still be opened by name
+REVIEW_NOTE = (
+    "Review decisions live only in this browser session's memory: nothing about them is kept on the server "
+    "after you close the page. Download the CSV and report to keep them."
+)
 log = logging.getLogger("bmc.app")
 
 
@@ -53,6 +56,8 @@ class CellApp:
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
+        self.secondary_only = single_source_classes(predictor.name) if Path(predictor.name).is_dir() else {}
+        """Classes learnt only from a secondary source's images (for the bundled model: blood, not marrow)."""
         self.explainer = Explainer(predictor.model, predictor.processor, predictor.use_denoise)
         self.names = {L.display_name(c): c for c in predictor.codes}
 
@@ -72,25 +77,40 @@ class CellApp:
         image = self.load(path)
         n_cells = several_cells(image)
         if n_cells >= 2:
-            return None, (f"⚠️ **{n_cells} cells in this picture**: this tab classifies one cell. Count them in "
-                          "*Differential count*, or crop one cell and upload it.")
+            return None, (
+                f"⚠️ **{n_cells} cells in this picture**: this tab classifies one cell. Count them in "
+                "*Differential count*, or crop one cell and upload it."
+            )
         pred = self.predictor.predict([image])[0]
         top = {L.display_name(c): p for c, p in pred.top_k(int(k))}
         name, threshold = L.display_name(pred.top_code), self.predictor.threshold
         if pred.flagged:
-            verdict = (f"⚠️ **Uncertain — review manually.** Best guess {name} at {pred.confidence:.1%} calibrated confidence, "
-                       f"below the review threshold of {threshold:.1%}. The cell may be of a type this model was not "
-                       f"trained on ({len(L.CELL_CLASSES) - len(self.predictor.codes)} of the 21 Matek classes are unknown to it).")
+            verdict = (
+                f"⚠️ **Uncertain — review manually.** Best guess {name} at {pred.confidence:.1%} calibrated confidence, "
+                f"below the review threshold of {threshold:.1%}. The cell may be of a type this model was not "
+                f"trained on ({len(L.CELL_CLASSES) - len(self.predictor.codes)} of the 21 Matek classes are unknown to it)."
+            )
         else:
-            verdict = (f"**{name}** at {pred.confidence:.1%} calibrated confidence (review threshold {threshold:.1%}). "
-                       "A suggestion for review, not a diagnosis.")
+            verdict = (
+                f"**{name}** at {pred.confidence:.1%} calibrated confidence (review threshold {threshold:.1%}). "
+                "A suggestion for review, not a diagnosis."
+            )
+        if pred.top_code in self.secondary_only:
+            verdict += (
+                f"\n\nNote: this model learnt {name} only from images of "
+                f"{', '.join(self.secondary_only[pred.top_code])} (peripheral blood), not marrow; on marrow cells of "
+                "these classes it is unreliable (see the model card)."
+            )
         if image.info.get("bmc_converted"):
-            verdict += (f"\n\nNote: the upload was {image.info['bmc_converted']}; it was converted to 8-bit RGB, "
-                        "the kind of image the model was trained on.")
+            verdict += (
+                f"\n\nNote: the upload was {image.info['bmc_converted']}; it was converted to 8-bit RGB, "
+                "the kind of image the model was trained on."
+            )
         return top, verdict
 
-    def explain(self, path: str | None, method: str, target_name: str, opacity: float, noise_tunnel: bool,
-                progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, str]:
+    def explain(
+        self, path: str | None, method: str, target_name: str, opacity: float, noise_tunnel: bool, progress: gr.Progress = gr.Progress()
+    ) -> tuple[Image.Image, str]:
         """An attribution overlay for the predicted (or a chosen) class."""
         image = self.load(path)
         if method not in self.explainer.methods():
@@ -131,10 +151,11 @@ class CellApp:
         pred = cell.prediction
         top3 = ", ".join(f"{L.display_name(c)} {s:.0%}" for c, s in pred.top_k(3))
         source = report.source(cell)
-        status = {"reviewed": f"reviewed as **{L.display_name(report.label(cell))}**",
-                  "learnt": f"not reviewed; learnt from this review: **{L.display_name(report.label(cell))}** "
-                            f"({report.confidence(cell):.0%})",
-                  "model": "flagged, not reviewed yet" if pred.flagged else "not flagged, not reviewed"}[source]
+        status = {
+            "reviewed": f"reviewed as **{L.display_name(report.label(cell))}**",
+            "learnt": f"not reviewed; learnt from this review: **{L.display_name(report.label(cell))}** ({report.confidence(cell):.0%})",
+            "model": "flagged, not reviewed yet" if pred.flagged else "not flagged, not reviewed",
+        }[source]
         info = f"**{name}** — model: {top3}. {status[0].upper()}{status[1:]}."
         data = cell.image or cell.thumbnail
         image = Image.open(io.BytesIO(data)) if data else None
@@ -157,10 +178,12 @@ class CellApp:
     def render(self, report: CountReport) -> tuple[list[list[object]], str, str, list[tuple[Image.Image, str]], list[str]]:
         """Table, summary, chart, review-queue gallery and downloads of a (reviewed) count."""
         out = write_all(report, _request_dir())
-        lines = [f"**{report.n_counted} nucleated cells counted** ({report.n_images} images; {len(report.skipped)} files skipped). "
-                 f"**Blasts {report.blast_text}.** M:E ratio {report.me_ratio_text}.",
-                 f"{report.n_flagged} flagged for review; {report.n_reviewed} reviewed, {report.n_changed} relabelled.",
-                 report.sources_text]
+        lines = [
+            f"**{report.n_counted} nucleated cells counted** ({report.n_images} images; {len(report.skipped)} files skipped). "
+            f"**Blasts {report.blast_text}.** M:E ratio {report.me_ratio_text}.",
+            f"{report.n_flagged} flagged for review; {report.n_reviewed} reviewed, {report.n_changed} relabelled.",
+            report.sources_text,
+        ]
         lines += [f"⚠️ {w}" for w in report.warnings]
         if report.skipped:
             lines.append("Skipped: " + "; ".join(f"`{s.source}` ({s.reason})" for s in report.skipped[:20]))
@@ -168,8 +191,7 @@ class CellApp:
         gallery = []
         for name in gallery_names(report):
             cell = report.cell(name)
-            caption = (f"{name} — {L.display_name(report.label(cell))} {report.confidence(cell):.0%} "
-                       f"({report.source(cell)})")
+            caption = f"{name} — {L.display_name(report.label(cell))} {report.confidence(cell):.0%} ({report.source(cell)})"
             gallery.append((Image.open(io.BytesIO(cell.thumbnail)), caption))
         return table(report), "\n\n".join(lines), str(out["chart"]), gallery, [str(out["csv"]), str(out["html"])]
 
@@ -188,10 +210,12 @@ class CellApp:
                 data = cell.image or cell.thumbnail if cell else None
                 if data:
                     zf.writestr(f"reviewed-cells/{code}/{Path(name).stem}.jpg", data)
-        note = (f"**{report.n_reviewed} reviewed cells** in class folders. To make a model for your lab from them, unzip and run\n\n"
-                f"```\nbmc adapt {self.predictor.name} reviewed-cells/ --out models/my-lab\n```\n\n"
-                "It refits the model's last layer on your cells (a few minutes on a laptop CPU); it is not run on this server "
-                "because it would hold up everyone else's counts. More reviewed cells per class give a better model.")
+        note = (
+            f"**{report.n_reviewed} reviewed cells** in class folders. To make a model for your lab from them, unzip and run\n\n"
+            f"```\nbmc adapt {self.predictor.name} reviewed-cells/ --out models/my-lab\n```\n\n"
+            "It refits the model's last layer on your cells (a few minutes on a laptop CPU); it is not run on this server "
+            "because it would hold up everyone else's counts. More reviewed cells per class give a better model."
+        )
         return str(path), note
 
     @staticmethod
@@ -209,18 +233,34 @@ def gallery_names(report: CountReport) -> list[str]:
     return [c.name for c in cells if c is not None and c.thumbnail][:MAX_GALLERY]
 
 
-def example_images(folder: Path, known: list[str]) -> tuple[list[str], str]:
-    """The example cells in ``folder`` (file names start with their Matek code): the types the model
-    knows first, in haematologists' order, then the unfamiliar ones; and a label that says which are which."""
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"))
+def example_images(folder: Path, known: list[str], secondary_only: dict[str, list[str]] | None = None) -> tuple[list[str], list[str], str]:
+    """The example cells in ``folder`` (file names start with their Matek code and source): the types the model
+    knows first, in haematologists' order, then the unfamiliar ones; a caption per example with its true class
+    and where it comes from; and a label that says which are which."""
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     code = {p: p.name.split("_")[0].upper() for p in files}
     order = {c: i for i, c in enumerate(L.sort_codes(code.values()))}
     files.sort(key=lambda p: (code[p] not in known, order[code[p]], p.name))
     unknown = sorted({code[p] for p in files if code[p] not in known}, key=order.get)
-    label = "Example cells (Matek marrow; BAS from peripheral blood)"
+    captions = []
+    for p in files:
+        source = {"matek": "marrow", "pbc": "blood"}.get(p.name.split("_")[1].lower() if "_" in p.name else "", "")
+        caption = f"true: {L.display_name(code[p])}" + (f", {source}" if source else "")
+        if code[p] not in known:
+            caption += " · a type this model never saw"
+        elif code[p] in (secondary_only or {}):
+            caption += " · learnt from blood only"
+        captions.append(caption)
+    label = "Example cells with their true class (Matek marrow; BAS from peripheral blood)"
     if unknown:
         label += f"; the last {sum(code[p] in unknown for p in files)} are types this model never saw ({', '.join(unknown)})"
-    return [str(p) for p in files], label
+    return [str(p) for p in files], captions, label
+
+
+def _marrow_score(model: str, codes: dict[str, list[str]]) -> str:
+    """ ", naming N of M marrow images of them right (model card)" when the card measured it."""
+    score = unseen_marrow_score(model, list(codes))
+    return f": of {score[1]} marrow images of them the model card checks, it names {score[0]} right" if score else ""
 
 
 def cell_image_input(label: str) -> gr.Image:
@@ -239,13 +279,26 @@ def cell_image_input(label: str) -> gr.Image:
 def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blocks:
     """The interface: three tabs wired to a :class:`CellApp`'s handlers, each with a named API endpoint."""
     h = CellApp(predictor)
-    examples, examples_label = example_images(examples_dir, predictor.codes) if examples_dir.is_dir() else ([], "")
+    examples, captions, examples_label = (
+        example_images(examples_dir, predictor.codes, h.secondary_only) if examples_dir.is_dir() else ([], [], "")
+    )
     model_name = Path(predictor.name).name if Path(predictor.name).is_dir() else predictor.name
     with gr.Blocks(title="bmc — bone marrow cell classifier", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             f"# Bone marrow cell classifier\n**Research tool — not for diagnosis.** {DISCLAIMER}\n\n"
             f"Model `{model_name}` ({predictor.version}, {predictor.backend_description}); classes: "
-            + ", ".join(L.display_name(c) for c in L.sort_codes(predictor.codes)) + "."
+            + ", ".join(L.display_name(c) for c in L.sort_codes(predictor.codes))
+            + "."
+            + (
+                "\n\n**Learnt from peripheral-blood images only:** "
+                + ", ".join(L.display_name(c) for c in L.sort_codes(h.secondary_only))
+                + ". "
+                "On marrow cells of these types the model is unreliable"
+                + _marrow_score(predictor.name, h.secondary_only)
+                + "; treat such labels with extra care."
+                if h.secondary_only
+                else ""
+            )
         )
         with gr.Tab("One cell"):
             with gr.Row():
@@ -257,7 +310,9 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
                     label = gr.Label(label="Calibrated confidence")
                     verdict = gr.Markdown()
             if examples:
-                gr.Examples(examples=[[e] for e in examples], inputs=[image], label=examples_label, examples_per_page=20)
+                gr.Examples(
+                    examples=[[e] for e in examples], inputs=[image], label=examples_label, examples_per_page=20, example_labels=captions
+                )
             go.click(h.classify, [image, k], [label, verdict], api_name="classify", concurrency_limit=CLASSIFY_CONCURRENCY)
         with gr.Tab("Why (attribution)"):
             with gr.Row():
@@ -272,28 +327,42 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
                     x_out = gr.Image(type="pil", label="attribution overlay", format="png")
                     x_note = gr.Markdown()
             if examples:
-                gr.Examples(examples=[[e] for e in examples], inputs=[x_image], label=examples_label, examples_per_page=20)
-            x_go.click(h.explain, [x_image, method, target, opacity, nt], [x_out, x_note], api_name="explain",
-                       concurrency_limit=HEAVY_CONCURRENCY)
+                gr.Examples(
+                    examples=[[e] for e in examples], inputs=[x_image], label=examples_label, examples_per_page=20, example_labels=captions
+                )
+            x_go.click(
+                h.explain, [x_image, method, target, opacity, nt], [x_out, x_note], api_name="explain", concurrency_limit=HEAVY_CONCURRENCY
+            )
         with gr.Tab("Differential count"):
             report = gr.State(None, time_to_live=3600)  # this session's count and review; dropped with the session
-            files = gr.File(file_count="multiple", file_types=["image", ".tif", ".tiff", ".bmp", *ARCHIVE_SUFFIXES],
-                            label="Many single-cell images, or a zip / tar archive of them")
+            files = gr.File(
+                file_count="multiple",
+                file_types=["image", ".tif", ".tiff", ".bmp", *ARCHIVE_SUFFIXES],
+                label="Many single-cell images, or a zip / tar archive of them",
+            )
             c_go = gr.Button("Count", variant="primary")
             c_summary = gr.Markdown()
-            c_table = gr.Dataframe(headers=TABLE_HEADERS, label="Differential count (percent of nucleated cells, 95 % CI)",
-                                   interactive=False, max_height=TABLE_MAX_HEIGHT)
+            c_table = gr.Dataframe(
+                headers=TABLE_HEADERS,
+                label="Differential count (percent of nucleated cells, 95 % CI)",
+                interactive=False,
+                max_height=TABLE_MAX_HEIGHT,
+            )
             with gr.Row():
                 c_chart = gr.Image(type="filepath", label="% of nucleated cells per class, by where the labels come from")
-                c_flagged = gr.Gallery(label="review queue, least sure first (label, confidence, where it comes from): click one",
-                                       columns=6, height=300)
-            gr.Markdown("### Review a cell\nOpen a cell from the queue (or any cell by name), then confirm its label or choose "
-                        "another and save. Each saved review re-labels the cells nobody reviewed where the model is out of "
-                        "its depth (labels marked *learnt*), and the queue moves to the least sure cell. " + REVIEW_NOTE)
+                c_flagged = gr.Gallery(
+                    label="review queue, least sure first (label, confidence, where it comes from): click one", columns=6, height=300
+                )
+            gr.Markdown(
+                "### Review a cell\nOpen a cell from the queue (or any cell by name), then confirm its label or choose "
+                "another and save. Each saved review re-labels the cells nobody reviewed where the model is out of "
+                "its depth (labels marked *learnt*), and the queue moves to the least sure cell. " + REVIEW_NOTE
+            )
             with gr.Row():
                 with gr.Column():
-                    r_cell = gr.Dropdown(choices=[], label="cell (review queue: least sure first)", filterable=True,
-                                         allow_custom_value=True)  # bmc names an unknown cell itself
+                    r_cell = gr.Dropdown(
+                        choices=[], label="cell (review queue: least sure first)", filterable=True, allow_custom_value=True
+                    )  # bmc names an unknown cell itself
                     r_label = gr.Dropdown(choices=list(h.names), label="label")
                     r_save = gr.Button("Save review (confirm or relabel)", variant="primary")
                 with gr.Column():
@@ -310,7 +379,8 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
             c_flagged.select(h.pick_from_gallery, [report], [r_cell], api_name=False)
             r_cell.change(h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_name="open_cell")
             r_save.click(h.review, [r_cell, r_label, report], [*rendered, r_cell, report], api_name="review").then(
-                h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_name=False)
+                h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_name=False
+            )
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CLASSIFY_CONCURRENCY)
     return demo
 

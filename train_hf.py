@@ -105,8 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             url = publish(folder, training_args.hub_model_id, token=training_args.hub_token, private=hub_args.hub_private)
         except (HfHubHTTPError, OSError, ValueError) as exc:
             # The trained model is already safe on disk: say so, and how to retry, instead of a traceback.
-            logging.getLogger("train_hf").error("push to the Hub failed (%s). The model is saved in %s; retry with "
-                                                "huggingface-cli upload or --push_to_hub after fixing the cause.", exc, folder)
+            logging.getLogger("train_hf").error(
+                "push to the Hub failed (%s). The model is saved in %s; retry with "
+                "huggingface-cli upload or --push_to_hub after fixing the cause.",
+                exc,
+                folder,
+            )
             return 3
         logging.getLogger("train_hf").info("pushed to %s", url)
     return 0

@@ -68,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--lab", type=Path, default=SHARED / "external-wbc" / "bccd")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--split", choices=["test", "validation"], default="test",
-                        help="the base model's split that measures forgetting (validation: to choose the method's settings)")
+    parser.add_argument(
+        "--split",
+        choices=["test", "validation"],
+        default="test",
+        help="the base model's split that measures forgetting (validation: to choose the method's settings)",
+    )
     parser.add_argument("--features", type=Path, default=ROOT / ".cache" / "adapt", help="folder of cached embeddings")
     args = parser.parse_args(argv)
 
@@ -78,13 +82,25 @@ def main(argv: list[str] | None = None) -> int:
     weight, bias = head.weight.detach().numpy(), head.bias.detach().numpy()
     _, lab_x, lab_codes = embed(predictor, args.lab, None, args.features / "lab.npz")
     _, replay_x, replay_codes = embed(predictor, None, replay_records(Path(args.model), predictor.codes), args.features / "replay.npz")
-    rows = [r for r in read_manifest(Path(args.model) / "split_manifest.csv") if r["split"] == args.split and r.get("domain") == "bone-marrow-cells"]
-    test_logits, test_x, test_codes = embed(predictor, None, [(r["source"], r["label"]) for r in rows], args.features / f"matek-{args.split}.npz")
+    rows = [
+        r
+        for r in read_manifest(Path(args.model) / "split_manifest.csv")
+        if r["split"] == args.split and r.get("domain") == "bone-marrow-cells"
+    ]
+    test_logits, test_x, test_codes = embed(
+        predictor, None, [(r["source"], r["label"]) for r in rows], args.features / f"matek-{args.split}.npz"
+    )
     test_y = np.array([predictor.codes.index(c) for c in test_codes])
     before = classification_metrics(softmax(test_logits), test_y, num_classes=len(predictor.codes))["macro_f1"]
     lab_codes_arr = np.array(lab_codes)
-    results: dict = {"model": str(args.model), "lab": str(args.lab), "n_lab": len(lab_codes), "forgetting_split": args.split, "matek_macro_f1_before": before,
-                     "runs": []}
+    results: dict = {
+        "model": str(args.model),
+        "lab": str(args.lab),
+        "n_lab": len(lab_codes),
+        "forgetting_split": args.split,
+        "matek_macro_f1_before": before,
+        "runs": [],
+    }
     for k in PER_CLASS:
         for seed in range(DRAWS):
             rng = np.random.default_rng(seed)
@@ -97,15 +113,25 @@ def main(argv: list[str] | None = None) -> int:
             truth = lab_codes_arr[rest]
             right = (predicted == truth) | ((predicted == "NGB") & (truth == "NGS"))  # BCCD neutrophils are unsplit
             after = classification_metrics(softmax(test_x @ result.weight.T + result.bias), test_y, num_classes=len(result.codes))
-            results["runs"].append({"per_class": k, "seed": seed, "n_labelled": len(picked), "lab_other_accuracy": float(right.mean()),
-                                    "lab_out_of_fold_accuracy": result.lab_figures["accuracy"],
-                                    "matek_macro_f1_after": after["macro_f1"], "fit_s": seconds})
+            results["runs"].append(
+                {
+                    "per_class": k,
+                    "seed": seed,
+                    "n_labelled": len(picked),
+                    "lab_other_accuracy": float(right.mean()),
+                    "lab_out_of_fold_accuracy": result.lab_figures["accuracy"],
+                    "matek_macro_f1_after": after["macro_f1"],
+                    "fit_s": seconds,
+                }
+            )
             print(json.dumps(results["runs"][-1]), flush=True)
     summary = {}
     for k in PER_CLASS:
         runs = [r for r in results["runs"] if r["per_class"] == k]
-        summary[str(k)] = {key: [float(np.mean([r[key] for r in runs])), float(np.std([r[key] for r in runs]))]
-                           for key in ("lab_other_accuracy", "lab_out_of_fold_accuracy", "matek_macro_f1_after", "fit_s")}
+        summary[str(k)] = {
+            key: [float(np.mean([r[key] for r in runs])), float(np.std([r[key] for r in runs]))]
+            for key in ("lab_other_accuracy", "lab_out_of_fold_accuracy", "matek_macro_f1_after", "fit_s")
+        }
     results["summary"] = summary
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

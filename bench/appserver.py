@@ -8,9 +8,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,12 +26,12 @@ class AppStartError(RuntimeError):
 
 
 @contextmanager
-def running_app(model: str | None = None, timeout_s: float = 240, extra_env: dict[str, str] | None = None,
-                root: Path = ROOT) -> Iterator[tuple[str, subprocess.Popen]]:
+def running_app(
+    model: str | None = None, timeout_s: float = 240, extra_env: dict[str, str] | None = None, root: Path = ROOT
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """Yield ``(url, process)`` of a started app (``root/app.py``, run in ``root``); terminate it afterwards."""
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SERVER_PORT": str(port),
-           **(extra_env or {})}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SERVER_PORT": str(port), **(extra_env or {})}
     env.pop("GRADIO_SERVER_NAME", None)  # the app must pick loopback itself
     cmd = [sys.executable, str(root / "app.py")] + (["--model", model] if model else [])
     proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

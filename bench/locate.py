@@ -98,11 +98,20 @@ def bench_locator(predictor) -> dict:
             for (i, _j), p in zip(m.items(), preds):
                 want = labels.get(keys[i])
                 right += want is not None and (p.top_code == want or (want == "NGS" and p.top_code == "NGB"))
-    out = {"fields": len(ids), "white_cells": tp + fn, "recall": tp / (tp + fn), "precision": tp / max(1, tp + fp),
-           "true_positives": tp, "false_positives": fp, "missed": fn,
-           "by_cells_per_field": {k: {"fields": v[0], "white_cells": v[1], "recall": v[2] / v[1] if v[1] else None,
-                                      "precision": v[2] / v[3] if v[3] else None} for k, v in sorted(by_count.items())},
-           "field_size": "640x480 (all trainval fields)"}
+    out = {
+        "fields": len(ids),
+        "white_cells": tp + fn,
+        "recall": tp / (tp + fn),
+        "precision": tp / max(1, tp + fp),
+        "true_positives": tp,
+        "false_positives": fp,
+        "missed": fn,
+        "by_cells_per_field": {
+            k: {"fields": v[0], "white_cells": v[1], "recall": v[2] / v[1] if v[1] else None, "precision": v[2] / v[3] if v[3] else None}
+            for k, v in sorted(by_count.items())
+        },
+        "field_size": "640x480 (all trainval fields)",
+    }
     if predictor is not None:
         out["end_to_end"] = {"labelled_white_cells": labelled, "found_and_right": right, "share": right / labelled if labelled else None}
     return out
@@ -112,16 +121,22 @@ def bench_guard(per_source: int = 200, tiles: int = 40, seed: int = 0) -> dict:
     from bmc.data import scan_folder, scan_pbc
 
     rng = np.random.default_rng(seed)
-    sources = {"matek": [p for p, _ in scan_folder(SHARED / "bone-marrow-cells")[0]],
-               "pbc-external": [p for p, _ in scan_pbc(SHARED / "pbc-external")[0]],
-               "pbc-train": [p for p, _ in scan_pbc(SHARED / "pbc-train")[0]],
-               "bccd-crops": [str(p) for p in CROPS.rglob("*.jpg")]}
+    sources = {
+        "matek": [p for p, _ in scan_folder(SHARED / "bone-marrow-cells")[0]],
+        "pbc-external": [p for p, _ in scan_pbc(SHARED / "pbc-external")[0]],
+        "pbc-train": [p for p, _ in scan_pbc(SHARED / "pbc-train")[0]],
+        "bccd-crops": [str(p) for p in CROPS.rglob("*.jpg")],
+    }
     out: dict = {}
     for name, paths in sources.items():
         pick = [paths[i] for i in rng.choice(len(paths), min(per_source, len(paths)), replace=False)]
         refused = [p for p in pick if several_cells(Image.open(p)) >= 2]
-        out[name] = {"images": len(pick), "refused": len(refused), "share_refused": len(refused) / len(pick),
-                     "examples": [Path(p).name for p in refused[:5]]}
+        out[name] = {
+            "images": len(pick),
+            "refused": len(refused),
+            "share_refused": len(refused) / len(pick),
+            "examples": [Path(p).name for p in refused[:5]],
+        }
     caught = 0
     for t in range(tiles):
         k = 2 + t % 8  # 2..9 cells
@@ -147,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guard-only", action="store_true", help="the single-cell guard only")
     args = parser.parse_args(argv)
     predictor = None if args.no_classify or args.guard_only else Predictor(args.model)
-    result = {"guard": bench_guard()} if args.guard_only else {
-        "locator": bench_locator(predictor), "guard": bench_guard(), "model": None if args.no_classify else str(args.model)}
+    result = (
+        {"guard": bench_guard()}
+        if args.guard_only
+        else {"locator": bench_locator(predictor), "guard": bench_guard(), "model": None if args.no_classify else str(args.model)}
+    )
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=1))
     return 0

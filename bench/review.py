@@ -51,8 +51,9 @@ def load_set(cells: Path, codes: list[str], split: str | None, domain: str | Non
     if cells.suffix == ".csv":
         if not split:
             raise SystemExit("--cells is a manifest: give --split (train, validation or test)")
-        rows = [r for r in read_manifest(cells) if r["split"] == split and (not domain or r.get("domain") == domain)
-                and r["label"] in codes]
+        rows = [
+            r for r in read_manifest(cells) if r["split"] == split and (not domain or r.get("domain") == domain) and r["label"] in codes
+        ]
         ds, equivalents = dataset_from_manifest(rows, codes), None
     else:
         ds, _excluded, equivalents = load_labelled(cells, codes)
@@ -86,8 +87,15 @@ def simulate_static(probs: np.ndarray, truth: np.ndarray, ok: np.ndarray) -> tup
     return curve, int(np.nonzero(acc_after >= TARGET)[0][0])
 
 
-def simulate_adaptive(logits: np.ndarray, embeddings: np.ndarray, truth: np.ndarray, predictor: Any, codes: list[str],
-                      equivalents: dict[str, str] | None, step: int) -> tuple[dict[str, float], int | None, list[float]]:
+def simulate_adaptive(
+    logits: np.ndarray,
+    embeddings: np.ndarray,
+    truth: np.ndarray,
+    predictor: Any,
+    codes: list[str],
+    equivalents: dict[str, str] | None,
+    step: int,
+) -> tuple[dict[str, float], int | None, list[float]]:
     """Learning review: refit after every ``step`` reviews (and at each reported level); returns the curve,
     the reviews until ``TARGET`` (None if never; counted review by review, as a review between two refits
     makes its own cell right) and the refit times in seconds."""
@@ -106,7 +114,7 @@ def simulate_adaptive(logits: np.ndarray, embeddings: np.ndarray, truth: np.ndar
             break
         nxt = min([t for t in targets if t > len(reviewed)] + [len(reviewed) + step])
         queue = [int(i) for i in np.argsort(state.confidence, kind="stable") if int(i) not in reviewed]
-        for i in queue[:nxt - len(reviewed)]:
+        for i in queue[: nxt - len(reviewed)]:
             if to_95 is None and ok.mean() >= TARGET:
                 to_95 = len(reviewed)
             reviewed[i] = int(truth[i])
@@ -128,8 +136,12 @@ def plot(out: Path, results: list[Path]) -> Path:
         r = json.loads(path.read_text())
         for kind, style in (("static", "o--"), ("adaptive", "s-")):
             levels = sorted(r[kind], key=int)
-            ax.plot([int(k) for k in levels], [100 * r[kind][k] for k in levels], style,
-                    label={"static": "plain review", "adaptive": "learning review"}[kind])
+            ax.plot(
+                [int(k) for k in levels],
+                [100 * r[kind][k] for k in levels],
+                style,
+                label={"static": "plain review", "adaptive": "learning review"}[kind],
+            )
         ax.axhline(95, color="grey", lw=0.8, ls=":")
         ax.set_title(f"{path.stem} ({r['n']} cells)")
         ax.set_xlabel("% of cells reviewed (least sure first)")
@@ -158,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domain", default=None, help="with a manifest: only this source (e.g. bone-marrow-cells)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--step", type=int, default=10, help="cells reviewed between two refits")
-    parser.add_argument("--features", type=Path, default=None,
-                        help="cache of the set's logits and embeddings (.npz): read if it is of this model's weights, else written")
+    parser.add_argument(
+        "--features",
+        type=Path,
+        default=None,
+        help="cache of the set's logits and embeddings (.npz): read if it is of this model's weights, else written",
+    )
     args = parser.parse_args(argv)
 
     from bmc.inference import Predictor
@@ -175,17 +191,31 @@ def main(argv: list[str] | None = None) -> int:
         logits, embeddings = predictor.forward(images)
         if args.features:
             args.features.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(args.features, logits=logits, embeddings=embeddings, truth=truth, equivalents=json.dumps(equivalents or {}),
-                     version=predictor.version)
+            np.savez(
+                args.features,
+                logits=logits,
+                embeddings=embeddings,
+                truth=truth,
+                equivalents=json.dumps(equivalents or {}),
+                version=predictor.version,
+            )
     probs = softmax(logits, predictor.temperature)
     ok = right(probs.argmax(axis=1), truth, codes, equivalents)
     static, static_95 = simulate_static(probs, truth, ok)
     adaptive, adaptive_95, times = simulate_adaptive(logits, embeddings, truth, predictor, codes, equivalents, args.step)
     result = {
-        "n": int(len(truth)), "static": static, "adaptive": adaptive,
+        "n": int(len(truth)),
+        "static": static,
+        "adaptive": adaptive,
         "reviews_to_95": {"static": static_95, "adaptive": adaptive_95},
-        "cells": str(args.cells), "split": args.split, "domain": args.domain, "model": str(args.model),
-        "step": args.step, "refit_s_median": float(np.median(times)), "refits": len(times), "model_version": predictor.version,
+        "cells": str(args.cells),
+        "split": args.split,
+        "domain": args.domain,
+        "model": str(args.model),
+        "step": args.step,
+        "refit_s_median": float(np.median(times)),
+        "refits": len(times),
+        "model_version": predictor.version,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

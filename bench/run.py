@@ -21,8 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -74,14 +75,17 @@ def bench_inference(model: Path, images: list[tuple[str, str]]) -> dict:
     classify = pipeline("image-classification", model=str(model), device="cpu")
     classify(paths[0])  # warm-up
     t_pipe, naive = timed(lambda: [classify(p, top_k=1)[0]["label"] for p in paths])
-    out: dict[str, Any] = {"n_images": len(paths), "naive_pipeline_img_s": len(paths) / t_pipe,
-                           "naive_pipeline_accuracy": float(np.mean([a == b for a, b in zip(naive, codes)]))}
+    out: dict[str, Any] = {
+        "n_images": len(paths),
+        "naive_pipeline_img_s": len(paths) / t_pipe,
+        "naive_pipeline_accuracy": float(np.mean([a == b for a, b in zip(naive, codes)])),
+    }
     for backend in ("torch", "auto", "onnx-int8"):  # "auto" is what the app uses (ONNX Runtime fp32 when it loads)
-        t_load, predictor = timed(lambda: Predictor(str(model), backend))
+        t_load, predictor = timed(lambda backend=backend: Predictor(str(model), backend))
         if backend == "auto":
             out["default_backend"] = predictor.backend
         predictor.logits([open_image(paths[0])])  # warm-up
-        t, top = timed(lambda: _predict_files(predictor, paths))
+        t, top = timed(lambda predictor=predictor: _predict_files(predictor, paths))
         key = predictor.backend.replace("-", "_")
         out[f"bmc_{key}_img_s"] = len(paths) / t
         out[f"bmc_{key}_load_s"] = t_load  # includes the one-off ONNX export when the cache is empty
@@ -144,7 +148,7 @@ def _predict_files(predictor: Predictor, paths: list[str], batch_size: int = 32)
     """What ``python -m bmc count`` does per batch: decode with bmc's checks, then one batched forward."""
     tops = []
     for start in range(0, len(paths), batch_size):
-        images = [open_image(p) for p in paths[start:start + batch_size]]
+        images = [open_image(p) for p in paths[start : start + batch_size]]
         tops += [p.top_code for p in predictor.predict(images, batch_size)]
     return tops
 
@@ -199,7 +203,7 @@ def bench_attribution(model: Path, images: list[tuple[str, str]], repeats: int =
     out: dict[str, Any] = {"forward_ms": 1000 * forward}
     for method in explainer.methods():
         explainer.explain(image, method, target=0)  # warm-up
-        seconds = statistics.median(timed(lambda: explainer.explain(image, method, target=0))[0] for _ in range(repeats))
+        seconds = statistics.median(timed(lambda method=method: explainer.explain(image, method, target=0))[0] for _ in range(repeats))
         key = method.lower().replace(" ", "_").replace("-", "")
         out[f"{key}_s"] = seconds
         out[f"{key}_x_forward"] = seconds / forward
@@ -228,8 +232,10 @@ def _ig_breakdown(model: torch.nn.Module, x: torch.Tensor, forward: float) -> di
     with parameters_frozen(model):
         forward_backward()
         both = statistics.median(timed(forward_backward)[0] for _ in range(3))
-    return {"batched_forward_per_image_x_forward": fwd / IG_STEPS / forward,
-            "batched_forward_backward_per_image_x_forward": both / IG_STEPS / forward}
+    return {
+        "batched_forward_per_image_x_forward": fwd / IG_STEPS / forward,
+        "batched_forward_backward_per_image_x_forward": both / IG_STEPS / forward,
+    }
 
 
 def bench_train(model: Path, steps: int = 6, batch: int = 32) -> dict:
@@ -238,8 +244,10 @@ def bench_train(model: Path, steps: int = 6, batch: int = 32) -> dict:
     Run in a child process so that its peak memory is the training's alone."""
     with tempfile.TemporaryDirectory() as tmp:
         out_json = Path(tmp) / "train.json"
-        subprocess.run([sys.executable, __file__, "--train-child", str(out_json), "--model", str(model),
-                        "--steps", str(steps), "--batch", str(batch)], check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--train-child", str(out_json), "--model", str(model), "--steps", str(steps), "--batch", str(batch)],
+            check=True,
+        )
         return json.loads(out_json.read_text())
 
 
@@ -255,7 +263,9 @@ def _train_child(model: Path, steps: int, batch: int, out_json: Path) -> None:
     gaps = [b - e for e, b in zip(end[:-1], begin[1:])]  # next batch fetched + collated in the gap
     step_wall = (end[-1] - begin[0]) if end else float("nan")
     result = {
-        "steps": steps, "batch": batch, "image_size": image_size,
+        "steps": steps,
+        "batch": batch,
+        "image_size": image_size,
         "plain_loop_img_s": steps * batch / plain_s,
         "trainer_img_s": steps * batch / t_train,
         "trainer_steady_img_s": _steady_img_s(begin, end, batch),
@@ -323,16 +333,18 @@ def _time_plain_loop(model: Path, ds: Any, transform: Any, label_maps: tuple[dic
         t0 = time.perf_counter()
         inputs = next(it)
         data_s += time.perf_counter() - t0
-        loss = cell_loss(net(pixel_values=inputs["pixel_values"]).logits, inputs["labels"], "weighted_ce", inputs["sample_weight"],
-                         label_smoothing=0.1)
+        loss = cell_loss(
+            net(pixel_values=inputs["pixel_values"]).logits, inputs["labels"], "weighted_ce", inputs["sample_weight"], label_smoothing=0.1
+        )
         loss.backward()
         opt.step()
         opt.zero_grad()
     return time.perf_counter() - start, data_s
 
 
-def _time_trainer(model: Path, ds: Any, transform: Any, label_maps: tuple[dict, dict], steps: int,
-                  batch: int, bf16: bool = False) -> tuple[float, list[float], list[float]]:
+def _time_trainer(
+    model: Path, ds: Any, transform: Any, label_maps: tuple[dict, dict], steps: int, batch: int, bf16: bool = False
+) -> tuple[float, list[float], list[float]]:
     """The Trainer as train_hf.py builds it (in float32, or bf16 autocast as with ``--bf16``); returns
     total seconds and each step's begin and end times."""
     from transformers import TrainerCallback, TrainingArguments
@@ -353,12 +365,29 @@ def _time_trainer(model: Path, ds: Any, transform: Any, label_maps: tuple[dict, 
 
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-5,
-                                 save_strategy="no", eval_strategy="no", report_to="none", logging_steps=1000,
-                                 label_smoothing_factor=0.1, disable_tqdm=True, seed=0, remove_unused_columns=False,
-                                 bf16=bf16, use_cpu=bf16 and not torch.cuda.is_available())
-        trainer = CellTrainer(model=load_for_training(str(model), *label_maps), args=args,
-                              train_dataset=ds.with_transform(transform), data_collator=_collate, callbacks=[timer])
+        args = TrainingArguments(
+            output_dir=tmp,
+            max_steps=steps,
+            per_device_train_batch_size=batch,
+            learning_rate=1e-5,
+            save_strategy="no",
+            eval_strategy="no",
+            report_to="none",
+            logging_steps=1000,
+            label_smoothing_factor=0.1,
+            disable_tqdm=True,
+            seed=0,
+            remove_unused_columns=False,
+            bf16=bf16,
+            use_cpu=bf16 and not torch.cuda.is_available(),
+        )
+        trainer = CellTrainer(
+            model=load_for_training(str(model), *label_maps),
+            args=args,
+            train_dataset=ds.with_transform(transform),
+            data_collator=_collate,
+            callbacks=[timer],
+        )
         t_train, _ = timed(trainer.train)
     return t_train, timer.begin, timer.end
 
@@ -401,8 +430,14 @@ def bench_review(model: Path, images: list[tuple[str, str]], repeats: int = 5) -
         state = relabel(logits, embeddings, reviewed, predictor.temperature, predictor.threshold, validation_flagged=1e-3)
         times.append(time.perf_counter() - t0)
         learnt = state.learnt
-    return {"cells": REVIEW_CELLS, "reviewed": REVIEWED, "refit_relabel_s_median": statistics.median(times),
-            "refit_relabel_s_max": max(times), "head_adopted": learnt, "threads": torch.get_num_threads()}
+    return {
+        "cells": REVIEW_CELLS,
+        "reviewed": REVIEWED,
+        "refit_relabel_s_median": statistics.median(times),
+        "refit_relabel_s_max": max(times),
+        "head_adopted": learnt,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def bench_cost(model: Path) -> dict:
@@ -417,9 +452,13 @@ def bench_cost(model: Path) -> dict:
     m = json.loads((model / "metrics.json").read_text())
     net, _processor = load_classifier(str(model))
     size = m["model_args"]["image_size"]
-    routes[m["model_name"]] = {"params_m": sum(p.numel() for p in net.parameters()) / 1e6, "image_size": size,
-                               "gflops": flops(net, size) / 1e9, "test_macro_f1": m["test"]["macro_f1"],
-                               "external_accuracy": _pbc_accuracy(m)}
+    routes[m["model_name"]] = {
+        "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+        "image_size": size,
+        "gflops": flops(net, size) / 1e9,
+        "test_macro_f1": m["test"]["macro_f1"],
+        "external_accuracy": _pbc_accuracy(m),
+    }
     if (CONVNEXT_METRICS / "metrics.json").is_file():
         from transformers import AutoConfig, AutoModelForImageClassification
 
@@ -427,9 +466,13 @@ def bench_cost(model: Path) -> dict:
         config = AutoConfig.from_pretrained(CONVNEXT_METRICS)  # nosec B615 # a folder in this repository
         cnet = AutoModelForImageClassification.from_config(config).eval()  # FLOPs depend on the architecture only
         csize = c["model_args"]["image_size"]
-        routes[c["model_name"]] = {"params_m": sum(p.numel() for p in cnet.parameters()) / 1e6, "image_size": csize,
-                                   "gflops": flops(cnet, csize) / 1e9, "test_macro_f1": c["test"]["macro_f1"],
-                                   "external_accuracy": _pbc_accuracy(c)}
+        routes[c["model_name"]] = {
+            "params_m": sum(p.numel() for p in cnet.parameters()) / 1e6,
+            "image_size": csize,
+            "gflops": flops(cnet, csize) / 1e9,
+            "test_macro_f1": c["test"]["macro_f1"],
+            "external_accuracy": _pbc_accuracy(c),
+        }
     for r in routes.values():
         r["macro_f1_per_gflop"] = r["test_macro_f1"] / r["gflops"]
     return routes
@@ -443,10 +486,17 @@ def machine() -> dict:
     import onnxruntime
     import transformers
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "load_average_at_start": os.getloadavg()[0], "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "load_average_at_start": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def headline(r: dict) -> dict:
@@ -475,11 +525,17 @@ def headline(r: dict) -> dict:
 
 
 def print_table(h: dict) -> None:
-    goals = {"inference_speedup_vs_pipeline": ">= 4", "top1_agreement": "1.0 (fp32)",
-             "single_latency_pre_post_share": "< 0.25", "gradcam_cost_x_forward": "<= 3",
-             "ig_cost_per_step_x_forward": "<= 0.6", "slowest_attribution_default_s": "< 5",
-             "train_throughput_ratio_vs_plain_loop": "~1", "data_share_of_train_step": "<= 0.2",
-             "review_refit_relabel_s_2000_cells": "<= 1"}
+    goals = {
+        "inference_speedup_vs_pipeline": ">= 4",
+        "top1_agreement": "1.0 (fp32)",
+        "single_latency_pre_post_share": "< 0.25",
+        "gradcam_cost_x_forward": "<= 3",
+        "ig_cost_per_step_x_forward": "<= 0.6",
+        "slowest_attribution_default_s": "< 5",
+        "train_throughput_ratio_vs_plain_loop": "~1",
+        "data_share_of_train_step": "<= 0.2",
+        "review_refit_relabel_s_2000_cells": "<= 1",
+    }
     print(f"| {'measure':38} | {'value':>10} | goal |\n|{'-' * 40}|{'-' * 12}|------|")
     for k, v in h.items():
         text = "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
@@ -500,15 +556,22 @@ def main(argv: list[str] | None = None) -> int:
         _train_child(args.model, args.steps, args.batch, args.train_child)
         return 0
 
-    results: dict[str, Any] = {"machine": machine(), "model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),
-                               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     images = held_out_images(args.model, args.n_images)
     sections = args.only or SECTIONS
-    runners = {"inference": lambda: bench_inference(args.model, images), "latency": lambda: bench_latency(args.model, images),
-               "attribution": lambda: bench_attribution(args.model, images),
-               "train": lambda: bench_train(args.model, args.steps, args.batch),
-               "app": lambda: bench_app(args.model, images), "cost": lambda: bench_cost(args.model),
-               "review": lambda: bench_review(args.model, images)}
+    runners = {
+        "inference": lambda: bench_inference(args.model, images),
+        "latency": lambda: bench_latency(args.model, images),
+        "attribution": lambda: bench_attribution(args.model, images),
+        "train": lambda: bench_train(args.model, args.steps, args.batch),
+        "app": lambda: bench_app(args.model, images),
+        "cost": lambda: bench_cost(args.model),
+        "review": lambda: bench_review(args.model, images),
+    }
     t0 = time.perf_counter()
     for name in sections:
         print(f"[bench] {name} ...", flush=True)

@@ -7,8 +7,8 @@ Each client is a separate ``gradio_client.Client`` in its own thread, sending a 
 classifications and attribution maps (every fourth request; Grad-CAM and attention rollout in turn)
 for real test-split cells. Requests run in rounds (every client sends ``requests / rounds`` per
 round) and the app's resident memory is read after each round. The first rounds warm up (allocator
-arenas, caches); a leak shows as growth over the second half of the rounds, which is reported. Reported: requests served, failures (with their messages), latency percentiles per
-kind, memory per round.
+arenas, caches); a leak shows as growth over the second half of the rounds, which is reported.
+Reported: requests served, failures (with their messages), latency percentiles per kind, memory per round.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -31,8 +31,9 @@ from bench.run import held_out_images  # noqa: E402
 from bmc.constants import DEFAULT_MODEL  # noqa: E402
 
 
-def client_loop(url: str, cid: int, paths: list[str], n: int, rounds: int, barrier: threading.Barrier,
-                records: list[dict], lock: threading.Lock) -> None:
+def client_loop(
+    url: str, cid: int, paths: list[str], n: int, rounds: int, barrier: threading.Barrier, records: list[dict], lock: threading.Lock
+) -> None:
     from gradio_client import Client, handle_file
 
     client = Client(url, verbose=False)
@@ -57,19 +58,18 @@ def client_loop(url: str, cid: int, paths: list[str], n: int, rounds: int, barri
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, none may stop the run
             error = f"{type(exc).__name__}: {exc}"
         with lock:
-            records.append({"client": cid, "round": r // per_round, "kind": kind, "seconds": time.perf_counter() - start,
-                            "error": error})
+            records.append({"client": cid, "round": r // per_round, "kind": kind, "seconds": time.perf_counter() - start, "error": error})
     barrier.wait()
 
 
-def stress_clients(url: str, paths: list[str], clients: int, requests: int, rounds: int,
-                   after_round: Callable[[], None] | None = None) -> list[dict]:
+def stress_clients(
+    url: str, paths: list[str], clients: int, requests: int, rounds: int, after_round: Callable[[], None] | None = None
+) -> list[dict]:
     """Run ``clients`` concurrent clients against ``url``; one record per request."""
     records: list[dict] = []
     lock = threading.Lock()
     barrier = threading.Barrier(clients, action=after_round)
-    threads = [threading.Thread(target=client_loop, args=(url, c, paths, requests, rounds, barrier, records, lock))
-               for c in range(clients)]
+    threads = [threading.Thread(target=client_loop, args=(url, c, paths, requests, rounds, barrier, records, lock)) for c in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -92,16 +92,29 @@ def stress(model: Path, clients: int, requests: int, rounds: int) -> dict:
     by_kind = {}
     for kind in sorted({r["kind"] for r in records}):
         secs = [r["seconds"] for r in records if r["kind"] == kind and not r["error"]]
-        by_kind[kind] = {"n": len(secs), "p50_s": float(np.percentile(secs, 50)) if secs else None,
-                         "p95_s": float(np.percentile(secs, 95)) if secs else None, "max_s": max(secs) if secs else None}
+        by_kind[kind] = {
+            "n": len(secs),
+            "p50_s": float(np.percentile(secs, 50)) if secs else None,
+            "p95_s": float(np.percentile(secs, 95)) if secs else None,
+            "max_s": max(secs) if secs else None,
+        }
     ok = [r["seconds"] for r in records if not r["error"]]
     return {
-        "clients": clients, "requests_per_client": requests, "rounds": rounds,
-        "requests_sent": len(records), "requests_served": len(ok), "failures": len(failures),
+        "clients": clients,
+        "requests_per_client": requests,
+        "rounds": rounds,
+        "requests_sent": len(records),
+        "requests_served": len(ok),
+        "failures": len(failures),
         "failure_examples": sorted({f["error"] for f in failures})[:5],
-        "p50_s": float(np.percentile(ok, 50)) if ok else None, "p95_s": float(np.percentile(ok, 95)) if ok else None,
-        "by_kind": by_kind, "wall_s": wall, "throughput_req_s": len(ok) / wall,
-        "rss_start_mb": start_rss, "rss_after_each_round_mb": memory, "peak_rss_mb": peak,
+        "p50_s": float(np.percentile(ok, 50)) if ok else None,
+        "p95_s": float(np.percentile(ok, 95)) if ok else None,
+        "by_kind": by_kind,
+        "wall_s": wall,
+        "throughput_req_s": len(ok) / wall,
+        "rss_start_mb": start_rss,
+        "rss_after_each_round_mb": memory,
+        "peak_rss_mb": peak,
         "rss_growth_second_half_mb": memory[-1] - memory[len(memory) // 2 - 1] if len(memory) > 1 else None,
         "server_alive_after": alive,
     }

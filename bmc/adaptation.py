@@ -25,8 +25,9 @@ measures the rule (docs/performance.md).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -115,8 +116,9 @@ def looks_unfamiliar(model_probs: np.ndarray, threshold: float, validation_flagg
     return bool(z > Z_SHIFT)
 
 
-def _gate(x: np.ndarray, y: np.ndarray, model_probs: np.ndarray, idx: np.ndarray, threshold: float,
-          validation_flagged: float | None) -> tuple[bool, str]:
+def _gate(
+    x: np.ndarray, y: np.ndarray, model_probs: np.ndarray, idx: np.ndarray, threshold: float, validation_flagged: float | None
+) -> tuple[bool, str]:
     """Whether the head's labels replace the model's (the two conditions in the module docstring), and why."""
     head_acc = float((_cv_predictions(x, y) == y).mean())
     model_acc = float((model_probs[idx].argmax(axis=1) == y).mean())
@@ -128,12 +130,21 @@ def _gate(x: np.ndarray, y: np.ndarray, model_probs: np.ndarray, idx: np.ndarray
     spread = float(np.sqrt((claimed * (1 - claimed)).sum())) / len(idx)
     if looks_unfamiliar(model_probs, threshold, validation_flagged) or deficit > Z_DEFICIT * spread:
         return True, f"learnt from this review: {on_reviewed}, and these cells are unlike the model's training images"
-    return False, (f"not learnt: {on_reviewed}, but the model is as sure of this count as of its validation images, "
-                   "where it is right; its labels stand")
+    return False, (
+        f"not learnt: {on_reviewed}, but the model is as sure of this count as of its validation images, "
+        "where it is right; its labels stand"
+    )
 
 
-def relabel(logits: np.ndarray, embeddings: np.ndarray, reviewed: Mapping[int, int], temperature: float = 1.0,
-            threshold: float = 0.5, validation_flagged: float | None = None, learn: bool = True) -> Relabelled:
+def relabel(
+    logits: np.ndarray,
+    embeddings: np.ndarray,
+    reviewed: Mapping[int, int],
+    temperature: float = 1.0,
+    threshold: float = 0.5,
+    validation_flagged: float | None = None,
+    learn: bool = True,
+) -> Relabelled:
     """Labels for every cell of a count: reviewed cells keep the reviewer's label; the others get the
     head's label where the head is adopted (:func:`_gate`), else the model's.
 
@@ -149,8 +160,10 @@ def relabel(logits: np.ndarray, embeddings: np.ndarray, reviewed: Mapping[int, i
     if learn and len(idx):
         classes = np.unique(y)
         if len(idx) < MIN_REVIEWED or len(classes) < MIN_CLASSES:
-            reason = (f"{len(idx)} cell(s) of {len(classes)} class(es) reviewed: learning starts at {MIN_REVIEWED} cells of "
-                      f"{MIN_CLASSES} classes; the model's labels stand")
+            reason = (
+                f"{len(idx)} cell(s) of {len(classes)} class(es) reviewed: learning starts at {MIN_REVIEWED} cells of "
+                f"{MIN_CLASSES} classes; the model's labels stand"
+            )
         else:
             x = features(logits, embeddings, temperature)
             adopt, reason = _gate(x[idx], y, model_probs, idx, threshold, validation_flagged)

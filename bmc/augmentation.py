@@ -89,8 +89,7 @@ class TrainTransform:
     from a checkpoint sees exactly the augmented images the uninterrupted run saw.
     """
 
-    def __init__(self, processor: Any, use_denoise: bool = False, seed: int = 0,
-                 robust: tuple[str, ...] = ROBUSTNESS_AUGMENTATIONS):
+    def __init__(self, processor: Any, use_denoise: bool = False, seed: int = 0, robust: tuple[str, ...] = ROBUSTNESS_AUGMENTATIONS):
         self.processor = processor
         self.use_denoise = use_denoise
         self.seed = seed

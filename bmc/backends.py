@@ -20,8 +20,9 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported where it is used: `python -m bmc` reads BACKENDS without it
     import torch
@@ -92,8 +93,13 @@ def export_onnx(model: torch.nn.Module, size: int, path: Path) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
             torch.onnx.export(
-                with_embeddings(model.eval()), (example,), tmp, dynamo=False, opset_version=17,
-                input_names=["pixel_values"], output_names=["logits", "embeddings"],
+                with_embeddings(model.eval()),
+                (example,),
+                tmp,
+                dynamo=False,
+                opset_version=17,
+                input_names=["pixel_values"],
+                output_names=["logits", "embeddings"],
                 dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}, "embeddings": {0: "batch"}},
             )
         os.replace(tmp, path)
@@ -163,4 +169,3 @@ def make_runner(backend: str, model: torch.nn.Module, size: int, version: str) -
 def describe(backend: str) -> str:
     """One line for logs and the app footer."""
     return {"torch": "PyTorch float32", "onnx": "ONNX Runtime float32", "onnx-int8": "ONNX Runtime dynamic int8"}.get(backend, backend)
-

@@ -131,8 +131,11 @@ def materialise_dinov2_small(out_dir: Path, onnx_path: Path | None = None) -> Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     BitImageProcessorPil(
-        size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
-        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), do_convert_rgb=True,
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        do_convert_rgb=True,
     ).save_pretrained(out_dir)
     (out_dir / "SOURCE.json").write_text(json.dumps({"source": SOURCE_NOTE, "onnx": onnx_path.name}, indent=2))
     return out_dir

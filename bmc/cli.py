@@ -19,14 +19,21 @@ if TYPE_CHECKING:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--backend``, ``--revision``, ``--allow-pickle-weights``."""
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder or Hub id (default: the bundled model; env BMC_MODEL)")
-    parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("BMC_BACKEND", "auto"),
-                        help="auto: ONNX Runtime float32 (same predictions, faster on CPU), else PyTorch")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=os.environ.get("BMC_BACKEND", "auto"),
+        help="auto: ONNX Runtime float32 (same predictions, faster on CPU), else PyTorch",
+    )
     parser.add_argument("--revision", default=None, help="branch, tag or commit of a Hub model id (pin a commit)")
-    parser.add_argument("--allow-pickle-weights", action="store_true",
-                        help="also load a model that has only pytorch_model.bin (torch's weights-only unpickler); off by default")
+    parser.add_argument(
+        "--allow-pickle-weights",
+        action="store_true",
+        help="also load a model that has only pytorch_model.bin (torch's weights-only unpickler); off by default",
+    )
 
 
-def predictor_from_args(args: argparse.Namespace) -> "Predictor":
+def predictor_from_args(args: argparse.Namespace) -> Predictor:
     """A :class:`bmc.inference.Predictor` from the flags of :func:`add_model_arguments`."""
     from bmc.inference import Predictor
 

@@ -24,11 +24,12 @@ import csv
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Collection, Iterable, Sequence
 
 import datasets
+
 from bmc import labels as L
 from bmc.constants import REPO_ROOT
 from bmc.images import IMAGE_SUFFIXES, ImageError, SkippedFile, open_image
@@ -53,6 +54,7 @@ class CellData:
 
 
 # --------------------------------------------------------------------------- local folders
+
 
 def scan_folder(root: str | Path, map_names: bool = True) -> tuple[list[tuple[str, str]], list[SkippedFile]]:
     """List ``(path, code)`` for every image below ``root``; the label is the *top-level* folder.
@@ -90,8 +92,17 @@ def scan_folder(root: str | Path, map_names: bool = True) -> tuple[list[tuple[st
 #: PBC (Acevedo et al.) file-name prefixes and the Matek code of the same cell type (None: no
 #: marrow class, e.g. platelets).
 PBC_PREFIX_TO_CODE: dict[str, str | None] = {
-    "EO": "EOS", "LY": "LYT", "MO": "MON", "SNE": "NGS", "BNE": "NGB", "PMY": "PMO",
-    "MY": "MYB", "MMY": "MMZ", "BA": "BAS", "ERB": "EBO", "PLATELET": None,
+    "EO": "EOS",
+    "LY": "LYT",
+    "MO": "MON",
+    "SNE": "NGS",
+    "BNE": "NGB",
+    "PMY": "PMO",
+    "MY": "MYB",
+    "MMY": "MMZ",
+    "BA": "BAS",
+    "ERB": "EBO",
+    "PLATELET": None,
 }
 PBC_FOLDERS = {"basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"}
 """The PBC data set's folder names; a folder holding only these is read in the PBC layout."""
@@ -148,10 +159,14 @@ def check_files(records: Sequence[tuple[str, str]]) -> tuple[list[tuple[str, str
 
 
 def _features(codes: Sequence[str]) -> datasets.Features:
-    return datasets.Features({
-        "image": datasets.Image(), "label": datasets.ClassLabel(names=list(codes)),
-        "source": datasets.Value("string"), "domain": datasets.Value("string"),
-    })
+    return datasets.Features(
+        {
+            "image": datasets.Image(),
+            "label": datasets.ClassLabel(names=list(codes)),
+            "source": datasets.Value("string"),
+            "domain": datasets.Value("string"),
+        }
+    )
 
 
 def from_records(records: Sequence[tuple[str, str]], codes: Sequence[str] | None = None, domain: str = "") -> datasets.Dataset:
@@ -162,8 +177,12 @@ def from_records(records: Sequence[tuple[str, str]], codes: Sequence[str] | None
     if unknown:
         raise ValueError(f"labels {unknown} are not among the model's classes {codes}")
     return datasets.Dataset.from_dict(
-        {"image": [p for p, _ in records], "label": [index[c] for _, c in records], "source": [p for p, _ in records],
-         "domain": [domain] * len(records)},
+        {
+            "image": [p for p, _ in records],
+            "label": [index[c] for _, c in records],
+            "source": [p for p, _ in records],
+            "domain": [domain] * len(records),
+        },
         features=_features(codes),
     )
 
@@ -188,14 +207,15 @@ def load_folder(root: str | Path, codes: Sequence[str] | None = None) -> CellDat
     records, skipped = scan_pbc(root) if pbc else scan_folder(root)
     records, bad = check_files(records)
     if not records:
-        raise ValueError(f"no readable images in class folders under {root}: expected {root}/<CLASS>/<image> "
-                         "(a folder per class, named by Matek code or cell type)")
+        raise ValueError(
+            f"no readable images in class folders under {root}: expected {root}/<CLASS>/<image> "
+            "(a folder per class, named by Matek code or cell type)"
+        )
     domain = domain_name(root)
     return CellData(from_records(records, codes, domain), skipped + bad, {domain} if pbc else set())
 
 
-def load_sources(sources: Sequence[str], image_column: str = "image", label_column: str = "label",
-                 revision: str | None = None) -> CellData:
+def load_sources(sources: Sequence[str], image_column: str = "image", label_column: str = "label", revision: str | None = None) -> CellData:
     """Pool several training sources into one data set over the union of their classes.
 
     Each keeps its ``domain`` (two sources with the same folder name are told apart by number), so
@@ -212,7 +232,7 @@ def load_sources(sources: Sequence[str], image_column: str = "image", label_colu
         renamed = domain if seen[domain] == 1 else f"{domain}-{seen[domain]}"
         ds = part.dataset.cast(_features(codes)) if part.codes == codes else _relabel(part.dataset, codes)
         if renamed != domain:
-            ds = ds.map(lambda _: {"domain": renamed})
+            ds = ds.map(lambda _, renamed=renamed: {"domain": renamed})
         datasets_.append(ds)
         skipped += part.skipped
         id_only |= {renamed} if domain in part.id_only_domains else set()
@@ -229,6 +249,7 @@ def _relabel(ds: datasets.Dataset, codes: Sequence[str]) -> datasets.Dataset:
 
 
 # --------------------------------------------------------------------------- Hub and parquet
+
 
 def load_hub_or_parquet(
     name_or_files: str | Sequence[str],
@@ -281,8 +302,8 @@ def load_hub_or_parquet(
     codes = L.sort_codes(set(keep_codes))
     index = {c: i for i, c in enumerate(codes)}
     ds = datasets.Dataset.from_dict(
-        {"image": keep_images, "label": [index[c] for c in keep_codes], "source": sources,
-         "domain": [origin] * len(sources)}, features=_features(codes)
+        {"image": keep_images, "label": [index[c] for c in keep_codes], "source": sources, "domain": [origin] * len(sources)},
+        features=_features(codes),
     )
     return CellData(ds, skipped)
 
@@ -416,6 +437,7 @@ def write_skipped(path: str | Path, skipped: Sequence[SkippedFile]) -> None:
 
 
 # --------------------------------------------------------------------------- external validation
+
 
 def load_pbc_external(root: str | Path, codes: Sequence[str]) -> tuple[datasets.Dataset, dict[str, int]]:
     """The PBC peripheral-blood images whose cell type is one of ``codes``.

@@ -13,28 +13,40 @@ used to choose a model; each is read in its own layout:
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from bmc import data as D
 from bmc import labels as L
+from bmc.calibration import softmax
 from bmc.images import IMAGE_SUFFIXES, open_image
 from bmc.inference import dataset_logits
-from bmc.calibration import softmax
 from bmc.metrics import classification_metrics, per_class_rows
 
 WBC_FOLDER_TO_CODE: dict[str, str] = {
-    "neutrophil": "NGS", "eosinophil": "EOS", "lymphocyte": "LYT", "monocyte": "MON", "basophil": "BAS",
+    "neutrophil": "NGS",
+    "eosinophil": "EOS",
+    "lymphocyte": "LYT",
+    "monocyte": "MON",
+    "basophil": "BAS",
 }
 """Folder names of white-cell sets that are not Matek names (BCCD's); 'neutrophil' is unsplit."""
 UNSPLIT_NEUTROPHIL = {"NGB": "NGS"}
 """For sets whose neutrophils are not split into band/segmented: a band call counts as segmented."""
 
 
-def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, codes: Sequence[str], temperature: float,
-                        equivalents: dict[str, str] | None = None, threshold: float | None = None) -> dict:
+def metrics_from_logits(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    codes: Sequence[str],
+    temperature: float,
+    equivalents: dict[str, str] | None = None,
+    threshold: float | None = None,
+) -> dict:
     """Card metrics for one set; ``equivalents`` ({predicted: counted as}) merges classes the set's
     labels do not tell apart, by adding the first class's probability to the second's. With the
     review ``threshold``, also how many cells would be flagged and how often the others are right."""
@@ -57,8 +69,7 @@ VALIDATION_PREDICTIONS = "validation_predictions.csv"
 compared image by image (:func:`bmc.metrics.paired_macro_f1_difference`), not only by their totals."""
 
 
-def write_predictions(path: str | Path, sources: Sequence[str], labels: Sequence[int], probs: np.ndarray,
-                      codes: Sequence[str]) -> None:
+def write_predictions(path: str | Path, sources: Sequence[str], labels: Sequence[int], probs: np.ndarray, codes: Sequence[str]) -> None:
     """One row per image: file, true class, predicted class and its calibrated confidence."""
     import csv
 
@@ -81,12 +92,17 @@ def review_stats(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dic
     """Share of cells flagged (calibrated confidence below ``threshold``) and accuracy of the unflagged ones."""
     conf, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
     kept = conf >= threshold
-    return {"threshold": float(threshold), "flagged_share": float(1 - kept.mean()),
-            "unflagged_accuracy": float(correct[kept].mean()) if kept.any() else float("nan"), "n_unflagged": int(kept.sum())}
+    return {
+        "threshold": float(threshold),
+        "flagged_share": float(1 - kept.mean()),
+        "unflagged_accuracy": float(correct[kept].mean()) if kept.any() else float("nan"),
+        "n_unflagged": int(kept.sum()),
+    }
 
 
-def by_domain(logits: np.ndarray, labels: np.ndarray, domains: Sequence[str], codes: Sequence[str], temperature: float,
-              threshold: float | None = None) -> dict:
+def by_domain(
+    logits: np.ndarray, labels: np.ndarray, domains: Sequence[str], codes: Sequence[str], temperature: float, threshold: float | None = None
+) -> dict:
     """The metrics of each domain on its own (empty when a split holds only one domain)."""
     names = sorted(set(domains))
     if len(names) < 2:
@@ -98,8 +114,9 @@ def by_domain(logits: np.ndarray, labels: np.ndarray, domains: Sequence[str], co
     return out
 
 
-def evaluate_split(model: Any, processor: Any, dataset: Any, codes: Sequence[str], temperature: float, use_denoise: bool,
-                   threshold: float | None = None) -> dict:
+def evaluate_split(
+    model: Any, processor: Any, dataset: Any, codes: Sequence[str], temperature: float, use_denoise: bool, threshold: float | None = None
+) -> dict:
     """A held-out split: pooled metrics plus, when it mixes sources, ``by_domain``."""
     logits, labels = dataset_logits(model, processor, dataset, use_denoise=use_denoise)
     result = metrics_from_logits(logits, labels, codes, temperature, threshold=threshold)
@@ -139,8 +156,16 @@ def load_labelled(root: str | Path, codes: Sequence[str]) -> tuple[Any, dict[str
     return ds, excluded, None if has_band else UNSPLIT_NEUTROPHIL
 
 
-def evaluate_external(model: Any, processor: Any, root: str | Path, codes: Sequence[str], temperature: float,
-                      use_denoise: bool, shared_codes: Sequence[str] | None = None, threshold: float | None = None) -> dict | None:
+def evaluate_external(
+    model: Any,
+    processor: Any,
+    root: str | Path,
+    codes: Sequence[str],
+    temperature: float,
+    use_denoise: bool,
+    shared_codes: Sequence[str] | None = None,
+    threshold: float | None = None,
+) -> dict | None:
     """One external set, read in its own layout; None when it holds no class the model knows.
 
     ``shared_codes``: the classes the primary (marrow) source also supplies; their images get a
@@ -151,8 +176,12 @@ def evaluate_external(model: Any, processor: Any, root: str | Path, codes: Seque
     pbc = D.is_pbc_layout(root)
     logits, labels = dataset_logits(model, processor, ds, use_denoise=use_denoise)
     result = metrics_from_logits(logits, labels, codes, temperature, equivalents, threshold)
-    result.update(excluded=excluded, source=str(root), layout="PBC (class from file prefix)" if pbc else "class folders",
-                  neutrophils_unsplit=equivalents is not None)
+    result.update(
+        excluded=excluded,
+        source=str(root),
+        layout="PBC (class from file prefix)" if pbc else "class folders",
+        neutrophils_unsplit=equivalents is not None,
+    )
     if shared_codes and pbc:  # the PBC set holds the classes a marrow-only model lacks; others hold few
         keep = np.isin(labels, [list(codes).index(c) for c in shared_codes if c in codes])
         if keep.any() and not keep.all():
@@ -161,8 +190,9 @@ def evaluate_external(model: Any, processor: Any, root: str | Path, codes: Seque
     return result
 
 
-def evaluate_unseen_marrow(model: Any, processor: Any, root: str | Path, codes: Sequence[str], temperature: float,
-                           threshold: float, use_denoise: bool) -> dict:
+def evaluate_unseen_marrow(
+    model: Any, processor: Any, root: str | Path, codes: Sequence[str], temperature: float, threshold: float, use_denoise: bool
+) -> dict:
     """Single marrow images of types the training marrow data lacks (``<CODE>_nnnnn.jpg``): what the
     model calls each one, for classes it learnt only from other sources and for ones it never saw."""
     records = [(str(p), p.stem.split("_")[0].upper()) for p in sorted(Path(root).glob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -174,11 +204,48 @@ def evaluate_unseen_marrow(model: Any, processor: Any, root: str | Path, codes: 
     rows = []
     for (path, truth), p in zip(records, probs):
         top = int(p.argmax())
-        rows.append({"file": Path(path).name, "true": truth, "known_class": truth in codes, "predicted": codes[top],
-                     "confidence": round(float(p[top]), 3), "flagged": bool(p[top] < threshold)})
+        rows.append(
+            {
+                "file": Path(path).name,
+                "true": truth,
+                "known_class": truth in codes,
+                "predicted": codes[top],
+                "confidence": round(float(p[top]), 3),
+                "flagged": bool(p[top] < threshold),
+            }
+        )
     known = [r for r in rows if r["known_class"]]
-    return {"source": str(root), "rows": rows, "n_known": len(known), "n_known_correct": sum(r["predicted"] == r["true"] for r in known),
-            "n_unknown": len(rows) - len(known), "n_unknown_flagged": sum(r["flagged"] for r in rows if not r["known_class"])}
+    return {
+        "source": str(root),
+        "rows": rows,
+        "n_known": len(known),
+        "n_known_correct": sum(r["predicted"] == r["true"] for r in known),
+        "n_unknown": len(rows) - len(known),
+        "n_unknown_flagged": sum(r["flagged"] for r in rows if not r["known_class"]),
+    }
+
+
+def single_source_classes(model_dir: str | Path) -> dict[str, list[str]]:
+    """Classes that only a secondary training source supplied (code -> those sources), from the model's split
+    manifest: e.g. the classes a marrow model learnt from peripheral-blood images only. Empty without a manifest."""
+    manifest = Path(model_dir) / "split_manifest.csv"
+    if not manifest.is_file():
+        return {}
+    rows = [r for r in D.read_manifest(manifest) if r["split"] == "train"]
+    primary = rows[0].get("domain", "") if rows else ""
+    domains: dict[str, set[str]] = {}
+    for row in rows:
+        domains.setdefault(row["label"], set()).add(row.get("domain", ""))
+    return {code: sorted(ds) for code, ds in domains.items() if primary not in ds}
+
+
+def unseen_marrow_score(model_dir: str | Path, codes: Sequence[str]) -> tuple[int, int] | None:
+    """Of the marrow images of ``codes`` in the card's unseen-type check (``bmc evaluate --unseen``), how many the
+    model named right, and how many there were; None when the card has no such check."""
+    path = Path(model_dir) / "metrics.json"
+    rows = (json.loads(path.read_text()).get("unseen_marrow") or {}).get("rows", []) if path.is_file() else []
+    mine = [r for r in rows if r["true"] in codes]
+    return (sum(r["predicted"] == r["true"] for r in mine), len(mine)) if mine else None
 
 
 def shared_classes(manifest: list[dict]) -> list[str]:
@@ -190,30 +257,39 @@ def shared_classes(manifest: list[dict]) -> list[str]:
     return L.sort_codes(code for code, ds in domains.items() if len(ds) > 1)
 
 
-def evaluate_more(results: dict, model: Any, processor: Any, external_dirs: Sequence[str], unseen_dir: str | None,
-                  use_denoise: bool) -> tuple[dict[str, dict], dict | None]:
+def evaluate_more(
+    results: dict, model: Any, processor: Any, external_dirs: Sequence[str], unseen_dir: str | None, use_denoise: bool
+) -> tuple[dict[str, dict], dict | None]:
     """The external sets (by folder name) and the unseen-type marrow images, for a model whose
     ``results`` already hold its classes, calibration and shared classes."""
     codes, calib = results["classes"], results["calibration"]
     external = {}
     for folder in external_dirs:
-        result = evaluate_external(model, processor, folder, codes, calib["temperature"], use_denoise, results.get("shared_classes"),
-                                   calib["review_threshold"])
+        result = evaluate_external(
+            model, processor, folder, codes, calib["temperature"], use_denoise, results.get("shared_classes"), calib["review_threshold"]
+        )
         if result is not None:
             external[D.domain_name(folder)] = result
-    unseen = evaluate_unseen_marrow(model, processor, unseen_dir, codes, calib["temperature"], calib["review_threshold"],
-                                    use_denoise) if unseen_dir else None
+    unseen = (
+        evaluate_unseen_marrow(model, processor, unseen_dir, codes, calib["temperature"], calib["review_threshold"], use_denoise)
+        if unseen_dir
+        else None
+    )
     return external, unseen
 
 
-def evaluate_model_dir(model_dir: str | Path, external_dirs: Sequence[str], unseen_dir: str | None,
-                       targets: Sequence[dict] | None = None, recalibrate: bool = False) -> dict:
+def evaluate_model_dir(
+    model_dir: str | Path,
+    external_dirs: Sequence[str],
+    unseen_dir: str | None,
+    targets: Sequence[dict] | None = None,
+    recalibrate: bool = False,
+) -> dict:
     """Measure a saved bmc model folder on (more) external sets and unseen-type images, check it
     against ``targets`` (see :func:`check_targets`), add the results to its ``metrics.json`` and
     re-render its card (``bmc evaluate``). ``recalibrate``: first refit the temperature and review
     threshold on its validation split with this version's rule (:mod:`bmc.calibration`), then
     re-measure validation and test with them (external sets: those given)."""
-    import json
 
     from bmc.model import load_classifier
     from bmc.model_card import render_card
@@ -235,14 +311,26 @@ def evaluate_model_dir(model_dir: str | Path, external_dirs: Sequence[str], unse
         # written by an older bmc: re-measure the held-out test split with this version's metrics (per source, review flags)
         test = dataset_from_manifest([r for r in rows if r["split"] == "test"], metrics["classes"])
         if len(test):
-            metrics["test"] = evaluate_split(model, processor, test, metrics["classes"], metrics["calibration"]["temperature"],
-                                             denoise, metrics["calibration"]["review_threshold"])
+            metrics["test"] = evaluate_split(
+                model,
+                processor,
+                test,
+                metrics["classes"],
+                metrics["calibration"]["temperature"],
+                denoise,
+                metrics["calibration"]["review_threshold"],
+            )
     if rows and not (model_dir / VALIDATION_PREDICTIONS).is_file():  # a model trained before the file existed
         val = dataset_from_manifest([r for r in rows if r["split"] == "validation"], metrics["classes"])
         if len(val):
             logits, labels = dataset_logits(model, processor, val, use_denoise=denoise)
-            write_predictions(model_dir / VALIDATION_PREDICTIONS, val["source"], labels,
-                              softmax(logits, metrics["calibration"]["temperature"]), metrics["classes"])
+            write_predictions(
+                model_dir / VALIDATION_PREDICTIONS,
+                val["source"],
+                labels,
+                softmax(logits, metrics["calibration"]["temperature"]),
+                metrics["classes"],
+            )
     external, unseen = evaluate_more(metrics, model, processor, external_dirs, unseen_dir, denoise)
     metrics["external"] = {**external_results(metrics), **external}
     plot_external(external, metrics["classes"], model_dir)
@@ -278,8 +366,11 @@ def recalibrate_model_dir(model_dir: Path, metrics: dict, rows: Sequence[dict], 
 
 def calibration_config(calib: dict) -> dict:
     """The config.json keys a calibration sets (read by :class:`bmc.inference.Predictor`)."""
-    return {"bmc_temperature": calib["temperature"], "bmc_review_threshold": calib["review_threshold"],
-            "bmc_validation_flagged": 1.0 - calib["validation_coverage"]}
+    return {
+        "bmc_temperature": calib["temperature"],
+        "bmc_review_threshold": calib["review_threshold"],
+        "bmc_validation_flagged": 1.0 - calib["validation_coverage"],
+    }
 
 
 def confusion_figure(set_name: str) -> str:
@@ -292,8 +383,9 @@ def plot_external(external: dict[str, dict], codes: Sequence[str], folder: Path)
     from bmc.figures import plot_confusion_matrix
 
     for name, result in external.items():
-        plot_confusion_matrix(result["confusion_matrix"], list(codes), folder / confusion_figure(name),
-                              f"external set {name} ({result['n_images']} images)")
+        plot_confusion_matrix(
+            result["confusion_matrix"], list(codes), folder / confusion_figure(name), f"external set {name} ({result['n_images']} images)"
+        )
 
 
 def dataset_from_manifest(rows: Sequence[dict], codes: Sequence[str]) -> Any:

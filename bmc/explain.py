@@ -17,9 +17,10 @@ read it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -36,8 +37,10 @@ GRADCAM_VIT_LAYER = -4
 head (flat maps); on the 13-class model the block before it gave an empty map (no positive
 evidence) for 2–4 of 24 marrow cells, the fourth from the end for 0–1, with the map on the cell
 as often or more (24 cells each of Matek images 1–4 and 301–304 of six classes)."""
-NO_EVIDENCE = ("This method found no positive evidence for the chosen class at the layer it reads, so the map is empty; "
-               "try Occlusion, which needs no layer.")
+NO_EVIDENCE = (
+    "This method found no positive evidence for the chosen class at the layer it reads, so the map is empty; "
+    "try Occlusion, which needs no layer."
+)
 
 
 @dataclass
@@ -104,14 +107,29 @@ class Explainer:
 
     # ----------------------------------------------------------------- methods
 
-    def integrated_gradients(self, x: torch.Tensor, target: int, n_steps: int = IG_STEPS, noise_tunnel: bool = False,
-                             nt_samples: int = 4, internal_batch_size: int = IG_STEPS) -> np.ndarray:
+    def integrated_gradients(
+        self,
+        x: torch.Tensor,
+        target: int,
+        n_steps: int = IG_STEPS,
+        noise_tunnel: bool = False,
+        nt_samples: int = 4,
+        internal_batch_size: int = IG_STEPS,
+    ) -> np.ndarray:
         ig = IntegratedGradients(self._logits)
         baseline = torch.zeros_like(x)  # the normalised mean colour: an empty slide, not black
         if noise_tunnel:
-            attr = NoiseTunnel(ig).attribute(x, nt_type="smoothgrad", nt_samples=nt_samples, stdevs=0.15, target=target,
-                                             baselines=baseline, n_steps=n_steps, internal_batch_size=internal_batch_size,
-                                             nt_samples_batch_size=1)
+            attr = NoiseTunnel(ig).attribute(
+                x,
+                nt_type="smoothgrad",
+                nt_samples=nt_samples,
+                stdevs=0.15,
+                target=target,
+                baselines=baseline,
+                n_steps=n_steps,
+                internal_batch_size=internal_batch_size,
+                nt_samples_batch_size=1,
+            )
         else:
             attr = ig.attribute(x, baselines=baseline, target=target, n_steps=n_steps, internal_batch_size=internal_batch_size)
         heat = attr.detach()[0].abs().sum(0).numpy()
@@ -125,12 +143,14 @@ class Explainer:
             attr = LayerGradCam(self._logits, self._last_conv_stage()).attribute(x, target=target, relu_attributions=True)
         return attr.detach()[0, 0].numpy()
 
-    def occlusion(self, x: torch.Tensor, target: int, window_fraction: float = 1 / 7, stride_fraction: float = 1 / 10,
-                  batch: int = 32) -> np.ndarray:
+    def occlusion(
+        self, x: torch.Tensor, target: int, window_fraction: float = 1 / 7, stride_fraction: float = 1 / 10, batch: int = 32
+    ) -> np.ndarray:
         win = max(2, int(round(self.size * window_fraction)))
         stride = max(1, int(round(self.size * stride_fraction)))
-        attr = Occlusion(self._logits).attribute(x, sliding_window_shapes=(3, win, win), strides=(3, stride, stride),
-                                                target=target, baselines=0.0, perturbations_per_eval=batch)
+        attr = Occlusion(self._logits).attribute(
+            x, sliding_window_shapes=(3, win, win), strides=(3, stride, stride), target=target, baselines=0.0, perturbations_per_eval=batch
+        )
         return np.clip(attr.detach()[0].mean(0).numpy(), 0, None)
 
     def attention_rollout(self, x: torch.Tensor, target: int | None = None, discard_ratio: float = 0.0) -> np.ndarray:
@@ -162,7 +182,7 @@ class Explainer:
             hidden = output[0] if isinstance(output, tuple) else output
             cls, patches = hidden[:, :1], hidden[:, 1:]
             n, t, c = patches.shape
-            side = int(round(t ** 0.5))
+            side = int(round(t**0.5))
             grid = grid_module(patches.transpose(1, 2).reshape(n, c, side, side))
             hidden = torch.cat([cls, grid.reshape(n, c, t).transpose(1, 2)], dim=1)
             return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
@@ -197,20 +217,40 @@ class Method:
     options: tuple[str, ...] = ()
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("Grad-CAM", Explainer.grad_cam,
-           "Warm regions are the parts of the cell whose late-layer features raised the score of the chosen class; "
-           "coarse (one value per image patch)."),
-    Method("Integrated Gradients", Explainer.integrated_gradients,
-           "Bright pixels are those whose colour most increased the chosen class's score compared with a blank image; "
-           "fine-grained but speckled.", options=("noise_tunnel", "n_steps")),
-    Method("Occlusion", Explainer.occlusion,
-           "Warm regions are where covering the image with a grey square lowers the chosen class's score the most: "
-           "the evidence the model cannot do without.", options=("window_fraction", "stride_fraction")),
-    Method("Attention rollout", Explainer.attention_rollout,
-           "Warm patches are where the transformer's attention flows from its summary token, whatever the class: "
-           "where the model looks, not why.", vit_only=True, class_independent=True, options=("discard_ratio",)),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "Grad-CAM",
+            Explainer.grad_cam,
+            "Warm regions are the parts of the cell whose late-layer features raised the score of the chosen class; "
+            "coarse (one value per image patch).",
+        ),
+        Method(
+            "Integrated Gradients",
+            Explainer.integrated_gradients,
+            "Bright pixels are those whose colour most increased the chosen class's score compared with a blank image; "
+            "fine-grained but speckled.",
+            options=("noise_tunnel", "n_steps"),
+        ),
+        Method(
+            "Occlusion",
+            Explainer.occlusion,
+            "Warm regions are where covering the image with a grey square lowers the chosen class's score the most: "
+            "the evidence the model cannot do without.",
+            options=("window_fraction", "stride_fraction"),
+        ),
+        Method(
+            "Attention rollout",
+            Explainer.attention_rollout,
+            "Warm patches are where the transformer's attention flows from its summary token, whatever the class: "
+            "where the model looks, not why.",
+            vit_only=True,
+            class_independent=True,
+            options=("discard_ratio",),
+        ),
+    )
+}
 """The one table of attribution methods: the app, the benchmark and the tests read it (name → entry)."""
 
 
@@ -271,5 +311,5 @@ def centre_vs_border(heatmap: np.ndarray, centre_fraction: float = 0.5) -> tuple
     h, w = heatmap.shape
     mh, mw = int(h * (1 - centre_fraction) / 2), int(w * (1 - centre_fraction) / 2)
     mask = np.zeros_like(heatmap, dtype=bool)
-    mask[mh:h - mh, mw:w - mw] = True
+    mask[mh : h - mh, mw : w - mw] = True
     return float(heatmap[mask].mean()), float(heatmap[~mask].mean())

@@ -34,15 +34,23 @@ class HubArguments:
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository as private"})
 
 
-def publish(folder: str | Path, repo_id: str | None, token: str | None = None, private: bool = False,
-            commit_message: str = "Upload bmc cell classifier") -> str:
+def publish(
+    folder: str | Path,
+    repo_id: str | None,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str = "Upload bmc cell classifier",
+) -> str:
     """Create the model repo if needed and upload ``folder``'s model files; returns the commit URL."""
     if not repo_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/bmc-dinov2-small)")
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     info = api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), allow_patterns=PUBLISH_PATTERNS,
-        ignore_patterns=["checkpoint-*/**", ".*"], commit_message=commit_message,
+        repo_id=repo_id,
+        folder_path=str(folder),
+        allow_patterns=PUBLISH_PATTERNS,
+        ignore_patterns=["checkpoint-*/**", ".*"],
+        commit_message=commit_message,
     )
     return str(info)

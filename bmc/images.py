@@ -66,8 +66,9 @@ def open_image(data: str | Path | bytes | Image.Image, name: str = "image") -> I
         except UnidentifiedImageError:
             raise ImageError(f"{name}: not an image file (or an image format that cannot be read)") from None
         except ValueError as exc:  # PIL: "Decompressed Data Too Large" from a metadata (text) chunk
-            raise ImageError(f"{name}: the file's metadata is too large to read safely ({exc}); "
-                             "re-save the image without embedded text") from None
+            raise ImageError(
+                f"{name}: the file's metadata is too large to read safely ({exc}); re-save the image without embedded text"
+            ) from None
         except OSError as exc:
             raise ImageError(f"{name}: the image data is damaged or truncated ({exc})") from None
     w, h = img.size
@@ -77,9 +78,12 @@ def open_image(data: str | Path | bytes | Image.Image, name: str = "image") -> I
         raise ImageError(f"{name}: {w}×{h} px is too small to show a cell (minimum {MIN_SIDE} px per side)")
     frames = int(getattr(img, "n_frames", 1) or 1)
     if frames > 1:
-        kind = {"TIFF": "a multi-page TIFF", "GIF": "an animated GIF", "PNG": "an animated PNG"}.get(img.format or "", "a multi-frame image")
-        raise ImageError(f"{name}: {kind} with {frames} frames; bmc classifies one cell per image — "
-                         "save the frame you mean as a single image")
+        kind = {"TIFF": "a multi-page TIFF", "GIF": "an animated GIF", "PNG": "an animated PNG"}.get(
+            img.format or "", "a multi-frame image"
+        )
+        raise ImageError(
+            f"{name}: {kind} with {frames} frames; bmc classifies one cell per image — save the frame you mean as a single image"
+        )
     try:
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -88,12 +92,20 @@ def open_image(data: str | Path | bytes | Image.Image, name: str = "image") -> I
 
 
 CONVERSIONS = {
-    "I;16": "16-bit greyscale, scaled to 8 bits", "I;16B": "16-bit greyscale, scaled to 8 bits",
-    "I;16L": "16-bit greyscale, scaled to 8 bits", "I": "32-bit greyscale, scaled to 8 bits",
-    "CMYK": "CMYK (print colours)", "RGBA": "RGB with transparency, composited on white",
-    "LA": "greyscale with transparency, composited on white", "P": "a palette (indexed-colour) image",
-    "PA": "a palette image with transparency", "L": "greyscale (no stain colour: expect poor results)",
-    "1": "black-and-white (no stain colour: expect poor results)", "YCbCr": "YCbCr", "LAB": "Lab", "HSV": "HSV",
+    "I;16": "16-bit greyscale, scaled to 8 bits",
+    "I;16B": "16-bit greyscale, scaled to 8 bits",
+    "I;16L": "16-bit greyscale, scaled to 8 bits",
+    "I": "32-bit greyscale, scaled to 8 bits",
+    "CMYK": "CMYK (print colours)",
+    "RGBA": "RGB with transparency, composited on white",
+    "LA": "greyscale with transparency, composited on white",
+    "P": "a palette (indexed-colour) image",
+    "PA": "a palette image with transparency",
+    "L": "greyscale (no stain colour: expect poor results)",
+    "1": "black-and-white (no stain colour: expect poor results)",
+    "YCbCr": "YCbCr",
+    "LAB": "Lab",
+    "HSV": "HSV",
 }
 """What a non-RGB input was, in words, for the note shown beside its prediction."""
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -16,26 +17,30 @@ from bmc.model import load_classifier
 from bmc.transforms import preprocess, processor_size
 
 
-def batched_forward(run: Runner, processor: Any, images: Sequence[Image.Image], n_classes: int, batch_size: int = 32,
-                    use_denoise: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def batched_forward(
+    run: Runner, processor: Any, images: Sequence[Image.Image], n_classes: int, batch_size: int = 32, use_denoise: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits and embeddings for RGB images from any backend runner, in batches (one forward per batch)."""
-    out = [run(preprocess(list(images[start:start + batch_size]), processor, use_denoise))
-           for start in range(0, len(images), batch_size)]
+    out = [run(preprocess(list(images[start : start + batch_size]), processor, use_denoise)) for start in range(0, len(images), batch_size)]
     if not out:
         return np.zeros((0, n_classes), np.float32), np.zeros((0, 0), np.float32)
     return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
 
 
-def predict_logits(model: Any, processor: Any, images: Sequence[Image.Image], batch_size: int = 32, use_denoise: bool = False) -> np.ndarray:
+def predict_logits(
+    model: Any, processor: Any, images: Sequence[Image.Image], batch_size: int = 32, use_denoise: bool = False
+) -> np.ndarray:
     """Logits for RGB images with the PyTorch model (training and evaluation use this exact path)."""
     return batched_forward(torch_runner(model), processor, images, model.config.num_labels, batch_size, use_denoise)[0]
 
 
-def dataset_logits(model: Any, processor: Any, dataset: Any, batch_size: int = 32, use_denoise: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def dataset_logits(
+    model: Any, processor: Any, dataset: Any, batch_size: int = 32, use_denoise: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels for a bmc ``datasets.Dataset`` (columns ``image``, ``label``)."""
     logits, labels = [], []
     for start in range(0, len(dataset), batch_size):
-        batch = dataset[start:start + batch_size]
+        batch = dataset[start : start + batch_size]
         images = [im.convert("RGB") for im in batch["image"]]
         logits.append(predict_logits(model, processor, images, batch_size, use_denoise))
         labels.extend(batch["label"])
@@ -102,18 +107,22 @@ class Predictor:
         """Uncalibrated logits from this predictor's backend."""
         return self.forward(images, batch_size)[0]
 
-    def predictions(self, probs: np.ndarray, logits: np.ndarray | None = None,
-                    embeddings: np.ndarray | None = None) -> list[Prediction]:
+    def predictions(self, probs: np.ndarray, logits: np.ndarray | None = None, embeddings: np.ndarray | None = None) -> list[Prediction]:
         """Calibrated probabilities (rows in the order of :attr:`codes`) as flagged predictions: the one
         place where the review threshold turns a probability into a flag."""
         out = []
         for i, row in enumerate(probs):
             top = int(row.argmax())
-            out.append(Prediction(
-                probs={c: float(p) for c, p in zip(self.codes, row)}, top_code=self.codes[top],
-                confidence=float(row[top]), flagged=bool(row[top] < self.threshold),
-                logits=None if logits is None else logits[i], embedding=None if embeddings is None else embeddings[i],
-            ))
+            out.append(
+                Prediction(
+                    probs={c: float(p) for c, p in zip(self.codes, row)},
+                    top_code=self.codes[top],
+                    confidence=float(row[top]),
+                    flagged=bool(row[top] < self.threshold),
+                    logits=None if logits is None else logits[i],
+                    embedding=None if embeddings is None else embeddings[i],
+                )
+            )
         return out
 
     def predict(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[Prediction]:

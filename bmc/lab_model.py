@@ -20,9 +20,10 @@ from __future__ import annotations
 import csv
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,8 +83,9 @@ def read_lab_cells(cells: Path, images: Sequence[Path] = ()) -> LabCells:
     with open(cells, newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows or not {"file", "reviewed", "reviewed_label"} <= set(rows[0]):
-        raise ValueError(f"{cells}: not a folder of class folders nor a predictions.csv of bmc count or the app "
-                         "(columns file, reviewed, reviewed_label)")
+        raise ValueError(
+            f"{cells}: not a folder of class folders nor a predictions.csv of bmc count or the app (columns file, reviewed, reviewed_label)"
+        )
     wanted = {r["file"]: r["reviewed_label"] for r in rows if r["reviewed"] == "yes"}
     if not wanted:
         raise ValueError(f"{cells}: no reviewed cell in it (column reviewed = yes): review some cells first")
@@ -116,8 +118,9 @@ def replay_records(model_dir: Path, codes: Sequence[str], per_class: int = REPLA
     return out
 
 
-def fit_head(weight: np.ndarray, bias: np.ndarray, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
+def fit_head(
+    weight: np.ndarray, bias: np.ndarray, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """A linear head fitted on embeddings ``x`` (weighted cross-entropy, L-BFGS) starting from and pulled
     towards ``weight``/``bias`` (rows of new classes start at zero)."""
     w0, b0 = torch.tensor(weight, dtype=torch.float64), torch.tensor(bias, dtype=torch.float64)
@@ -151,15 +154,26 @@ class Adaptation:
     n_replay: int
 
 
-def adapt_head(model_codes: list[str], weight: np.ndarray, bias: np.ndarray, lab_x: np.ndarray, lab_codes: Sequence[str],
-               replay_x: np.ndarray, replay_codes: Sequence[str], folds: int = FOLDS, seed: int = 0) -> Adaptation:
+def adapt_head(
+    model_codes: list[str],
+    weight: np.ndarray,
+    bias: np.ndarray,
+    lab_x: np.ndarray,
+    lab_codes: Sequence[str],
+    replay_x: np.ndarray,
+    replay_codes: Sequence[str],
+    folds: int = FOLDS,
+    seed: int = 0,
+) -> Adaptation:
     """Refit the head on lab cells + replay; calibrate and measure it on the lab cells by k-fold."""
     counts = {c: lab_codes.count(c) for c in dict.fromkeys(lab_codes)}
     added = [c for c, n in counts.items() if c not in model_codes and n >= MIN_NEW_CLASS]
     unknown = {c: n for c, n in counts.items() if c not in model_codes and c not in added}
     if unknown:
-        raise ValueError(f"the cells hold classes this model lacks with fewer than {MIN_NEW_CLASS} cells each "
-                         f"({', '.join(f'{c}: {n}' for c, n in unknown.items())}): add more of them, or leave them out")
+        raise ValueError(
+            f"the cells hold classes this model lacks with fewer than {MIN_NEW_CLASS} cells each "
+            f"({', '.join(f'{c}: {n}' for c, n in unknown.items())}): add more of them, or leave them out"
+        )
     codes = [*model_codes, *added]
     w = np.vstack([weight, np.zeros((len(added), weight.shape[1]))])
     b = np.concatenate([bias, np.zeros(len(added))])
@@ -196,11 +210,18 @@ def write_adapted(base: Predictor, result: Adaptation, out_dir: Path, forgot: di
     label2id = {c: i for i, c in id2label.items()}
     model.config.id2label, model.config.label2id, model.config.num_labels = id2label, label2id, len(result.codes)
     save_classifier(model, base.processor, out_dir)
-    update_config(out_dir, **calibration_config(result.calibration), bmc_denoise=base.use_denoise,
-                  bmc_adapted_from=str(base.name))
-    summary = {"adapted_from": str(base.name), "adapted_from_version": base.version, "cells": source,
-               "lab_counts": result.lab_counts, "added_classes": result.added, "replay_images": result.n_replay,
-               "calibration": result.calibration, "lab_out_of_fold": _short(result.lab_figures), "base_test": forgot}
+    update_config(out_dir, **calibration_config(result.calibration), bmc_denoise=base.use_denoise, bmc_adapted_from=str(base.name))
+    summary = {
+        "adapted_from": str(base.name),
+        "adapted_from_version": base.version,
+        "cells": source,
+        "lab_counts": result.lab_counts,
+        "added_classes": result.added,
+        "replay_images": result.n_replay,
+        "calibration": result.calibration,
+        "lab_out_of_fold": _short(result.lab_figures),
+        "base_test": forgot,
+    }
     (out_dir / "adaptation.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     (out_dir / "README.md").write_text(card(summary, result.codes))
     return out_dir
@@ -215,34 +236,50 @@ def card(summary: dict, codes: Sequence[str]) -> str:
     lab = summary["lab_out_of_fold"]
     counts = ", ".join(f"{L.display_name(c)} {n}" for c, n in summary["lab_counts"].items())
     lines = [
-        "---", "library_name: transformers", "pipeline_tag: image-classification",
-        "tags: [image-classification, hematology, research-only, bmc-adapted]", "---", "",
-        f"# Adapted from `{summary['adapted_from']}`", "",
-        "> **Research tool, not a diagnosis.** Every label must be reviewed by a qualified haematologist.", "",
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: image-classification",
+        "tags: [image-classification, hematology, research-only, bmc-adapted]",
+        "---",
+        "",
+        f"# Adapted from `{summary['adapted_from']}`",
+        "",
+        "> **Research tool, not a diagnosis.** Every label must be reviewed by a qualified haematologist.",
+        "",
         f"Made by `bmc adapt` from {sum(summary['lab_counts'].values())} labelled cells of one laboratory "
         f"(`{summary['cells']}`): {counts}. Only the last layer was refitted (from the base model's head, with "
         f"{summary['replay_images']} of the base model's training images replayed); the backbone is the base model's "
         f"(version `{summary['adapted_from_version']}`).",
-        f"Classes added: {', '.join(summary['added_classes']) or 'none'}. Classes: {', '.join(codes)}.", "",
-        "| measured on | images | accuracy | macro-F1 |", "|---|---|---|---|",
+        f"Classes added: {', '.join(summary['added_classes']) or 'none'}. Classes: {', '.join(codes)}.",
+        "",
+        "| measured on | images | accuracy | macro-F1 |",
+        "|---|---|---|---|",
         f"| this lab's cells, out of fold ({len(summary['lab_counts'])} classes; each cell scored by a head fitted without it) | "
         f"{lab.get('n', '—')} | {lab['accuracy']:.1%} | {lab['macro_f1']:.3f} |",
     ]
     for name, fig in summary["base_test"].items():
-        lines.append(f"| base model's test split, {name}: before → after adaptation (what it forgot) | {fig['n']} | "
-                     f"{fig['accuracy_before']:.1%} → {fig['accuracy_after']:.1%} | {fig['macro_f1_before']:.3f} → {fig['macro_f1_after']:.3f} |")
+        lines.append(
+            f"| base model's test split, {name}: before → after adaptation (what it forgot) | {fig['n']} | "
+            f"{fig['accuracy_before']:.1%} → {fig['accuracy_after']:.1%} | {fig['macro_f1_before']:.3f} → {fig['macro_f1_after']:.3f} |"
+        )
     calib = summary["calibration"]
-    lines += ["", f"Calibration on this lab's cells (k-fold): temperature {calib['temperature']:.3f}; cells below "
-                  f"{calib['review_threshold']:.3f} calibrated confidence are flagged for review, which flags "
-                  f"{1 - calib['validation_coverage']:.0%} of them. With few cells per class these figures are rough: "
-                  "keep reviewing, and adapt again with more cells.", ""]
+    lines += [
+        "",
+        f"Calibration on this lab's cells (k-fold): temperature {calib['temperature']:.3f}; cells below "
+        f"{calib['review_threshold']:.3f} calibrated confidence are flagged for review, which flags "
+        f"{1 - calib['validation_coverage']:.0%} of them. With few cells per class these figures are rough: "
+        "keep reviewing, and adapt again with more cells.",
+        "",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def forgetting(base: Predictor, result: Adaptation, model_dir: Path) -> dict:
     """Accuracy and macro-F1 on the base model's test split per source, before and after the new head."""
     manifest = Path(model_dir) / "split_manifest.csv"
-    rows = [r for r in read_manifest(manifest) if r["split"] == "test" and resolve_source(r["source"]).is_file()] if manifest.is_file() else []
+    rows = (
+        [r for r in read_manifest(manifest) if r["split"] == "test" and resolve_source(r["source"]).is_file()] if manifest.is_file() else []
+    )
     out: dict[str, Any] = {}
     for domain in dict.fromkeys(r.get("domain", "") for r in rows):
         mine = [r for r in rows if r.get("domain", "") == domain and r["label"] in base.codes]
@@ -250,16 +287,29 @@ def forgetting(base: Predictor, result: Adaptation, model_dir: Path) -> dict:
         logits, emb = base.forward(images)
         truth = np.array([base.codes.index(r["label"]) for r in mine])
         after = emb @ result.weight.T + result.bias
-        before_m = classification_metrics(softmax(np.hstack([logits, np.full((len(logits), len(result.added)), -1e9)])), truth,
-                                          num_classes=len(result.codes))
+        before_m = classification_metrics(
+            softmax(np.hstack([logits, np.full((len(logits), len(result.added)), -1e9)])), truth, num_classes=len(result.codes)
+        )
         after_m = classification_metrics(softmax(after), truth, num_classes=len(result.codes))
-        out[domain] = {"n": len(mine), "accuracy_before": before_m["accuracy"], "accuracy_after": after_m["accuracy"],
-                       "macro_f1_before": before_m["macro_f1"], "macro_f1_after": after_m["macro_f1"]}
+        out[domain] = {
+            "n": len(mine),
+            "accuracy_before": before_m["accuracy"],
+            "accuracy_after": after_m["accuracy"],
+            "macro_f1_before": before_m["macro_f1"],
+            "macro_f1_after": after_m["macro_f1"],
+        }
     return out
 
 
-def adapt_model(model: str, cells: Path, out_dir: Path, images: Sequence[Path] = (), replay_per_class: int = REPLAY_PER_CLASS,
-                measure_forgetting: bool = True, progress: bool = True) -> tuple[Path, dict]:
+def adapt_model(
+    model: str,
+    cells: Path,
+    out_dir: Path,
+    images: Sequence[Path] = (),
+    replay_per_class: int = REPLAY_PER_CLASS,
+    measure_forgetting: bool = True,
+    progress: bool = True,
+) -> tuple[Path, dict]:
     """``bmc adapt``: read the lab's cells, embed them and the replay with the base model, refit the head,
     measure it, and write the adapted model folder."""
     say = print if progress else (lambda *_a, **_k: None)
@@ -273,8 +323,9 @@ def adapt_model(model: str, cells: Path, out_dir: Path, images: Sequence[Path] =
     say(f"replaying {len(replay)} of the base model's training images ...")
     replay_x = base.forward([Image.open(p).convert("RGB") for p, _ in replay])[1] if replay else np.zeros((0, lab_x.shape[1]))
     head = base.model.classifier
-    result = adapt_head(base.codes, head.weight.detach().numpy(), head.bias.detach().numpy(), lab_x, lab.codes,
-                        replay_x, [c for _, c in replay])
+    result = adapt_head(
+        base.codes, head.weight.detach().numpy(), head.bias.detach().numpy(), lab_x, lab.codes, replay_x, [c for _, c in replay]
+    )
     forgot = forgetting(base, result, Path(model)) if measure_forgetting and Path(model).is_dir() else {}
     out = write_adapted(base, result, Path(out_dir), forgot, str(cells))
     return out, json.loads((out / "adaptation.json").read_text())

@@ -9,12 +9,18 @@ follows it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 #: Lineage groups in the order they appear in a differential count.
 LINEAGES: tuple[str, ...] = (
-    "granulocytic", "erythroid", "lymphoid", "monocytic", "plasma", "abnormal/other", "artefact",
+    "granulocytic",
+    "erythroid",
+    "lymphoid",
+    "monocytic",
+    "plasma",
+    "abnormal/other",
+    "artefact",
 )
 
 
@@ -107,7 +113,7 @@ def code_of(label: str, known: Iterable[str]) -> str:
     if text in known or text.upper() in known:
         return text if text in known else text.upper()
     if text.endswith(")") and "(" in text:  # display_name(): "Full name (CODE)"
-        inner = text[text.rindex("(") + 1:-1].strip().upper()
+        inner = text[text.rindex("(") + 1 : -1].strip().upper()
         if inner in known:
             return inner
     try:

@@ -90,13 +90,13 @@ def find_cells(image: Image.Image) -> Field:
         note = f"the {w}×{h} picture was searched at {rgb.shape[1]}×{rgb.shape[0]} (longest side {MAX_SIDE} px)"
     sh, sw = rgb.shape[:2]
     boxes = []
-    for (x, y, bw, bh, area) in _blobs(rgb)[0]:
+    for x, y, bw, bh, area in _blobs(rgb)[0]:
         if area < MIN_AREA_FRACTION * sh * sw:
             continue
         cx, cy, side = x + bw / 2, y + bh / 2, max(bw, bh) * GROW
         x0, y0 = max(0.0, cx - side / 2), max(0.0, cy - side / 2)
         x1, y1 = min(float(sw), cx + side / 2), min(float(sh), cy + side / 2)
-        boxes.append(Box(int(x0 / scale), int(y0 / scale), int(round(x1 / scale)), int(round(y1 / scale)), int(area / scale ** 2)))
+        boxes.append(Box(int(x0 / scale), int(y0 / scale), int(round(x1 / scale)), int(round(y1 / scale)), int(area / scale**2)))
     return Field(boxes, note)
 
 
@@ -110,7 +110,7 @@ def crop(image: Image.Image, box: Box) -> Image.Image:
     half = side // 2
     padded = cv2.copyMakeBorder(rgb, half, half, half, half, cv2.BORDER_CONSTANT, value=background)
     x0, y0 = cx - half + half, cy - half + half
-    return Image.fromarray(padded[y0:y0 + side, x0:x0 + side])
+    return Image.fromarray(padded[y0 : y0 + side, x0 : x0 + side])
 
 
 def several_cells(image: Image.Image) -> int:
@@ -126,9 +126,15 @@ def several_cells(image: Image.Image) -> int:
         h, w = rgb.shape[:2]
     stats, centroids = _blobs(rgb)
     largest = max((int(st[4]) for st in stats), default=0)
-    big = [tuple(c) for st, c in zip(stats, centroids)
-           if st[4] >= max(GUARD_MIN_AREA_FRACTION * h * w, GUARD_RELATIVE_AREA * largest)  # cell-sized, not a fragment
-           and st[0] > 1 and st[1] > 1 and st[0] + st[2] < w - 1 and st[1] + st[3] < h - 1]  # whole: not cut by the edge
+    big = [
+        tuple(c)
+        for st, c in zip(stats, centroids)
+        if st[4] >= max(GUARD_MIN_AREA_FRACTION * h * w, GUARD_RELATIVE_AREA * largest)  # cell-sized, not a fragment
+        and st[0] > 1
+        and st[1] > 1
+        and st[0] + st[2] < w - 1
+        and st[1] + st[3] < h - 1
+    ]  # whole: not cut by the edge
     kept: list[tuple[float, float]] = []
     for c in sorted(big, key=lambda c: (c[1], c[0])):
         if all(np.hypot(c[0] - k[0], c[1] - k[1]) >= GUARD_MIN_DISTANCE * max(h, w) for k in kept):

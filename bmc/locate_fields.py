@@ -7,8 +7,8 @@ every upload does not import the classifier's stack.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from PIL import Image
 
@@ -42,8 +42,20 @@ def locate_fields(predictor: Predictor, items: Iterable[tuple[str, Image.Image] 
             for i, (box, c, p) in enumerate(zip(field.boxes, crops, preds), start=1):
                 path = out_dir / "crops" / f"{stem}_{i}.jpg"
                 c.save(path, quality=92)
-                writer.writerow([name, box.x0, box.y0, box.x1, box.y1, p.top_code, f"{p.confidence:.4f}",
-                                 "yes" if p.flagged else "no", i, str(path.relative_to(out_dir))])
+                writer.writerow(
+                    [
+                        name,
+                        box.x0,
+                        box.y0,
+                        box.x1,
+                        box.y1,
+                        p.top_code,
+                        f"{p.confidence:.4f}",
+                        "yes" if p.flagged else "no",
+                        i,
+                        str(path.relative_to(out_dir)),
+                    ]
+                )
             draw(image, field.boxes, [p.top_code for p in preds]).save(out_dir / "overlays" / f"{stem}.jpg", quality=90)
             n_cells += len(field.boxes)
             found = f"{len(field.boxes)} cell(s)" if field.boxes else "no cell found"

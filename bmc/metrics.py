@@ -6,17 +6,25 @@ subset of the 21 classes must not be rewarded or punished for classes absent fro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import evaluate
 import numpy as np
 
 MODULE_DIR = Path(__file__).parent / "metric_modules" / "cell_classification"
 SCALAR_KEYS = (
-    "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1",
-    "weighted_precision", "weighted_recall", "weighted_f1", "top2_accuracy", "ece",
+    "accuracy",
+    "balanced_accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "weighted_precision",
+    "weighted_recall",
+    "weighted_f1",
+    "top2_accuracy",
+    "ece",
 )
 
 
@@ -29,9 +37,7 @@ def _metric() -> evaluate.EvaluationModule:
 def classification_metrics(probs: np.ndarray, references: Sequence[int], num_classes: int | None = None) -> dict:
     """All card metrics from probabilities: scalars, ``per_class`` and ``confusion_matrix``."""
     probs = np.asarray(probs, dtype=np.float32)
-    return _metric().compute(
-        predictions=probs.tolist(), references=[int(r) for r in references], num_classes=num_classes or probs.shape[1]
-    )
+    return _metric().compute(predictions=probs.tolist(), references=[int(r) for r in references], num_classes=num_classes or probs.shape[1])
 
 
 def scalar_metrics(result: dict) -> dict[str, float]:
@@ -71,8 +77,9 @@ def macro_f1_spread(confusion: Sequence[Sequence[int]], n_resamples: int = 2000,
     return float(macro_f1_from_confusion(draws).std())
 
 
-def paired_macro_f1_difference(labels: Sequence[int], pred_a: Sequence[int], pred_b: Sequence[int], num_classes: int,
-                               n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+def paired_macro_f1_difference(
+    labels: Sequence[int], pred_a: Sequence[int], pred_b: Sequence[int], num_classes: int, n_resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """Macro-F1 of ``pred_b`` minus that of ``pred_a`` on the same images, with a 95 % bootstrap
     interval from resampling the *images* (each draw scores both runs on the same resample). Hard
     images count against both runs at once, so this interval is narrower than two independent
@@ -83,8 +90,12 @@ def paired_macro_f1_difference(labels: Sequence[int], pred_a: Sequence[int], pre
     def f1_difference(idx: np.ndarray) -> np.ndarray:
         """Macro-F1 of b minus a on each row of image indices (one confusion matrix per row and run)."""
         offsets = np.arange(len(idx))[:, None] * k * k
-        scores = [macro_f1_from_confusion(np.bincount((offsets + y[idx] * k + p[idx]).ravel(),
-                                                      minlength=len(idx) * k * k).reshape(len(idx), k, k)) for p in (a, b)]
+        scores = [
+            macro_f1_from_confusion(
+                np.bincount((offsets + y[idx] * k + p[idx]).ravel(), minlength=len(idx) * k * k).reshape(len(idx), k, k)
+            )
+            for p in (a, b)
+        ]
         return scores[1] - scores[0]
 
     draws = f1_difference(np.random.default_rng(seed).integers(0, len(y), size=(n_resamples, len(y))))

@@ -40,7 +40,8 @@ def _not_found(name_or_path: str, exc: Exception) -> ModelNotFoundError:
     return ModelNotFoundError(
         f"{name_or_path} is not a local folder and could not be fetched from the Hugging Face Hub ({why}). Without a network, "
         "build the DINOv2 ViT-S/14 backbone locally with `make base` (or `bmc base-weights --out .cache/dinov2-small`) and pass "
-        "--model_name_or_path .cache/dinov2-small; a bmc model folder (models/…) works too.")
+        "--model_name_or_path .cache/dinov2-small; a bmc model folder (models/…) works too."
+    )
 
 
 def check_safetensors(name_or_path: str, allow_pickle: bool = False) -> None:
@@ -67,12 +68,13 @@ def _from_pretrained(name_or_path: str, allow_pickle: bool, revision: str | None
     """``from_pretrained`` with bmc's weight policy; a pickle with non-tensor objects is refused by name."""
     try:
         return AutoModelForImageClassification.from_pretrained(
-            name_or_path, use_safetensors=None if allow_pickle else True, dtype=torch.float32, revision=revision or "main",
-            **kwargs)
+            name_or_path, use_safetensors=None if allow_pickle else True, dtype=torch.float32, revision=revision or "main", **kwargs
+        )
     except pickle.UnpicklingError as exc:
         raise UnsafeModelError(
             f"{name_or_path}: the pickle weights hold objects other than tensors (possibly code); refused. "
-            f"({str(exc).splitlines()[0][:120]})") from None
+            f"({str(exc).splitlines()[0][:120]})"
+        ) from None
 
 
 def load_for_training(

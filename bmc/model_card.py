@@ -14,8 +14,8 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from bmc import data as D
-from bmc import labels as L
 from bmc import evaluation as E
+from bmc import labels as L
 from bmc.constants import ROBUSTNESS_AUGMENTATIONS, TEST_SETS
 from bmc.evaluation import external_results
 from bmc.metrics import macro_f1_spread, paired_macro_f1_difference
@@ -29,21 +29,31 @@ HUB_PLACEHOLDER = "your-username/{name}"
 CODE_PLACEHOLDER = "https://huggingface.co/spaces/your-username/bmc"
 """Where the card says bmc's code lives until a run is given --code_url (the project has no public address yet)."""
 
-MATEK = ("Matek et al. bone marrow cytology (Munich; May-Grünwald-Giemsa/Pappenheim stain, 40× oil immersion, 250×250 px crops)",
-         "Matek, C., Krappe, S., Münzenmayer, C., Haferlach, T., & Marr, C. (2021). An Expert-Annotated Dataset of Bone Marrow "
-         "Cytology in Hematologic Malignancies [Data set]. The Cancer Imaging Archive. https://doi.org/10.7937/TCIA.AXH3-T579 "
-         "(CC BY 4.0); and: Highly accurate differential diagnosis of bone marrow cytology using deep learning. Blood 138(20), "
-         "1917–1927. https://doi.org/10.1182/blood.2020010568")
-PBC = ("PBC peripheral blood cells (Hospital Clinic of Barcelona; CellaVision DM96, 360×363 px, the cell fills about a third of the frame)",
-       "Acevedo, A., Merino, A., Alférez, S., Molina, Á., Boldú, L., & Rodellar, J. (2020). A dataset of microscopic peripheral "
-       "blood cell images for development of automatic recognition systems. Data in Brief 30, 105474. "
-       "https://doi.org/10.1016/j.dib.2020.105474 (CC BY 4.0)")
-BCCD = ("BCCD white blood cells (a third laboratory; camera images of peripheral blood smears, lower quality)",
-        "BCCD Dataset, Shenggan (MIT licence), https://github.com/Shenggan/BCCD_Dataset; single-cell crops as published in "
-        "github.com/apple2373/BCCD")
+MATEK = (
+    "Matek et al. bone marrow cytology (Munich; May-Grünwald-Giemsa/Pappenheim stain, 40× oil immersion, 250×250 px crops)",
+    "Matek, C., Krappe, S., Münzenmayer, C., Haferlach, T., & Marr, C. (2021). An Expert-Annotated Dataset of Bone Marrow "
+    "Cytology in Hematologic Malignancies [Data set]. The Cancer Imaging Archive. https://doi.org/10.7937/TCIA.AXH3-T579 "
+    "(CC BY 4.0); and: Highly accurate differential diagnosis of bone marrow cytology using deep learning. Blood 138(20), "
+    "1917–1927. https://doi.org/10.1182/blood.2020010568",
+)
+PBC = (
+    "PBC peripheral blood cells (Hospital Clinic of Barcelona; CellaVision DM96, 360×363 px, the cell fills about a third of the frame)",
+    "Acevedo, A., Merino, A., Alférez, S., Molina, Á., Boldú, L., & Rodellar, J. (2020). A dataset of microscopic peripheral "
+    "blood cell images for development of automatic recognition systems. Data in Brief 30, 105474. "
+    "https://doi.org/10.1016/j.dib.2020.105474 (CC BY 4.0)",
+)
+BCCD = (
+    "BCCD white blood cells (a third laboratory; camera images of peripheral blood smears, lower quality)",
+    "BCCD Dataset, Shenggan (MIT licence), https://github.com/Shenggan/BCCD_Dataset; single-cell crops as published in "
+    "github.com/apple2373/BCCD",
+)
 KNOWN_SOURCES: dict[str, tuple[str, str]] = {
-    "bone-marrow-cells": MATEK, "bone_marrow_cell_dataset": MATEK, "ekim15/bone_marrow_cell_dataset": MATEK,
-    "pbc-train": PBC, "pbc-external": PBC, "bccd": BCCD,
+    "bone-marrow-cells": MATEK,
+    "bone_marrow_cell_dataset": MATEK,
+    "ekim15/bone_marrow_cell_dataset": MATEK,
+    "pbc-train": PBC,
+    "pbc-external": PBC,
+    "bccd": BCCD,
 }
 """Description and citation of the data sets bmc knows by folder name; others are named as given."""
 
@@ -56,19 +66,27 @@ def describe_source(name: str) -> dict[str, str | None]:
 
 def _eval_results(metrics: dict) -> list[EvalResult]:
     sets = [("test", "held-out test split", metrics.get("test"))]
-    sets += [(name, describe_source(name)["description"].split(" (")[0] + " (external)", result)
-             for name, result in external_results(metrics).items()]
+    sets += [
+        (name, describe_source(name)["description"].split(" (")[0] + " (external)", result)
+        for name, result in external_results(metrics).items()
+    ]
     results = []
     for split, dataset_name, result in sets:
         if not result:
             continue
         for key, name in (("accuracy", "Accuracy"), ("macro_f1", "Macro F1"), ("balanced_accuracy", "Balanced accuracy")):
-            results.append(EvalResult(
-                task_type="image-classification", dataset_type=MATEK_DATASET if split == "test" else split,
-                dataset_name=dataset_name, dataset_split="test", metric_type=key.replace("macro_f1", "f1"),
-                metric_name=name, metric_value=round(float(result[key]), 4),
-                metric_config="macro" if key == "macro_f1" else None,
-            ))
+            results.append(
+                EvalResult(
+                    task_type="image-classification",
+                    dataset_type=MATEK_DATASET if split == "test" else split,
+                    dataset_name=dataset_name,
+                    dataset_split="test",
+                    metric_type=key.replace("macro_f1", "f1"),
+                    metric_name=name,
+                    metric_value=round(float(result[key]), 4),
+                    metric_config="macro" if key == "macro_f1" else None,
+                )
+            )
     return results
 
 
@@ -101,9 +119,14 @@ def card_context(metrics: dict, model_dir: Path) -> dict[str, Any]:
     primary = sources[0]["classes"] if sources else codes
     # classes that only a secondary source supplied: the card warns that they were learnt from that source's images only
     secondary_only = [{"code": c, "sources": [s["name"] for s in sources if c in s["classes"]]} for c in codes if c not in primary]
-    externals = [{**describe_source(name), "result": result,
-                  "figure": E.confusion_figure(name) if (model_dir / E.confusion_figure(name)).is_file() else None}
-                 for name, result in external_results(metrics).items()]
+    externals = [
+        {
+            **describe_source(name),
+            "result": result,
+            "figure": E.confusion_figure(name) if (model_dir / E.confusion_figure(name)).is_file() else None,
+        }
+        for name, result in external_results(metrics).items()
+    ]
     review = metrics["calibration"]
     return {
         "m": metrics,
@@ -133,13 +156,17 @@ def render_card(model_dir: str | Path, template: Path = TEMPLATE) -> Path:
     model_dir = Path(model_dir)
     metrics = json.loads((model_dir / "metrics.json").read_text())
     card_data = ModelCardData(
-        language=None, license="cc-by-4.0", library_name="transformers", pipeline_tag="image-classification",
+        language=None,
+        license="cc-by-4.0",
+        library_name="transformers",
+        pipeline_tag="image-classification",
         tags=["image-classification", "medical-imaging", "hematology", "bone-marrow", "cytology", "research-only"],
         datasets=[MATEK_DATASET],
         # Only a Hub id is a valid base_model; locally materialised weights are described in the text.
-        base_model=metrics.get("base_model_hub_id") or (
-            metrics.get("base_model") if metrics.get("base_model_source", "").startswith("Hugging Face Hub") else None),
-        model_name=metrics["model_name"], eval_results=_eval_results(metrics) or None,
+        base_model=metrics.get("base_model_hub_id")
+        or (metrics.get("base_model") if metrics.get("base_model_source", "").startswith("Hugging Face Hub") else None),
+        model_name=metrics["model_name"],
+        eval_results=_eval_results(metrics) or None,
     )
     if not template.is_file():
         raise FileNotFoundError(f"card template not found: {template}")
@@ -162,16 +189,37 @@ def comparison_table(model_dirs: list[Path]) -> str:
         pbc, bccd = external.get("pbc-external"), external.get("bccd")
         matek = (m["test"].get("by_domain") or {}).get("bone-marrow-cells", m["test"])
         shared = (pbc or {}).get("shared") or (pbc if pbc and "by_domain" not in m["test"] else None)
-        rows.append([
-            f"`{m['model_name']}`", _short_source(m["base_model_source"]), f"{m['model_args']['image_size']} px",
-            f"{float(m['epochs_trained']):.0f}", f"{float(m['train_runtime_s'] or 0) / 60:.0f} min",
-            f"{m['validation']['macro_f1']:.3f}", f"{m['test']['macro_f1']:.3f}", f"{matek['macro_f1']:.3f}",
-            f"{100 * pbc['accuracy']:.1f} % / {pbc['macro_f1']:.3f} ({pbc['n_images']})" if pbc else "—",
-            f"{100 * shared['accuracy']:.1f} % ({shared['n_images']})" if shared else "—",
-            f"{100 * bccd['accuracy']:.1f} %" if bccd else "—",
-        ])
-    return _markdown_table(["model", "base weights", "input", "epochs", "train time", "val. macro-F1", "test macro-F1",
-                            "Matek test macro-F1", "PBC ext. acc. / macro-F1", "PBC ext., marrow classes: acc.", "BCCD acc."], rows)
+        rows.append(
+            [
+                f"`{m['model_name']}`",
+                _short_source(m["base_model_source"]),
+                f"{m['model_args']['image_size']} px",
+                f"{float(m['epochs_trained']):.0f}",
+                f"{float(m['train_runtime_s'] or 0) / 60:.0f} min",
+                f"{m['validation']['macro_f1']:.3f}",
+                f"{m['test']['macro_f1']:.3f}",
+                f"{matek['macro_f1']:.3f}",
+                f"{100 * pbc['accuracy']:.1f} % / {pbc['macro_f1']:.3f} ({pbc['n_images']})" if pbc else "—",
+                f"{100 * shared['accuracy']:.1f} % ({shared['n_images']})" if shared else "—",
+                f"{100 * bccd['accuracy']:.1f} %" if bccd else "—",
+            ]
+        )
+    return _markdown_table(
+        [
+            "model",
+            "base weights",
+            "input",
+            "epochs",
+            "train time",
+            "val. macro-F1",
+            "test macro-F1",
+            "Matek test macro-F1",
+            "PBC ext. acc. / macro-F1",
+            "PBC ext., marrow classes: acc.",
+            "BCCD acc.",
+        ],
+        rows,
+    )
 
 
 def validation_table(model_dirs: list[Path], heldout: str | None = None) -> str:
@@ -204,18 +252,39 @@ def validation_table(model_dirs: list[Path], heldout: str | None = None) -> str:
         matek, pbc = domains.get("bone-marrow-cells"), domains.get("pbc-train")
         balance = args.get("balance", "class")  # runs before --balance weighted by class count
         augment = recorded_augment(args)
-        rows.append([
-            f"`{m['model_name']}`",
-            balance + (f", sources {args.get('domain_weighting', 'equal')}" if balance == "domain_class" else ""),
-            "—" if augment is None else ", ".join(augment) or "none", f"{args['image_size']} px",
-            f"{float(m['epochs_trained']):.0f}", f"{val['macro_f1']:.3f} ± {macro_f1_spread(val['confusion_matrix']):.3f}",
-            f"{100 * val['accuracy']:.1f} %", f"{matek['macro_f1']:.3f}" if matek else "—", f"{pbc['macro_f1']:.3f}" if pbc else "—",
-            _shared_accuracy(pbc, m["classes"], m.get("shared_classes") or []) if pbc else "—",
-        ] + ([_heldout_figures(m, heldout, sources)] if heldout else []) + ([diff] if paired else []))
-    return _markdown_table(["model", "loss weights", "augmentation", "input", "epochs", "val. macro-F1", "val. accuracy",
-                            "Matek val. macro-F1", "PBC val. macro-F1", "PBC val., marrow classes: acc."]
-                           + ([f"`{heldout}`, not trained on: acc. / macro-F1"] if heldout else [])
-                           + (["val. macro-F1 − first run's, same images [95 % interval]"] if paired else []), rows)
+        rows.append(
+            [
+                f"`{m['model_name']}`",
+                balance + (f", sources {args.get('domain_weighting', 'equal')}" if balance == "domain_class" else ""),
+                "—" if augment is None else ", ".join(augment) or "none",
+                f"{args['image_size']} px",
+                f"{float(m['epochs_trained']):.0f}",
+                f"{val['macro_f1']:.3f} ± {macro_f1_spread(val['confusion_matrix']):.3f}",
+                f"{100 * val['accuracy']:.1f} %",
+                f"{matek['macro_f1']:.3f}" if matek else "—",
+                f"{pbc['macro_f1']:.3f}" if pbc else "—",
+                _shared_accuracy(pbc, m["classes"], m.get("shared_classes") or []) if pbc else "—",
+            ]
+            + ([_heldout_figures(m, heldout, sources)] if heldout else [])
+            + ([diff] if paired else [])
+        )
+    return _markdown_table(
+        [
+            "model",
+            "loss weights",
+            "augmentation",
+            "input",
+            "epochs",
+            "val. macro-F1",
+            "val. accuracy",
+            "Matek val. macro-F1",
+            "PBC val. macro-F1",
+            "PBC val., marrow classes: acc.",
+        ]
+        + ([f"`{heldout}`, not trained on: acc. / macro-F1"] if heldout else [])
+        + (["val. macro-F1 − first run's, same images [95 % interval]"] if paired else []),
+        rows,
+    )
 
 
 def _paired_differences(model_dirs: list[Path]) -> list[str] | None:
@@ -238,8 +307,9 @@ def _paired_differences(model_dirs: list[Path]) -> list[str] | None:
             out.append("not the same validation images")
             continue
         index = {c: i for i, c in enumerate(codes)}
-        diff, low, high = paired_macro_f1_difference([index[first[s][0]] for s in common], [index[first[s][1]] for s in common],
-                                                     [index[other[s][1]] for s in common], len(codes))
+        diff, low, high = paired_macro_f1_difference(
+            [index[first[s][0]] for s in common], [index[first[s][1]] for s in common], [index[other[s][1]] for s in common], len(codes)
+        )
         out.append(f"{diff:+.3f} [{low:+.3f}, {high:+.3f}] ({len(common)})")
     return out
 

@@ -26,14 +26,13 @@ import base64
 import csv
 import html
 import io
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Sequence
-
-from PIL import Image
 
 import numpy as np
+from PIL import Image
 
 from bmc import __version__
 from bmc import labels as L
@@ -102,7 +101,7 @@ class CountReport:
     cells: list[Cell]
     skipped: list[SkippedFile] = field(default_factory=list)
     corrections: dict[str, str] = field(default_factory=dict)
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    created: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
     temperature: float = 1.0
     validation_flagged: float | None = None
     """The model's calibration and the share of its validation images it flags (the learning review's baseline)."""
@@ -139,23 +138,26 @@ class CountReport:
         open_ = sorted((c for c in self.cells if c.name not in self.corrections), key=self.confidence)
         return [c.name for c in open_] + [c.name for c in self.cells if c.name in self.corrections]
 
-    def reviewed(self, corrections: dict[str, str]) -> "CountReport":
+    def reviewed(self, corrections: dict[str, str]) -> CountReport:
         """The same count with more review decisions (image name → code; the model's code confirms),
         and the unreviewed cells re-labelled by what the reviewed ones teach (:meth:`relearn`)."""
         unknown = sorted(set(corrections.values()) - set(self.codes))
         if unknown:
-            raise ValueError(f"labels {unknown} are not classes of this model ({', '.join(self.codes)}); a class the model "
-                             "lacks can be added with bmc adapt")
+            raise ValueError(
+                f"labels {unknown} are not classes of this model ({', '.join(self.codes)}); a class the model "
+                "lacks can be added with bmc adapt"
+            )
         names = {c.name for c in self.cells}
         missing = sorted(set(corrections) - names)
         if missing and len(missing) == len(corrections):
-            raise ValueError(f"none of the {len(corrections)} reviewed image(s) is in this count (e.g. {missing[0]}): "
-                             "the review is for another count")
+            raise ValueError(
+                f"none of the {len(corrections)} reviewed image(s) is in this count (e.g. {missing[0]}): the review is for another count"
+            )
         if missing:
             raise ValueError(f"{len(missing)} reviewed image(s) are not in this count, e.g. {missing[0]}")
         return replace(self, corrections={**self.corrections, **corrections}).relearn()
 
-    def relearn(self) -> "CountReport":
+    def relearn(self) -> CountReport:
         """Refit the learning review on the reviewed cells and re-label the others (model labels if off,
         or if the cells carry no logits and embeddings, e.g. a count read back from a CSV)."""
         usable = self.learn and all(c.prediction.logits is not None and c.prediction.embedding is not None for c in self.cells)
@@ -164,11 +166,19 @@ class CountReport:
             return replace(self, learnt={}, learning_note=note)
         model_codes = list(self.cells[0].prediction.probs)  # the model's own class order (logits' columns)
         index = {c.name: i for i, c in enumerate(self.cells)}
-        state = relabel(np.stack([c.prediction.logits for c in self.cells]), np.stack([c.prediction.embedding for c in self.cells]),
-                        {index[n]: model_codes.index(code) for n, code in self.corrections.items()},
-                        self.temperature, self.threshold, self.validation_flagged)
-        learnt = {c.name: (model_codes[state.labels[i]], float(state.confidence[i]))
-                  for i, c in enumerate(self.cells) if state.source[i] == SOURCE_LEARNT}
+        state = relabel(
+            np.stack([c.prediction.logits for c in self.cells]),
+            np.stack([c.prediction.embedding for c in self.cells]),
+            {index[n]: model_codes.index(code) for n, code in self.corrections.items()},
+            self.temperature,
+            self.threshold,
+            self.validation_flagged,
+        )
+        learnt = {
+            c.name: (model_codes[state.labels[i]], float(state.confidence[i]))
+            for i, c in enumerate(self.cells)
+            if state.source[i] == SOURCE_LEARNT
+        }
         return replace(self, learnt=learnt, learning_note=state.reason)
 
     @property
@@ -220,13 +230,19 @@ class CountReport:
         for code in order:
             mine = [c for c in self.cells if self.label(c) == code]
             counted = code not in L.NOT_COUNTED
-            out.append(CountRow(
-                code=code, name=L.full_name(code), group=L.count_group(code), count=len(mine), counted=counted,
-                percent=100.0 * len(mine) / n if counted and n else None,
-                ci=proportion_ci(len(mine), n) if counted and n else None,
-                flagged=sum(c.prediction.flagged for c in mine),
-                sources={s: sum(self.source(c) == s for c in mine) for s in SOURCES},
-            ))
+            out.append(
+                CountRow(
+                    code=code,
+                    name=L.full_name(code),
+                    group=L.count_group(code),
+                    count=len(mine),
+                    counted=counted,
+                    percent=100.0 * len(mine) / n if counted and n else None,
+                    ci=proportion_ci(len(mine), n) if counted and n else None,
+                    flagged=sum(c.prediction.flagged for c in mine),
+                    sources={s: sum(self.source(c) == s for c in mine) for s in SOURCES},
+                )
+            )
         return out
 
     def _count(self, codes: Iterable[str]) -> int:
@@ -268,24 +284,30 @@ class CountReport:
     def warnings(self) -> list[str]:
         out = []
         if self.n_counted < MIN_CELLS_WARNING:
-            out.append(f"Only {self.n_counted} nucleated cells were counted: below {MIN_CELLS_WARNING}, the percentages are too "
-                       f"uncertain to read (see the intervals); ICSH recommends at least {ICSH_MARROW_CELLS} for a marrow differential.")
+            out.append(
+                f"Only {self.n_counted} nucleated cells were counted: below {MIN_CELLS_WARNING}, the percentages are too "
+                f"uncertain to read (see the intervals); ICSH recommends at least {ICSH_MARROW_CELLS} for a marrow differential."
+            )
         if self.n_flagged_open:
             out.append(f"{self.n_flagged_open} flagged cells have not been reviewed: the count is not final.")
         return out
 
     def headline(self) -> str:
         """The figures a reader looks at first, in one line of text."""
-        return (f"{self.n_counted} nucleated cells counted ({self.n_images - self.n_counted} not counted: artefacts, "
-                f"not identifiable, smudge cells); blasts {self.blast_text}; M:E ratio {self.me_ratio_text}; "
-                f"{self.n_flagged} flagged, {self.n_reviewed} reviewed, {self.n_changed} relabelled. {self.sources_text}")
+        return (
+            f"{self.n_counted} nucleated cells counted ({self.n_images - self.n_counted} not counted: artefacts, "
+            f"not identifiable, smudge cells); blasts {self.blast_text}; M:E ratio {self.me_ratio_text}; "
+            f"{self.n_flagged} flagged, {self.n_reviewed} reviewed, {self.n_changed} relabelled. {self.sources_text}"
+        )
 
     @property
     def sources_text(self) -> str:
         """Where the labels come from, and what the learning review decided, in one sentence."""
         n = self.source_counts
-        return (f"Labels: {n[SOURCE_MODEL]} from the model, {n[SOURCE_LEARNT]} learnt from this review "
-                f"({self.n_learnt_changed} of them changed), {n[SOURCE_REVIEWED]} reviewed; {self.learning_note}.")
+        return (
+            f"Labels: {n[SOURCE_MODEL]} from the model, {n[SOURCE_LEARNT]} learnt from this review "
+            f"({self.n_learnt_changed} of them changed), {n[SOURCE_REVIEWED]} reviewed; {self.learning_note}."
+        )
 
 
 def thumbnail(image: Image.Image, size: int = THUMBNAIL_PX) -> bytes:
@@ -297,22 +319,53 @@ def thumbnail(image: Image.Image, size: int = THUMBNAIL_PX) -> bytes:
     return buf.getvalue()
 
 
-def build_report(cells: Sequence[Cell], codes: Sequence[str], model_name: str, model_version: str,
-                 threshold: float, skipped: Sequence[SkippedFile] = (), temperature: float = 1.0,
-                 validation_flagged: float | None = None, learn: bool = True) -> CountReport:
+def build_report(
+    cells: Sequence[Cell],
+    codes: Sequence[str],
+    model_name: str,
+    model_version: str,
+    threshold: float,
+    skipped: Sequence[SkippedFile] = (),
+    temperature: float = 1.0,
+    validation_flagged: float | None = None,
+    learn: bool = True,
+) -> CountReport:
     """A count over the model's classes (in haematologists' order); nothing reviewed yet."""
-    return CountReport(model_name, model_version, threshold, L.sort_codes(codes), list(cells), list(skipped),
-                       temperature=temperature, validation_flagged=validation_flagged, learn=learn)
+    return CountReport(
+        model_name,
+        model_version,
+        threshold,
+        L.sort_codes(codes),
+        list(cells),
+        list(skipped),
+        temperature=temperature,
+        validation_flagged=validation_flagged,
+        learn=learn,
+    )
 
 
 def report_for(predictor: Predictor, cells: Sequence[Cell], skipped: Sequence[SkippedFile] = (), learn: bool = True) -> CountReport:
     """:func:`build_report` with a predictor's model name, version and calibration."""
-    return build_report(cells, predictor.codes, predictor.name, predictor.version, predictor.threshold, skipped,
-                        predictor.temperature, predictor.validation_flagged, learn)
+    return build_report(
+        cells,
+        predictor.codes,
+        predictor.name,
+        predictor.version,
+        predictor.threshold,
+        skipped,
+        predictor.temperature,
+        predictor.validation_flagged,
+        learn,
+    )
 
 
-def predict_stream(predictor: Predictor, items: Iterable[tuple[str, Image.Image] | SkippedFile], batch_size: int = 32,
-                   progress: bool = False, thumbnails: str = "flagged") -> tuple[list[Cell], list[SkippedFile]]:
+def predict_stream(
+    predictor: Predictor,
+    items: Iterable[tuple[str, Image.Image] | SkippedFile],
+    batch_size: int = 32,
+    progress: bool = False,
+    thumbnails: str = "flagged",
+) -> tuple[list[Cell], list[SkippedFile]]:
     """Predict decoded items (see ``bmc.uploads.iter_images``) batch by batch, keeping the skipped ones.
 
     ``thumbnails``: keep a small JPEG of ``"flagged"`` cells (the HTML report shows them), of
@@ -348,8 +401,7 @@ def predict_stream(predictor: Predictor, items: Iterable[tuple[str, Image.Image]
     return done, skipped
 
 
-TABLE_HEADERS = ["group", "cell type", "count", "% of nucleated cells", "95 % CI", "flagged",
-                 "labels: model · learnt · reviewed"]
+TABLE_HEADERS = ["group", "cell type", "count", "% of nucleated cells", "95 % CI", "flagged", "labels: model · learnt · reviewed"]
 
 
 def _sources(counts: dict[str, int]) -> str:
@@ -366,10 +418,20 @@ def _ci(row: CountRow) -> str:
 
 def table(report: CountReport) -> list[list[object]]:
     """Rows for a UI table (see :data:`TABLE_HEADERS`), ending with the total row."""
-    rows: list[list[object]] = [[r.group, L.display_name(r.code), r.count, _pct(r), _ci(r), r.flagged, _sources(r.sources)]
-                                for r in report.rows]
-    rows.append(["total", f"{report.n_counted} nucleated + {report.n_images - report.n_counted} not counted",
-                 report.n_images, "100.0" if report.n_counted else "—", "", report.n_flagged, _sources(report.source_counts)])
+    rows: list[list[object]] = [
+        [r.group, L.display_name(r.code), r.count, _pct(r), _ci(r), r.flagged, _sources(r.sources)] for r in report.rows
+    ]
+    rows.append(
+        [
+            "total",
+            f"{report.n_counted} nucleated + {report.n_images - report.n_counted} not counted",
+            report.n_images,
+            "100.0" if report.n_counted else "—",
+            "",
+            report.n_flagged,
+            _sources(report.source_counts),
+        ]
+    )
     return rows
 
 
@@ -398,15 +460,40 @@ def write_csv(report: CountReport, path: Path) -> Path:
     """Per-image model and reviewed labels (and skipped files) as CSV."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["file", "model_label", "model_label_name", "confidence", "flagged_for_review", "top3",
-                    "reviewed", "reviewed_label", "label_source", "counted", "skipped_reason"])
+        w.writerow(
+            [
+                "file",
+                "model_label",
+                "model_label_name",
+                "confidence",
+                "flagged_for_review",
+                "top3",
+                "reviewed",
+                "reviewed_label",
+                "label_source",
+                "counted",
+                "skipped_reason",
+            ]
+        )
         for cell in report.cells:
             p = cell.prediction
             top3 = "; ".join(f"{c} {s:.3f}" for c, s in p.top_k(3))
             label = report.label(cell)
-            w.writerow([cell.name, p.top_code, L.full_name(p.top_code), f"{p.confidence:.4f}", "yes" if p.flagged else "no", top3,
-                        "yes" if cell.name in report.corrections else "no", label, report.source(cell),
-                        "no" if label in L.NOT_COUNTED else "yes", ""])
+            w.writerow(
+                [
+                    cell.name,
+                    p.top_code,
+                    L.full_name(p.top_code),
+                    f"{p.confidence:.4f}",
+                    "yes" if p.flagged else "no",
+                    top3,
+                    "yes" if cell.name in report.corrections else "no",
+                    label,
+                    report.source(cell),
+                    "no" if label in L.NOT_COUNTED else "yes",
+                    "",
+                ]
+            )
         for s in report.skipped:
             w.writerow([s.source, "", "", "", "", "", "", "", "", "", s.reason])
     return path
@@ -424,11 +511,13 @@ def bar_chart(report: CountReport, path: Path | None = None) -> bytes:
     names = [L.display_name(r.code) + ("" if r.counted else " *") for r in rows]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.6))
     left = np.zeros(len(rows))
-    styles = {SOURCE_MODEL: ("#9ecae1", "model"), SOURCE_LEARNT: ("#fdae6b", "learnt from this review"),
-              SOURCE_REVIEWED: ("#31a354", "reviewed")}
+    styles = {
+        SOURCE_MODEL: ("#9ecae1", "model"),
+        SOURCE_LEARNT: ("#fdae6b", "learnt from this review"),
+        SOURCE_REVIEWED: ("#31a354", "reviewed"),
+    }
     for source, (colour, label) in styles.items():
-        share = np.array([100.0 * r.sources.get(source, 0) / ((report.n_counted if r.counted else report.n_images) or 1)
-                          for r in rows])
+        share = np.array([100.0 * r.sources.get(source, 0) / ((report.n_counted if r.counted else report.n_images) or 1) for r in rows])
         ax.barh(names, share, left=left, color=colour, label=label)
         left += share
     ax.set_xlabel("% of nucleated cells (* % of all images: not counted)")
@@ -462,20 +551,29 @@ def write_html(report: CountReport, path: Path, chart_png: bytes | None = None) 
         if r.group != last_group:
             body.append(f'<tr class="group"><td colspan="6">{esc(r.group)}</td></tr>')
             last_group = r.group
-        body.append(f"<tr><td>{esc(L.display_name(r.code))}</td><td class=n>{r.count}</td><td class=n>{_pct(r)}</td>"
-                    f"<td>{_ci(r)}</td><td class=n>{r.flagged}</td><td>{_sources(r.sources)}</td></tr>")
-    body.append(f'<tr class="total"><td>total ({report.n_counted} nucleated + {report.n_images - report.n_counted} not counted)</td>'
-                f"<td class=n>{report.n_images}</td><td class=n>{'100.0' if report.n_counted else '—'}</td><td></td>"
-                f"<td class=n>{report.n_flagged}</td><td>{_sources(report.source_counts)}</td></tr>")
+        body.append(
+            f"<tr><td>{esc(L.display_name(r.code))}</td><td class=n>{r.count}</td><td class=n>{_pct(r)}</td>"
+            f"<td>{_ci(r)}</td><td class=n>{r.flagged}</td><td>{_sources(r.sources)}</td></tr>"
+        )
+    body.append(
+        f'<tr class="total"><td>total ({report.n_counted} nucleated + {report.n_images - report.n_counted} not counted)</td>'
+        f"<td class=n>{report.n_images}</td><td class=n>{'100.0' if report.n_counted else '—'}</td><td></td>"
+        f"<td class=n>{report.n_flagged}</td><td>{_sources(report.source_counts)}</td></tr>"
+    )
     warnings = "".join(f'<p class="warn">{esc(w)}</p>' for w in report.warnings)
     cells = []
     for cell in report.cells:
         if not (cell.prediction.flagged or cell.name in report.corrections):
             continue
-        img = (f'<img alt="" src="data:image/jpeg;base64,{base64.b64encode(cell.thumbnail).decode()}">' if cell.thumbnail else "")
+        img = f'<img alt="" src="data:image/jpeg;base64,{base64.b64encode(cell.thumbnail).decode()}">' if cell.thumbnail else ""
         top3 = "<br>".join(f"{esc(c)} {s:.0%}" for c, s in cell.prediction.top_k(3))
-        review = (f"<br><b>reviewed: {esc(report.label(cell))}</b>" if cell.name in report.corrections
-                  else f"<br><i>learnt: {esc(report.label(cell))}</i>" if cell.name in report.learnt else "<br><i>not reviewed</i>")
+        review = (
+            f"<br><b>reviewed: {esc(report.label(cell))}</b>"
+            if cell.name in report.corrections
+            else f"<br><i>learnt: {esc(report.label(cell))}</i>"
+            if cell.name in report.learnt
+            else "<br><i>not reviewed</i>"
+        )
         cells.append(f'<div class="cell">{img}{esc(cell.name)}<br>{top3}{review}</div>')
     skipped = "".join(f"<li>{esc(s.source)}: {esc(s.reason)}</li>" for s in report.skipped) or "<li>none</li>"
     blast = esc(report.blast_text)
@@ -487,14 +585,14 @@ M:E ratio: <b>{esc(report.me_ratio_text)}</b></p>
 <p>Flagged by the model (calibrated confidence below {report.threshold:.2f}): {report.n_flagged}; reviewed: {report.n_reviewed};
 relabelled: {report.n_changed}; files skipped: {len(report.skipped)}.</p><p>{esc(report.sources_text)}</p>{warnings}
 <table><tr><th>cell type</th><th>count</th><th>% of nucleated cells</th><th>95 % CI (exact binomial)</th><th>flagged</th>
-<th>labels: model · learnt · reviewed</th></tr>{''.join(body)}</table>
+<th>labels: model · learnt · reviewed</th></tr>{"".join(body)}</table>
 <p>Percentages are of nucleated cells: artefacts, not identifiable and smudge cells are counted but left out of the
 denominator. Intervals are exact binomial (Clopper–Pearson), as in the Rümke tables of CLSI H20. The M:E ratio is the
 granulocytic series with eosinophils and basophils to erythroid precursors; blasts are on neither side.</p>
 <p>Model: <code>{esc(report.model_name)}</code>, version <code>{esc(report.model_version)}</code>; review threshold
 {report.threshold:.3f}; bmc {__version__}; created {esc(report.created)}.</p></div>
 <p class="chart"><img alt="counts per class" src="data:image/png;base64,{base64.b64encode(chart_png).decode()}"></p>
-<h2>Flagged and reviewed cells (top-3 classes of the model)</h2><div class="cells">{''.join(cells) or 'none'}</div>
+<h2>Flagged and reviewed cells (top-3 classes of the model)</h2><div class="cells">{"".join(cells) or "none"}</div>
 <h2>Skipped files</h2><ul>{skipped}</ul></body></html>"""
     Path(path).write_text(page, encoding="utf-8")
     return Path(path)

@@ -47,26 +47,48 @@ log = logging.getLogger(__name__)
 class DataArguments:
     """Where the images come from and how they are split (names follow run_image_classification.py)."""
 
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id (needs network), e.g. ekim15/bone_marrow_cell_dataset"})
-    train_dir: list[str] | None = field(default=None, metadata={"help": "Local folder(s): imagefolder, Kaggle layout, PBC layout or parquet "
-                                                                       "files; several (space- or comma-separated) are pooled, each as its own domain"})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset id (needs network), e.g. ekim15/bone_marrow_cell_dataset"}
+    )
+    train_dir: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Local folder(s): imagefolder, Kaggle layout, PBC layout or parquet "
+            "files; several (space- or comma-separated) are pooled, each as its own domain"
+        },
+    )
     validation_dir: str | None = field(default=None, metadata={"help": "Separate validation folder (else carved from train_dir)"})
     train_val_split: float = field(default=0.15, metadata={"help": "Fraction of each class used for validation"})
     test_split: float = field(default=0.15, metadata={"help": "Fraction of each class held out for the final test"})
-    split_mode: Literal["block", "random"] = field(default="block", metadata={"help": "'block' (whole runs of image numbers per split: no "
-                                                                                       "same-slide leakage) or 'random'"})
+    split_mode: Literal["block", "random"] = field(
+        default="block", metadata={"help": "'block' (whole runs of image numbers per split: no same-slide leakage) or 'random'"}
+    )
     split_block_size: int = field(default=50, metadata={"help": "Consecutive image numbers per block in block mode"})
-    split_seed: int = field(default=42, metadata={"help": "Seed of the train/validation/test assignment; kept apart from --seed so "
-                                                          "that a run with another training seed keeps the same held-out images"})
+    split_seed: int = field(
+        default=42,
+        metadata={
+            "help": "Seed of the train/validation/test assignment; kept apart from --seed so "
+            "that a run with another training seed keeps the same held-out images"
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training split (debugging, quick tests)"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation and test splits"})
     image_column_name: str = field(default="image", metadata={"help": "Image column of a Hub/parquet dataset"})
     label_column_name: str = field(default="label", metadata={"help": "Label column of a Hub/parquet dataset"})
-    dataset_revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of the Hub dataset (a commit makes the run repeatable)"})
-    external_dir: list[str] | None = field(default=None, metadata={"help": "Other laboratories' folders (PBC layout or class folders "
-                                                                           "such as BCCD) evaluated as out-of-domain data, never trained on"})
-    unseen_dir: str | None = field(default=None, metadata={"help": "Marrow images of types the training marrow data lacks "
-                                                                   "(<CODE>_n.jpg): reported one by one in the card"})
+    dataset_revision: str | None = field(
+        default=None, metadata={"help": "Branch, tag or commit of the Hub dataset (a commit makes the run repeatable)"}
+    )
+    external_dir: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Other laboratories' folders (PBC layout or class folders "
+            "such as BCCD) evaluated as out-of-domain data, never trained on"
+        },
+    )
+    unseen_dir: str | None = field(
+        default=None,
+        metadata={"help": "Marrow images of types the training marrow data lacks (<CODE>_n.jpg): reported one by one in the card"},
+    )
 
     def __post_init__(self) -> None:
         """Checks that need no data, so a mistake is reported before anything is loaded."""
@@ -99,23 +121,44 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(default=False, metadata={"help": "Re-head a classifier trained on other classes"})
     image_size: int = field(default=112, metadata={"help": "Square input side in pixels (DINOv2: a multiple of 14)"})
     denoise: bool = field(default=False, metadata={"help": "OpenCV non-local-means denoising before the model"})
-    augment: list[str] = field(default_factory=lambda: list(ROBUSTNESS_AUGMENTATIONS), metadata={
-        "help": f"Train-time changes aimed at other labs' images, any of {', '.join(ROBUSTNESS_AUGMENTATIONS)} (comma list), or "
-                "'none'; leaving one out measures what it does"})
-    loss: Literal["ce", "weighted_ce", "focal"] = field(default="weighted_ce", metadata={"help": "'ce', 'weighted_ce' (weights from "
-                                                                                                "--balance) or 'focal'"})
-    balance: Literal["class", "domain_class"] = field(default="domain_class", metadata={
-        "help": "Loss weights: 'class' (inverse class frequency over the pooled data) or 'domain_class' (classes weigh the same "
-                "within each training source)"})
-    domain_weighting: Literal["equal", "size"] = field(default="equal", metadata={
-        "help": "With --balance domain_class: 'equal' (every source the same total weight) or 'size' (in proportion to its images)"})
+    augment: list[str] = field(
+        default_factory=lambda: list(ROBUSTNESS_AUGMENTATIONS),
+        metadata={
+            "help": f"Train-time changes aimed at other labs' images, any of {', '.join(ROBUSTNESS_AUGMENTATIONS)} (comma list), or "
+            "'none'; leaving one out measures what it does"
+        },
+    )
+    loss: Literal["ce", "weighted_ce", "focal"] = field(
+        default="weighted_ce", metadata={"help": "'ce', 'weighted_ce' (weights from --balance) or 'focal'"}
+    )
+    balance: Literal["class", "domain_class"] = field(
+        default="domain_class",
+        metadata={
+            "help": "Loss weights: 'class' (inverse class frequency over the pooled data) or 'domain_class' (classes weigh the same "
+            "within each training source)"
+        },
+    )
+    domain_weighting: Literal["equal", "size"] = field(
+        default="equal",
+        metadata={
+            "help": "With --balance domain_class: 'equal' (every source the same total weight) or 'size' (in proportion to its images)"
+        },
+    )
     focal_gamma: float = field(default=2.0, metadata={"help": "Focusing parameter of the focal loss"})
-    head_lr_multiplier: float = field(default=10.0, metadata={"help": "Learning rate of the new classification head relative to the backbone"})
+    head_lr_multiplier: float = field(
+        default=10.0, metadata={"help": "Learning rate of the new classification head relative to the backbone"}
+    )
     layer_lr_decay: float = field(default=0.75, metadata={"help": "Layer-wise learning-rate decay for transformer blocks (1: flat)"})
     drop_path_rate: float | None = field(default=0.1, metadata={"help": "Stochastic depth for ViT backbones"})
-    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model (as in run_image_classification.py)"})
-    allow_pickle_weights: bool = field(default=False, metadata={"help": "Also load a base model that has only pytorch_model.bin "
-                                                                         "(torch's weights-only unpickler); safetensors only by default"})
+    model_revision: str = field(
+        default="main", metadata={"help": "Branch, tag or commit of a Hub model (as in run_image_classification.py)"}
+    )
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Also load a base model that has only pytorch_model.bin (torch's weights-only unpickler); safetensors only by default"
+        },
+    )
     early_stopping_patience: int = field(default=3, metadata={"help": "Evaluations without macro-F1 gain before stopping (0: off)"})
     review_target_accuracy: float = field(default=0.95, metadata={"help": "Validation accuracy required above the review threshold"})
 
@@ -126,8 +169,12 @@ class ModelArguments:
             raise ValueError(f"--image_size {self.image_size} is too small for a cell image (at least 28 px)")
         if patch and self.image_size % patch:
             rounded = max(patch, round(self.image_size / patch) * patch)
-            log.warning("--image_size %d is not a multiple of the model's %d-px patches; using %d (the last partial patch "
-                        "would be cut off)", self.image_size, patch, rounded)
+            log.warning(
+                "--image_size %d is not a multiple of the model's %d-px patches; using %d (the last partial patch would be cut off)",
+                self.image_size,
+                patch,
+                rounded,
+            )
             self.image_size = rounded
         if not 0 < self.review_target_accuracy <= 1:
             raise ValueError(f"--review_target_accuracy must be in (0, 1], not {self.review_target_accuracy}")
@@ -149,8 +196,15 @@ def _patch_size(name_or_path: str) -> int | None:
 class CellTrainer(Trainer):
     """``Trainer`` with a loss for imbalanced classes and a faster-learning classification head."""
 
-    def __init__(self, *args: Any, loss_name: str = "weighted_ce",
-                 focal_gamma: float = 2.0, head_lr_multiplier: float = 1.0, layer_lr_decay: float = 1.0, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        loss_name: str = "weighted_ce",
+        focal_gamma: float = 2.0,
+        head_lr_multiplier: float = 1.0,
+        layer_lr_decay: float = 1.0,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.loss_name = loss_name
         self.focal_gamma = focal_gamma
@@ -168,8 +222,12 @@ class CellTrainer(Trainer):
         _load_checkpoint_weights(model or self.model, resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
-        log.info("loading best checkpoint %s (%s = %s)", self.state.best_model_checkpoint,
-                 self.args.metric_for_best_model, self.state.best_metric)
+        log.info(
+            "loading best checkpoint %s (%s = %s)",
+            self.state.best_model_checkpoint,
+            self.args.metric_for_best_model,
+            self.state.best_metric,
+        )
         _load_checkpoint_weights(self.model, self.state.best_model_checkpoint)
 
     def create_optimizer(self, model: nn.Module | None = None):
@@ -189,7 +247,8 @@ class CellTrainer(Trainer):
             lr, wd = self.args.learning_rate, self.args.weight_decay
             self.optimizer = torch.optim.AdamW(
                 [{"params": ps, "lr": lr * scale, "weight_decay": wd if dec else 0.0} for (scale, dec), ps in groups.items()],
-                betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon,
+                betas=(self.args.adam_beta1, self.args.adam_beta2),
+                eps=self.args.adam_epsilon,
             )
         return super().create_optimizer()
 
@@ -218,8 +277,14 @@ def _load_checkpoint_weights(model: nn.Module, checkpoint: str) -> None:
     model.load_state_dict(loaded.state_dict(), strict=True)
 
 
-def cell_loss(logits: torch.Tensor, labels: torch.Tensor, name: str, sample_weights: torch.Tensor | None,
-              gamma: float = 2.0, label_smoothing: float = 0.0) -> torch.Tensor:
+def cell_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    name: str,
+    sample_weights: torch.Tensor | None,
+    gamma: float = 2.0,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """Cross-entropy or focal loss (Lin et al. 2017), a weighted mean over the batch.
 
     ``sample_weights`` (from :func:`sample_weights`) are ignored by plain ``ce``."""
@@ -237,8 +302,7 @@ def cell_loss(logits: torch.Tensor, labels: torch.Tensor, name: str, sample_weig
     return (per_item * w).sum() / w.sum()
 
 
-def sample_weights(label_ids: list[int], domains: list[str], balance: str = "domain_class",
-                   domain_weighting: str = "equal") -> list[float]:
+def sample_weights(label_ids: list[int], domains: list[str], balance: str = "domain_class", domain_weighting: str = "equal") -> list[float]:
     """One loss weight per training image, scaled to mean 1.
 
     ``class``: ∝ 1 / (images of its class) over the pooled data — rare classes count as much as
@@ -272,28 +336,46 @@ def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[SkippedFile]
     """Load, check and split the data; return the DatasetDict, skipped files and manifest rows.
 
     ``seed`` only subsamples (``--max_*_samples``); the split itself follows ``args.split_seed``."""
-    cells = D.load_sources([args.dataset_name] if args.dataset_name else list(args.train_dir or []),
-                           args.image_column_name, args.label_column_name, args.dataset_revision)
+    cells = D.load_sources(
+        [args.dataset_name] if args.dataset_name else list(args.train_dir or []),
+        args.image_column_name,
+        args.label_column_name,
+        args.dataset_revision,
+    )
     ds, skipped = cells.dataset, list(cells.skipped)
     codes = cells.codes
     if len(codes) < 2:
         where = args.dataset_name or ", ".join(args.train_dir or [])
-        raise ValueError(f"{where} holds only one class ({', '.join(codes)}): a classifier needs at least two. Put each class's "
-                         "images in a folder of its own (BLA/, NGS/, …) under the data folder.")
+        raise ValueError(
+            f"{where} holds only one class ({', '.join(codes)}): a classifier needs at least two. Put each class's "
+            "images in a folder of its own (BLA/, NGS/, …) under the data folder."
+        )
     sources, label_ids, domains = ds["source"], ds["label"], ds["domain"]
     val_fraction = 0.0 if args.validation_dir else args.train_val_split
     if args.split_mode == "block" and not any(D.image_number(s) is not None for s in sources):
         log.warning("no image numbers in the file names: falling back to a random split")
         args.split_mode = "random"
-    splits = D.assign_splits(sources, [codes[i] for i in label_ids], val_fraction, args.test_split, args.split_mode,
-                             args.split_block_size, args.split_seed, domains, cells.id_only_domains)
+    splits = D.assign_splits(
+        sources,
+        [codes[i] for i in label_ids],
+        val_fraction,
+        args.test_split,
+        args.split_mode,
+        args.split_block_size,
+        args.split_seed,
+        domains,
+        cells.id_only_domains,
+    )
     dsd = D.split_cells(ds, splits)
     if args.validation_dir:
         val = D.load_folder(args.validation_dir, codes=codes)
         skipped += val.skipped
         dsd["validation"] = val.dataset
-        sources, label_ids, domains = list(sources) + val.dataset["source"], list(label_ids) + val.dataset["label"], \
-            list(domains) + val.dataset["domain"]
+        sources, label_ids, domains = (
+            list(sources) + val.dataset["source"],
+            list(label_ids) + val.dataset["label"],
+            list(domains) + val.dataset["domain"],
+        )
         splits = splits + ["validation"] * len(val.dataset)
     if "validation" not in dsd:
         raise ValueError("no validation images: give --validation_dir or a --train_val_split above 0")
@@ -303,8 +385,7 @@ def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[SkippedFile]
         for name in ("validation", "test"):
             if name in dsd:
                 dsd[name] = dsd[name].shuffle(seed=seed).select(range(min(args.max_eval_samples, len(dsd[name]))))
-    manifest = [{"source": s, "label": codes[l], "split": sp, "domain": d}
-                for s, l, sp, d in zip(sources, label_ids, splits, domains)]
+    manifest = [{"source": s, "label": codes[i], "split": sp, "domain": d} for s, i, sp, d in zip(sources, label_ids, splits, domains)]
     return dsd, skipped, manifest
 
 
@@ -315,8 +396,9 @@ def use_all_cores_when_alone() -> None:
         torch.set_num_threads(os.cpu_count() or 1)
 
 
-def run(data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments,
-        export_args: ExportArguments | None = None) -> dict:
+def run(
+    data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments, export_args: ExportArguments | None = None
+) -> dict:
     """The whole training run; returns the metrics written to ``metrics.json``.
 
     Four steps: load and split the data (refusing a split that leaks the base model's held-out
@@ -350,9 +432,20 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args: Tra
         "base_model_hub_id": _base_hub_id(model_args.model_name_or_path),
         "data": asdict(data_args),
         "model_args": asdict(model_args),
-        "training": {k: getattr(training_args, k) for k in (
-            "learning_rate", "num_train_epochs", "per_device_train_batch_size", "weight_decay", "warmup_steps",
-            "lr_scheduler_type", "label_smoothing_factor", "seed", "gradient_accumulation_steps")},
+        "training": {
+            k: getattr(training_args, k)
+            for k in (
+                "learning_rate",
+                "num_train_epochs",
+                "per_device_train_batch_size",
+                "weight_decay",
+                "warmup_steps",
+                "lr_scheduler_type",
+                "label_smoothing_factor",
+                "seed",
+                "gradient_accumulation_steps",
+            )
+        },
         "split_sizes": {k: len(v) for k, v in dsd.items()},
         "split_counts": {k: dict(Counter(codes[i] for i in v["label"])) for k, v in dsd.items()},
         "skipped_files": len(skipped),
@@ -372,9 +465,15 @@ def build_trainer(dsd: Any, codes: list[str], model_args: ModelArguments, traini
     """The model (new head seeded), its processor, the augmented and weighted training set, and the Trainer."""
     id2label, label2id = L.label_maps(codes)
     set_seed(training_args.seed)  # a new head is initialised here, before the Trainer seeds anything
-    model = load_for_training(model_args.model_name_or_path, id2label, label2id,
-                              model_args.ignore_mismatched_sizes, model_args.drop_path_rate, model_args.allow_pickle_weights,
-                              model_args.model_revision)
+    model = load_for_training(
+        model_args.model_name_or_path,
+        id2label,
+        label2id,
+        model_args.ignore_mismatched_sizes,
+        model_args.drop_path_rate,
+        model_args.allow_pickle_weights,
+        model_args.model_revision,
+    )
     base_processor = _base_processor(model_args.model_name_or_path, model_args.model_revision)
     processor = build_image_processor(model_args.image_size, tuple(base_processor.image_mean), tuple(base_processor.image_std))
     train_transform = TrainTransform(processor, model_args.denoise, training_args.seed, tuple(model_args.augment))
@@ -390,16 +489,25 @@ def build_trainer(dsd: Any, codes: list[str], model_args: ModelArguments, traini
     if model_args.early_stopping_patience and training_args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=model_args.early_stopping_patience))
     trainer = CellTrainer(
-        model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
-        processing_class=processor, data_collator=_collate, compute_metrics=compute_metrics, callbacks=callbacks,
-        loss_name=model_args.loss, focal_gamma=model_args.focal_gamma, head_lr_multiplier=model_args.head_lr_multiplier,
+        model=model,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        processing_class=processor,
+        data_collator=_collate,
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+        loss_name=model_args.loss,
+        focal_gamma=model_args.focal_gamma,
+        head_lr_multiplier=model_args.head_lr_multiplier,
         layer_lr_decay=model_args.layer_lr_decay,
     )
     return trainer, processor
 
 
-def calibrate_and_evaluate(folder: Path, dsd: Any, data_args: DataArguments, model_args: ModelArguments, codes: list[str],
-                           shared: list[str]) -> dict[str, Any]:
+def calibrate_and_evaluate(
+    folder: Path, dsd: Any, data_args: DataArguments, model_args: ModelArguments, codes: list[str], shared: list[str]
+) -> dict[str, Any]:
     """Load the weights as saved in ``folder`` (float16 on disk), fit the calibration on the validation
     split (stored in its config.json), then measure validation, test, external sets and unseen types."""
     model, processor = load_classifier(str(folder))
@@ -415,8 +523,14 @@ def calibrate_and_evaluate(folder: Path, dsd: Any, data_args: DataArguments, mod
         out["validation"]["by_domain"] = per_domain
     if "test" in dsd:
         out["test"] = E.evaluate_split(model, processor, dsd["test"], codes, t, model_args.denoise, thr)
-    external, unseen = E.evaluate_more({"classes": codes, "calibration": calib, "shared_classes": shared}, model, processor,
-                                       data_args.external_dir or [], data_args.unseen_dir, model_args.denoise)
+    external, unseen = E.evaluate_more(
+        {"classes": codes, "calibration": calib, "shared_classes": shared},
+        model,
+        processor,
+        data_args.external_dir or [],
+        data_args.unseen_dir,
+        model_args.denoise,
+    )
     if external:
         out["external"] = external
     if unseen:
@@ -424,8 +538,9 @@ def calibrate_and_evaluate(folder: Path, dsd: Any, data_args: DataArguments, mod
     return out
 
 
-def write_model_folder(staging: Path, export_dir: Path, results: dict, manifest: list[dict], skipped: list[SkippedFile],
-                       log_history: list[dict]) -> None:
+def write_model_folder(
+    staging: Path, export_dir: Path, results: dict, manifest: list[dict], skipped: list[SkippedFile], log_history: list[dict]
+) -> None:
     """Manifest, skipped files, figures, metrics.json and the card into ``staging``, then swap it into place."""
     from bmc.model_card import render_card
 
@@ -433,8 +548,12 @@ def write_model_folder(staging: Path, export_dir: Path, results: dict, manifest:
     D.write_manifest(staging / "split_manifest.csv", manifest)
     D.write_skipped(staging / "skipped_files.csv", skipped)
     if "test" in results:
-        plot_confusion_matrix(results["test"]["confusion_matrix"], codes, staging / "confusion_matrix.png",
-                              f"test split ({results['test']['n_images']} images)")
+        plot_confusion_matrix(
+            results["test"]["confusion_matrix"],
+            codes,
+            staging / "confusion_matrix.png",
+            f"test split ({results['test']['n_images']} images)",
+        )
     E.plot_external(results.get("external", {}), codes, staging)
     plot_training_curves(log_history, staging / "training_curves.png")
     (staging / "metrics.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -487,8 +606,9 @@ def resolve_checkpoint(resume: str | bool | None, output_dir: str) -> str | None
     if resume in (None, False, "", "False", "false"):
         return None
     if resume in (True, "True", "true"):
-        done = [p for p in Path(output_dir).glob("checkpoint-*") if (p / "trainer_state.json").is_file()
-                and p.name.split("-")[-1].isdigit()]
+        done = [
+            p for p in Path(output_dir).glob("checkpoint-*") if (p / "trainer_state.json").is_file() and p.name.split("-")[-1].isdigit()
+        ]
         if not done:
             raise FileNotFoundError(f"--resume_from_checkpoint: no complete checkpoint in {output_dir}")
         return str(max(done, key=lambda p: int(p.name.split("-")[-1])))
@@ -502,8 +622,10 @@ def describe_write_error(exc: OSError) -> str | None:
     """A plain message for the write failures a user can fix (disk full, permissions), else None."""
     path = f" {exc.filename}" if getattr(exc, "filename", None) else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"the disk is full{' while writing' + path if path else ''}. Free some space and rerun with "
-                "--resume_from_checkpoint True: the checkpoints written so far are kept.")
+        return (
+            f"the disk is full{' while writing' + path if path else ''}. Free some space and rerun with "
+            "--resume_from_checkpoint True: the checkpoints written so far are kept."
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"no permission to write{path}. Choose an --output_dir (and --export_dir) you can write to."
     return None
@@ -539,13 +661,16 @@ def check_no_held_out_leak(base: str, manifest: list[dict]) -> None:
     base_trained = {key(row): row["split"] == "train" for row in D.read_manifest(path)}
     into_train = [m["source"] for m in manifest if m["split"] == "train" and base_trained.get(key(m)) is False]
     into_eval = [m["source"] for m in manifest if m["split"] != "train" and base_trained.get(key(m)) is True]
-    problems = [f"{len(into_train)} training images (e.g. {into_train[0]}) were validation/test images of the base model"] if into_train else []
+    problems = (
+        [f"{len(into_train)} training images (e.g. {into_train[0]}) were validation/test images of the base model"] if into_train else []
+    )
     if into_eval:
         problems.append(f"{len(into_eval)} validation/test images (e.g. {into_eval[0]}) were training images of the base model")
     if problems:
         raise ValueError(
             "; ".join(problems) + f" {base}: the figures would be inflated. Use the split it was trained with (same "
-            "--split_mode, --split_block_size, --train_val_split, --test_split, --split_seed; see its split_manifest.csv).")
+            "--split_mode, --split_block_size, --train_val_split, --test_split, --split_seed; see its split_manifest.csv)."
+        )
 
 
 def _base_processor(name_or_path: str, revision: str | None = None) -> Any:
@@ -574,8 +699,10 @@ def _base_source(name_or_path: str) -> str:
         return json.loads((folder / "SOURCE.json").read_text())["source"]
     if (folder / "metrics.json").is_file():  # continued from an earlier bmc run (e.g. a lower-resolution stage)
         earlier = json.loads((folder / "metrics.json").read_text())
-        return (f"continued from the bmc model {earlier['model_name']} ({earlier['model_args']['image_size']} px, "
-                f"{float(earlier['epochs_trained']):g} epochs, same split), whose base weights were: {earlier['base_model_source']}")
+        return (
+            f"continued from the bmc model {earlier['model_name']} ({earlier['model_args']['image_size']} px, "
+            f"{float(earlier['epochs_trained']):g} epochs, same split), whose base weights were: {earlier['base_model_source']}"
+        )
     if folder.is_dir():
         return f"local folder {name_or_path}"
     return f"Hugging Face Hub: {name_or_path}"

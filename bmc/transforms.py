@@ -11,7 +11,8 @@ that bmc's predictor applies it at inference too.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -22,15 +23,22 @@ from bmc.constants import IMAGENET_MEAN, IMAGENET_STD
 from bmc.images import open_image
 
 
-def build_image_processor(size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> ViTImageProcessorPil:
+def build_image_processor(
+    size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+) -> ViTImageProcessorPil:
     """Square resize of the whole cell image, rescale to [0, 1], normalise.
 
     A square resize (not resize-then-centre-crop, as ImageNet processors do) keeps the whole cell:
     Matek crops are centred on the cell and a centre crop can cut a large blast in half.
     """
     return ViTImageProcessorPil(
-        do_resize=True, size={"height": size, "width": size}, resample=Image.Resampling.BILINEAR,
-        do_rescale=True, do_normalize=True, image_mean=list(mean), image_std=list(std),
+        do_resize=True,
+        size={"height": size, "width": size},
+        resample=Image.Resampling.BILINEAR,
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=list(mean),
+        image_std=list(std),
     )
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import stat
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 from PIL import Image
 

@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from helpers import MATEK, SHARED
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -61,8 +60,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     id2label, label2id = label_maps(["BLA", "LYT", "NGS"])
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=14,
-                          image_size=56, num_labels=3, id2label=id2label, label2id=label2id)
+    config = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        patch_size=14,
+        image_size=56,
+        num_labels=3,
+        id2label=id2label,
+        label2id=label2id,
+    )
     model = Dinov2ForImageClassification(config).eval()
     out = tmp_path_factory.mktemp("tiny_model")
     save_classifier(model, build_image_processor(56), out, fp16=False)

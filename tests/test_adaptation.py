@@ -49,8 +49,9 @@ def test_a_familiar_count_keeps_the_models_labels():
     assert set(state.source[i] for i in unreviewed) == {SOURCE_MODEL}
 
 
-@pytest.mark.parametrize("reviewed, why", [({}, "no cell reviewed"), ({0: 1, 1: 2}, "learning starts at 6 cells"),
-                                           ({i: 0 for i in range(10)}, "of 1 class")])
+@pytest.mark.parametrize(
+    "reviewed, why", [({}, "no cell reviewed"), ({0: 1, 1: 2}, "learning starts at 6 cells"), ({i: 0 for i in range(10)}, "of 1 class")]
+)
 def test_too_little_review_to_learn_from_says_so(reviewed, why):
     logits, emb, _ = _count()
     state = relabel(logits, emb, reviewed, threshold=0.8, validation_flagged=0.3)
@@ -68,9 +69,20 @@ def test_the_count_shows_learnt_labels_and_their_sources(tmp_path):
     logits, emb, truth = _count(n=120, wrong=True)
     codes = ["BLA", "LYT", "NGS"]
     probs = softmax(logits)
-    cells = [Cell(f"c{i}.jpg", Prediction({c: float(p) for c, p in zip(codes, probs[i])}, codes[int(probs[i].argmax())],
-                                         float(probs[i].max()), bool(probs[i].max() < 0.8), logits[i], emb[i]))
-             for i in range(len(truth))]
+    cells = [
+        Cell(
+            f"c{i}.jpg",
+            Prediction(
+                {c: float(p) for c, p in zip(codes, probs[i])},
+                codes[int(probs[i].argmax())],
+                float(probs[i].max()),
+                bool(probs[i].max() < 0.8),
+                logits[i],
+                emb[i],
+            ),
+        )
+        for i in range(len(truth))
+    ]
     report = build_report(cells, codes, "m", "v", 0.8, validation_flagged=0.3)
     queue = report.review_queue()
     reviewed = report.reviewed({name: codes[truth[int(name[1:-4])]] for name in queue[:20]})

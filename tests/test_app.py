@@ -6,11 +6,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from corpus import CORPUS
+from helpers import BCCD, BUNDLED, ROOT, UNSEEN, image_bytes, matek_images
 
 from bench.appserver import AppStartError, running_app
 from bmc.explain import METHODS
-from helpers import BCCD, BUNDLED, ROOT, UNSEEN, image_bytes, matek_images
-from corpus import CORPUS
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,9 @@ def test_listens_on_loopback_only(app_url):
 
 
 def test_named_endpoints(client):
-    assert {"/classify", "/explain", "/count", "/open_cell", "/review"} <= set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/classify", "/explain", "/count", "/open_cell", "/review"} <= set(
+        client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    )
 
 
 @pytest.mark.parametrize("code", ["NGS", "EOS", "LYT"])
@@ -82,8 +84,7 @@ def test_explain_every_method(client, method):
     from gradio_client import handle_file
     from PIL import Image
 
-    path, note = client.predict(handle_file(str(matek_images("EOS", 1)[0])), method, "predicted class", 0.5, False,
-                                api_name="/explain")
+    path, note = client.predict(handle_file(str(matek_images("EOS", 1)[0])), method, "predicted class", 0.5, False, api_name="/explain")
     assert Image.open(path).size == (250, 250)
     assert method in note
 
@@ -91,8 +92,7 @@ def test_explain_every_method(client, method):
 def test_explain_a_chosen_class(client):
     from gradio_client import handle_file
 
-    _, note = client.predict(handle_file(str(matek_images("EOS", 1)[0])), "Grad-CAM", "Monocyte (MON)", 0.3, False,
-                             api_name="/explain")
+    _, note = client.predict(handle_file(str(matek_images("EOS", 1)[0])), "Grad-CAM", "Monocyte (MON)", 0.3, False, api_name="/explain")
     assert "Monocyte (MON)" in note
 
 
@@ -113,8 +113,9 @@ def test_count_many_cells_and_a_zip_then_review_one(client, tmp_path):
             zf.write(p, p.name)
         zf.writestr("../evil.jpg", image_bytes())
         zf.writestr("readme.txt", "hi")
-    table, summary, chart, flagged, files, _ = client.predict([handle_file(str(p)) for p in cells] + [handle_file(str(archive))],
-                                                              api_name="/count")
+    table, summary, chart, flagged, files, _ = client.predict(
+        [handle_file(str(p)) for p in cells] + [handle_file(str(archive))], api_name="/count"
+    )
     total = table["data"][-1]
     assert total[0] == "total" and total[2] == 8
     assert "8 images" in summary and "2 files skipped" in summary and "unsafe path" in summary
@@ -225,9 +226,18 @@ def test_browser_upload_label_and_attribution(app_url, tmp_path, shared_data):
         shots.append(ROOT / "docs")
     cell = str(matek_images("EOS", 1)[0])
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(app_url)
         page.locator("input[type=file]").first.set_input_files(cell)

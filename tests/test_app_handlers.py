@@ -1,7 +1,6 @@
 """The app's handlers called directly, without a server (the same objects build_app wires into Blocks)."""
 
 import pytest
-
 from helpers import image_bytes
 
 

@@ -6,14 +6,15 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import BUNDLED, UNSEEN, matek_images
 from PIL import Image
 
 from bmc import data as D
+from bmc.calibration import softmax
 from bmc.explain import Explainer, centre_vs_border
 from bmc.inference import Predictor, dataset_logits
-from bmc.calibration import softmax
 from bmc.metrics import classification_metrics
-from helpers import BUNDLED, UNSEEN, matek_images
+
 
 @pytest.fixture(scope="module")
 def predictor(shared_data):
@@ -27,8 +28,16 @@ def metrics():
 
 def test_bundled_folder_is_small_safe_and_complete():
     files = {p.name for p in BUNDLED.iterdir()}
-    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json",
-            "confusion_matrix.png", "training_curves.png", "split_manifest.csv"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "README.md",
+        "metrics.json",
+        "confusion_matrix.png",
+        "training_curves.png",
+        "split_manifest.csv",
+    } <= files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
     assert sum(p.stat().st_size for p in BUNDLED.iterdir()) < 50 * 1024 * 1024
 
@@ -116,8 +125,14 @@ def test_unfamiliar_cell_types_get_lower_confidence(predictor):
     assert unknown
     images = [Image.open(p).convert("RGB") for p in unknown]
     preds = predictor.predict(images)
-    seen_conf = np.mean([p.confidence for p in predictor.predict(
-        [Image.open(p).convert("RGB") for code in ("EOS", "LYT", "NGS") for p in matek_images(code, 300)[-4:]])])
+    seen_conf = np.mean(
+        [
+            p.confidence
+            for p in predictor.predict(
+                [Image.open(p).convert("RGB") for code in ("EOS", "LYT", "NGS") for p in matek_images(code, 300)[-4:]]
+            )
+        ]
+    )
     unseen_conf = np.mean([p.confidence for p in preds])
     # Honest, weak claim: unfamiliar types get lower confidence on average than familiar ones.
     assert unseen_conf < seen_conf

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from bmc.calibration import calibrate, fit_temperature, review_threshold
-from bmc.calibration import softmax
+from bmc.calibration import calibrate, fit_temperature, review_threshold, softmax
 
 
 def test_temperature_recovers_the_true_one():

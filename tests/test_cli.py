@@ -6,7 +6,6 @@ import sys
 import zipfile
 
 import pytest
-
 from helpers import ROOT, matek_images
 
 
@@ -21,8 +20,13 @@ def test_count_a_folder_and_a_zip(tmp_path, tiny_model_dir, shared_data):
     with zipfile.ZipFile(archive, "w") as zf:
         zf.write(matek_images("NGS", 1)[0], "NGS_1.jpg")
     out = tmp_path / "report"
-    result = subprocess.run([sys.executable, "-m", "bmc", "count", str(folder), str(archive), "--model", str(tiny_model_dir),
-                             "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "bmc", "count", str(folder), str(archive), "--model", str(tiny_model_dir), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "6 nucleated cells counted" in result.stdout and "1 files skipped" in result.stdout
     assert "below 200" in result.stdout  # a 6-cell count is too small to read
@@ -36,8 +40,26 @@ def test_count_a_folder_and_a_zip(tmp_path, tiny_model_dir, shared_data):
     new_label = next(c for c in ("BLA", "LYT", "NGS") if c != first["model_label"])
     review = tmp_path / "corrections.csv"
     review.write_text(f"image,label\n{first['file']},{new_label}\n{second['file']},{second['model_label']}\n")
-    result = subprocess.run([sys.executable, "-m", "bmc", "count", str(folder), str(archive), "--model", str(tiny_model_dir),
-                             "--out", str(out), "--review", str(review)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bmc",
+            "count",
+            str(folder),
+            str(archive),
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--review",
+            str(review),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 reviewed, 1 relabelled" in result.stdout
     reviewed = {r["file"]: r for r in csv.DictReader(open(out / "predictions.csv"))}
@@ -46,14 +68,24 @@ def test_count_a_folder_and_a_zip(tmp_path, tiny_model_dir, shared_data):
     assert reviewed[second["file"]]["reviewed_label"] == second["model_label"]
 
     review.write_text(f"image,label\n{first['file']},Hairy cell\n")  # not a class of this model
-    result = subprocess.run([sys.executable, "-m", "bmc", "count", str(folder), "--model", str(tiny_model_dir),
-                             "--out", str(out), "--review", str(review)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "bmc", "count", str(folder), "--model", str(tiny_model_dir), "--out", str(out), "--review", str(review)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "line 2" in result.stderr and "not a class of this model" in result.stderr
 
 
 def test_missing_input_is_named(tmp_path, tiny_model_dir):
-    result = subprocess.run([sys.executable, "-m", "bmc", "count", str(tmp_path / "nope"), "--model", str(tiny_model_dir),
-                             "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "bmc", "count", str(tmp_path / "nope"), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
 
 

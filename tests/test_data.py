@@ -3,10 +3,10 @@ from pathlib import Path
 
 import datasets
 import pytest
+from helpers import MATEK, PBC, PBC_TRAIN, image_bytes, matek_images
 
 from bmc import data as D
 from bmc.images import MAX_FILE_BYTES
-from helpers import MATEK, PBC, PBC_TRAIN, image_bytes, matek_images
 
 
 def test_kaggle_layout_labels_come_from_the_top_folder(shared_data):
@@ -67,8 +67,10 @@ def test_plain_imagefolder_with_full_names(tmp_path):
 
 def test_parquet_source_with_string_labels_and_a_bad_row(tmp_path, shared_data):
     paths = matek_images("EOS", 3) + matek_images("MON", 3)
-    rows = {"img": [{"bytes": p.read_bytes(), "path": None} for p in paths] + [{"bytes": b"junk", "path": None}],
-            "cell": ["Eosinophil"] * 3 + ["MON"] * 3 + ["EOS"]}
+    rows = {
+        "img": [{"bytes": p.read_bytes(), "path": None} for p in paths] + [{"bytes": b"junk", "path": None}],
+        "cell": ["Eosinophil"] * 3 + ["MON"] * 3 + ["EOS"],
+    }
     ds = datasets.Dataset.from_dict(rows, features=datasets.Features({"img": datasets.Image(), "cell": datasets.Value("string")}))
     ds.to_parquet(str(tmp_path / "train.parquet"))
     cells = D.load_cells(str(tmp_path / "train.parquet"), image_column="img", label_column="cell")
@@ -78,8 +80,10 @@ def test_parquet_source_with_string_labels_and_a_bad_row(tmp_path, shared_data):
 
 
 def test_missing_column_is_named(tmp_path):
-    ds = datasets.Dataset.from_dict({"image": [{"bytes": image_bytes(), "path": None}], "y": ["BLA"]},
-                                    features=datasets.Features({"image": datasets.Image(), "y": datasets.Value("string")}))
+    ds = datasets.Dataset.from_dict(
+        {"image": [{"bytes": image_bytes(), "path": None}], "y": ["BLA"]},
+        features=datasets.Features({"image": datasets.Image(), "y": datasets.Value("string")}),
+    )
     ds.to_parquet(str(tmp_path / "x.parquet"))
     with pytest.raises(ValueError, match="column 'label' not in the dataset"):
         D.load_cells(str(tmp_path / "x.parquet"))
@@ -100,7 +104,7 @@ def test_split_is_deterministic_and_stratified():
     assert a == D.assign_splits(sources, labels, 0.15, 0.15, "random", seed=1)
     assert a != D.assign_splits(sources, labels, 0.15, 0.15, "random", seed=2)
     for k in range(3):
-        per_class = Counter(s for s, l in zip(a, labels) if l == k)
+        per_class = Counter(s for s, label in zip(a, labels) if label == k)
         assert per_class == {"train": 350, "validation": 75, "test": 75}
 
 
@@ -116,8 +120,10 @@ def test_block_split_keeps_neighbouring_numbers_together():
 
 
 def test_manifest_round_trip(tmp_path):
-    rows = [{"source": "a.jpg", "label": "BLA", "split": "train", "domain": "matek"},
-            {"source": "b.jpg", "label": "NGS", "split": "test", "domain": "pbc"}]
+    rows = [
+        {"source": "a.jpg", "label": "BLA", "split": "train", "domain": "matek"},
+        {"source": "b.jpg", "label": "NGS", "split": "test", "domain": "pbc"},
+    ]
     D.write_manifest(tmp_path / "m.csv", rows)
     assert D.read_manifest(tmp_path / "m.csv") == rows
 
@@ -127,10 +133,16 @@ def test_a_stratum_keeps_its_split_when_other_sources_or_classes_join():
     sources, labels = _fake_sources(classes=("BLA", "NGS"))
     alone = D.assign_splits(sources, [("BLA", "NGS")[k] for k in labels], mode="block", seed=42, domains=["m"] * len(sources))
     more_sources = [f"/p/{c}/{c}_{i}.jpg" for c in ("EBO", "NGS") for i in range(100)]
-    pooled = D.assign_splits(sources + more_sources, [("BLA", "NGS")[k] for k in labels] + ["EBO"] * 100 + ["NGS"] * 100,
-                             mode="block", seed=42, domains=["m"] * len(sources) + ["p"] * 200, id_only_domains={"p"})
-    assert pooled[:len(sources)] == alone
-    extra = pooled[len(sources):]
+    pooled = D.assign_splits(
+        sources + more_sources,
+        [("BLA", "NGS")[k] for k in labels] + ["EBO"] * 100 + ["NGS"] * 100,
+        mode="block",
+        seed=42,
+        domains=["m"] * len(sources) + ["p"] * 200,
+        id_only_domains={"p"},
+    )
+    assert pooled[: len(sources)] == alone
+    extra = pooled[len(sources) :]
     assert Counter(extra[:100]) == {"train": 70, "validation": 15, "test": 15}  # id-only domain: random, not blocks
 
 
@@ -148,8 +160,11 @@ def test_pbc_platelets_and_unspecified_prefixes_are_skipped_with_a_count(tmp_pat
     cells = D.load_folder(tmp_path / "pbc")
     assert sorted(cells.codes) == ["NGB", "PMO"] and len(cells.dataset) == 2
     reasons = sorted(s.reason for s in cells.skipped)
-    assert reasons == ["PBC platelet: not a marrow cell class", "PBC prefix 'IG' names no single cell type",
-                       "PBC prefix 'NEUTROPHIL' names no single cell type"]
+    assert reasons == [
+        "PBC platelet: not a marrow cell class",
+        "PBC prefix 'IG' names no single cell type",
+        "PBC prefix 'NEUTROPHIL' names no single cell type",
+    ]
 
 
 def test_several_sources_pool_into_one_class_list_with_domains(tmp_path):

@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from helpers import BCCD, image_bytes
 
 from bmc import evaluation as E
-from helpers import BCCD, image_bytes
 
 
 def test_review_stats_count_flagged_cells_and_the_accuracy_of_the_rest():
@@ -55,21 +55,47 @@ def test_evaluate_adds_an_external_set_to_a_model_folder_and_its_card(tiny_model
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
-    (model / "metrics.json").write_text(json.dumps({
-        "model_name": "tiny", "classes": ["BLA", "LYT", "NGS"], "base_model": "x", "base_model_source": "random", "hub_model_id": None,
-        "data": {"train_dir": ["x/cells"], "split_mode": "random", "split_block_size": 50}, "split_sizes": {}, "skipped_files": 0,
-        "model_args": {"image_size": 56, "denoise": False, "loss": "ce", "head_lr_multiplier": 1, "drop_path_rate": 0.1},
-        "training": {"learning_rate": 1e-4, "num_train_epochs": 1, "per_device_train_batch_size": 8, "weight_decay": 0,
-                     "warmup_steps": 0, "lr_scheduler_type": "linear", "label_smoothing_factor": 0},
-        "epochs_trained": 1, "n_parameters": 1,
-        "calibration": {"temperature": 1.0, "review_threshold": 0.5, "target_accuracy": 0.95, "validation_coverage": 0.5,
-                        "validation_accuracy_above_threshold": 0.96}}))
+    (model / "metrics.json").write_text(
+        json.dumps(
+            {
+                "model_name": "tiny",
+                "classes": ["BLA", "LYT", "NGS"],
+                "base_model": "x",
+                "base_model_source": "random",
+                "hub_model_id": None,
+                "data": {"train_dir": ["x/cells"], "split_mode": "random", "split_block_size": 50},
+                "split_sizes": {},
+                "skipped_files": 0,
+                "model_args": {"image_size": 56, "denoise": False, "loss": "ce", "head_lr_multiplier": 1, "drop_path_rate": 0.1},
+                "training": {
+                    "learning_rate": 1e-4,
+                    "num_train_epochs": 1,
+                    "per_device_train_batch_size": 8,
+                    "weight_decay": 0,
+                    "warmup_steps": 0,
+                    "lr_scheduler_type": "linear",
+                    "label_smoothing_factor": 0,
+                },
+                "epochs_trained": 1,
+                "n_parameters": 1,
+                "calibration": {
+                    "temperature": 1.0,
+                    "review_threshold": 0.5,
+                    "target_accuracy": 0.95,
+                    "validation_coverage": 0.5,
+                    "validation_accuracy_above_threshold": 0.96,
+                },
+            }
+        )
+    )
     # a model folder from before per-image validation predictions were kept: evaluate writes them from its manifest
     val = sorted((BCCD / "Lymphocyte").glob("*"))[:3] + sorted((BCCD / "Neutrophil").glob("*"))[:2]
     from bmc import data as D
 
-    D.write_manifest(model / "split_manifest.csv", [{"source": str(f), "label": "LYT" if "Lymph" in str(f) else "NGS",
-                                                      "split": "validation", "domain": "bccd"} for f in val])
+    D.write_manifest(
+        model / "split_manifest.csv",
+        [{"source": str(f), "label": "LYT" if "Lymph" in str(f) else "NGS", "split": "validation", "domain": "bccd"} for f in val],
+    )
     metrics = E.evaluate_model_dir(model, [str(BCCD)], None)
     predictions = E.read_predictions(model / E.VALIDATION_PREDICTIONS)
     assert sorted(predictions) == sorted(map(str, val)) and predictions[str(val[0])][0] == "LYT"
@@ -80,8 +106,15 @@ def test_evaluate_adds_an_external_set_to_a_model_folder_and_its_card(tiny_model
 
 
 def test_a_folder_the_model_trained_on_is_refused_as_an_external_set(tmp_path):
-    (tmp_path / "metrics.json").write_text(json.dumps({"model_name": "mixed", "classes": ["BLA"],
-                                                        "data": {"train_dir": ["../shared/data/bone-marrow-cells", "../shared/data/pbc-train"]}}))
+    (tmp_path / "metrics.json").write_text(
+        json.dumps(
+            {
+                "model_name": "mixed",
+                "classes": ["BLA"],
+                "data": {"train_dir": ["../shared/data/bone-marrow-cells", "../shared/data/pbc-train"]},
+            }
+        )
+    )
     with pytest.raises(ValueError, match="mixed was trained on pbc-train"):
         E.evaluate_model_dir(tmp_path, ["/elsewhere/pbc-train"], None)
     assert E.training_sources({"data": {"train_dir": "a/cells"}}) == ["cells"]
@@ -89,8 +122,12 @@ def test_a_folder_the_model_trained_on_is_refused_as_an_external_set(tmp_path):
 
 def test_targets_are_checked_against_the_measured_figures():
     metrics = {"test": {"macro_f1": 0.8, "review": {"flagged_share": 0.4}}}
-    checked = E.check_targets(metrics, [
-        {"what": "a", "path": "test.macro_f1", "goal": ">= 0.86"},
-        {"what": "b", "path": "test.review.flagged_share", "goal": "<= 0.45"},
-        {"what": "c", "path": "external.bccd.accuracy", "goal": ">= 0.7"}])
+    checked = E.check_targets(
+        metrics,
+        [
+            {"what": "a", "path": "test.macro_f1", "goal": ">= 0.86"},
+            {"what": "b", "path": "test.review.flagged_share", "goal": "<= 0.45"},
+            {"what": "c", "path": "external.bccd.accuracy", "goal": ">= 0.7"},
+        ],
+    )
     assert [(t["value"], t["met"]) for t in checked] == [(0.8, False), (0.4, True), (None, None)]

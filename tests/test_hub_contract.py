@@ -15,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from helpers import ROOT, matek_images
 
 TOKEN = "hf_contract_test_token_1234567890"
@@ -38,7 +37,9 @@ class FakeHub(BaseHTTPRequestHandler):
     def _record(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        FakeHub.requests.append({"method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+        FakeHub.requests.append(
+            {"method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+        )
         return body
 
     def do_POST(self):
@@ -88,11 +89,34 @@ def test_push_to_hub_sends_the_finished_model_in_one_commit(fake_hub, tiny_model
             os.symlink(src, data / code / src.name)
     out = tmp_path / "run"
     env = {**os.environ, "HF_ENDPOINT": fake_hub, "HF_HUB_OFFLINE": "0", "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1"}
-    cmd = [sys.executable, str(ROOT / "train_hf.py"), "--train_dir", str(data), "--output_dir", str(out),
-           "--model_name_or_path", str(tiny_model_dir), "--ignore_mismatched_sizes", "--image_size", "56",
-           "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--eval_strategy", "epoch",
-           "--save_strategy", "epoch", "--report_to", "none", "--split_mode", "random",
-           "--push_to_hub", "--hub_model_id", "me/bmc-test"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train_hf.py"),
+        "--train_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--ignore_mismatched_sizes",
+        "--image_size",
+        "56",
+        "--num_train_epochs",
+        "1",
+        "--per_device_train_batch_size",
+        "8",
+        "--eval_strategy",
+        "epoch",
+        "--save_strategy",
+        "epoch",
+        "--report_to",
+        "none",
+        "--split_mode",
+        "random",
+        "--push_to_hub",
+        "--hub_model_id",
+        "me/bmc-test",
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -101,16 +125,25 @@ def test_push_to_hub_sends_the_finished_model_in_one_commit(fake_hub, tiny_model
     commits = [r for r in FakeHub.requests if "/commit/main" in r["path"]]
     assert len(commits) == 1
     lines = [json.loads(line) for line in commits[0]["body"].decode().splitlines() if line.strip()]
-    files = {l["value"]["path"]: l["value"] for l in lines if l["key"] == "file"}
-    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json",
-            "confusion_matrix.png", "training_curves.png", "split_manifest.csv"} <= set(files)
+    files = {line["value"]["path"]: line["value"] for line in lines if line["key"] == "file"}
+    assert {
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "README.md",
+        "metrics.json",
+        "confusion_matrix.png",
+        "training_curves.png",
+        "split_manifest.csv",
+    } <= set(files)
     assert not any(p.startswith("checkpoint-") for p in files)
     card = base64.b64decode(files["README.md"]["content"]).decode()
     assert "Research use only" in card and "me/bmc-test" in card
     # The token travels only as a bearer header, never in bodies, the card, or the logs.
     writes = [r for r in FakeHub.requests if r["path"] == "/api/repos/create" or "/commit/" in r["path"] or "/preupload/" in r["path"]]
-    assert writes and all(r["headers"].get("authorization") == f"Bearer {TOKEN}" for r in writes), \
-        [(r["path"], r["headers"].get("authorization", "")[:10]) for r in writes]
+    assert writes and all(r["headers"].get("authorization") == f"Bearer {TOKEN}" for r in writes), [
+        (r["path"], r["headers"].get("authorization", "")[:10]) for r in writes
+    ]
     assert not any(TOKEN.encode() in r["body"] for r in FakeHub.requests)
     assert TOKEN not in result.stdout + result.stderr
     assert TOKEN not in "".join(p.read_text(errors="ignore") for p in Path(out).glob("*.*") if p.suffix in (".md", ".json", ".csv"))

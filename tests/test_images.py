@@ -1,10 +1,10 @@
 """Opening one image: every kind of bad input is refused by name or converted with a note."""
 
 import pytest
+from corpus import CORPUS
+from helpers import image_bytes
 
 from bmc.images import ImageError, open_image
-from helpers import image_bytes
-from corpus import CORPUS
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[c.name for c in CORPUS])
@@ -27,8 +27,8 @@ def test_plain_rgb_files_need_no_note(fmt):
 
 def test_decompression_bomb_is_refused_before_decoding():
     # A 20000×20000 PNG header (compresses to a few hundred kB of zeros) must be refused by size.
-    import zlib
     import struct
+    import zlib
 
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))

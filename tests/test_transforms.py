@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
+from helpers import matek_images
 from PIL import Image
 
 from bmc.augmentation import TrainTransform
 from bmc.transforms import build_image_processor, make_eval_transform, preprocess, processor_size
-from helpers import matek_images
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ import stat
 import zipfile
 
 import pytest
+from helpers import image_bytes
 
 from bmc import uploads as U
-from helpers import image_bytes
 
 
 def read(paths):
@@ -36,11 +36,19 @@ def test_hostile_entries_are_skipped_with_reasons(tmp_path):
     inner = io.BytesIO()
     with zipfile.ZipFile(inner, "w") as zf:
         zf.writestr("x.jpg", image_bytes())
-    archive = _zip(tmp_path / "cells.zip", [
-        ("good/a.jpg", image_bytes()), ("b.png", image_bytes("PNG")),
-        ("../escape.jpg", image_bytes()), ("/abs/path.jpg", image_bytes()),
-        ("nested.zip", inner.getvalue()), ("notes.txt", b"hello"), ("broken.jpg", b"nope"),
-    ], symlinks=[("link.jpg", "/etc/passwd")])
+    archive = _zip(
+        tmp_path / "cells.zip",
+        [
+            ("good/a.jpg", image_bytes()),
+            ("b.png", image_bytes("PNG")),
+            ("../escape.jpg", image_bytes()),
+            ("/abs/path.jpg", image_bytes()),
+            ("nested.zip", inner.getvalue()),
+            ("notes.txt", b"hello"),
+            ("broken.jpg", b"nope"),
+        ],
+        symlinks=[("link.jpg", "/etc/passwd")],
+    )
     names, skipped = read([archive])
     assert names == ["cells.zip/good/a.jpg", "cells.zip/b.png"]
     reasons = {s.source.split("/", 1)[1]: s.reason for s in skipped}
@@ -89,7 +97,8 @@ def test_an_archive_without_files_is_named(tmp_path, entries):
     archive = _zip(tmp_path / "cells.zip", entries)
     names, skipped = read([archive])
     assert names == [] and [(s.source, s.reason) for s in skipped] == [
-        ("cells.zip", "the archive holds no files (it is empty, or holds only folders)")]
+        ("cells.zip", "the archive holds no files (it is empty, or holds only folders)")
+    ]
 
 
 def _tar(path, entries, links=()):
@@ -108,9 +117,18 @@ def _tar(path, entries, links=()):
 
 
 def test_tar_archives_follow_the_zip_rules(tmp_path):
-    archive = _tar(tmp_path / "cells.tar.gz", [
-        ("slide/a.jpg", image_bytes()), ("b.png", image_bytes("PNG")), ("../escape.jpg", image_bytes()),
-        ("/abs.jpg", image_bytes()), ("inner.tar", b"x"), ("notes.txt", b"hi")], links=[("link.jpg", "/etc/passwd")])
+    archive = _tar(
+        tmp_path / "cells.tar.gz",
+        [
+            ("slide/a.jpg", image_bytes()),
+            ("b.png", image_bytes("PNG")),
+            ("../escape.jpg", image_bytes()),
+            ("/abs.jpg", image_bytes()),
+            ("inner.tar", b"x"),
+            ("notes.txt", b"hi"),
+        ],
+        links=[("link.jpg", "/etc/passwd")],
+    )
     names, skipped = read([archive])
     assert names == ["cells.tar.gz/slide/a.jpg", "cells.tar.gz/b.png"]
     reasons = {s.source.split("/", 1)[1]: s.reason for s in skipped}

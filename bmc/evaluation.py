@@ -59,6 +59,9 @@ def metrics_from_logits(
     result = classification_metrics(probs, labels, num_classes=len(codes))
     result["per_class_rows"] = per_class_rows(result, list(codes))
     result["n_images"] = int(len(labels))
+    present = [row["f1"] for row in result["per_class_rows"] if row["support"]]
+    result["worst_class_f1"] = float(min(present)) if present else None
+    """The weakest class the set holds: a macro average can hide one class the model gets badly wrong."""
     if threshold is not None and len(labels):
         result["review"] = review_stats(probs, np.asarray(labels), threshold)
     return result

@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         "both; the unreviewed cells are re-labelled by what the reviewed ones teach (bmc.adaptation)",
     )
     count.add_argument(
+        "--fields",
+        action="store_true",
+        help="the images are whole microscope fields: find each cell (bmc locate) and count the cells, each named FIELD#N [x0,y0,x1,y1]",
+    )
+    count.add_argument(
         "--no-learning", action="store_true", help="with --review: keep the model's labels for the unreviewed cells (plain review)"
     )
     add_model_arguments(count)
@@ -108,9 +113,22 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"not found: {', '.join(missing)}")
         predictor = predictor_from_args(args)
         try:
-            done, skipped = predict_stream(predictor, iter_images(args.inputs), args.batch_size, progress=True)
+            items = iter_images(args.inputs)
+            if args.fields:
+                from bmc.locate_fields import iter_field_cells
+
+                items = iter_field_cells(items)
+            done, skipped = predict_stream(predictor, items, args.batch_size, progress=True)
         except UploadError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if not done:
+            for s in skipped:
+                print(f"skipped {s.source}: {s.reason}", file=sys.stderr)
+            print(
+                f"error: no readable cell image in {', '.join(map(str, args.inputs))} ({len(skipped)} files skipped); no report written",
+                file=sys.stderr,
+            )
             return 2
         report = report_for(predictor, done, skipped, learn=not args.no_learning)
         if args.review:

@@ -7,14 +7,40 @@ every upload does not import the classifier's stack.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from PIL import Image
 
 from bmc.images import SkippedFile
 from bmc.inference import Predictor
-from bmc.locate import crop, draw, find_cells
+from bmc.locate import Box, crop, draw, find_cells
+
+
+def field_cell_name(field: str, number: int, box: Box) -> str:
+    """How a cell found in a field is named in a count: the field, its number on the overlay and its box."""
+    return f"{field}#{number} [{box.x0},{box.y0},{box.x1},{box.y1}]"
+
+
+def iter_field_cells(
+    items: Iterable[tuple[str, Image.Image] | SkippedFile], overlays: dict[str, Image.Image] | None = None
+) -> Iterator[tuple[str, Image.Image] | SkippedFile]:
+    """Each field of ``items`` as the crops of the cells found in it (named by :func:`field_cell_name`), for a
+    count of whole fields; a field with no cell becomes a skipped item saying so. ``overlays`` collects each
+    field's numbered boxes."""
+    for item in items:
+        if isinstance(item, SkippedFile):
+            yield item
+            continue
+        name, image = item
+        field = find_cells(image)
+        if overlays is not None:
+            overlays[name] = draw(image, field.boxes)
+        if not field.boxes:
+            yield SkippedFile(name, "no cell found in this field" + (f" ({field.note})" if field.note else ""))
+        for number, box in enumerate(field.boxes, start=1):
+            yield field_cell_name(name, number, box), crop(image, box)
+
 
 CSV_COLUMNS = ["image", "x0", "y0", "x1", "y1", "label", "confidence", "flagged", "cell", "crop"]
 

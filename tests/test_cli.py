@@ -98,3 +98,26 @@ def test_compare_refuses_to_choose_by_a_test_set(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["compare", "--heldout", "pbc-train", str(tmp_path)])
     assert "--heldout goes with --validation" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two `bmc` processes, each loading torch and a model
+def test_fields_are_counted_cell_by_cell_and_an_unreadable_folder_says_why(tmp_path, tiny_model_dir, shared_data):
+    fields = sorted((shared_data / "external-wbc" / "bccd-fields" / "JPEGImages").glob("*.jpg"))[:2]
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "bmc", "count", *map(str, fields), "--fields", "--model", str(tiny_model_dir), "--out", str(out)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = [r["file"] for r in csv.DictReader(open(out / "predictions.csv")) if r["model_label"]]
+    assert names and all("#" in n and n.split("#")[0] in {f.name for f in fields} for n in names)  # cell → its field and box
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.jpg").write_bytes(b"not an image")
+    bad = subprocess.run(
+        [sys.executable, "-m", "bmc", "count", str(junk), "--model", str(tiny_model_dir), "--out", str(tmp_path / "r2")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "skipped" in bad.stderr and "a.jpg" in bad.stderr and "no report written" in bad.stderr
+    assert not (tmp_path / "r2").exists()

@@ -33,6 +33,7 @@ from bmc.explain import Explainer, get_method, overlay
 from bmc.images import IMAGE_SUFFIXES, ImageError, open_image
 from bmc.inference import Predictor
 from bmc.locate import several_cells
+from bmc.locate_fields import iter_field_cells
 from bmc.report import DISCLAIMER, TABLE_HEADERS, CountReport, predict_stream, report_for, table, write_all
 from bmc.uploads import ARCHIVE_SUFFIXES, UploadError, iter_images
 
@@ -128,17 +129,30 @@ class CellApp:
     # ------------------------------------------------------------------ differential count and review
     def count(self, files: list[str] | None, progress: gr.Progress = gr.Progress(track_tqdm=True)):
         """Count the uploaded cells; the report (with thumbnails, for review) goes into the session state."""
+        report = self._count(files, None)
+        return (*self.render(report), gr.update(choices=report.review_queue(), value=None), report)
+
+    def count_fields(self, files: list[str] | None, progress: gr.Progress = gr.Progress(track_tqdm=True)):
+        """Count whole microscope fields: each cell is found (:mod:`bmc.locate`), cropped and counted, named by
+        its field, its number on the field's overlay and its box; the overlays come back as a gallery."""
+        overlays: dict[str, Image.Image] = {}
+        report = self._count(files, overlays)
+        gallery = [(image, f"{name}: numbered boxes = the cells {name}#1, #2, … of the count") for name, image in overlays.items()]
+        return (*self.render(report), gr.update(choices=report.review_queue(), value=None), report, gallery)
+
+    def _count(self, files: list[str] | None, overlays: dict[str, Image.Image] | None) -> CountReport:
+        """The count of single cells (``overlays`` None) or of the cells found in fields."""
         if not files:
-            raise gr.Error("No files: upload single-cell images or a zip archive of them.")
+            raise gr.Error("No files: upload cell images, microscope fields or a zip archive of them.")
+        items = iter_images(files) if overlays is None else iter_field_cells(iter_images(files), overlays)
         try:
-            done, skipped = predict_stream(self.predictor, iter_images(files), progress=True, thumbnails="all")
+            done, skipped = predict_stream(self.predictor, items, progress=True, thumbnails="all")
         except UploadError as exc:
             raise gr.Error(str(exc)) from None
         if not done:
             reasons = "; ".join(f"{s.source}: {s.reason}" for s in skipped[:5])
-            raise gr.Error(f"None of the files is a readable cell image ({reasons}).")
-        report = report_for(self.predictor, done, skipped)
-        return (*self.render(report), gr.update(choices=report.review_queue(), value=None), report)
+            raise gr.Error(f"No cell to count ({reasons}).")
+        return report_for(self.predictor, done, skipped)
 
     def open_cell(self, name: str | None, report: CountReport | None) -> tuple[Image.Image | None, str, str | None]:
         """One cell of the count at review size, with the model's top-3, where its current label comes from,
@@ -338,9 +352,12 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
             files = gr.File(
                 file_count="multiple",
                 file_types=["image", ".tif", ".tiff", ".bmp", *ARCHIVE_SUFFIXES],
-                label="Many single-cell images, or a zip / tar archive of them",
+                label="Many single-cell images or microscope fields, or a zip / tar archive of them",
             )
-            c_go = gr.Button("Count", variant="primary")
+            with gr.Row():
+                c_go = gr.Button("Count (single-cell images)", variant="primary")
+                f_go = gr.Button("Count whole microscope fields (find the cells first)")
+            f_overlays = gr.Gallery(label="fields: the cells found, numbered as in the count", columns=3, height=260)
             c_summary = gr.Markdown()
             c_table = gr.Dataframe(
                 headers=TABLE_HEADERS,
@@ -375,6 +392,13 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
             a_note = gr.Markdown()
             rendered = [c_table, c_summary, c_chart, c_flagged, c_files]
             c_go.click(h.count, [files], [*rendered, r_cell, report], api_name="count", concurrency_limit=HEAVY_CONCURRENCY)
+            f_go.click(
+                h.count_fields,
+                [files],
+                [*rendered, r_cell, report, f_overlays],
+                api_name="count_fields",
+                concurrency_limit=HEAVY_CONCURRENCY,
+            )
             a_go.click(h.export_reviewed, [report], [a_file, a_note], api_name="export_reviewed")
             c_flagged.select(h.pick_from_gallery, [report], [r_cell], api_name=False)
             r_cell.change(h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_name="open_cell")

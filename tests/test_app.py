@@ -259,7 +259,7 @@ def test_browser_upload_label_and_attribution(app_url, tmp_path, shared_data):
         page.get_by_role("tab", name="Differential count").click()
         batch = matek_images("NGS", 2) + matek_images("LYT", 2) + sorted(UNSEEN.glob("*.jpg"))[:3]  # + 3 unfamiliar types
         page.locator("input[type=file][multiple]").first.set_input_files([str(p) for p in batch])
-        page.get_by_role("button", name="Count").click()
+        page.get_by_role("button", name="Count (single-cell images)").click()
         page.get_by_text("7 images", exact=False).first.wait_for(timeout=120_000)
         for d in shots:
             page.screenshot(path=str(d / "app-count.png"), full_page=True)

@@ -60,3 +60,21 @@ def test_reviewed_cells_download_for_bmc_adapt(handlers, cells):
     code = reviewed.corrections[report.cells[0].name]
     assert zipfile.ZipFile(path).namelist() == [f"reviewed-cells/{code}/cell0.jpg"]
     assert "bmc adapt" in note and "reviewed-cells/" in note
+
+
+def test_fields_are_counted_cell_by_cell_with_numbered_overlays(handlers, tmp_path):
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    canvas = np.full((480, 640, 3), (230, 190, 200), np.uint8)
+    for x, y in ((150, 150), (450, 300)):
+        cv2.circle(canvas, (x, y), 65, (215, 175, 215), -1)
+        cv2.circle(canvas, (x, y), 40, (110, 80, 200), -1)
+    field = tmp_path / "field.png"
+    Image.fromarray(canvas).save(field)
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (640, 480), (240, 240, 240)).save(blank)
+    *rendered, queue, report, overlays = handlers.count_fields([str(field), str(blank)])
+    assert report.n_images == 2 and all(c.name.startswith("field.png#") for c in report.cells)
+    assert len(overlays) == 2 and "no cell found" in rendered[1]  # the blank field is listed as skipped, said why

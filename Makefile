@@ -19,9 +19,9 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 
 install: $(STAMP)
 
-## The app on the bundled default model (http://127.0.0.1:7860).
+## The app on the bundled default model (http://127.0.0.1:7860; another port: make demo PORT=7861).
 demo: install
-	$(BIN)/python app.py --model $(MODEL)
+	$(BIN)/python app.py --model $(MODEL) $(if $(PORT),--port $(PORT))
 
 ## Whole test suite (lint, then unit + integration on ../shared/data + app + headless browser).
 test: install browser lint

@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import zipfile
@@ -433,7 +434,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     examples_dir = Path(os.environ.get("BMC_EXAMPLES") or EXAMPLES_DIR)
     demo = build_app(predictor_from_args(args), examples_dir)
-    demo.launch(server_name=args.host, server_port=args.port, show_error=False, allowed_paths=[str(examples_dir)])
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, show_error=False, allowed_paths=[str(examples_dir)])
+    except OSError as exc:  # e.g. the port is taken: one line and how to choose another, not Gradio's traceback
+        print(
+            f"error: cannot serve on {args.host}:{args.port} ({str(exc).splitlines()[0]}); choose another port with "
+            "--port N or GRADIO_SERVER_PORT=N (make demo PORT=N)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

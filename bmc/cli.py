@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from bmc.backends import BACKENDS
@@ -36,5 +37,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def predictor_from_args(args: argparse.Namespace) -> Predictor:
     """A :class:`bmc.inference.Predictor` from the flags of :func:`add_model_arguments`."""
     from bmc.inference import Predictor
+    from bmc.model import ModelNotFoundError, UnsafeModelError
 
-    return Predictor(args.model, args.backend, args.allow_pickle_weights, args.revision)
+    try:
+        return Predictor(args.model, args.backend, args.allow_pickle_weights, args.revision)
+    except (ModelNotFoundError, UnsafeModelError, FileNotFoundError) as exc:  # a user's mistake: one line, exit code 2
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -29,19 +29,22 @@ class ModelNotFoundError(ValueError):
     """Neither a local model folder nor a Hub id that could be fetched (offline, say)."""
 
 
-def _not_found(name_or_path: str, exc: Exception) -> ModelNotFoundError:
+TRAINING_HINT = (
+    "Without a network, build the DINOv2 ViT-S/14 backbone locally with `make base` (or `bmc base-weights --out "
+    ".cache/dinov2-small`) and pass --model_name_or_path .cache/dinov2-small; a bmc model folder (models/…) works too."
+)
+SERVING_HINT = "Give --model a bmc model folder (e.g. models/bmc-dinov2s-matek-pbc13, the default) or a Hub id reachable from here."
+
+
+def _not_found(name_or_path: str, exc: Exception, hint: str = TRAINING_HINT) -> ModelNotFoundError:
     """A message that says why a model could not be had and what to do, instead of transformers' generic one."""
     import os
 
     if Path(name_or_path).exists() or name_or_path.startswith((".", "/", "~")):
-        return ModelNotFoundError(f"{name_or_path}: not a model folder ({str(exc).splitlines()[0][:160]})")
+        return ModelNotFoundError(f"{name_or_path}: not a model folder ({str(exc).splitlines()[0][:160]}). {hint}")
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     why = "HF_HUB_OFFLINE=1 is set" if offline else "the Hub is unreachable from here, or there is no such repository"
-    return ModelNotFoundError(
-        f"{name_or_path} is not a local folder and could not be fetched from the Hugging Face Hub ({why}). Without a network, "
-        "build the DINOv2 ViT-S/14 backbone locally with `make base` (or `bmc base-weights --out .cache/dinov2-small`) and pass "
-        "--model_name_or_path .cache/dinov2-small; a bmc model folder (models/…) works too."
-    )
+    return ModelNotFoundError(f"{name_or_path} is not a local folder and could not be fetched from the Hugging Face Hub ({why}). {hint}")
 
 
 def check_safetensors(name_or_path: str, allow_pickle: bool = False) -> None:
@@ -107,7 +110,7 @@ def load_classifier(name_or_path: str, allow_pickle: bool = False, revision: str
     try:
         model = _from_pretrained(name_or_path, allow_pickle, revision)
     except OSError as exc:
-        raise _not_found(name_or_path, exc) from None
+        raise _not_found(name_or_path, exc, SERVING_HINT) from None
     processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision or "main")
     return model.eval(), processor
 

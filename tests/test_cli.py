@@ -1,6 +1,7 @@
 """`python -m bmc count`: the differential count from the command line, with a progress bar."""
 
 import csv
+import os
 import subprocess
 import sys
 import zipfile
@@ -121,3 +122,18 @@ def test_fields_are_counted_cell_by_cell_and_an_unreadable_folder_says_why(tmp_p
     )
     assert bad.returncode == 2 and "skipped" in bad.stderr and "a.jpg" in bad.stderr and "no report written" in bad.stderr
     assert not (tmp_path / "r2").exists()
+
+
+@pytest.mark.parametrize("model", ["/nonexistent/model", "someone/no-such-model"])
+def test_a_wrong_model_is_one_line_and_exit_code_2(tmp_path, model):
+    result = subprocess.run(
+        [sys.executable, "-m", "bmc", "count", str(tmp_path), "--model", model, "--out", str(tmp_path / "r")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and lines[-1].startswith("error:") and "Traceback" not in result.stderr
+    assert "--model " in lines[-1] and "--model_name_or_path" not in lines[-1]

@@ -160,7 +160,9 @@ class ModelArguments:
         },
     )
     early_stopping_patience: int = field(default=3, metadata={"help": "Evaluations without macro-F1 gain before stopping (0: off)"})
-    review_target_accuracy: float = field(default=0.95, metadata={"help": "Validation accuracy required above the review threshold"})
+    review_target_accuracy: float = field(
+        default=0.95, metadata={"help": "Accuracy the unflagged cells must reach at the 95% lower confidence bound on validation"}
+    )
 
     def __post_init__(self) -> None:
         """Checks that need no data or weights (only the base model's config.json, when it is a local folder)."""

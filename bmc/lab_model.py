@@ -40,7 +40,6 @@ from bmc.uploads import iter_images
 
 MIN_NEW_CLASS = 5
 """Cells of a class the model lacks needed to add it."""
-MIN_PER_CLASS_WARN = 5
 REPLAY_PER_CLASS = 30
 """Base training images per class replayed beside the lab's cells (from the model's split manifest)."""
 PULL = 3e-2

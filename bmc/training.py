@@ -357,9 +357,10 @@ def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[SkippedFile]
     if args.split_mode == "block" and not any(D.image_number(s) is not None for s in sources):
         log.warning("no image numbers in the file names: falling back to a random split")
         args.split_mode = "random"
+    labels = [codes[i] for i in label_ids]
     splits = D.assign_splits(
         sources,
-        [codes[i] for i in label_ids],
+        labels,
         val_fraction,
         args.test_split,
         args.split_mode,
@@ -368,6 +369,26 @@ def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[SkippedFile]
         domains,
         cells.id_only_domains,
     )
+    wanted = {"validation"} if val_fraction > 0 else set()
+    if args.split_mode == "block" and not wanted <= set(splits):
+        # a small data set has too few blocks of consecutive images per class to hold any out
+        log.warning(
+            "block split: too few blocks of %d consecutive images per class to hold out a validation split; "
+            "splitting at random instead (--split_mode random says so up front, a smaller --split_block_size keeps blocks)",
+            args.split_block_size,
+        )
+        args.split_mode = "random"
+        splits = D.assign_splits(
+            sources,
+            labels,
+            val_fraction,
+            args.test_split,
+            "random",
+            args.split_block_size,
+            args.split_seed,
+            domains,
+            cells.id_only_domains,
+        )
     dsd = D.split_cells(ds, splits)
     if args.validation_dir:
         val = D.load_folder(args.validation_dir, codes=codes)

@@ -520,3 +520,20 @@ def test_failed_push_keeps_the_model_and_says_so(monkeypatch, tmp_path, caplog):
     )
     assert code == 3
     assert "push to the Hub failed (Hub unreachable)" in caplog.text and str(tmp_path / "out") in caplog.text
+
+
+def test_a_small_data_set_under_the_block_split_falls_back_to_random_and_says_so(tmp_path, caplog):
+    import logging
+
+    from PIL import Image
+
+    from bmc.training import DataArguments, prepare_data
+
+    for code in ("BLA", "LYT"):
+        (tmp_path / code).mkdir()
+        for i in range(1, 16):  # one block of 50 per class: block mode could hold nothing out
+            Image.new("RGB", (20, 20), (10 * i, 0, 0)).save(tmp_path / code / f"{code}_{i:05d}.png")
+    with caplog.at_level(logging.WARNING, logger="bmc.training"):
+        dsd, _, manifest = prepare_data(DataArguments(train_dir=str(tmp_path)), seed=0)
+    assert "splitting at random instead" in caplog.text
+    assert len(dsd["validation"]) > 0 and {r["split"] for r in manifest} >= {"train", "validation"}

@@ -176,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             parser.error(f"not found: {', '.join(missing)}")
         try:
-            summary = locate_fields(predictor_from_args(args), iter_images(args.inputs), args.out)
+            lines = locate_fields(predictor_from_args(args), iter_images(args.inputs), args.out)
         except UploadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        for line in summary:
+        for line in lines:
             print(line)
     elif args.command == "base-weights":
         from bmc.base_weights import materialise_convnext_scratch, materialise_dinov2_small

@@ -22,7 +22,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:  # torch is imported where it is used: `python -m bmc` reads BACKENDS without it
     import torch
@@ -51,7 +51,8 @@ def with_embeddings(model: torch.nn.Module) -> torch.nn.Module:
 
         def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             caught: list[torch.Tensor] = []
-            handle = self.inner.classifier.register_forward_pre_hook(lambda _module, args: caught.append(args[0]))
+            head = cast(torch.nn.Module, self.inner.classifier)
+            handle = head.register_forward_pre_hook(lambda _module, args: caught.append(args[0]))
             try:
                 logits = self.inner(pixel_values=pixel_values).logits
             finally:

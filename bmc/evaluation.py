@@ -72,7 +72,9 @@ VALIDATION_PREDICTIONS = "validation_predictions.csv"
 compared image by image (:func:`bmc.metrics.paired_macro_f1_difference`), not only by their totals."""
 
 
-def write_predictions(path: str | Path, sources: Sequence[str], labels: Sequence[int], probs: np.ndarray, codes: Sequence[str]) -> None:
+def write_predictions(
+    path: str | Path, sources: Sequence[str], labels: Sequence[int] | np.ndarray, probs: np.ndarray, codes: Sequence[str]
+) -> None:
     """One row per image: file, true class, predicted class and its calibrated confidence."""
     import csv
 

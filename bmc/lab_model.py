@@ -23,7 +23,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -321,7 +321,7 @@ def adapt_model(
     replay = replay_records(Path(model), base.codes, replay_per_class) if Path(model).is_dir() else []
     say(f"replaying {len(replay)} of the base model's training images ...")
     replay_x = base.forward([Image.open(p).convert("RGB") for p, _ in replay])[1] if replay else np.zeros((0, lab_x.shape[1]))
-    head = base.model.classifier
+    head = cast(torch.nn.Linear, base.model.classifier)
     result = adapt_head(
         base.codes, head.weight.detach().numpy(), head.bias.detach().numpy(), lab_x, lab.codes, replay_x, [c for _, c in replay]
     )

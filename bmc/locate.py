@@ -71,11 +71,11 @@ def _blobs(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Connected nuclear-stain blobs of an RGB array: (stats rows x, y, w, h, area; centroids)."""
     f = rgb.astype(np.float32)
     blue = cv2.GaussianBlur(f[:, :, 2] - f[:, :, 0], (0, 0), SMOOTH_SIGMA)
-    mask = (blue > BLUE_MINUS_RED).astype(np.uint8)
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+    stain = (blue > BLUE_MINUS_RED).astype(np.uint8)
+    opened = cv2.morphologyEx(stain, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
     k = max(3, int(round(DILATE_PX * max(rgb.shape[:2]) / WORK_SIDE)) | 1)
-    mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    _n, _labels, stats, centroids = cv2.connectedComponentsWithStats(mask)
+    joined = cv2.dilate(opened, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    _n, _labels, stats, centroids = cv2.connectedComponentsWithStats(joined)
     return stats[1:], centroids[1:]
 
 
@@ -147,7 +147,8 @@ def draw(image: Image.Image, boxes: list[Box], labels: list[str] | None = None) 
     canvas = np.asarray(image.convert("RGB")).copy()
     thick = max(2, max(canvas.shape[:2]) // 320)
     for i, b in enumerate(boxes, start=1):
-        colour = tuple(int(c) for c in np.array(cv2.applyColorMap(np.uint8([[37 * i % 255]]), cv2.COLORMAP_TURBO))[0, 0][::-1])
+        shade = np.array([[37 * i % 255]], dtype=np.uint8)
+        colour = tuple(int(c) for c in cv2.applyColorMap(shade, cv2.COLORMAP_TURBO)[0, 0][::-1])
         cv2.rectangle(canvas, (b.x0, b.y0), (b.x1, b.y1), colour, thick)
         text = f"{i}" + (f" {labels[i - 1]}" if labels else "")
         cv2.putText(canvas, text, (b.x0 + 3, max(12, b.y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, colour, thick)

@@ -34,7 +34,7 @@ def _metric() -> evaluate.EvaluationModule:
     return evaluate.load(str(MODULE_DIR))
 
 
-def classification_metrics(probs: np.ndarray, references: Sequence[int], num_classes: int | None = None) -> dict:
+def classification_metrics(probs: np.ndarray, references: Sequence[int] | np.ndarray, num_classes: int | None = None) -> dict:
     """All card metrics from probabilities: scalars, ``per_class`` and ``confusion_matrix``."""
     probs = np.asarray(probs, dtype=np.float32)
     return _metric().compute(predictions=probs.tolist(), references=[int(r) for r in references], num_classes=num_classes or probs.shape[1])

@@ -166,9 +166,11 @@ class CountReport:
             return replace(self, learnt={}, learning_note=note)
         model_codes = list(self.cells[0].prediction.probs)  # the model's own class order (logits' columns)
         index = {c.name: i for i, c in enumerate(self.cells)}
+        logits = [c.prediction.logits for c in self.cells if c.prediction.logits is not None]
+        embeddings = [c.prediction.embedding for c in self.cells if c.prediction.embedding is not None]
         state = relabel(
-            np.stack([c.prediction.logits for c in self.cells]),
-            np.stack([c.prediction.embedding for c in self.cells]),
+            np.stack(logits),
+            np.stack(embeddings),
             {index[n]: model_codes.index(code) for n, code in self.corrections.items()},
             self.temperature,
             self.threshold,

@@ -34,7 +34,7 @@ from bmc.explain import Explainer, get_method, overlay
 from bmc.images import IMAGE_SUFFIXES, ImageError, open_image
 from bmc.inference import Predictor
 from bmc.locate import several_cells
-from bmc.locate_fields import iter_field_cells
+from bmc.locate_fields import cell_at, iter_field_cells
 from bmc.report import DISCLAIMER, TABLE_HEADERS, CountReport, predict_stream, report_for, table, write_all
 from bmc.uploads import ARCHIVE_SUFFIXES, UploadError, iter_images
 
@@ -139,7 +139,22 @@ class CellApp:
         overlays: dict[str, Image.Image] = {}
         report = self._count(files, overlays)
         gallery = [(image, f"{name}: numbered boxes = the cells {name}#1, #2, … of the count") for name, image in overlays.items()]
-        return (*self.render(report), gr.update(choices=report.review_queue(), value=None), report, gallery)
+        return (*self.render(report), gr.update(choices=report.review_queue(), value=None), report, gallery, overlays)
+
+    @staticmethod
+    def show_field(overlays: dict[str, Image.Image] | None, evt: gr.SelectData) -> tuple[Image.Image | None, str | None]:
+        """The field clicked in the overlay gallery, large, for clicking its boxes."""
+        names = list(overlays or {})
+        if not isinstance(evt.index, int) or not 0 <= evt.index < len(names):
+            return None, None
+        return overlays[names[evt.index]], names[evt.index]  # type: ignore[index]
+
+    @staticmethod
+    def pick_box(field: str | None, report: CountReport | None, evt: gr.SelectData) -> str | None:
+        """The cell whose box was clicked on the field (its name opens it for review); None off every box."""
+        if not field or report is None or not isinstance(evt.index, (list, tuple)):
+            return None
+        return cell_at((c.name for c in report.cells), field, float(evt.index[0]), float(evt.index[1]))
 
     def _count(self, files: list[str] | None, overlays: dict[str, Image.Image] | None) -> CountReport:
         """The count of single cells (``overlays`` None) or of the cells found in fields."""
@@ -358,7 +373,11 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
             with gr.Row():
                 c_go = gr.Button("Count (single-cell images)", variant="primary")
                 f_go = gr.Button("Count whole microscope fields (find the cells first)")
-            f_overlays = gr.Gallery(label="fields: the cells found, numbered as in the count", columns=3, height=260)
+            with gr.Row():
+                f_overlays = gr.Gallery(label="fields: the cells found, numbered as in the count (click one)", columns=3, height=260)
+                f_field = gr.Image(type="pil", label="field: click a box to review that cell", interactive=False, height=260)
+            f_state = gr.State(None, time_to_live=3600)  # this session's field overlays
+            f_name = gr.State(None, time_to_live=3600)
             c_summary = gr.Markdown()
             c_table = gr.Dataframe(
                 headers=TABLE_HEADERS,
@@ -396,10 +415,12 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
             f_go.click(
                 h.count_fields,
                 [files],
-                [*rendered, r_cell, report, f_overlays],
+                [*rendered, r_cell, report, f_overlays, f_state],
                 api_name="count_fields",
                 concurrency_limit=HEAVY_CONCURRENCY,
             )
+            f_overlays.select(h.show_field, [f_state], [f_field, f_name], api_name=False)
+            f_field.select(h.pick_box, [f_name, report], [r_cell], api_name=False)
             a_go.click(h.export_reviewed, [report], [a_file, a_note], api_name="export_reviewed")
             c_flagged.select(h.pick_from_gallery, [report], [r_cell], api_name=False)
             r_cell.change(h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_name="open_cell")

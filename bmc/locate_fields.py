@@ -22,6 +22,27 @@ def field_cell_name(field: str, number: int, box: Box) -> str:
     return f"{field}#{number} [{box.x0},{box.y0},{box.x1},{box.y1}]"
 
 
+def parse_field_cell_name(name: str) -> tuple[str, int, Box] | None:
+    """The field, number and box of a cell named by :func:`field_cell_name` (None for any other name)."""
+    field, sep, rest = name.rpartition("#")
+    number, _, box = rest.partition(" [")
+    try:
+        x0, y0, x1, y1 = (int(v) for v in box.rstrip("]").split(","))
+        return (field, int(number), Box(x0, y0, x1, y1, 0)) if sep else None
+    except ValueError:
+        return None
+
+
+def cell_at(names: Iterable[str], field: str, x: float, y: float) -> str | None:
+    """The cell of ``field`` whose box holds the point (x, y) in the field's pixels (the smallest if boxes overlap)."""
+    hits = []
+    for name in names:
+        parsed = parse_field_cell_name(name)
+        if parsed and parsed[0] == field and parsed[2].x0 <= x <= parsed[2].x1 and parsed[2].y0 <= y <= parsed[2].y1:
+            hits.append((parsed[2].side, name))
+    return min(hits)[1] if hits else None
+
+
 def iter_field_cells(
     items: Iterable[tuple[str, Image.Image] | SkippedFile], overlays: dict[str, Image.Image] | None = None
 ) -> Iterator[tuple[str, Image.Image] | SkippedFile]:

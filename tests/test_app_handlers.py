@@ -75,6 +75,14 @@ def test_fields_are_counted_cell_by_cell_with_numbered_overlays(handlers, tmp_pa
     Image.fromarray(canvas).save(field)
     blank = tmp_path / "blank.png"
     Image.new("RGB", (640, 480), (240, 240, 240)).save(blank)
-    *rendered, queue, report, overlays = handlers.count_fields([str(field), str(blank)])
+    *rendered, queue, report, gallery, overlays = handlers.count_fields([str(field), str(blank)])
     assert report.n_images == 2 and all(c.name.startswith("field.png#") for c in report.cells)
-    assert len(overlays) == 2 and "no cell found" in rendered[1]  # the blank field is listed as skipped, said why
+    assert len(gallery) == 2 and "no cell found" in rendered[1]  # the blank field is listed as skipped, said why
+    # click the first field in the gallery, then a box on it: that cell opens for review
+    from types import SimpleNamespace
+
+    image, name = handlers.show_field(overlays, SimpleNamespace(index=0))
+    assert name == "field.png" and image.size == (640, 480)
+    clicked = handlers.pick_box(name, report, SimpleNamespace(index=[450, 300]))
+    assert clicked is not None and clicked.startswith("field.png#") and report.cell(clicked) is not None
+    assert handlers.pick_box(name, report, SimpleNamespace(index=[5, 470])) is None  # off every box

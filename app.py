@@ -29,12 +29,12 @@ from PIL import Image
 
 from bmc import labels as L
 from bmc.cli import add_model_arguments, predictor_from_args
-from bmc.evaluation import single_source_classes, unseen_marrow_score
 from bmc.explain import Explainer, get_method, overlay
 from bmc.images import IMAGE_SUFFIXES, ImageError, open_image
 from bmc.inference import Predictor
 from bmc.locate import several_cells
 from bmc.locate_fields import cell_at, iter_field_cells
+from bmc.model_folder import single_source_classes, unseen_marrow_score
 from bmc.report import DISCLAIMER, TABLE_HEADERS, CountReport, predict_stream, report_for, table, write_all
 from bmc.uploads import ARCHIVE_SUFFIXES, UploadError, iter_images
 

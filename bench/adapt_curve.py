@@ -21,13 +21,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.review import cached_forward, load_set  # noqa: E402
 from bmc.calibration import softmax  # noqa: E402
-from bmc.lab_model import adapt_head, replay_records  # noqa: E402
+from bmc.evaluation import counts_right  # noqa: E402
+from bmc.lab_model import LAB_WEIGHT, PULL, adapt_head, replay_records  # noqa: E402
 from bmc.metrics import classification_metrics  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -35,33 +38,8 @@ PER_CLASS = (5, 10, 20)
 DRAWS = 5
 
 
-def embed(predictor, cells: Path | None, records: list[tuple[str, str]] | None, cache: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Logits, embeddings and codes of a labelled folder or of (path, code) records; cached per model version."""
-    from PIL import Image
-
-    from bmc.data import resolve_source
-    from bmc.evaluation import load_labelled
-
-    if cache.is_file():
-        c = np.load(cache, allow_pickle=False)
-        if str(c["version"]) == predictor.version:
-            return c["logits"], c["embeddings"], [str(x) for x in c["codes"]]
-    if cells is not None:
-        ds, _excluded, _eq = load_labelled(cells, predictor.codes)
-        images = [im.convert("RGB") for im in ds["image"]]
-        codes = [predictor.codes[i] for i in ds["label"]]
-    else:
-        images = [Image.open(resolve_source(p)).convert("RGB") for p, _ in records]
-        codes = [c for _, c in records]
-    logits, emb = predictor.forward(images)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, logits=logits, embeddings=emb, codes=np.array(codes), version=predictor.version)
-    return logits, emb, codes
-
-
 def main(argv: list[str] | None = None) -> int:
     from bmc.constants import DEFAULT_MODEL
-    from bmc.data import read_manifest
     from bmc.inference import Predictor
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,23 +52,30 @@ def main(argv: list[str] | None = None) -> int:
         default="test",
         help="the base model's split that measures forgetting (validation: to choose the method's settings)",
     )
+    parser.add_argument("--per-class", type=int, nargs="+", default=list(PER_CLASS), help="labelled cells per class")
+    parser.add_argument("--draws", type=int, default=DRAWS, help="draws (seeds 0..N-1) per number of cells")
+    parser.add_argument("--pull", type=float, default=PULL, help="L2 pull towards the original head (bmc.lab_model.PULL)")
+    parser.add_argument("--lab-weight", type=float, default=LAB_WEIGHT, help="weight of a lab cell against a replayed image")
     parser.add_argument("--features", type=Path, default=ROOT / ".cache" / "adapt", help="folder of cached embeddings")
     args = parser.parse_args(argv)
 
     predictor = Predictor(args.model, backend="torch")
     head = predictor.model.classifier
     weight, bias = head.weight.detach().numpy(), head.bias.detach().numpy()
-    _, lab_x, lab_codes = embed(predictor, args.lab, None, args.features / "lab.npz")
-    _, replay_x, replay_codes = embed(predictor, None, replay_records(Path(args.model), predictor.codes), args.features / "replay.npz")
-    rows = [
-        r
-        for r in read_manifest(Path(args.model) / "split_manifest.csv")
-        if r["split"] == args.split and r.get("domain") == "bone-marrow-cells"
-    ]
-    test_logits, test_x, test_codes = embed(
-        predictor, None, [(r["source"], r["label"]) for r in rows], args.features / f"matek-{args.split}.npz"
+    codes = predictor.codes
+    _, lab_x, lab_y, lab_eq = cached_forward(predictor, args.features / "lab.npz", lambda: load_set(args.lab, codes, None, None))
+    lab_codes = [codes[i] for i in lab_y]
+    replay = replay_records(Path(args.model), codes)
+    _, replay_x, replay_y, _ = cached_forward(
+        predictor,
+        args.features / "replay.npz",
+        lambda: ([Image.open(p).convert("RGB") for p, _ in replay], np.array([codes.index(c) for _, c in replay]), None),
     )
-    test_y = np.array([predictor.codes.index(c) for c in test_codes])
+    replay_codes = [codes[i] for i in replay_y]
+    manifest = Path(args.model) / "split_manifest.csv"
+    test_logits, test_x, test_y, _ = cached_forward(
+        predictor, args.features / f"matek-{args.split}.npz", lambda: load_set(manifest, codes, args.split, "bone-marrow-cells")
+    )
     before = classification_metrics(softmax(test_logits), test_y, num_classes=len(predictor.codes))["macro_f1"]
     lab_codes_arr = np.array(lab_codes)
     results: dict = {
@@ -98,20 +83,32 @@ def main(argv: list[str] | None = None) -> int:
         "lab": str(args.lab),
         "n_lab": len(lab_codes),
         "forgetting_split": args.split,
+        "pull": args.pull,
+        "lab_weight": args.lab_weight,
         "matek_macro_f1_before": before,
         "runs": [],
     }
-    for k in PER_CLASS:
-        for seed in range(DRAWS):
+    for k in args.per_class:
+        for seed in range(args.draws):
             rng = np.random.default_rng(seed)
             picked = np.concatenate([rng.permutation(np.nonzero(lab_codes_arr == c)[0])[:k] for c in sorted(set(lab_codes))])
             rest = np.setdiff1d(np.arange(len(lab_codes)), picked)
             t0 = time.perf_counter()
-            result = adapt_head(predictor.codes, weight, bias, lab_x[picked], [lab_codes[i] for i in picked], replay_x, replay_codes)
+            result = adapt_head(
+                codes,
+                weight,
+                bias,
+                lab_x[picked],
+                [lab_codes[i] for i in picked],
+                replay_x,
+                replay_codes,
+                pull=args.pull,
+                lab_weight=args.lab_weight,
+            )
             seconds = time.perf_counter() - t0
             predicted = np.array(result.codes)[(lab_x[rest] @ result.weight.T + result.bias).argmax(axis=1)]
             truth = lab_codes_arr[rest]
-            right = (predicted == truth) | ((predicted == "NGB") & (truth == "NGS"))  # BCCD neutrophils are unsplit
+            right = counts_right(predicted, truth, lab_eq)  # BCCD's neutrophils are unsplit: a band call counts
             after = classification_metrics(softmax(test_x @ result.weight.T + result.bias), test_y, num_classes=len(result.codes))
             results["runs"].append(
                 {
@@ -126,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(json.dumps(results["runs"][-1]), flush=True)
     summary = {}
-    for k in PER_CLASS:
+    for k in args.per_class:
         runs = [r for r in results["runs"] if r["per_class"] == k]
         summary[str(k)] = {
             key: [float(np.mean([r[key] for r in runs])), float(np.std([r[key] for r in runs]))]

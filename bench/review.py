@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,16 @@ TARGET = 0.95
 
 def load_set(cells: Path, codes: list[str], split: str | None, domain: str | None) -> tuple[list, np.ndarray, dict[str, str] | None]:
     """Images, true class indices and class equivalents of a labelled folder or of a manifest split."""
-    from bmc.data import read_manifest
+    from bmc.data import read_manifest, resolve_source
     from bmc.evaluation import dataset_from_manifest, load_labelled
 
     if cells.suffix == ".csv":
         if not split:
             raise SystemExit("--cells is a manifest: give --split (train, validation or test)")
         rows = [
-            r for r in read_manifest(cells) if r["split"] == split and (not domain or r.get("domain") == domain) and r["label"] in codes
+            {**r, "source": str(resolve_source(r["source"]))}
+            for r in read_manifest(cells)
+            if r["split"] == split and (not domain or r.get("domain") == domain) and r["label"] in codes
         ]
         ds, equivalents = dataset_from_manifest(rows, codes), None
     else:
@@ -64,12 +67,30 @@ def load_set(cells: Path, codes: list[str], split: str | None, domain: str | Non
 
 
 def right(labels: np.ndarray, truth: np.ndarray, codes: list[str], equivalents: dict[str, str] | None) -> np.ndarray:
-    """Per cell, whether ``labels`` is right (a class its set does not tell apart counts as its equivalent)."""
-    mapped = labels.copy()
-    for alias, target in (equivalents or {}).items():
-        if alias in codes and target in codes:
-            mapped[mapped == codes.index(alias)] = codes.index(target)
-    return mapped == truth
+    """Per cell, whether class index ``labels`` is right (:func:`bmc.evaluation.counts_right` on the codes)."""
+    from bmc.evaluation import counts_right
+
+    names = np.asarray(codes)
+    return counts_right(names[labels], names[truth], equivalents)
+
+
+def cached_forward(
+    predictor: Any, cache: Path | None, load: Callable[[], tuple[list, np.ndarray, dict[str, str] | None]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, str] | None]:
+    """Logits, embeddings, true class indices and class equivalents of a set: from ``cache`` (.npz) when it holds
+    this model version's pass, else one forward pass over ``load()``'s images, written to ``cache``."""
+    cached = np.load(cache, allow_pickle=False) if cache and cache.is_file() else None
+    fields = {"logits", "embeddings", "truth", "equivalents", "version"}
+    if cached is not None and fields <= set(cached.files) and str(cached["version"]) == predictor.version:
+        return cached["logits"], cached["embeddings"], cached["truth"], json.loads(str(cached["equivalents"])) or None
+    images, truth, equivalents = load()
+    logits, embeddings = predictor.forward(images)
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            cache, logits=logits, embeddings=embeddings, truth=truth, equivalents=json.dumps(equivalents or {}), version=predictor.version
+        )
+    return logits, embeddings, truth, equivalents
 
 
 def at_levels(n: int) -> dict[str, int]:
@@ -182,23 +203,9 @@ def main(argv: list[str] | None = None) -> int:
 
     predictor = Predictor(str(args.model))
     codes = predictor.codes
-    cached = np.load(args.features, allow_pickle=False) if args.features and args.features.is_file() else None
-    if cached is not None and str(cached.get("version", "")) == predictor.version:
-        logits, embeddings, truth = cached["logits"], cached["embeddings"], cached["truth"]
-        equivalents = json.loads(str(cached["equivalents"])) or None
-    else:
-        images, truth, equivalents = load_set(args.cells, codes, args.split, args.domain)
-        logits, embeddings = predictor.forward(images)
-        if args.features:
-            args.features.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(
-                args.features,
-                logits=logits,
-                embeddings=embeddings,
-                truth=truth,
-                equivalents=json.dumps(equivalents or {}),
-                version=predictor.version,
-            )
+    logits, embeddings, truth, equivalents = cached_forward(
+        predictor, args.features, lambda: load_set(args.cells, codes, args.split, args.domain)
+    )
     probs = softmax(logits, predictor.temperature)
     ok = right(probs.argmax(axis=1), truth, codes, equivalents)
     static, static_95 = simulate_static(probs, truth, ok)

@@ -33,6 +33,7 @@ import datasets
 from bmc import labels as L
 from bmc.constants import REPO_ROOT
 from bmc.images import IMAGE_SUFFIXES, ImageError, SkippedFile, open_image
+from bmc.model_folder import read_manifest  # noqa: F401 - D.read_manifest: the manifest's reader lives with the model folder
 
 SPLITS = ("train", "validation", "test")
 
@@ -420,12 +421,6 @@ def resolve_source(source: str) -> Path:
     if path.is_absolute() or path.exists():
         return path
     return REPO_ROOT / path
-
-
-def read_manifest(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a manifest written by :func:`write_manifest`."""
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def write_skipped(path: str | Path, skipped: Sequence[SkippedFile]) -> None:

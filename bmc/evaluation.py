@@ -39,6 +39,13 @@ UNSPLIT_NEUTROPHIL = {"NGB": "NGS"}
 """For sets whose neutrophils are not split into band/segmented: a band call counts as segmented."""
 
 
+def counts_right(predicted: Sequence[str], truth: Sequence[str], equivalents: dict[str, str] | None) -> np.ndarray:
+    """Per cell, whether a predicted code is right, a class its set's labels do not tell apart counting as its
+    equivalent (a band call for a BCCD neutrophil: :data:`UNSPLIT_NEUTROPHIL`)."""
+    eq = equivalents or {}
+    return np.array([eq.get(p, p) == t for p, t in zip(predicted, truth)], dtype=bool)
+
+
 def metrics_from_logits(
     logits: np.ndarray,
     labels: np.ndarray,
@@ -230,29 +237,6 @@ def evaluate_unseen_marrow(
     }
 
 
-def single_source_classes(model_dir: str | Path) -> dict[str, list[str]]:
-    """Classes that only a secondary training source supplied (code -> those sources), from the model's split
-    manifest: e.g. the classes a marrow model learnt from peripheral-blood images only. Empty without a manifest."""
-    manifest = Path(model_dir) / "split_manifest.csv"
-    if not manifest.is_file():
-        return {}
-    rows = [r for r in D.read_manifest(manifest) if r["split"] == "train"]
-    primary = rows[0].get("domain", "") if rows else ""
-    domains: dict[str, set[str]] = {}
-    for row in rows:
-        domains.setdefault(row["label"], set()).add(row.get("domain", ""))
-    return {code: sorted(ds) for code, ds in domains.items() if primary not in ds}
-
-
-def unseen_marrow_score(model_dir: str | Path, codes: Sequence[str]) -> tuple[int, int] | None:
-    """Of the marrow images of ``codes`` in the card's unseen-type check (``bmc evaluate --unseen``), how many the
-    model named right, and how many there were; None when the card has no such check."""
-    path = Path(model_dir) / "metrics.json"
-    rows = (json.loads(path.read_text()).get("unseen_marrow") or {}).get("rows", []) if path.is_file() else []
-    mine = [r for r in rows if r["true"] in codes]
-    return (sum(r["predicted"] == r["true"] for r in mine), len(mine)) if mine else None
-
-
 def shared_classes(manifest: list[dict]) -> list[str]:
     """Classes that more than one training domain supplies (with one domain: none)."""
     domains: dict[str, set[str]] = {}
@@ -351,22 +335,34 @@ def evaluate_model_dir(
 def recalibrate_model_dir(model_dir: Path, metrics: dict, rows: Sequence[dict], model: Any, processor: Any, denoise: bool) -> None:
     """Refit calibration and review threshold on the validation split of ``rows``; update config.json, the
     validation figures and predictions in ``metrics`` and beside the model."""
-    from bmc.calibration import calibrate
-    from bmc.model import update_config
-
     val = dataset_from_manifest([r for r in rows if r["split"] == "validation"], metrics["classes"])
     if not len(val):
         raise ValueError(f"{model_dir}: no validation split in its split_manifest.csv to calibrate on")
-    logits, labels = dataset_logits(model, processor, val, use_denoise=denoise)
-    calib = calibrate(logits, labels, metrics.get("calibration", {}).get("target_accuracy", 0.95))
-    update_config(model_dir, **calibration_config(calib))
-    metrics["calibration"] = calib
+    target = metrics.get("calibration", {}).get("target_accuracy", 0.95)
+    metrics["calibration"], metrics["validation"] = calibrate_on_validation(
+        model_dir, model, processor, val, metrics["classes"], target, denoise
+    )
+
+
+def calibrate_on_validation(
+    model_dir: Path, model: Any, processor: Any, validation: Any, codes: Sequence[str], target_accuracy: float, denoise: bool
+) -> tuple[dict, dict]:
+    """Fit temperature and review threshold on a validation set, store them in ``model_dir``'s config.json, write
+    its per-image predictions beside the model, and return the calibration and the validation figures (per
+    source too): the one calibration step of training and of ``bmc evaluate --recalibrate``."""
+    from bmc.calibration import calibrate
+    from bmc.model import update_config
+
+    logits, labels = dataset_logits(model, processor, validation, use_denoise=denoise)
+    calib = calibrate(logits, labels, target_accuracy)
+    update_config(model_dir, **calibration_config(calib), bmc_denoise=denoise)
     t, thr = calib["temperature"], calib["review_threshold"]
-    metrics["validation"] = metrics_from_logits(logits, labels, metrics["classes"], t, threshold=thr)
-    per_domain = by_domain(logits, labels, val["domain"], metrics["classes"], t, thr)
+    figures = metrics_from_logits(logits, labels, codes, t, threshold=thr)
+    per_domain = by_domain(logits, labels, validation["domain"], codes, t, thr)
     if per_domain:
-        metrics["validation"]["by_domain"] = per_domain
-    write_predictions(model_dir / VALIDATION_PREDICTIONS, val["source"], labels, softmax(logits, t), metrics["classes"])
+        figures["by_domain"] = per_domain
+    write_predictions(Path(model_dir) / VALIDATION_PREDICTIONS, validation["source"], labels, softmax(logits, t), codes)
+    return calib, figures
 
 
 def calibration_config(calib: dict) -> dict:

@@ -118,7 +118,7 @@ def replay_records(model_dir: Path, codes: Sequence[str], per_class: int = REPLA
 
 
 def fit_head(
-    weight: np.ndarray, bias: np.ndarray, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray
+    weight: np.ndarray, bias: np.ndarray, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, pull: float = PULL
 ) -> tuple[np.ndarray, np.ndarray]:
     """A linear head fitted on embeddings ``x`` (weighted cross-entropy, L-BFGS) starting from and pulled
     towards ``weight``/``bias`` (rows of new classes start at zero)."""
@@ -131,7 +131,7 @@ def fit_head(
     def closure() -> torch.Tensor:
         opt.zero_grad()
         loss = (torch.nn.functional.cross_entropy(xt @ w.T + b, yt, reduction="none") * sw).sum()
-        loss = loss + PULL * (((w - w0) ** 2).sum() + ((b - b0) ** 2).sum())
+        loss = loss + pull * (((w - w0) ** 2).sum() + ((b - b0) ** 2).sum())
         loss.backward()
         return loss
 
@@ -163,8 +163,11 @@ def adapt_head(
     replay_codes: Sequence[str],
     folds: int = FOLDS,
     seed: int = 0,
+    pull: float = PULL,
+    lab_weight: float = LAB_WEIGHT,
 ) -> Adaptation:
-    """Refit the head on lab cells + replay; calibrate and measure it on the lab cells by k-fold."""
+    """Refit the head on lab cells + replay; calibrate and measure it on the lab cells by k-fold. ``pull`` and
+    ``lab_weight``: see :data:`PULL` and :data:`LAB_WEIGHT` (``bench/adapt_curve.py`` compares settings)."""
     counts = {c: lab_codes.count(c) for c in dict.fromkeys(lab_codes)}
     added = [c for c, n in counts.items() if c not in model_codes and n >= MIN_NEW_CLASS]
     unknown = {c: n for c, n in counts.items() if c not in model_codes and c not in added}
@@ -180,7 +183,7 @@ def adapt_head(
     ry = np.array([codes.index(c) for c in replay_codes], dtype=int)
     x = np.vstack([lab_x, replay_x]) if len(replay_x) else lab_x
     y = np.concatenate([ly, ry])
-    sw = np.concatenate([np.full(len(ly), LAB_WEIGHT), np.ones(len(ry))])
+    sw = np.concatenate([np.full(len(ly), lab_weight), np.ones(len(ry))])
     # out-of-fold logits of the lab cells: each scored by a head fitted without it
     oof = np.zeros((len(ly), len(codes)))
     order = np.random.default_rng(seed).permutation(len(ly))
@@ -188,12 +191,12 @@ def adapt_head(
     for f in range(k):
         held = order[f::k]
         keep = np.setdiff1d(np.arange(len(y)), held)
-        fw, fb = fit_head(w, b, x[keep], y[keep], sw[keep])
+        fw, fb = fit_head(w, b, x[keep], y[keep], sw[keep], pull)
         oof[held] = lab_x[held] @ fw.T + fb
     calib = calibrate(oof, ly)
     figures = classification_metrics(softmax(oof, calib["temperature"]), ly, num_classes=len(codes))
     figures["n"] = len(ly)
-    final_w, final_b = fit_head(w, b, x, y, sw)
+    final_w, final_b = fit_head(w, b, x, y, sw, pull)
     return Adaptation(codes, final_w, final_b, calib, figures, counts, added, len(ry))
 
 

@@ -29,6 +29,7 @@ import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -111,9 +112,14 @@ class CountReport:
     """Unreviewed cells re-labelled by this review: name → (code, the head's probability of it)."""
     learning_note: str = "no cell reviewed yet: the model's labels stand"
 
+    @cached_property
+    def _by_name(self) -> dict[str, Cell]:
+        return {c.name: c for c in self.cells}
+
     def cell(self, name: str) -> Cell | None:
-        """The counted image of that name (names are unique within a count)."""
-        return next((c for c in self.cells if c.name == name), None)
+        """The counted image of that name (names are unique within a count); a dict lookup, as the review
+        queue and the gallery look up every cell of a count on each render."""
+        return self._by_name.get(name)
 
     def label(self, cell: Cell) -> str:
         """A cell's label now: the reviewer's, else the one learnt from this review, else the model's."""
@@ -147,8 +153,7 @@ class CountReport:
                 f"labels {unknown} are not classes of this model ({', '.join(self.codes)}); a class the model "
                 "lacks can be added with bmc adapt"
             )
-        names = {c.name for c in self.cells}
-        missing = sorted(set(corrections) - names)
+        missing = sorted(n for n in corrections if n not in self._by_name)
         if missing and len(missing) == len(corrections):
             raise ValueError(
                 f"none of the {len(corrections)} reviewed image(s) is in this count (e.g. {missing[0]}): the review is for another count"

@@ -30,14 +30,13 @@ from bmc import data as D
 from bmc import evaluation as E
 from bmc import labels as L
 from bmc.augmentation import TrainTransform
-from bmc.calibration import calibrate, softmax
+from bmc.calibration import softmax
 from bmc.constants import ROBUSTNESS_AUGMENTATIONS
 from bmc.figures import plot_confusion_matrix, plot_training_curves
 from bmc.hub import ExportArguments
 from bmc.images import SkippedFile
-from bmc.inference import dataset_logits
 from bmc.metrics import classification_metrics, scalar_metrics
-from bmc.model import load_classifier, load_for_training, save_classifier, update_config
+from bmc.model import load_classifier, load_for_training, save_classifier
 from bmc.transforms import build_image_processor, make_eval_transform
 
 log = logging.getLogger(__name__)
@@ -534,16 +533,12 @@ def calibrate_and_evaluate(
     """Load the weights as saved in ``folder`` (float16 on disk), fit the calibration on the validation
     split (stored in its config.json), then measure validation, test, external sets and unseen types."""
     model, processor = load_classifier(str(folder))
-    val_logits, val_labels = dataset_logits(model, processor, dsd["validation"], use_denoise=model_args.denoise)
-    calib = calibrate(val_logits, val_labels, model_args.review_target_accuracy)
-    update_config(folder, **E.calibration_config(calib), bmc_denoise=model_args.denoise)
+    calib, validation = E.calibrate_on_validation(
+        folder, model, processor, dsd["validation"], codes, model_args.review_target_accuracy, model_args.denoise
+    )
     t, thr = calib["temperature"], calib["review_threshold"]
     out: dict[str, Any] = {"calibration": calib, "n_parameters": int(sum(p.numel() for p in model.parameters()))}
-    out["validation"] = E.metrics_from_logits(val_logits, val_labels, codes, t, threshold=thr)
-    E.write_predictions(folder / E.VALIDATION_PREDICTIONS, dsd["validation"]["source"], val_labels, softmax(val_logits, t), codes)
-    per_domain = E.by_domain(val_logits, val_labels, dsd["validation"]["domain"], codes, t, thr)
-    if per_domain:
-        out["validation"]["by_domain"] = per_domain
+    out["validation"] = validation
     if "test" in dsd:
         out["test"] = E.evaluate_split(model, processor, dsd["test"], codes, t, model_args.denoise, thr)
     external, unseen = E.evaluate_more(

@@ -23,17 +23,19 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 from PIL import Image
 
-from bmc import labels as L
-from bmc.cli import add_model_arguments, predictor_from_args
+from bmc.constants import SESSION_TTL_S
 from bmc.explain import Explainer, get_method, overlay
 from bmc.images import IMAGE_SUFFIXES, ImageError, open_image
 from bmc.inference import Predictor
+from bmc.labels import CELL_CLASSES, display_name, sort_codes
 from bmc.locate import several_cells
 from bmc.locate_fields import cell_at, iter_field_cells
+from bmc.model_flags import add_model_arguments, predictor_from_args
 from bmc.model_folder import single_source_classes, unseen_marrow_score
 from bmc.report import DISCLAIMER, TABLE_HEADERS, CountReport, predict_stream, report_for, table, write_all
 from bmc.uploads import ARCHIVE_SUFFIXES, UploadError, iter_images
@@ -53,6 +55,13 @@ REVIEW_NOTE = (
 log = logging.getLogger("bmc.app")
 
 
+def user_error(message: str) -> gr.Error:
+    """A problem with what the user gave, shown in the UI; the server logs one line for it, not a traceback
+    (tracebacks are for bugs: any other exception still prints one)."""
+    log.warning("user error: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
 class CellApp:
     """The app's handlers around one loaded model."""
 
@@ -61,17 +70,17 @@ class CellApp:
         self.secondary_only = single_source_classes(predictor.name) if Path(predictor.name).is_dir() else {}
         """Classes learnt only from a secondary source's images (for the bundled model: blood, not marrow)."""
         self.explainer = Explainer(predictor.model, predictor.processor, predictor.use_denoise)
-        self.names = {L.display_name(c): c for c in predictor.codes}
+        self.names = {display_name(c): c for c in predictor.codes}
 
     # ------------------------------------------------------------------ one cell
     @staticmethod
     def load(path: str | None) -> Image.Image:
         if not path:
-            raise gr.Error("No image: upload a single-cell image (JPEG, PNG, TIFF or BMP) or take one with the camera.")
+            raise user_error("No image: upload a single-cell image (JPEG, PNG, TIFF or BMP) or take one with the camera.")
         try:
             return open_image(path, name=Path(path).name)
         except ImageError as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(str(exc)) from None
 
     def classify(self, path: str | None, k: float) -> tuple[dict[str, float] | None, str]:
         """Top-k calibrated classes and a verdict that says when to review; a picture of several cells is not
@@ -84,13 +93,13 @@ class CellApp:
                 "*Differential count*, or crop one cell and upload it."
             )
         pred = self.predictor.predict([image])[0]
-        top = {L.display_name(c): p for c, p in pred.top_k(int(k))}
-        name, threshold = L.display_name(pred.top_code), self.predictor.threshold
+        top = {display_name(c): p for c, p in pred.top_k(int(k))}
+        name, threshold = display_name(pred.top_code), self.predictor.threshold
         if pred.flagged:
             verdict = (
                 f"⚠️ **Uncertain — review manually.** Best guess {name} at {pred.confidence:.1%} calibrated confidence, "
                 f"below the review threshold of {threshold:.1%}. The cell may be of a type this model was not "
-                f"trained on ({len(L.CELL_CLASSES) - len(self.predictor.codes)} of the 21 Matek classes are unknown to it)."
+                f"trained on ({len(CELL_CLASSES) - len(self.predictor.codes)} of the 21 Matek classes are unknown to it)."
             )
         else:
             verdict = (
@@ -116,7 +125,7 @@ class CellApp:
         """An attribution overlay for the predicted (or a chosen) class."""
         image = self.load(path)
         if method not in self.explainer.methods():
-            raise gr.Error(f"{method} is not available for this model; choose one of {', '.join(self.explainer.methods())}.")
+            raise user_error(f"{method} is not available for this model; choose one of {', '.join(self.explainer.methods())}.")
         progress(0.1, desc=f"{method}…")
         target = None if target_name in (None, "", "predicted class") else self.predictor.codes.index(self.names[target_name])
         attribution = self.explainer.explain(image, method, target, noise_tunnel=noise_tunnel)
@@ -124,7 +133,7 @@ class CellApp:
         if get_method(method).class_independent:
             note = f"**{method}** (class-independent). {attribution.how_to_read}"
         else:
-            note = f"**{method}** for **{L.display_name(self.predictor.codes[attribution.target])}**. {attribution.how_to_read}"
+            note = f"**{method}** for **{display_name(self.predictor.codes[attribution.target])}**. {attribution.how_to_read}"
         return overlay(image, attribution.heatmap, opacity), note
 
     # ------------------------------------------------------------------ differential count and review
@@ -159,15 +168,15 @@ class CellApp:
     def _count(self, files: list[str] | None, overlays: dict[str, Image.Image] | None) -> CountReport:
         """The count of single cells (``overlays`` None) or of the cells found in fields."""
         if not files:
-            raise gr.Error("No files: upload cell images, microscope fields or a zip archive of them.")
+            raise user_error("No files: upload cell images, microscope fields or a zip archive of them.")
         items = iter_images(files) if overlays is None else iter_field_cells(iter_images(files), overlays)
         try:
             done, skipped = predict_stream(self.predictor, items, progress=True, thumbnails="all")
         except UploadError as exc:
-            raise gr.Error(str(exc)) from None
+            raise user_error(str(exc)) from None
         if not done:
             reasons = "; ".join(f"{s.source}: {s.reason}" for s in skipped[:5])
-            raise gr.Error(f"No cell to count ({reasons}).")
+            raise user_error(f"No cell to count ({reasons}).")
         return report_for(self.predictor, done, skipped)
 
     def open_cell(self, name: str | None, report: CountReport | None) -> tuple[Image.Image | None, str, str | None]:
@@ -177,29 +186,29 @@ class CellApp:
             return None, "Choose a cell: click one in the review queue or pick a name.", None
         cell = report.cell(name)
         if cell is None:
-            raise gr.Error(f"{name} is not in this count: count again, then choose a cell.")
+            raise user_error(f"{name} is not in this count: count again, then choose a cell.")
         pred = cell.prediction
-        top3 = ", ".join(f"{L.display_name(c)} {s:.0%}" for c, s in pred.top_k(3))
+        top3 = ", ".join(f"{display_name(c)} {s:.0%}" for c, s in pred.top_k(3))
         source = report.source(cell)
         status = {
-            "reviewed": f"reviewed as **{L.display_name(report.label(cell))}**",
-            "learnt": f"not reviewed; learnt from this review: **{L.display_name(report.label(cell))}** ({report.confidence(cell):.0%})",
+            "reviewed": f"reviewed as **{display_name(report.label(cell))}**",
+            "learnt": f"not reviewed; learnt from this review: **{display_name(report.label(cell))}** ({report.confidence(cell):.0%})",
             "model": "flagged, not reviewed yet" if pred.flagged else "not flagged, not reviewed",
         }[source]
         info = f"**{name}** — model: {top3}. {status[0].upper()}{status[1:]}."
         data = cell.image or cell.thumbnail
         image = Image.open(io.BytesIO(data)) if data else None
-        return image, info, L.display_name(report.label(cell))
+        return image, info, display_name(report.label(cell))
 
     def review(self, name: str | None, label_name: str | None, report: CountReport | None):
         """Confirm (the current label) or relabel one cell; the unreviewed cells are re-labelled by what the
         reviewed ones teach, every figure and download follows, and the queue moves to the least sure cell."""
         if report is None:
-            raise gr.Error("Nothing to review yet: count some cells first.")
+            raise user_error("Nothing to review yet: count some cells first.")
         if not name or report.cell(name) is None:
-            raise gr.Error("Choose a cell of this count to review.")
+            raise user_error("Choose a cell of this count to review.")
         if label_name not in self.names:
-            raise gr.Error(f"Choose a label from the list (one of this model's {len(self.names)} classes).")
+            raise user_error(f"Choose a label from the list (one of this model's {len(self.names)} classes).")
         report = report.reviewed({name: self.names[label_name]})
         queue = report.review_queue()
         following = queue[0] if queue and queue[0] not in report.corrections else name
@@ -211,7 +220,7 @@ class CellApp:
         lines = [
             f"**{report.n_counted} nucleated cells counted** ({report.n_images} images; {len(report.skipped)} files skipped). "
             f"**Blasts {report.blast_text}.** M:E ratio {report.me_ratio_text}.",
-            f"{report.n_flagged} flagged for review; {report.n_reviewed} reviewed, {report.n_changed} relabelled.",
+            f"{report.review_status}.",
             report.sources_text,
         ]
         lines += [f"⚠️ {w}" for w in report.warnings]
@@ -221,7 +230,7 @@ class CellApp:
         gallery = []
         for name in gallery_names(report):
             cell = report.cell(name)
-            caption = f"{name} — {L.display_name(report.label(cell))} {report.confidence(cell):.0%} ({report.source(cell)})"
+            caption = f"{name} — {display_name(report.label(cell))} {report.confidence(cell):.0%} ({report.source(cell)})"
             gallery.append((Image.open(io.BytesIO(cell.thumbnail)), caption))
         return table(report), "\n\n".join(lines), str(out["chart"]), gallery, [str(out["csv"]), str(out["html"])]
 
@@ -231,7 +240,7 @@ class CellApp:
         images and the base test split), minutes of CPU that would hold up every other user of a shared
         server; on the lab's own machine it takes a few minutes and the lab keeps its cells."""
         if report is None or not report.corrections:
-            raise gr.Error("No reviewed cells yet: review some cells of a count first (at least two classes).")
+            raise user_error("No reviewed cells yet: review some cells of a count first (at least two classes).")
         folder = _request_dir()
         path = folder / "reviewed-cells.zip"
         with zipfile.ZipFile(path, "w") as zf:
@@ -269,13 +278,13 @@ def example_images(folder: Path, known: list[str], secondary_only: dict[str, lis
     and where it comes from; and a label that says which are which."""
     files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     code = {p: p.name.split("_")[0].upper() for p in files}
-    order = {c: i for i, c in enumerate(L.sort_codes(code.values()))}
+    order = {c: i for i, c in enumerate(sort_codes(code.values()))}
     files.sort(key=lambda p: (code[p] not in known, order[code[p]], p.name))
     unknown = sorted({code[p] for p in files if code[p] not in known}, key=order.get)
     captions = []
     for p in files:
         source = {"matek": "marrow", "pbc": "blood"}.get(p.name.split("_")[1].lower() if "_" in p.name else "", "")
-        caption = f"true: {L.display_name(code[p])}" + (f", {source}" if source else "")
+        caption = f"true: {display_name(code[p])}" + (f", {source}" if source else "")
         if code[p] not in known:
             caption += " · a type this model never saw"
         elif code[p] in (secondary_only or {}):
@@ -293,17 +302,24 @@ def _marrow_score(model: str, codes: dict[str, list[str]]) -> str:
     return f": of {score[1]} marrow images of them the model card checks, it names {score[0]} right" if score else ""
 
 
-def cell_image_input(label: str) -> gr.Image:
-    """An image input whose handler receives the uploaded file untouched.
+class UploadedImage(gr.Image):
+    """An image input whose handler receives the uploaded file's path untouched.
 
     ``gr.Image`` decodes uploads with PIL before the handler runs, so a corrupt or non-image file
     fails inside Gradio with a generic error. bmc checks and decodes the file itself
-    (``bmc.data.open_image``) and names the exact problem. The override is per instance so the
-    component stays a plain ``gr.Image`` for the browser and the API schema.
-    """
-    component = gr.Image(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label=label)
-    component.preprocess = lambda payload: getattr(payload, "path", None) if payload is not None else None
-    return component
+    (``bmc.images.open_image``) and names the exact problem. To the browser and the API schema it is
+    a plain ``gr.Image`` (same front-end block, same payload)."""
+
+    def get_block_name(self) -> str:
+        return "image"
+
+    def preprocess(self, payload: Any) -> str | None:  # type: ignore[override]
+        return getattr(payload, "path", None) if payload is not None else None
+
+
+def cell_image_input(label: str) -> gr.Image:
+    """The single-cell upload (file, webcam or clipboard), handed to the handler as a path."""
+    return UploadedImage(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label=label)
 
 
 def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blocks:
@@ -313,15 +329,15 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
         example_images(examples_dir, predictor.codes, h.secondary_only) if examples_dir.is_dir() else ([], [], "")
     )
     model_name = Path(predictor.name).name if Path(predictor.name).is_dir() else predictor.name
-    with gr.Blocks(title="bmc — bone marrow cell classifier", delete_cache=(3600, 3600)) as demo:
+    with gr.Blocks(title="bmc — bone marrow cell classifier", delete_cache=(SESSION_TTL_S, SESSION_TTL_S)) as demo:
         gr.Markdown(
             f"# Bone marrow cell classifier\n**Research tool — not for diagnosis.** {DISCLAIMER}\n\n"
             f"Model `{model_name}` ({predictor.version}, {predictor.backend_description}); classes: "
-            + ", ".join(L.display_name(c) for c in L.sort_codes(predictor.codes))
+            + ", ".join(display_name(c) for c in sort_codes(predictor.codes))
             + "."
             + (
                 "\n\n**Learnt from peripheral-blood images only:** "
-                + ", ".join(L.display_name(c) for c in L.sort_codes(h.secondary_only))
+                + ", ".join(display_name(c) for c in sort_codes(h.secondary_only))
                 + ". "
                 "On marrow cells of these types the model is unreliable"
                 + _marrow_score(predictor.name, h.secondary_only)
@@ -364,7 +380,7 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
                 h.explain, [x_image, method, target, opacity, nt], [x_out, x_note], api_name="explain", concurrency_limit=HEAVY_CONCURRENCY
             )
         with gr.Tab("Differential count"):
-            report = gr.State(None, time_to_live=3600)  # this session's count and review; dropped with the session
+            report = gr.State(None, time_to_live=SESSION_TTL_S)  # this session's count and review; dropped with the session
             files = gr.File(
                 file_count="multiple",
                 file_types=["image", ".tif", ".tiff", ".bmp", *ARCHIVE_SUFFIXES],
@@ -376,8 +392,8 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
             with gr.Row():
                 f_overlays = gr.Gallery(label="fields: the cells found, numbered as in the count (click one)", columns=3, height=260)
                 f_field = gr.Image(type="pil", label="field: click a box to review that cell", interactive=False, height=260)
-            f_state = gr.State(None, time_to_live=3600)  # this session's field overlays
-            f_name = gr.State(None, time_to_live=3600)
+            f_state = gr.State(None, time_to_live=SESSION_TTL_S)  # this session's field overlays
+            f_name = gr.State(None, time_to_live=SESSION_TTL_S)
             c_summary = gr.Markdown()
             c_table = gr.Dataframe(
                 headers=TABLE_HEADERS,
@@ -432,7 +448,6 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
 
 
 _WORK = tempfile.TemporaryDirectory(prefix="bmc-app-")  # removed when the server exits
-REQUEST_DIR_TTL_S = 3600
 
 
 def _request_dir() -> Path:
@@ -441,7 +456,7 @@ def _request_dir() -> Path:
     root = Path(_WORK.name)
     now = time.time()
     for old in root.iterdir():
-        if now - old.stat().st_mtime > REQUEST_DIR_TTL_S:
+        if now - old.stat().st_mtime > SESSION_TTL_S:
             shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(dir=root))
 

@@ -36,8 +36,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import torch  # noqa: E402
 
-from bmc import data as D  # noqa: E402
 from bmc.constants import DEFAULT_MODEL  # noqa: E402
+from bmc.data import from_records, read_manifest  # noqa: E402
 from bmc.images import open_image  # noqa: E402
 from bmc.inference import Predictor  # noqa: E402
 
@@ -55,7 +55,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def held_out_images(model_dir: Path, n: int) -> list[tuple[str, str]]:
     """``n`` (path, code) pairs from the model's test split, spread over the classes."""
-    rows = [r for r in D.read_manifest(model_dir / "split_manifest.csv") if r["split"] == "test"]
+    rows = [r for r in read_manifest(model_dir / "split_manifest.csv") if r["split"] == "test"]
     rows = [r for r in rows if Path(r["source"]).is_file()]
     if not rows:
         sys.exit(f"no test-split images found (is ../shared/data there?): {model_dir / 'split_manifest.csv'}")
@@ -168,7 +168,7 @@ def bench_latency(model: Path, images: list[tuple[str, str]], repeats: int = 60)
         t1 = time.perf_counter()
         pixels = preprocess([image], predictor.processor, predictor.use_denoise)
         t2 = time.perf_counter()
-        logits, _embeddings = predictor.run(pixels)
+        logits, _embeddings = predictor.runner(pixels)
         t3 = time.perf_counter()
         probs = softmax(logits, predictor.temperature)[0]
         _top = sorted(zip(predictor.codes, probs), key=lambda kv: -kv[1])[:3]
@@ -301,18 +301,18 @@ def _cpu_bf16_flags() -> list[str]:
 
 def _train_data(model: Path, steps: int, batch: int) -> tuple[Any, Any, tuple[dict, dict], int]:
     """Enough of the model's own training images for ``steps`` batches (twice over), weighted and augmented as in training."""
-    from bmc import labels as L
     from bmc.augmentation import TrainTransform
-    from bmc.training import sample_weights
+    from bmc.labels import label_maps as maps_of
+    from bmc.trainer import sample_weights
     from bmc.transforms import processor_size
 
     codes = json.loads((model / "metrics.json").read_text())["classes"]
-    rows = [r for r in D.read_manifest(model / "split_manifest.csv") if r["split"] == "train"][: steps * batch * 2]
-    ds = D.from_records([(r["source"], r["label"]) for r in rows], codes)
+    rows = [r for r in read_manifest(model / "split_manifest.csv") if r["split"] == "train"][: steps * batch * 2]
+    ds = from_records([(r["source"], r["label"]) for r in rows], codes)
     ds = ds.add_column("weight", sample_weights(ds["label"], [r.get("domain", "") for r in rows]))
     predictor = Predictor(str(model), "torch")
     transform = TrainTransform(predictor.processor, predictor.use_denoise, seed=0)
-    return ds, transform, L.label_maps(codes), processor_size(predictor.processor)
+    return ds, transform, maps_of(codes), processor_size(predictor.processor)
 
 
 def _time_plain_loop(model: Path, ds: Any, transform: Any, label_maps: tuple[dict, dict], steps: int, batch: int) -> tuple[float, float]:
@@ -320,12 +320,12 @@ def _time_plain_loop(model: Path, ds: Any, transform: Any, label_maps: tuple[dic
     from torch.utils.data import DataLoader
 
     from bmc.model import load_for_training
-    from bmc.training import _collate, cell_loss
+    from bmc.trainer import cell_loss, collate
 
     torch.manual_seed(0)
     net = load_for_training(str(model), *label_maps).train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
-    loader = DataLoader(ds.with_transform(transform), batch_size=batch, shuffle=True, collate_fn=_collate)
+    loader = DataLoader(ds.with_transform(transform), batch_size=batch, shuffle=True, collate_fn=collate)
     data_s = 0.0
     it = iter(loader)
     start = time.perf_counter()
@@ -350,7 +350,7 @@ def _time_trainer(
     from transformers import TrainerCallback, TrainingArguments
 
     from bmc.model import load_for_training
-    from bmc.training import CellTrainer, _collate
+    from bmc.trainer import CellTrainer, collate
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
@@ -385,7 +385,7 @@ def _time_trainer(
             model=load_for_training(str(model), *label_maps),
             args=args,
             train_dataset=ds.with_transform(transform),
-            data_collator=_collate,
+            data_collator=collate,
             callbacks=[timer],
         )
         t_train, _ = timed(trainer.train)

@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from bmc.cli import add_model_arguments
+from bmc.model_flags import add_model_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "count":
-        from bmc.cli import predictor_from_args
+        from bmc.model_flags import predictor_from_args
         from bmc.report import predict_stream, read_corrections, report_for, write_all
         from bmc.uploads import UploadError, iter_images
 
@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"pushed to {publish(out, args.push_to_hub)}")
     elif args.command == "locate":
-        from bmc.cli import predictor_from_args
         from bmc.locate_fields import locate_fields
+        from bmc.model_flags import predictor_from_args
         from bmc.uploads import UploadError, iter_images
 
         missing = [str(p) for p in args.inputs if not Path(p).exists()]
@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
     elif args.command == "evaluate":
-        from bmc.evaluation import evaluate_model_dir, external_results
+        from bmc.evaluation import external_results
+        from bmc.export import evaluate_model_dir
 
         optional = [p for p in (args.unseen, args.targets) if p]
         missing = [p for p in [args.model_dir, *args.external, *optional] if not Path(p).exists()]

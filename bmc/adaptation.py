@@ -33,7 +33,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
 
-from bmc.calibration import softmax
+from bmc.calibration import flagged, softmax
 
 MIN_REVIEWED = 6
 """Fewer reviewed cells than this fit no head: nothing to learn from yet."""
@@ -111,7 +111,7 @@ def looks_unfamiliar(model_probs: np.ndarray, threshold: float, validation_flagg
     count, so it does not depend on which cells were reviewed."""
     if validation_flagged is None or not 0 < validation_flagged < 1 or not len(model_probs):
         return False
-    share = float((model_probs.max(axis=1) < threshold).mean())
+    share = float(flagged(model_probs.max(axis=1), threshold).mean())
     z = (share - validation_flagged) / np.sqrt(validation_flagged * (1 - validation_flagged) / len(model_probs))
     return bool(z > Z_SHIFT)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-import albumentations as A
+import albumentations
 import cv2
 import numpy as np
 
@@ -53,25 +53,27 @@ def zoom_out(rgb: np.ndarray, rng: np.random.Generator, p: float = ZOOM_OUT_P, m
     return cv2.copyMakeBorder(rgb, top, big_h - h - top, left, big_w - w - left, cv2.BORDER_CONSTANT, value=fill)
 
 
-def train_augmentation(size: int, seed: int | None = None, robust: tuple[str, ...] = ROBUSTNESS_AUGMENTATIONS) -> A.Compose:
+def train_augmentation(size: int, seed: int | None = None, robust: tuple[str, ...] = ROBUSTNESS_AUGMENTATIONS) -> albumentations.Compose:
     """The train-time augmentation, ending at ``size``×``size`` uint8 RGB (normalisation follows).
     ``robust`` names the :data:`ROBUSTNESS_AUGMENTATIONS` to include ("zoom_out" is applied by
     :class:`TrainTransform`, before this); ``seed`` makes the random draws repeatable (tests)."""
-    steps: list[A.BasicTransform] = [
-        A.RandomRotate90(p=1.0),
-        A.Rotate(limit=20, border_mode=cv2.BORDER_REFLECT_101, p=0.7),
-        A.HorizontalFlip(p=0.5),
-        A.VerticalFlip(p=0.5),
-        A.RandomResizedCrop(size=(size, size), scale=(0.65, 1.0), ratio=(0.85, 1.18), interpolation=cv2.INTER_AREA, p=1.0),
+    steps: list[albumentations.BasicTransform] = [
+        albumentations.RandomRotate90(p=1.0),
+        albumentations.Rotate(limit=20, border_mode=cv2.BORDER_REFLECT_101, p=0.7),
+        albumentations.HorizontalFlip(p=0.5),
+        albumentations.VerticalFlip(p=0.5),
+        albumentations.RandomResizedCrop(size=(size, size), scale=(0.65, 1.0), ratio=(0.85, 1.18), interpolation=cv2.INTER_AREA, p=1.0),
     ]
     if "stain" in robust:
-        steps.append(A.HEStain(method="random_preset", p=0.5))
-    steps.append(A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.7))
+        steps.append(albumentations.HEStain(method="random_preset", p=0.5))
+    steps.append(albumentations.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.7))
     if "stain" in robust:
-        steps.append(A.HueSaturationValue(hue_shift_limit=12, sat_shift_limit=25, val_shift_limit=10, p=0.7))
+        steps.append(albumentations.HueSaturationValue(hue_shift_limit=12, sat_shift_limit=25, val_shift_limit=10, p=0.7))
     if "blur" in robust:
-        steps.append(A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.Downscale(scale_range=(0.5, 0.9))], p=0.2))
-    return A.Compose(steps, seed=seed)
+        steps.append(
+            albumentations.OneOf([albumentations.GaussianBlur(blur_limit=(3, 5)), albumentations.Downscale(scale_range=(0.5, 0.9))], p=0.2)
+        )
+    return albumentations.Compose(steps, seed=seed)
 
 
 def _normalise(rgb: np.ndarray, processor: Any) -> np.ndarray:
@@ -84,7 +86,7 @@ class TrainTransform:
     """A ``datasets`` ``set_transform`` function: decode, augment, normalise, to ``pixel_values``.
 
     Each image's augmentation is drawn from its own seed, made of the run's ``seed``, the current
-    ``epoch`` (set by :class:`bmc.training.AugmentationEpoch`) and the image's ``source``. The draws
+    ``epoch`` (set by :class:`bmc.trainer.AugmentationEpoch`) and the image's ``source``. The draws
     therefore do not depend on the order or the process in which images are loaded: a run resumed
     from a checkpoint sees exactly the augmented images the uninterrupted run saw.
     """
@@ -113,6 +115,7 @@ class TrainTransform:
             self.augment.set_random_seed(seed)
             pixels.append(_normalise(self.augment(image=rgb)["image"], self.processor))
         out = {"pixel_values": pixels, "labels": batch["label"]}
-        if "weight" in batch:
-            out["weight"] = batch["weight"]
+        for extra in ("weight", "distill"):  # per-image loss weight and distillation mask (bmc.trainer.collate)
+            if extra in batch:
+                out[extra] = batch[extra]
         return out

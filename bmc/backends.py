@@ -74,11 +74,11 @@ def torch_runner(model: torch.nn.Module) -> Runner:
     wrapped = with_embeddings(model)
 
     @torch.inference_mode()
-    def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def forward(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, embeddings = wrapped(torch.from_numpy(pixels))
         return logits.float().numpy(), embeddings.float().numpy()
 
-    return run
+    return forward
 
 
 def export_onnx(model: torch.nn.Module, size: int, path: Path) -> Path:
@@ -144,11 +144,11 @@ def onnx_runner(model: torch.nn.Module, size: int, version: str, int8: bool = Fa
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def forward(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, embeddings = session.run(["logits", "embeddings"], {"pixel_values": np.ascontiguousarray(pixels, dtype=np.float32)})
         return logits, embeddings
 
-    return run
+    return forward
 
 
 def make_runner(backend: str, model: torch.nn.Module, size: int, version: str) -> tuple[str, Runner]:

@@ -56,6 +56,12 @@ def accuracy_lower_bound(correct: np.ndarray, level: float = 0.95) -> np.ndarray
     return np.where(k > 0, beta.ppf(1 - level, k, n - k + 1), 0.0)
 
 
+def flagged(confidence: np.ndarray | float, threshold: float) -> np.ndarray:
+    """The review rule, the one place it is written: a prediction is flagged for review when its calibrated
+    confidence (top probability) is below the threshold; at or above it, it is not."""
+    return np.asarray(confidence) < threshold
+
+
 def review_threshold(probs: np.ndarray, labels: np.ndarray, target_accuracy: float = 0.95) -> float:
     """Lowest confidence such that the validation predictions at or above it are ``target_accuracy``
     correct at the 95 % lower confidence bound (:func:`accuracy_lower_bound`).
@@ -77,7 +83,7 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, target_accuracy: float = 0
     t = fit_temperature(logits, labels)
     probs = softmax(logits, t)
     thr = review_threshold(probs, labels, target_accuracy)
-    accepted = probs.max(axis=1) >= thr
+    accepted = ~flagged(probs.max(axis=1), thr)
     correct = probs.argmax(axis=1) == labels
     return {
         "temperature": t,

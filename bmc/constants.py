@@ -14,6 +14,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 """Normalisation of the DINOv2 and ConvNeXt base models (and of any base that ships no processor)."""
 
+SESSION_TTL_S = 3600
+"""How long the app keeps a visitor's count, review and files after the last use (seconds): the one time limit of
+every per-session state, cache and download folder."""
+
 ROBUSTNESS_AUGMENTATIONS = ("zoom_out", "stain", "blur")
 """The train-time changes aimed at other laboratories' images, each switchable (``--augment``) so that
 each can be measured on its own: scale (zoom-out), stain (``HEStain`` + hue/saturation jitter) and

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import datasets
 
-from bmc import labels as L
 from bmc.constants import REPO_ROOT
 from bmc.images import IMAGE_SUFFIXES, ImageError, SkippedFile, open_image
+from bmc.labels import sort_codes, to_code
 from bmc.model_folder import read_manifest  # noqa: F401 - D.read_manifest: the manifest's reader lives with the model folder
 
 SPLITS = ("train", "validation", "test")
@@ -77,7 +77,7 @@ def scan_folder(root: str | Path, map_names: bool = True) -> tuple[list[tuple[st
     skipped: list[SkippedFile] = []
     for class_dir in class_dirs:
         try:
-            code = L.to_code(class_dir.name) if map_names else class_dir.name
+            code = to_code(class_dir.name) if map_names else class_dir.name
         except KeyError:
             code = class_dir.name
         for path in sorted(class_dir.rglob("*")):
@@ -172,7 +172,7 @@ def _features(codes: Sequence[str]) -> datasets.Features:
 
 def from_records(records: Sequence[tuple[str, str]], codes: Sequence[str] | None = None, domain: str = "") -> datasets.Dataset:
     """A ``datasets.Dataset`` over image paths (decoded lazily), labels as a ``ClassLabel``."""
-    codes = list(codes) if codes is not None else L.sort_codes({c for _, c in records})
+    codes = list(codes) if codes is not None else sort_codes({c for _, c in records})
     index = {c: i for i, c in enumerate(codes)}
     unknown = sorted({c for _, c in records} - set(index))
     if unknown:
@@ -224,7 +224,7 @@ def load_sources(sources: Sequence[str], image_column: str = "image", label_colu
     parts = [load_cells(s, image_column, label_column, revision) for s in sources]
     if len(parts) == 1:
         return parts[0]
-    codes = L.sort_codes({c for part in parts for c in part.codes})
+    codes = sort_codes({c for part in parts for c in part.codes})
     seen: Counter[str] = Counter()
     datasets_, skipped, id_only = [], [], set()
     for part in parts:
@@ -285,7 +285,7 @@ def load_hub_or_parquet(
     codes_per_row = []
     for value in raw_labels:
         try:
-            codes_per_row.append(L.to_code(value))
+            codes_per_row.append(to_code(value))
         except KeyError:
             codes_per_row.append(str(value))
     images = raw.cast_column(image_column, datasets.Image(decode=False))[image_column]
@@ -300,7 +300,7 @@ def load_hub_or_parquet(
         keep_images.append(img)
         keep_codes.append(code)
         sources.append(source)
-    codes = L.sort_codes(set(keep_codes))
+    codes = sort_codes(set(keep_codes))
     index = {c: i for i, c in enumerate(codes)}
     ds = datasets.Dataset.from_dict(
         {"image": keep_images, "label": [index[c] for c in keep_codes], "source": sources, "domain": [origin] * len(sources)},

@@ -13,18 +13,17 @@ used to choose a model; each is read in its own layout:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bmc import data as D
-from bmc import labels as L
-from bmc.calibration import softmax
+from bmc.calibration import flagged, softmax
+from bmc.data import check_files, domain_name, from_records, is_pbc_layout, load_pbc_external, scan_folder
 from bmc.images import IMAGE_SUFFIXES, open_image
 from bmc.inference import dataset_logits
+from bmc.labels import sort_codes
 from bmc.metrics import classification_metrics, per_class_rows
 
 WBC_FOLDER_TO_CODE: dict[str, str] = {
@@ -103,7 +102,7 @@ def read_predictions(path: str | Path) -> dict[str, tuple[str, str]]:
 def review_stats(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
     """Share of cells flagged (calibrated confidence below ``threshold``) and accuracy of the unflagged ones."""
     conf, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
-    kept = conf >= threshold
+    kept = ~flagged(conf, threshold)
     return {
         "threshold": float(threshold),
         "flagged_share": float(1 - kept.mean()),
@@ -141,7 +140,7 @@ def evaluate_split(
 def load_wbc_external(root: str | Path, codes: Sequence[str]) -> tuple[Any, dict[str, int]]:
     """A white-cell imagefolder (BCCD layout): the images whose class the model knows, and per class
     how many were left out because it does not."""
-    records, skipped = D.scan_folder(root)  # Matek codes and names are mapped there; other names are kept
+    records, skipped = scan_folder(root)  # Matek codes and names are mapped there; other names are kept
     keep, excluded = [], {}
     for path, label in records:
         code = WBC_FOLDER_TO_CODE.get(label.lower(), label)
@@ -149,18 +148,18 @@ def load_wbc_external(root: str | Path, codes: Sequence[str]) -> tuple[Any, dict
             keep.append((path, code))
         else:
             excluded[code] = excluded.get(code, 0) + 1
-    keep, bad = D.check_files(keep)
+    keep, bad = check_files(keep)
     if bad or skipped:
         excluded["unreadable"] = len(bad) + len(skipped)
-    return D.from_records(keep, codes, D.domain_name(root)), excluded
+    return from_records(keep, codes, domain_name(root)), excluded
 
 
 def load_labelled(root: str | Path, codes: Sequence[str]) -> tuple[Any, dict[str, int], dict[str, str] | None]:
     """A labelled folder in its own layout (PBC prefixes, or class folders named by Matek code or by white-cell
     name): the images of classes the model knows, the count left out per class, and the class equivalents its
     labels imply (:data:`UNSPLIT_NEUTROPHIL` when its neutrophils are not split into band and segmented)."""
-    if D.is_pbc_layout(root):
-        ds, excluded = D.load_pbc_external(root, codes)
+    if is_pbc_layout(root):
+        ds, excluded = load_pbc_external(root, codes)
         return ds, excluded, None
     ds, excluded = load_wbc_external(root, codes)
     names = ds.features["label"].names
@@ -185,7 +184,7 @@ def evaluate_external(
     ds, excluded, equivalents = load_labelled(root, codes)
     if not len(ds):
         return None
-    pbc = D.is_pbc_layout(root)
+    pbc = is_pbc_layout(root)
     logits, labels = dataset_logits(model, processor, ds, use_denoise=use_denoise)
     result = metrics_from_logits(logits, labels, codes, temperature, equivalents, threshold)
     result.update(
@@ -208,7 +207,7 @@ def evaluate_unseen_marrow(
     """Single marrow images of types the training marrow data lacks (``<CODE>_nnnnn.jpg``): what the
     model calls each one, for classes it learnt only from other sources and for ones it never saw."""
     records = [(str(p), p.stem.split("_")[0].upper()) for p in sorted(Path(root).glob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
-    records, _ = D.check_files(records)
+    records, _ = check_files(records)
     images = [open_image(p) for p, _ in records]
     from bmc.inference import predict_logits
 
@@ -223,7 +222,7 @@ def evaluate_unseen_marrow(
                 "known_class": truth in codes,
                 "predicted": codes[top],
                 "confidence": round(float(p[top]), 3),
-                "flagged": bool(p[top] < threshold),
+                "flagged": bool(flagged(p[top], threshold)),
             }
         )
     known = [r for r in rows if r["known_class"]]
@@ -243,7 +242,7 @@ def shared_classes(manifest: list[dict]) -> list[str]:
     for row in manifest:
         if row["split"] == "train":
             domains.setdefault(row["label"], set()).add(row.get("domain", ""))
-    return L.sort_codes(code for code, ds in domains.items() if len(ds) > 1)
+    return sort_codes(code for code, ds in domains.items() if len(ds) > 1)
 
 
 def evaluate_more(
@@ -258,90 +257,13 @@ def evaluate_more(
             model, processor, folder, codes, calib["temperature"], use_denoise, results.get("shared_classes"), calib["review_threshold"]
         )
         if result is not None:
-            external[D.domain_name(folder)] = result
+            external[domain_name(folder)] = result
     unseen = (
         evaluate_unseen_marrow(model, processor, unseen_dir, codes, calib["temperature"], calib["review_threshold"], use_denoise)
         if unseen_dir
         else None
     )
     return external, unseen
-
-
-def evaluate_model_dir(
-    model_dir: str | Path,
-    external_dirs: Sequence[str],
-    unseen_dir: str | None,
-    targets: Sequence[dict] | None = None,
-    recalibrate: bool = False,
-) -> dict:
-    """Measure a saved bmc model folder on (more) external sets and unseen-type images, check it
-    against ``targets`` (see :func:`check_targets`), add the results to its ``metrics.json`` and
-    re-render its card (``bmc evaluate``). ``recalibrate``: first refit the temperature and review
-    threshold on its validation split with this version's rule (:mod:`bmc.calibration`), then
-    re-measure validation and test with them (external sets: those given)."""
-
-    from bmc.model import load_classifier
-    from bmc.model_card import render_card
-
-    model_dir = Path(model_dir)
-    metrics = json.loads((model_dir / "metrics.json").read_text())
-    for folder, name in ((f, D.domain_name(f)) for f in external_dirs):
-        if name in training_sources(metrics):
-            raise ValueError(f"{folder}: {metrics['model_name']} was trained on {name}; an external set must be images the model never saw")
-    manifest = model_dir / "split_manifest.csv"
-    rows = D.read_manifest(manifest) if manifest.is_file() else []
-    if "shared_classes" not in metrics and rows:
-        metrics["shared_classes"] = shared_classes(rows)
-    model, processor = load_classifier(str(model_dir))
-    denoise = bool(getattr(model.config, "bmc_denoise", False))
-    if recalibrate:
-        recalibrate_model_dir(model_dir, metrics, rows, model, processor, denoise)
-    if rows and (recalibrate or "review" not in metrics.get("test", {})):
-        # written by an older bmc: re-measure the held-out test split with this version's metrics (per source, review flags)
-        test = dataset_from_manifest([r for r in rows if r["split"] == "test"], metrics["classes"])
-        if len(test):
-            metrics["test"] = evaluate_split(
-                model,
-                processor,
-                test,
-                metrics["classes"],
-                metrics["calibration"]["temperature"],
-                denoise,
-                metrics["calibration"]["review_threshold"],
-            )
-    if rows and not (model_dir / VALIDATION_PREDICTIONS).is_file():  # a model trained before the file existed
-        val = dataset_from_manifest([r for r in rows if r["split"] == "validation"], metrics["classes"])
-        if len(val):
-            logits, labels = dataset_logits(model, processor, val, use_denoise=denoise)
-            write_predictions(
-                model_dir / VALIDATION_PREDICTIONS,
-                val["source"],
-                labels,
-                softmax(logits, metrics["calibration"]["temperature"]),
-                metrics["classes"],
-            )
-    external, unseen = evaluate_more(metrics, model, processor, external_dirs, unseen_dir, denoise)
-    metrics["external"] = {**external_results(metrics), **external}
-    plot_external(external, metrics["classes"], model_dir)
-    if unseen:
-        metrics["unseen_marrow"] = unseen
-    if targets:
-        metrics["targets"] = check_targets(metrics, targets)
-    (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    render_card(model_dir)
-    return metrics
-
-
-def recalibrate_model_dir(model_dir: Path, metrics: dict, rows: Sequence[dict], model: Any, processor: Any, denoise: bool) -> None:
-    """Refit calibration and review threshold on the validation split of ``rows``; update config.json, the
-    validation figures and predictions in ``metrics`` and beside the model."""
-    val = dataset_from_manifest([r for r in rows if r["split"] == "validation"], metrics["classes"])
-    if not len(val):
-        raise ValueError(f"{model_dir}: no validation split in its split_manifest.csv to calibrate on")
-    target = metrics.get("calibration", {}).get("target_accuracy", 0.95)
-    metrics["calibration"], metrics["validation"] = calibrate_on_validation(
-        model_dir, model, processor, val, metrics["classes"], target, denoise
-    )
 
 
 def calibrate_on_validation(
@@ -396,8 +318,8 @@ def dataset_from_manifest(rows: Sequence[dict], codes: Sequence[str]) -> Any:
     parts = []
     for domain in dict.fromkeys(r.get("domain", "") for r in rows):
         mine = [(r["source"], r["label"]) for r in rows if r.get("domain", "") == domain]
-        parts.append(D.from_records(mine, codes, domain))
-    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0] if parts else D.from_records([], codes)
+        parts.append(from_records(mine, codes, domain))
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0] if parts else from_records([], codes)
 
 
 _COMPARE = {">=": float.__ge__, ">": float.__gt__, "<=": float.__le__, "<": float.__lt__}
@@ -420,7 +342,7 @@ def check_targets(metrics: dict, targets: Sequence[dict]) -> list[dict]:
 def training_sources(metrics: dict) -> list[str]:
     """The names of the folders a model was trained on (``metrics["data"]["train_dir"]``, one or several)."""
     dirs = (metrics.get("data") or {}).get("train_dir") or []
-    return [D.domain_name(d) for d in ([dirs] if isinstance(dirs, str) else dirs)]
+    return [domain_name(d) for d in ([dirs] if isinstance(dirs, str) else dirs)]
 
 
 def external_results(metrics: dict) -> dict[str, dict]:

@@ -97,7 +97,7 @@ class Explainer:
             raise ValueError(f"{method} needs a vision transformer; choose one of {', '.join(self.methods())}")
         accepted = {k: v for k, v in options.items() if k in entry.options}  # other methods' options are ignored
         with parameters_frozen(self.model):
-            raw = entry.run(self, x, target, **accepted)
+            raw = entry.attribute(self, x, target, **accepted)
         heatmap = _to_image_size(raw, image.size)
         return Attribution(method, target, heatmap, entry.how_to_read if heatmap.max() > 0 else NO_EVIDENCE)
 
@@ -208,8 +208,8 @@ class Method:
     """One attribution method: what computes it, how to read its map, and what it needs."""
 
     name: str
-    run: Callable[..., np.ndarray]
-    """``run(explainer, pixel_values, target, **options)`` → raw map (any resolution)."""
+    attribute: Callable[..., np.ndarray]
+    """``attribute(explainer, pixel_values, target, **options)`` → raw map (any resolution)."""
     how_to_read: str
     vit_only: bool = False
     class_independent: bool = False

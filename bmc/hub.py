@@ -8,30 +8,12 @@ uploads the exported folder (weights, processor, card, figures, metrics, split m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import HfApi
 
 #: Files a published model consists of; checkpoints and scratch files stay local.
 PUBLISH_PATTERNS = ["*.safetensors", "*.json", "*.md", "*.png", "*.csv"]
-
-
-@dataclass
-class ExportArguments:
-    """Where and how the finished model folder is written (the folder that is also published)."""
-
-    export_dir: str | None = field(default=None, metadata={"help": "Where the final model, card and figures go (default: output_dir)"})
-    fp16_weights: bool = field(default=True, metadata={"help": "Store final weights as float16 (they load as float32)"})
-    model_name: str | None = field(default=None, metadata={"help": "Name used in the model card (default: export folder name)"})
-    code_url: str | None = field(default=None, metadata={"help": "Where the card says the training code lives (bmc's repository or Space)"})
-
-
-@dataclass
-class HubArguments:
-    """Publishing options beyond TrainingArguments' ``--push_to_hub``/``--hub_model_id``/``--hub_token``."""
-
-    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository as private"})
 
 
 def publish(

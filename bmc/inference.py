@@ -12,16 +12,18 @@ import numpy as np
 from PIL import Image
 
 from bmc.backends import Runner, describe, make_runner, torch_runner
-from bmc.calibration import softmax
+from bmc.calibration import flagged, softmax
 from bmc.model import load_classifier
 from bmc.transforms import preprocess, processor_size
 
 
 def batched_forward(
-    run: Runner, processor: Any, images: Sequence[Image.Image], n_classes: int, batch_size: int = 32, use_denoise: bool = False
+    runner: Runner, processor: Any, images: Sequence[Image.Image], n_classes: int, batch_size: int = 32, use_denoise: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Logits and embeddings for RGB images from any backend runner, in batches (one forward per batch)."""
-    out = [run(preprocess(list(images[start : start + batch_size]), processor, use_denoise)) for start in range(0, len(images), batch_size)]
+    out = [
+        runner(preprocess(list(images[start : start + batch_size]), processor, use_denoise)) for start in range(0, len(images), batch_size)
+    ]
     if not out:
         return np.zeros((0, n_classes), np.float32), np.zeros((0, 0), np.float32)
     return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
@@ -92,16 +94,16 @@ class Predictor:
         self.temperature = float(getattr(cfg, "bmc_temperature", 1.0) or 1.0)
         self.threshold = float(getattr(cfg, "bmc_review_threshold", 0.5) or 0.5)
         self.use_denoise = bool(getattr(cfg, "bmc_denoise", False))
-        flagged = getattr(cfg, "bmc_validation_flagged", None)
-        self.validation_flagged = None if flagged is None else float(flagged)
+        share = getattr(cfg, "bmc_validation_flagged", None)
+        self.validation_flagged = None if share is None else float(share)
         """Share of validation images the threshold flags: the baseline a count is compared with (:mod:`bmc.adaptation`)."""
         self.version = model_version(name_or_path, cfg)
-        self.backend, self.run = make_runner(backend, self.model, processor_size(self.processor), self.version)
+        self.backend, self.runner = make_runner(backend, self.model, processor_size(self.processor), self.version)
         self.backend_description = describe(self.backend)
 
     def forward(self, images: Sequence[Image.Image], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """Uncalibrated logits and embeddings from this predictor's backend (one pass)."""
-        return batched_forward(self.run, self.processor, images, len(self.codes), batch_size, self.use_denoise)
+        return batched_forward(self.runner, self.processor, images, len(self.codes), batch_size, self.use_denoise)
 
     def logits(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Uncalibrated logits from this predictor's backend."""
@@ -118,7 +120,7 @@ class Predictor:
                     probs={c: float(p) for c, p in zip(self.codes, row)},
                     top_code=self.codes[top],
                     confidence=float(row[top]),
-                    flagged=bool(row[top] < self.threshold),
+                    flagged=bool(flagged(row[top], self.threshold)),
                     logits=None if logits is None else logits[i],
                     embedding=None if embeddings is None else embeddings[i],
                 )

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bmc import labels as L
 from bmc.calibration import calibrate, softmax
 from bmc.data import read_manifest, resolve_source, scan_folder
 from bmc.evaluation import WBC_FOLDER_TO_CODE, calibration_config
 from bmc.inference import Predictor
+from bmc.labels import display_name
 from bmc.metrics import classification_metrics
 from bmc.model import save_classifier, update_config
 from bmc.uploads import iter_images
@@ -236,7 +236,7 @@ def _short(m: dict) -> dict:
 def card(summary: dict, codes: Sequence[str]) -> str:
     """The adapted model's card: from what, on which cells, how it does on them and what it forgot."""
     lab = summary["lab_out_of_fold"]
-    counts = ", ".join(f"{L.display_name(c)} {n}" for c, n in summary["lab_counts"].items())
+    counts = ", ".join(f"{display_name(c)} {n}" for c, n in summary["lab_counts"].items())
     lines = [
         "---",
         "library_name: transformers",

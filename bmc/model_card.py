@@ -13,11 +13,10 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from bmc import data as D
-from bmc import evaluation as E
-from bmc import labels as L
+from bmc import labels
 from bmc.constants import ROBUSTNESS_AUGMENTATIONS, TEST_SETS
-from bmc.evaluation import external_results
+from bmc.data import domain_name, read_manifest
+from bmc.evaluation import VALIDATION_PREDICTIONS, confusion_figure, external_results, read_predictions, training_sources
 from bmc.metrics import macro_f1_spread, paired_macro_f1_difference
 
 TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
@@ -95,13 +94,13 @@ def _training_sources(metrics: dict, model_dir: Path) -> list[dict]:
     manifest = model_dir / "split_manifest.csv"
     train_dirs = metrics["data"].get("train_dir") or [metrics["data"].get("dataset_name") or "data"]
     train_dirs = [train_dirs] if isinstance(train_dirs, str) else train_dirs
-    rows = D.read_manifest(manifest) if manifest.is_file() else []
-    names = list(dict.fromkeys(r.get("domain") or D.domain_name(train_dirs[0]) for r in rows)) or [Path(str(train_dirs[0])).name]
+    rows = read_manifest(manifest) if manifest.is_file() else []
+    names = list(dict.fromkeys(r.get("domain") or domain_name(train_dirs[0]) for r in rows)) or [Path(str(train_dirs[0])).name]
     out = []
     for name in names:
-        mine = [r for r in rows if (r.get("domain") or D.domain_name(train_dirs[0])) == name]
+        mine = [r for r in rows if (r.get("domain") or domain_name(train_dirs[0])) == name]
         sizes = {split: sum(r["split"] == split for r in mine) for split in ("train", "validation", "test")}
-        classes = L.sort_codes({r["label"] for r in mine if r["split"] == "train"})
+        classes = labels.sort_codes({r["label"] for r in mine if r["split"] == "train"})
         out.append({**describe_source(name), "sizes": sizes, "classes": classes})
     return out
 
@@ -109,8 +108,8 @@ def _training_sources(metrics: dict, model_dir: Path) -> list[dict]:
 def card_context(metrics: dict, model_dir: Path) -> dict[str, Any]:
     """Everything the template needs, derived from ``metrics.json`` and the label module."""
     codes = metrics["classes"]
-    classes = [{"code": c, "name": L.full_name(c), "lineage": L.lineage(c)} for c in codes]
-    unseen = [c for c in L.CELL_CLASSES if c.code not in codes]
+    classes = [{"code": c, "name": labels.full_name(c), "lineage": labels.lineage(c)} for c in codes]
+    unseen = [c for c in labels.CELL_CLASSES if c.code not in codes]
     weights = sorted(model_dir.glob("*.safetensors"))
     size_mb = sum(w.stat().st_size for w in weights) / 1e6
     config_path = model_dir / "config.json"
@@ -123,7 +122,7 @@ def card_context(metrics: dict, model_dir: Path) -> dict[str, Any]:
         {
             **describe_source(name),
             "result": result,
-            "figure": E.confusion_figure(name) if (model_dir / E.confusion_figure(name)).is_file() else None,
+            "figure": confusion_figure(name) if (model_dir / confusion_figure(name)).is_file() else None,
         }
         for name, result in external_results(metrics).items()
     ]
@@ -246,7 +245,7 @@ def validation_table(model_dirs: list[Path], heldout: str | None = None) -> str:
     rows = []
     for m, diff in zip(_read_metrics(model_dirs), paired or [None] * len(model_dirs)):
         args, val = m["model_args"], m["validation"]
-        sources = E.training_sources(m)
+        sources = training_sources(m)
         # a one-source run stores no per-source split: its whole validation split is that source's
         domains = val.get("by_domain") or ({sources[0]: val} if len(sources) == 1 else {})
         matek, pbc = domains.get("bone-marrow-cells"), domains.get("pbc-train")
@@ -291,16 +290,16 @@ def _paired_differences(model_dirs: list[Path]) -> list[str] | None:
     """Each run's validation macro-F1 minus the first run's, image by image on the validation images both
     have (:func:`bmc.metrics.paired_macro_f1_difference`); None unless the first run and another one kept
     their per-image predictions. An interval that excludes 0 tells the two runs apart."""
-    files = [Path(d) / E.VALIDATION_PREDICTIONS for d in model_dirs]
+    files = [Path(d) / VALIDATION_PREDICTIONS for d in model_dirs]
     if len(files) < 2 or not files[0].is_file() or not any(f.is_file() for f in files[1:]):
         return None
-    first = E.read_predictions(files[0])
+    first = read_predictions(files[0])
     out = ["reference"]
     for f in files[1:]:
         if not f.is_file():
             out.append("no per-image predictions")
             continue
-        other = E.read_predictions(f)
+        other = read_predictions(f)
         common = sorted(set(first) & set(other))
         codes = sorted({c for s in common for c in (*first[s], *other[s])})
         if not common or any(first[s][0] != other[s][0] for s in common):

@@ -36,10 +36,20 @@ import numpy as np
 from PIL import Image
 
 from bmc import __version__
-from bmc import labels as L
 from bmc.adaptation import SOURCE_LEARNT, SOURCE_MODEL, SOURCE_REVIEWED, SOURCES, relabel
 from bmc.images import SkippedFile
 from bmc.inference import Prediction, Predictor
+from bmc.labels import (
+    COUNT_GROUPS,
+    ERYTHROID_FOR_ME,
+    MYELOID_FOR_ME,
+    NOT_COUNTED,
+    code_of,
+    count_group,
+    display_name,
+    full_name,
+    sort_codes,
+)
 
 DISCLAIMER = (
     "Research use only. Not a medical device and not for diagnosis: every count must be reviewed by a "
@@ -195,7 +205,7 @@ class CountReport:
     @property
     def n_counted(self) -> int:
         """The denominator: nucleated, assessable cells."""
-        return sum(self.label(c) not in L.NOT_COUNTED for c in self.cells)
+        return sum(self.label(c) not in NOT_COUNTED for c in self.cells)
 
     @property
     def n_flagged(self) -> int:
@@ -231,17 +241,17 @@ class CountReport:
     def rows(self) -> list[CountRow]:
         """One row per class the model knows, in count order, zeros included."""
         n = self.n_counted
-        order = [code for _, group in L.COUNT_GROUPS for code in group if code in self.codes]
+        order = [code for _, group in COUNT_GROUPS for code in group if code in self.codes]
         order += [c for c in self.codes if c not in order]  # custom labels
         out = []
         for code in order:
             mine = [c for c in self.cells if self.label(c) == code]
-            counted = code not in L.NOT_COUNTED
+            counted = code not in NOT_COUNTED
             out.append(
                 CountRow(
                     code=code,
-                    name=L.full_name(code),
-                    group=L.count_group(code),
+                    name=full_name(code),
+                    group=count_group(code),
                     count=len(mine),
                     counted=counted,
                     percent=100.0 * len(mine) / n if counted and n else None,
@@ -267,14 +277,14 @@ class CountReport:
     @property
     def me_ratio(self) -> float | None:
         """Myeloid (granulocytic series, eosinophils, basophils) : erythroid precursors."""
-        if not set(self.codes) & L.ERYTHROID_FOR_ME:
+        if not set(self.codes) & ERYTHROID_FOR_ME:
             return None
-        erythroid = self._count(L.ERYTHROID_FOR_ME)
-        return self._count(L.MYELOID_FOR_ME) / erythroid if erythroid else None
+        erythroid = self._count(ERYTHROID_FOR_ME)
+        return self._count(MYELOID_FOR_ME) / erythroid if erythroid else None
 
     @property
     def me_ratio_text(self) -> str:
-        if not set(self.codes) & L.ERYTHROID_FOR_ME:
+        if not set(self.codes) & ERYTHROID_FOR_ME:
             return "not available: this model knows no erythroid class"
         if self.me_ratio is None:
             return "not available: no erythroid precursors in this count"
@@ -304,7 +314,15 @@ class CountReport:
         return (
             f"{self.n_counted} nucleated cells counted ({self.n_images - self.n_counted} not counted: artefacts, "
             f"not identifiable, smudge cells); blasts {self.blast_text}; M:E ratio {self.me_ratio_text}; "
-            f"{self.n_flagged} flagged, {self.n_reviewed} reviewed, {self.n_changed} relabelled. {self.sources_text}"
+            f"{self.review_status}. {self.sources_text}"
+        )
+
+    @property
+    def review_status(self) -> str:
+        """Flagged, reviewed and relabelled cells: the one wording of the headline, the app and the HTML report."""
+        return (
+            f"{self.n_flagged} flagged for review (calibrated confidence below {self.threshold:.2f}), "
+            f"{self.n_reviewed} reviewed, {self.n_changed} relabelled"
         )
 
     @property
@@ -342,7 +360,7 @@ def build_report(
         model_name,
         model_version,
         threshold,
-        L.sort_codes(codes),
+        sort_codes(codes),
         list(cells),
         list(skipped),
         temperature=temperature,
@@ -426,7 +444,7 @@ def _ci(row: CountRow) -> str:
 def table(report: CountReport) -> list[list[object]]:
     """Rows for a UI table (see :data:`TABLE_HEADERS`), ending with the total row."""
     rows: list[list[object]] = [
-        [r.group, L.display_name(r.code), r.count, _pct(r), _ci(r), r.flagged, _sources(r.sources)] for r in report.rows
+        [r.group, display_name(r.code), r.count, _pct(r), _ci(r), r.flagged, _sources(r.sources)] for r in report.rows
     ]
     rows.append(
         [
@@ -453,7 +471,7 @@ def read_corrections(path: str | Path, report: CountReport) -> tuple[dict[str, s
         out: dict[str, str] = {}
         notes: list[str] = []
         for line, row in enumerate(reader, start=2):
-            code = L.code_of(row["label"] or "", report.codes)
+            code = code_of(row["label"] or "", report.codes)
             if code not in report.codes:
                 raise ValueError(f"{path}, line {line}: {row['label']!r} is not a class of this model ({', '.join(report.codes)})")
             name = (row["image"] or "").strip()
@@ -490,14 +508,14 @@ def write_csv(report: CountReport, path: Path) -> Path:
                 [
                     cell.name,
                     p.top_code,
-                    L.full_name(p.top_code),
+                    full_name(p.top_code),
                     f"{p.confidence:.4f}",
                     "yes" if p.flagged else "no",
                     top3,
                     "yes" if cell.name in report.corrections else "no",
                     label,
                     report.source(cell),
-                    "no" if label in L.NOT_COUNTED else "yes",
+                    "no" if label in NOT_COUNTED else "yes",
                     "",
                 ]
             )
@@ -515,7 +533,7 @@ def bar_chart(report: CountReport, path: Path | None = None) -> bytes:
     import matplotlib.pyplot as plt
 
     rows = list(reversed(report.rows))
-    names = [L.display_name(r.code) + ("" if r.counted else " *") for r in rows]
+    names = [display_name(r.code) + ("" if r.counted else " *") for r in rows]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.6))
     left = np.zeros(len(rows))
     styles = {
@@ -559,7 +577,7 @@ def write_html(report: CountReport, path: Path, chart_png: bytes | None = None) 
             body.append(f'<tr class="group"><td colspan="6">{esc(r.group)}</td></tr>')
             last_group = r.group
         body.append(
-            f"<tr><td>{esc(L.display_name(r.code))}</td><td class=n>{r.count}</td><td class=n>{_pct(r)}</td>"
+            f"<tr><td>{esc(display_name(r.code))}</td><td class=n>{r.count}</td><td class=n>{_pct(r)}</td>"
             f"<td>{_ci(r)}</td><td class=n>{r.flagged}</td><td>{_sources(r.sources)}</td></tr>"
         )
     body.append(
@@ -589,8 +607,7 @@ def write_html(report: CountReport, path: Path, chart_png: bytes | None = None) 
 <p class="warn"><strong>{esc(DISCLAIMER)}</strong></p>
 <p class="head">Nucleated cells counted: <b>{report.n_counted}</b> &nbsp; Blasts: <b>{blast}</b> &nbsp;
 M:E ratio: <b>{esc(report.me_ratio_text)}</b></p>
-<p>Flagged by the model (calibrated confidence below {report.threshold:.2f}): {report.n_flagged}; reviewed: {report.n_reviewed};
-relabelled: {report.n_changed}; files skipped: {len(report.skipped)}.</p><p>{esc(report.sources_text)}</p>{warnings}
+<p>{esc(report.review_status)}; files skipped: {len(report.skipped)}.</p><p>{esc(report.sources_text)}</p>{warnings}
 <table><tr><th>cell type</th><th>count</th><th>% of nucleated cells</th><th>95 % CI (exact binomial)</th><th>flagged</th>
 <th>labels: model · learnt · reviewed</th></tr>{"".join(body)}</table>
 <p>Percentages are of nucleated cells: artefacts, not identifiable and smudge cells are counted but left out of the

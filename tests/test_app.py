@@ -14,14 +14,21 @@ from bmc.explain import METHODS
 
 
 @pytest.fixture(scope="module")
-def app_url(shared_data):
+def served(shared_data):
+    """The running app's URL and process (its stdout holds the server's log)."""
     if not (BUNDLED / "model.safetensors").is_file():
         pytest.fail(f"bundled model missing at {BUNDLED}")
     try:
-        with running_app() as (url, _proc):
-            yield url
+        with running_app() as (url, proc):
+            os.set_blocking(proc.stdout.fileno(), False)  # the log is read as it comes, never waited for
+            yield url, proc
     except AppStartError as err:
         pytest.fail(str(err))
+
+
+@pytest.fixture(scope="module")
+def app_url(served):
+    return served[0]
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +208,22 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(client, tmp_path
             client.predict(handle_file(str(bad)), "Grad-CAM", "predicted class", 0.5, False, api_name="/explain")
     label, _ = client.predict(handle_file(str(matek_images("NGS", 1)[0])), 1, api_name="/classify")
     assert label["label"]
+
+
+def test_user_errors_are_one_log_line_each_not_a_traceback(served, client, tmp_path):
+    from gradio_client import handle_file
+
+    proc = served[1]
+    proc.stdout.read()  # what the server logged so far
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    with pytest.raises(Exception, match="notes.jpg"):
+        client.predict(handle_file(str(bad)), 3, api_name="/classify")
+    client.predict(handle_file(str(matek_images("NGS", 1)[0])), 1, api_name="/classify")  # the error's log is written by now
+    log = proc.stdout.read() or ""
+    mine = [line for line in log.splitlines() if "user error:" in line]
+    assert len(mine) == 1 and "notes.jpg" in mine[0], log[-2000:]
+    assert "Traceback" not in log, log[-2000:]
 
 
 def test_concurrent_users_all_get_answers(app_url, shared_data):

@@ -9,8 +9,8 @@ import torch
 from helpers import BUNDLED, UNSEEN, matek_images
 from PIL import Image
 
-from bmc import data as D
 from bmc.calibration import softmax
+from bmc.data import from_records, image_number, read_manifest
 from bmc.explain import Explainer, centre_vs_border
 from bmc.inference import Predictor, dataset_logits
 from bmc.metrics import classification_metrics
@@ -43,9 +43,9 @@ def test_bundled_folder_is_small_safe_and_complete():
 
 
 def test_card_figures_match_a_fresh_evaluation_of_the_test_split(predictor, metrics):
-    rows = [r for r in D.read_manifest(BUNDLED / "split_manifest.csv") if r["split"] == "test"]
+    rows = [r for r in read_manifest(BUNDLED / "split_manifest.csv") if r["split"] == "test"]
     assert len(rows) == metrics["test"]["n_images"]
-    ds = D.from_records([(r["source"], r["label"]) for r in rows], metrics["classes"])
+    ds = from_records([(r["source"], r["label"]) for r in rows], metrics["classes"])
     logits, labels = dataset_logits(predictor.model, predictor.processor, ds, batch_size=64)
     fresh = classification_metrics(softmax(logits, predictor.temperature), labels, len(metrics["classes"]))
     for key in ("accuracy", "macro_f1", "balanced_accuracy", "top2_accuracy", "ece"):
@@ -57,13 +57,13 @@ def test_card_figures_match_a_fresh_evaluation_of_the_test_split(predictor, metr
 
 
 def test_test_split_is_disjoint_from_training_and_blockwise(metrics):
-    rows = D.read_manifest(BUNDLED / "split_manifest.csv")
+    rows = read_manifest(BUNDLED / "split_manifest.csv")
     by_split = {s: {r["source"] for r in rows if r["split"] == s} for s in ("train", "validation", "test")}
     assert not (by_split["train"] & by_split["test"]) and not (by_split["validation"] & by_split["test"])
     blocks = {}
     for r in rows:  # Matek numbers run per slide: whole blocks per split (PBC numbers are ids, split at random)
         if r.get("domain", "bone-marrow-cells") == "bone-marrow-cells":
-            key = (r["label"], (D.image_number(r["source"]) - 1) // metrics["data"]["split_block_size"])
+            key = (r["label"], (image_number(r["source"]) - 1) // metrics["data"]["split_block_size"])
             blocks.setdefault(key, set()).add(r["split"])
     assert blocks and all(len(s) == 1 for s in blocks.values())
 
@@ -72,11 +72,11 @@ def test_per_source_figures_in_the_card_match_a_fresh_evaluation(predictor, metr
     by_domain = metrics["test"].get("by_domain")
     if not by_domain:
         pytest.skip("the bundled model was trained on one source")
-    rows = [r for r in D.read_manifest(BUNDLED / "split_manifest.csv") if r["split"] == "test"]
+    rows = [r for r in read_manifest(BUNDLED / "split_manifest.csv") if r["split"] == "test"]
     card = (BUNDLED / "README.md").read_text()
     for domain, expected in by_domain.items():
         mine = [r for r in rows if r["domain"] == domain]
-        ds = D.from_records([(r["source"], r["label"]) for r in mine], metrics["classes"])
+        ds = from_records([(r["source"], r["label"]) for r in mine], metrics["classes"])
         logits, labels = dataset_logits(predictor.model, predictor.processor, ds, batch_size=64)
         fresh = classification_metrics(softmax(logits, predictor.temperature), labels, len(metrics["classes"]))
         assert fresh["macro_f1"] == pytest.approx(expected["macro_f1"], abs=1e-4), domain
@@ -85,7 +85,7 @@ def test_per_source_figures_in_the_card_match_a_fresh_evaluation(predictor, metr
 
 def test_card_warns_about_classes_learnt_from_one_source_and_shows_the_external_confusion(metrics):
     card = (BUNDLED / "README.md").read_text()
-    rows = D.read_manifest(BUNDLED / "split_manifest.csv")
+    rows = read_manifest(BUNDLED / "split_manifest.csv")
     marrow = {r["label"] for r in rows if r["split"] == "train" and r.get("domain", "bone-marrow-cells") == "bone-marrow-cells"}
     elsewhere = [c for c in metrics["classes"] if c not in marrow]
     if elsewhere:
@@ -100,7 +100,7 @@ def test_pipeline_loads_offline_in_float32_and_agrees_with_bmc(predictor):
 
     classify = pipeline("image-classification", model=str(BUNDLED))
     assert classify.model.dtype == torch.float32
-    rows = [r for r in D.read_manifest(BUNDLED / "split_manifest.csv") if r["split"] == "test" and r["label"] in ("EOS", "NGS", "LYT")]
+    rows = [r for r in read_manifest(BUNDLED / "split_manifest.csv") if r["split"] == "test" and r["label"] in ("EOS", "NGS", "LYT")]
     rows = rows[:: max(1, len(rows) // 9)][:9]
     top = [classify(r["source"])[0]["label"] for r in rows]
     ours = [p.top_code for p in predictor.predict([Image.open(r["source"]).convert("RGB") for r in rows])]

@@ -5,12 +5,23 @@ import datasets
 import pytest
 from helpers import MATEK, PBC, PBC_TRAIN, image_bytes, matek_images
 
-from bmc import data as D
+from bmc.data import (
+    assign_splits,
+    image_number,
+    load_cells,
+    load_folder,
+    load_pbc_external,
+    load_sources,
+    read_manifest,
+    scan_folder,
+    write_manifest,
+    write_skipped,
+)
 from bmc.images import MAX_FILE_BYTES
 
 
 def test_kaggle_layout_labels_come_from_the_top_folder(shared_data):
-    records, skipped = D.scan_folder(MATEK)  # root holds abbreviations.csv and one wrapper folder
+    records, skipped = scan_folder(MATEK)  # root holds abbreviations.csv and one wrapper folder
     counts = Counter(code for _, code in records)
     # the counts of ../shared/data/README.md (grown on 2026-11-28 from 3,900 to 5,548 images)
     assert counts == {"ART": 450, "BLA": 750, "EOS": 750, "LYT": 750, "MON": 750, "NGS": 750, "NIF": 750, "PMO": 598}
@@ -41,7 +52,7 @@ def messy_folder(tmp_path: Path) -> Path:
 
 
 def test_broken_files_are_skipped_with_reasons_not_fatal(messy_folder):
-    cells = D.load_folder(messy_folder)
+    cells = load_folder(messy_folder)
     assert len(cells.dataset) == 6
     assert cells.codes == ["BLA", "NGS"]
     reasons = {Path(s.source).name: s.reason for s in cells.skipped}
@@ -51,7 +62,7 @@ def test_broken_files_are_skipped_with_reasons_not_fatal(messy_folder):
     assert "truncated" in reasons["NGS_00012.jpg"] or "damaged" in reasons["NGS_00012.jpg"]
     assert "limit is 10 MB" in reasons["NGS_00013.jpg"]
     assert "not an image file type" in reasons["notes.txt"]
-    D.write_skipped(messy_folder.parent / "skipped.csv", cells.skipped)
+    write_skipped(messy_folder.parent / "skipped.csv", cells.skipped)
     assert len((messy_folder.parent / "skipped.csv").read_text().splitlines()) == 6
 
 
@@ -59,7 +70,7 @@ def test_plain_imagefolder_with_full_names(tmp_path):
     for name in ("Lymphocyte", "monocyte"):
         for i in range(2):
             _write(tmp_path / name / f"img{i}.png", image_bytes("PNG"))
-    cells = D.load_cells(str(tmp_path))
+    cells = load_cells(str(tmp_path))
     assert cells.codes == ["LYT", "MON"]
     assert isinstance(cells.dataset.features["image"], datasets.Image)
     assert cells.dataset[0]["image"].size == (64, 64)
@@ -73,7 +84,7 @@ def test_parquet_source_with_string_labels_and_a_bad_row(tmp_path, shared_data):
     }
     ds = datasets.Dataset.from_dict(rows, features=datasets.Features({"img": datasets.Image(), "cell": datasets.Value("string")}))
     ds.to_parquet(str(tmp_path / "train.parquet"))
-    cells = D.load_cells(str(tmp_path / "train.parquet"), image_column="img", label_column="cell")
+    cells = load_cells(str(tmp_path / "train.parquet"), image_column="img", label_column="cell")
     assert cells.codes == ["EOS", "MON"]
     assert Counter(cells.dataset["label"]) == {0: 3, 1: 3}
     assert len(cells.skipped) == 1 and "not an image" in cells.skipped[0].reason
@@ -86,7 +97,7 @@ def test_missing_column_is_named(tmp_path):
     )
     ds.to_parquet(str(tmp_path / "x.parquet"))
     with pytest.raises(ValueError, match="column 'label' not in the dataset"):
-        D.load_cells(str(tmp_path / "x.parquet"))
+        load_cells(str(tmp_path / "x.parquet"))
 
 
 def _fake_sources(n_per_class: int = 500, classes=("A", "B", "C")):
@@ -100,9 +111,9 @@ def _fake_sources(n_per_class: int = 500, classes=("A", "B", "C")):
 
 def test_split_is_deterministic_and_stratified():
     sources, labels = _fake_sources()
-    a = D.assign_splits(sources, labels, 0.15, 0.15, "random", seed=1)
-    assert a == D.assign_splits(sources, labels, 0.15, 0.15, "random", seed=1)
-    assert a != D.assign_splits(sources, labels, 0.15, 0.15, "random", seed=2)
+    a = assign_splits(sources, labels, 0.15, 0.15, "random", seed=1)
+    assert a == assign_splits(sources, labels, 0.15, 0.15, "random", seed=1)
+    assert a != assign_splits(sources, labels, 0.15, 0.15, "random", seed=2)
     for k in range(3):
         per_class = Counter(s for s, label in zip(a, labels) if label == k)
         assert per_class == {"train": 350, "validation": 75, "test": 75}
@@ -110,10 +121,10 @@ def test_split_is_deterministic_and_stratified():
 
 def test_block_split_keeps_neighbouring_numbers_together():
     sources, labels = _fake_sources()
-    splits = D.assign_splits(sources, labels, 0.15, 0.15, "block", block_size=50, seed=0)
+    splits = assign_splits(sources, labels, 0.15, 0.15, "block", block_size=50, seed=0)
     block_splits = {}
     for src, split in zip(sources, splits):
-        key = (Path(src).parent.parent.name, (D.image_number(src) - 1) // 50)
+        key = (Path(src).parent.parent.name, (image_number(src) - 1) // 50)
         block_splits.setdefault(key, set()).add(split)
     assert all(len(s) == 1 for s in block_splits.values())
     assert Counter(splits) == {"train": 1050, "validation": 150, "test": 300}  # 10 blocks/class: 7/1/2
@@ -124,16 +135,16 @@ def test_manifest_round_trip(tmp_path):
         {"source": "a.jpg", "label": "BLA", "split": "train", "domain": "matek"},
         {"source": "b.jpg", "label": "NGS", "split": "test", "domain": "pbc"},
     ]
-    D.write_manifest(tmp_path / "m.csv", rows)
-    assert D.read_manifest(tmp_path / "m.csv") == rows
+    write_manifest(tmp_path / "m.csv", rows)
+    assert read_manifest(tmp_path / "m.csv") == rows
 
 
 def test_a_stratum_keeps_its_split_when_other_sources_or_classes_join():
     # The Matek-only and the Matek + PBC models must be compared on the same Matek test images.
     sources, labels = _fake_sources(classes=("BLA", "NGS"))
-    alone = D.assign_splits(sources, [("BLA", "NGS")[k] for k in labels], mode="block", seed=42, domains=["m"] * len(sources))
+    alone = assign_splits(sources, [("BLA", "NGS")[k] for k in labels], mode="block", seed=42, domains=["m"] * len(sources))
     more_sources = [f"/p/{c}/{c}_{i}.jpg" for c in ("EBO", "NGS") for i in range(100)]
-    pooled = D.assign_splits(
+    pooled = assign_splits(
         sources + more_sources,
         [("BLA", "NGS")[k] for k in labels] + ["EBO"] * 100 + ["NGS"] * 100,
         mode="block",
@@ -147,7 +158,7 @@ def test_a_stratum_keeps_its_split_when_other_sources_or_classes_join():
 
 
 def test_pbc_layout_takes_the_class_from_the_file_prefix(shared_data):
-    cells = D.load_folder(PBC_TRAIN)
+    cells = load_folder(PBC_TRAIN)
     codes = cells.codes
     counts = Counter(codes[i] for i in cells.dataset["label"])
     assert counts == {c: 100 for c in ("EOS", "LYT", "MON", "NGS", "NGB", "PMO", "MYB", "MMZ", "BAS", "EBO")}
@@ -157,7 +168,7 @@ def test_pbc_layout_takes_the_class_from_the_file_prefix(shared_data):
 def test_pbc_platelets_and_unspecified_prefixes_are_skipped_with_a_count(tmp_path):
     for name in ("ig/PMY_1.jpg", "ig/IG_2.jpg", "neutrophil/NEUTROPHIL_3.jpg", "platelet/PLATELET_4.jpg", "neutrophil/BNE_5.jpg"):
         _write(tmp_path / "pbc" / name, image_bytes("JPEG"))
-    cells = D.load_folder(tmp_path / "pbc")
+    cells = load_folder(tmp_path / "pbc")
     assert sorted(cells.codes) == ["NGB", "PMO"] and len(cells.dataset) == 2
     reasons = sorted(s.reason for s in cells.skipped)
     assert reasons == [
@@ -173,7 +184,7 @@ def test_several_sources_pool_into_one_class_list_with_domains(tmp_path):
         _write(tmp_path / "marrow" / "NGS" / f"NGS_{i}.jpg", image_bytes("JPEG"))
         _write(tmp_path / "blood" / "erythroblast" / f"ERB_{i}.jpg", image_bytes("JPEG"))
         _write(tmp_path / "blood" / "neutrophil" / f"SNE_{i}.jpg", image_bytes("JPEG"))
-    cells = D.load_sources([str(tmp_path / "marrow"), str(tmp_path / "blood")])
+    cells = load_sources([str(tmp_path / "marrow"), str(tmp_path / "blood")])
     ds = cells.dataset
     rows = sorted(zip(ds["domain"], (cells.codes[i] for i in ds["label"])))
     assert cells.codes == ["BLA", "NGS", "EBO"]  # haematologists' order over the union
@@ -182,7 +193,7 @@ def test_several_sources_pool_into_one_class_list_with_domains(tmp_path):
 
 
 def test_pbc_external_maps_prefixes_not_folders(shared_data):
-    ds, excluded = D.load_pbc_external(PBC, ["NGS", "EOS", "PMO"])
+    ds, excluded = load_pbc_external(PBC, ["NGS", "EOS", "PMO"])
     codes = ds.features["label"].names
     counts = Counter(codes[i] for i in ds["label"])
     assert counts == {"NGS": 100, "EOS": 100, "PMO": 100}  # band neutrophils (BNE) are not NGS

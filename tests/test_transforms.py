@@ -78,7 +78,7 @@ def test_each_robustness_augmentation_can_be_left_out():
 
 
 def test_augment_argument_takes_names_or_none_and_refuses_others():
-    from bmc.training import ModelArguments
+    from bmc.arguments import ModelArguments
 
     assert ModelArguments(model_name_or_path="facebook/dinov2-small").augment == ["zoom_out", "stain", "blur"]
     assert ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["stain,blur"]).augment == ["stain", "blur"]

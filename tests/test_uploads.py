@@ -7,14 +7,14 @@ import zipfile
 import pytest
 from helpers import image_bytes
 
-from bmc import uploads as U
+from bmc.uploads import MAX_ENTRIES, SkippedFile, UploadError, iter_images
 
 
 def read(paths):
     """Names of decoded images and skipped files, as the app and the count command see them."""
     names, skipped = [], []
-    for item in U.iter_images(paths):
-        if isinstance(item, U.SkippedFile):
+    for item in iter_images(paths):
+        if isinstance(item, SkippedFile):
             skipped.append(item)
         else:
             names.append(item[0])
@@ -61,8 +61,8 @@ def test_hostile_entries_are_skipped_with_reasons(tmp_path):
 
 
 def test_too_many_entries_is_refused(tmp_path):
-    archive = _zip(tmp_path / "many.zip", [(f"{i}.jpg", b"x") for i in range(U.MAX_ENTRIES + 1)])
-    with pytest.raises(U.UploadError, match="limit is 5000"):
+    archive = _zip(tmp_path / "many.zip", [(f"{i}.jpg", b"x") for i in range(MAX_ENTRIES + 1)])
+    with pytest.raises(UploadError, match="limit is 5000"):
         read([archive])
 
 
@@ -72,13 +72,13 @@ def test_zip_bomb_is_refused_before_inflating(tmp_path):
         for i in range(6):
             zf.writestr(f"{i}.jpg", b"\0" * (100 * 1024 * 1024))  # 600 MB of zeros, ~600 kB packed
     assert archive.stat().st_size < 2_000_000
-    with pytest.raises(U.UploadError, match="unpacks to"):
+    with pytest.raises(UploadError, match="unpacks to"):
         read([archive])
 
 
 def test_not_a_zip(tmp_path):
     (tmp_path / "fake.zip").write_bytes(b"PK but not really")
-    with pytest.raises(U.UploadError, match="not a valid zip"):
+    with pytest.raises(UploadError, match="not a valid zip"):
         read([tmp_path / "fake.zip"])
 
 
@@ -139,10 +139,10 @@ def test_tar_archives_follow_the_zip_rules(tmp_path):
 
 
 def test_tar_with_too_many_entries_or_a_damaged_stream_is_refused(tmp_path):
-    many = _tar(tmp_path / "many.tgz", [(f"{i}.txt", b"") for i in range(U.MAX_ENTRIES + 1)])
-    with pytest.raises(U.UploadError, match="more than 5000 files"):
+    many = _tar(tmp_path / "many.tgz", [(f"{i}.txt", b"") for i in range(MAX_ENTRIES + 1)])
+    with pytest.raises(UploadError, match="more than 5000 files"):
         read([many])
     damaged = tmp_path / "damaged.tar.gz"
     damaged.write_bytes(_tar(tmp_path / "ok.tar.gz", [("a.jpg", image_bytes())]).read_bytes()[:40])
-    with pytest.raises(U.UploadError, match="damaged.tar.gz"):
+    with pytest.raises(UploadError, match="damaged.tar.gz"):
         read([damaged])

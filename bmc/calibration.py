@@ -12,6 +12,8 @@ cells with the earlier point-estimate rule).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -78,7 +80,7 @@ def review_threshold(probs: np.ndarray, labels: np.ndarray, target_accuracy: flo
     return float(conf[order][ok.max()])
 
 
-def calibrate(logits: np.ndarray, labels: np.ndarray, target_accuracy: float = 0.95) -> dict[str, float]:
+def calibrate(logits: np.ndarray, labels: np.ndarray, target_accuracy: float = 0.95) -> dict[str, Any]:
     """Temperature, flag threshold and the validation coverage/accuracy they imply."""
     t = fit_temperature(logits, labels)
     probs = softmax(logits, t)

@@ -134,10 +134,10 @@ def scan_pbc(root: str | Path) -> tuple[list[tuple[str, str]], list[SkippedFile]
         prefix = Path(path).stem.split("_")[0].upper()
         if prefix not in PBC_PREFIX_TO_CODE:
             skipped.append(SkippedFile(path, f"PBC prefix {prefix!r} names no single cell type"))
-        elif PBC_PREFIX_TO_CODE[prefix] is None:
+        elif (code := PBC_PREFIX_TO_CODE[prefix]) is None:
             skipped.append(SkippedFile(path, f"PBC {prefix.lower()}: not a marrow cell class"))
         else:
-            records.append((path, PBC_PREFIX_TO_CODE[prefix]))
+            records.append((path, code))
     return records, skipped
 
 
@@ -440,7 +440,8 @@ def load_pbc_external(root: str | Path, codes: Sequence[str]) -> tuple[datasets.
     Returns the dataset and, per Matek code or ``unmapped``, how many images were left out
     because the model lacks that class (or the file names no single marrow cell type)."""
     records, skipped = scan_pbc(root)
-    keep, excluded = [], defaultdict(int)
+    keep: list[tuple[str, str]] = []
+    excluded: defaultdict[str, int] = defaultdict(int)
     for path, code in records:
         if code in codes:
             keep.append((path, code))

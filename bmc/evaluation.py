@@ -141,7 +141,8 @@ def load_wbc_external(root: str | Path, codes: Sequence[str]) -> tuple[Any, dict
     """A white-cell imagefolder (BCCD layout): the images whose class the model knows, and per class
     how many were left out because it does not."""
     records, skipped = scan_folder(root)  # Matek codes and names are mapped there; other names are kept
-    keep, excluded = [], {}
+    keep: list[tuple[str, str]] = []
+    excluded: dict[str, int] = {}
     for path, label in records:
         code = WBC_FOLDER_TO_CODE.get(label.lower(), label)
         if code in codes:

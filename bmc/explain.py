@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import cv2
 import numpy as np
@@ -28,6 +28,9 @@ import torch
 from captum.attr import IntegratedGradients, LayerGradCam, NoiseTunnel, Occlusion
 from PIL import Image
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 from bmc.transforms import preprocess, processor_size
 
@@ -66,7 +69,7 @@ def is_vit(model: nn.Module) -> bool:
 
 
 def _vit_layers(model: nn.Module) -> nn.ModuleList:
-    backbone = getattr(model, model.base_model_prefix)
+    backbone = getattr(model, cast("PreTrainedModel", model).base_model_prefix)
     return backbone.encoder.layer
 
 
@@ -196,7 +199,7 @@ class Explainer:
             handle.remove()
 
     def _last_conv_stage(self) -> nn.Module:
-        backbone = getattr(self.model, self.model.base_model_prefix)
+        backbone = getattr(self.model, cast("PreTrainedModel", self.model).base_model_prefix)
         stages = getattr(getattr(backbone, "encoder", backbone), "stages", None)
         if stages is None:
             raise ValueError(f"Grad-CAM does not know where the last convolutional stage of {type(self.model).__name__} is")
@@ -278,6 +281,7 @@ def parameters_frozen(model: nn.Module) -> Iterator[None]:
 @contextmanager
 def _eager_attention(model: nn.Module) -> Iterator[None]:
     """Attention weights are only returned by the eager implementation; switch for one call."""
+    model = cast("PreTrainedModel", model)  # a transformers classifier: it has a config and attention implementations
     previous = model.config._attn_implementation
     if previous != "eager":
         model.set_attn_implementation("eager")

@@ -27,7 +27,7 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
     for i in range(n):
         for j in range(n):
             if cm[i, j]:
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

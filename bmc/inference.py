@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -90,7 +90,8 @@ class Predictor:
         self.name = name_or_path
         self.model, self.processor = load_classifier(name_or_path, allow_pickle, revision)
         cfg = self.model.config
-        self.codes = [cfg.id2label[i] for i in range(cfg.num_labels)]
+        id2label = cast(dict[int, str], cfg.id2label)  # a classifier's config: transformers makes the keys int on load
+        self.codes = [id2label[i] for i in range(len(id2label))]
         self.temperature = float(getattr(cfg, "bmc_temperature", 1.0) or 1.0)
         self.threshold = float(getattr(cfg, "bmc_review_threshold", 0.5) or 0.5)
         self.use_denoise = bool(getattr(cfg, "bmc_denoise", False))

@@ -127,7 +127,8 @@ def save_classifier(model: PreTrainedModel, processor: Any, out_dir: Path, fp16:
     if fp16:
         import copy
 
-        to_save = copy.deepcopy(model).to(torch.float16)
+        # transformers decorates PreTrainedModel.to with @wraps(nn.Module.to), which hides its bound self from mypy
+        to_save = copy.deepcopy(model).to(torch.float16)  # type: ignore[arg-type]
     to_save.save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)
     update_config(out_dir, dtype="float32")

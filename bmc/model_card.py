@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -57,7 +57,15 @@ KNOWN_SOURCES: dict[str, tuple[str, str]] = {
 """Description and citation of the data sets bmc knows by folder name; others are named as given."""
 
 
-def describe_source(name: str) -> dict[str, str | None]:
+class SourceDescription(TypedDict):
+    """What the card says about one data source: its name, a description, and a citation where known."""
+
+    name: str
+    description: str
+    citation: str | None
+
+
+def describe_source(name: str) -> SourceDescription:
     """What the card says about one data source (known data sets get a description and citation)."""
     description, citation = KNOWN_SOURCES.get(name, (f"`{name}`", None))
     return {"name": name, "description": description, "citation": citation}
@@ -242,8 +250,9 @@ def validation_table(model_dirs: list[Path], heldout: str | None = None) -> str:
     if heldout in TEST_SETS:
         raise ValueError(f"{heldout} is a test set: reported, never used to choose a run")
     paired = _paired_differences(model_dirs)
+    no_differences: list[str | None] = [None] * len(model_dirs)
     rows = []
-    for m, diff in zip(_read_metrics(model_dirs), paired or [None] * len(model_dirs)):
+    for m, diff in zip(_read_metrics(model_dirs), paired or no_differences):
         args, val = m["model_args"], m["validation"]
         sources = training_sources(m)
         # a one-source run stores no per-source split: its whole validation split is that source's

@@ -12,12 +12,12 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
 from bmc.augmentation import TrainTransform
 from bmc.calibration import softmax
@@ -89,7 +89,9 @@ class CellTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        load_checkpoint_weights(model or self.model, resume_from_checkpoint)
+        model = model or self.model
+        assert model is not None, "the Trainer resumes into the model it was given"
+        load_checkpoint_weights(model, resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         log.info(
@@ -98,6 +100,7 @@ class CellTrainer(Trainer):
             self.args.metric_for_best_model,
             self.state.best_metric,
         )
+        assert self.model is not None and self.state.best_model_checkpoint is not None, "called only once a best checkpoint is known"
         load_checkpoint_weights(self.model, self.state.best_model_checkpoint)
 
     def create_optimizer(self, model: nn.Module | None = None):
@@ -107,6 +110,7 @@ class CellTrainer(Trainer):
         images should barely move; a flat rate either learns slowly or wrecks them."""
         if self.optimizer is None and (self.head_lr_multiplier != 1.0 or self.layer_lr_decay != 1.0):
             model = model or self.model
+            assert model is not None, "the Trainer was given a model"
             decay = set(self.get_decay_parameter_names(model))
             n_layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
             groups: dict[tuple[float, bool], list] = {}
@@ -143,6 +147,7 @@ def load_checkpoint_weights(model: nn.Module, checkpoint: str) -> None:
     renames. (transformers 5 saves checkpoints under the legacy names and the Trainer's own
     ``load_state_dict`` then silently skips DINOv2's attention weights when it resumes or restores
     the best model.) Loading is strict: a mismatch raises instead of training on half-loaded weights."""
+    model = cast(PreTrainedModel, model)  # the Trainer's model: a transformers classifier
     loaded = type(model).from_pretrained(checkpoint, config=model.config, use_safetensors=True, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), strict=True)
 

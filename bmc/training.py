@@ -15,7 +15,7 @@ import tempfile
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from transformers import AutoImageProcessor, EarlyStoppingCallback, TrainerCallback, TrainingArguments, set_seed
@@ -28,6 +28,9 @@ from bmc.model import load_classifier, load_for_training, save_classifier
 from bmc.trainer import AugmentationEpoch, CellTrainer, Teacher, collate, compute_metrics, sample_weights
 from bmc.training_data import check_no_held_out_leak, distill_mask, prepare_data
 from bmc.transforms import build_image_processor, make_eval_transform, processor_size
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +51,16 @@ def run(
     images), train, export the weights and measure the *saved* model, write the model folder."""
     use_all_cores_when_alone()
     export_args = export_args or ExportArguments()
-    export_dir = Path(export_args.export_dir or training_args.output_dir)
+    output_dir = training_args.output_dir
+    assert output_dir is not None, "TrainingArguments.__post_init__ sets a default output_dir"
+    export_dir = Path(export_args.export_dir or output_dir)
     dsd, skipped, manifest = prepare_data(data_args, training_args.seed)
     check_no_held_out_leak(model_args.model_name_or_path, manifest)
     codes = dsd["train"].features["label"].names
     log.info("classes: %s; split sizes: %s; skipped files: %d", codes, {k: len(v) for k, v in dsd.items()}, len(skipped))
 
     trainer, processor = build_trainer(dsd, codes, model_args, training_args, manifest)
-    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, output_dir)
     # A resumed run continues the early-stopping count where it stopped (transformers resets it by default).
     training_args.restore_callback_states_from_checkpoint = True
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -64,7 +69,8 @@ def run(
 
     export_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bmc-export-", dir=export_dir.parent))
-    save_classifier(trainer.model.eval(), processor, staging, fp16=export_args.fp16_weights)
+    model = cast("PreTrainedModel", trainer.model)  # build_trainer gave it a transformers classifier
+    save_classifier(model.eval(), processor, staging, fp16=export_args.fp16_weights)
     results = {
         "model_name": export_args.model_name or export_dir.name,
         "hub_model_id": training_args.hub_model_id,
@@ -167,7 +173,8 @@ def load_teacher(model_args: ModelArguments, codes: list[str], mean: tuple, std:
     folder = str(model_args.distill_from)
     check_no_held_out_leak(folder, manifest)
     model, processor = load_classifier(folder)
-    theirs = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    id2label = cast(dict[int, str], model.config.id2label)  # a classifier's config: transformers makes the keys int on load
+    theirs = [id2label[i] for i in range(len(id2label))]
     missing = sorted(set(theirs) - set(codes))
     if missing:
         raise ValueError(f"--distill_from {folder}: its classes {', '.join(missing)} are not among this run's")

@@ -21,6 +21,7 @@ import json
 import logging
 import sys
 
+import torch
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import string_to_bool
@@ -48,8 +49,6 @@ def bf16_on_cpu(argv: list[str]) -> list[str]:
     """``--bf16`` on a machine without a GPU: TrainingArguments refuses it unless ``--use_cpu`` is
     given, so add that here. A config that asks for bf16 then trains in bf16 autocast on a CPU with
     AMX/AVX512-BF16 (2-3x faster than float32, docs/performance.md) and on a GPU where there is one."""
-    import torch
-
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for flag in ("--bf16", "--use_cpu"):
         pre.add_argument(flag, type=string_to_bool, nargs="?", const=True, default=None)

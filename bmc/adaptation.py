@@ -25,11 +25,13 @@ measures the rule (docs/performance.md).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
 
@@ -88,8 +90,18 @@ def features(logits: np.ndarray, embeddings: np.ndarray, temperature: float) -> 
     return np.hstack([EMBEDDING_WEIGHT * emb / np.sqrt(emb.shape[1]), LOGIT_WEIGHT * logp / np.sqrt(logp.shape[1])])
 
 
+class _Head(LogisticRegression):
+    """The logistic head, quiet about its iteration cap: :data:`MAX_ITER` is a deliberate time bound, and a
+    ConvergenceWarning per refit would fill the server's log with a warning nobody can act on."""
+
+    def fit(self, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> _Head:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return super().fit(x, y, sample_weight)
+
+
 def _head() -> Any:
-    return LogisticRegression(C=HEAD_C, max_iter=MAX_ITER)
+    return _Head(C=HEAD_C, max_iter=MAX_ITER)
 
 
 def _cv_predictions(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+import sys
+import typing
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -198,3 +200,49 @@ class HubArguments:
     """Publishing options beyond TrainingArguments' ``--push_to_hub``/``--hub_model_id``/``--hub_token``."""
 
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository as private"})
+
+
+ARGUMENT_GROUPS = {
+    "Data": DataArguments,
+    "Model and loss": ModelArguments,
+    "Exported folder": ExportArguments,
+    "Publishing": HubArguments,
+}
+"""bmc's own ``train_hf.py`` arguments by group, in the order ``docs/training.md`` lists them."""
+OPTIONS_START, OPTIONS_END = "<!-- options:start -->", "<!-- options:end -->"
+"""The markers around the generated option list in ``docs/training.md``."""
+
+
+def options_markdown() -> str:
+    """The option list of ``docs/training.md``: every field of :data:`ARGUMENT_GROUPS` with its default, its choices
+    and its help, generated so that the page cannot drift from the code (a test compares them)."""
+    out = []
+    for title, cls in ARGUMENT_GROUPS.items():
+        out += [f"**{title}** (`{cls.__name__}`)", "", "| option | default | what it does |", "|---|---|---|"]
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            default = f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+            shown = "—" if default is None else f"`{','.join(default) if isinstance(default, list) else default}`"
+            choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
+            help_text = f.metadata.get("help", "").replace("|", "\\|")
+            if choices:
+                help_text += f" (one of {', '.join(f'`{c}`' for c in choices)})"
+            out.append(f"| `--{f.name}` | {shown} | {help_text} |")
+        out.append("")
+    out.append("Every option of transformers' `TrainingArguments` is accepted too (`train_hf.py --help` lists them all).")
+    return "\n".join(out)
+
+
+def write_options(doc: Path) -> bool:
+    """Put :func:`options_markdown` between the markers of ``doc``; True when the file changed."""
+    text = doc.read_text()
+    head, rest = text.split(OPTIONS_START, 1)
+    _, tail = rest.split(OPTIONS_END, 1)
+    new = f"{head}{OPTIONS_START}\n{options_markdown()}\n{OPTIONS_END}{tail}"
+    if new != text:
+        doc.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":  # python -m bmc.arguments docs/training.md: regenerate the option list
+    print("updated" if write_options(Path(sys.argv[1])) else "up to date")

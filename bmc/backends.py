@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:  # torch is imported where it is used: `python -m bmc` reads BACKENDS without it
-    import torch
+    import torch  # lazy: `python -m bmc --help` reads BACKENDS without loading torch
 
 import numpy as np
 
@@ -42,7 +42,7 @@ Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 def with_embeddings(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` wrapped to return ``(logits, embeddings)``: the embedding is the input of its
     ``classifier`` layer, caught by a forward pre-hook (works for DINOv2, ViT and ConvNeXt heads alike)."""
-    import torch
+    import torch  # lazy: `python -m bmc --help` reads BACKENDS without loading torch
 
     class WithEmbeddings(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module):
@@ -69,7 +69,7 @@ def cache_dir() -> Path:
 
 def torch_runner(model: torch.nn.Module) -> Runner:
     """Logits and embeddings from normalised pixels with the PyTorch model (no autograd bookkeeping)."""
-    import torch
+    import torch  # lazy: `python -m bmc --help` reads BACKENDS without loading torch
 
     wrapped = with_embeddings(model)
 
@@ -84,7 +84,7 @@ def torch_runner(model: torch.nn.Module) -> Runner:
 def export_onnx(model: torch.nn.Module, size: int, path: Path) -> Path:
     """Write ``model`` as float32 ONNX (outputs ``logits`` and ``embeddings``) with a dynamic batch axis;
     atomic (temp file, then rename)."""
-    import torch
+    import torch  # lazy: `python -m bmc --help` reads BACKENDS without loading torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
@@ -112,7 +112,7 @@ def export_onnx(model: torch.nn.Module, size: int, path: Path) -> Path:
 
 def quantize_int8(fp32_path: Path, path: Path) -> Path:
     """Dynamic int8 quantisation of the linear layers' weights (activations stay float)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # lazy: optional, only for onnx-int8
 
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)
@@ -127,7 +127,7 @@ def quantize_int8(fp32_path: Path, path: Path) -> Path:
 
 def onnx_runner(model: torch.nn.Module, size: int, version: str, int8: bool = False) -> Runner:
     """Logits and embeddings from normalised pixels with ONNX Runtime, exporting (once) if no cached copy exists."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: only the ONNX backends need it (0.3 s to import)
 
     stem = f"{type(model).__name__}-{version.replace(':', '-')}-{size}px-{ONNX_LAYOUT}"
     fp32 = cache_dir() / "onnx" / f"{stem}.onnx"

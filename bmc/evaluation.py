@@ -13,18 +13,22 @@ used to choose a model; each is read in its own layout:
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 
-from bmc.calibration import flagged, softmax
+from bmc.calibration import calibrate, flagged, softmax
 from bmc.data import check_files, domain_name, from_records, is_pbc_layout, load_pbc_external, scan_folder
+from bmc.figures import plot_confusion_matrix
 from bmc.images import IMAGE_SUFFIXES, open_image
-from bmc.inference import dataset_logits
+from bmc.inference import dataset_logits, predict_logits
 from bmc.labels import sort_codes
 from bmc.metrics import classification_metrics, per_class_rows
+from bmc.model import update_config
 
 WBC_FOLDER_TO_CODE: dict[str, str] = {
     "neutrophil": "NGS",
@@ -82,8 +86,6 @@ def write_predictions(
     path: str | Path, sources: Sequence[str], labels: Sequence[int] | np.ndarray, probs: np.ndarray, codes: Sequence[str]
 ) -> None:
     """One row per image: file, true class, predicted class and its calibrated confidence."""
-    import csv
-
     with open(path, "w", newline="") as fh:
         out = csv.writer(fh)
         out.writerow(["source", "label", "predicted", "confidence"])
@@ -93,8 +95,6 @@ def write_predictions(
 
 def read_predictions(path: str | Path) -> dict[str, tuple[str, str]]:
     """{file: (true class, predicted class)} from a :func:`write_predictions` file."""
-    import csv
-
     with open(path, newline="") as fh:
         return {row["source"]: (row["label"], row["predicted"]) for row in csv.DictReader(fh)}
 
@@ -210,7 +210,6 @@ def evaluate_unseen_marrow(
     records = [(str(p), p.stem.split("_")[0].upper()) for p in sorted(Path(root).glob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
     records, _ = check_files(records)
     images = [open_image(p) for p, _ in records]
-    from bmc.inference import predict_logits
 
     probs = softmax(predict_logits(model, processor, images, use_denoise=use_denoise), temperature) if images else np.zeros((0, len(codes)))
     rows = []
@@ -273,8 +272,6 @@ def calibrate_on_validation(
     """Fit temperature and review threshold on a validation set, store them in ``model_dir``'s config.json, write
     its per-image predictions beside the model, and return the calibration and the validation figures (per
     source too): the one calibration step of training and of ``bmc evaluate --recalibrate``."""
-    from bmc.calibration import calibrate
-    from bmc.model import update_config
 
     logits, labels = dataset_logits(model, processor, validation, use_denoise=denoise)
     calib = calibrate(logits, labels, target_accuracy)
@@ -304,8 +301,6 @@ def confusion_figure(set_name: str) -> str:
 
 def plot_external(external: dict[str, dict], codes: Sequence[str], folder: Path) -> None:
     """One confusion-matrix figure per external set, for the card (the rows of classes the set lacks stay empty)."""
-    from bmc.figures import plot_confusion_matrix
-
     for name, result in external.items():
         plot_confusion_matrix(
             result["confusion_matrix"], list(codes), folder / confusion_figure(name), f"external set {name} ({result['n_images']} images)"
@@ -314,8 +309,6 @@ def plot_external(external: dict[str, dict], codes: Sequence[str], folder: Path)
 
 def dataset_from_manifest(rows: Sequence[dict], codes: Sequence[str]) -> Any:
     """A data set of manifest rows (their files, labels and sources)."""
-    import datasets
-
     parts = []
     for domain in dict.fromkeys(r.get("domain", "") for r in rows):
         mine = [(r["source"], r["label"]) for r in rows if r.get("domain", "") == domain]

@@ -12,6 +12,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
@@ -115,8 +116,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        import numpy as np
-
         arr = np.asarray(img, dtype=np.float64)
         peak = arr.max() or 1.0
         img = Image.fromarray((arr / peak * 255).clip(0, 255).astype("uint8"))

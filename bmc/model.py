@@ -9,8 +9,10 @@ with :class:`UnsafeModelError`. ``trust_remote_code`` is never set.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -38,8 +40,6 @@ SERVING_HINT = "Give --model a bmc model folder (e.g. models/bmc-dinov2s-matek-p
 
 def _not_found(name_or_path: str, exc: Exception, hint: str = TRAINING_HINT) -> ModelNotFoundError:
     """A message that says why a model could not be had and what to do, instead of transformers' generic one."""
-    import os
-
     if Path(name_or_path).exists() or name_or_path.startswith((".", "/", "~")):
         return ModelNotFoundError(f"{name_or_path}: not a model folder ({str(exc).splitlines()[0][:160]}). {hint}")
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
@@ -125,8 +125,6 @@ def save_classifier(model: PreTrainedModel, processor: Any, out_dir: Path, fp16:
     out_dir.mkdir(parents=True, exist_ok=True)
     to_save = model
     if fp16:
-        import copy
-
         # transformers decorates PreTrainedModel.to with @wraps(nn.Module.to), which hides its bound self from mypy
         to_save = copy.deepcopy(model).to(torch.float16)  # type: ignore[arg-type]
     to_save.save_pretrained(out_dir, safe_serialization=True)

@@ -36,7 +36,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def predictor_from_args(args: argparse.Namespace) -> Predictor:
     """A :class:`bmc.inference.Predictor` from the flags of :func:`add_model_arguments`."""
-    from bmc.inference import Predictor
+    from bmc.inference import Predictor  # lazy (torch, transformers): `--help` answers at once
     from bmc.model import ModelNotFoundError, UnsafeModelError
 
     try:

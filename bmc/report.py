@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy.stats import binomtest
+from tqdm.auto import tqdm
 
 from bmc import __version__
 from bmc.adaptation import SOURCE_LEARNT, SOURCE_MODEL, SOURCE_REVIEWED, SOURCES, relabel
@@ -95,8 +97,6 @@ class CountRow:
 
 def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Exact binomial (Clopper–Pearson) interval of k/n in percent, as the Rümke/CLSI H20 tables give."""
-    from scipy.stats import binomtest
-
     ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
     return 100.0 * ci.low, 100.0 * ci.high
 
@@ -396,8 +396,6 @@ def predict_stream(
     ``thumbnails``: keep a small JPEG of ``"flagged"`` cells (the HTML report shows them), of
     ``"all"`` cells with the image at review size too (the app lets a reviewer open any cell), or
     ``"none"``; each image is decoded once."""
-    from tqdm.auto import tqdm
-
     done: list[Cell] = []
     skipped: list[SkippedFile] = []
     batch: list[tuple[str, Image.Image]] = []
@@ -527,7 +525,7 @@ def write_csv(report: CountReport, path: Path) -> Path:
 def bar_chart(report: CountReport, path: Path | None = None) -> bytes:
     """Horizontal bars of the count per class in % of nucleated cells (classes left out of the denominator in
     % of all images, marked), each bar split by where its labels come from (PNG bytes; also written to ``path``)."""
-    import matplotlib
+    import matplotlib  # lazy: the chart is the one user of matplotlib in serving (0.4 s to import)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -89,9 +89,7 @@ class CellTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        model = model or self.model
-        assert model is not None, "the Trainer resumes into the model it was given"
-        load_checkpoint_weights(model, resume_from_checkpoint)
+        load_checkpoint_weights(cast(nn.Module, model or self.model), resume_from_checkpoint)  # the Trainer always has a model
 
     def _load_best_model(self) -> None:
         log.info(
@@ -100,8 +98,8 @@ class CellTrainer(Trainer):
             self.args.metric_for_best_model,
             self.state.best_metric,
         )
-        assert self.model is not None and self.state.best_model_checkpoint is not None, "called only once a best checkpoint is known"
-        load_checkpoint_weights(self.model, self.state.best_model_checkpoint)
+        # transformers calls this only once a best checkpoint is known, on the model it trains
+        load_checkpoint_weights(cast(nn.Module, self.model), cast(str, self.state.best_model_checkpoint))
 
     def create_optimizer(self, model: nn.Module | None = None):
         """AdamW with one learning rate per depth: the new head at ``head_lr_multiplier`` × the base
@@ -109,8 +107,7 @@ class CellTrainer(Trainer):
         as in BEiT/DINOv2 fine-tuning). Early blocks hold generic features that a few thousand
         images should barely move; a flat rate either learns slowly or wrecks them."""
         if self.optimizer is None and (self.head_lr_multiplier != 1.0 or self.layer_lr_decay != 1.0):
-            model = model or self.model
-            assert model is not None, "the Trainer was given a model"
+            model = cast(nn.Module, model or self.model)  # the Trainer always has a model
             decay = set(self.get_decay_parameter_names(model))
             n_layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
             groups: dict[tuple[float, bool], list] = {}

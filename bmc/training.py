@@ -51,8 +51,7 @@ def run(
     images), train, export the weights and measure the *saved* model, write the model folder."""
     use_all_cores_when_alone()
     export_args = export_args or ExportArguments()
-    output_dir = training_args.output_dir
-    assert output_dir is not None, "TrainingArguments.__post_init__ sets a default output_dir"
+    output_dir = cast(str, training_args.output_dir)  # TrainingArguments.__post_init__ sets a default
     export_dir = Path(export_args.export_dir or output_dir)
     dsd, skipped, manifest = prepare_data(data_args, training_args.seed)
     check_no_held_out_leak(model_args.model_name_or_path, manifest)

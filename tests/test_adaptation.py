@@ -97,3 +97,25 @@ def test_the_count_shows_learnt_labels_and_their_sources(tmp_path):
     rows = (tmp_path / "out").mkdir() or write_all(reviewed, tmp_path / "out")
     text = rows["csv"].read_text()
     assert ",learnt," in text and ",reviewed," in text
+
+
+def test_the_head_keeps_its_iteration_cap_quiet(monkeypatch):
+    """A refit that hits MAX_ITER (deliberately) must not log a ConvergenceWarning per review on the server."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    from bmc import adaptation
+
+    monkeypatch.setattr(adaptation, "MAX_ITER", 2)  # a cap these data surely hit
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(300, 40)), rng.integers(0, 5, 300)
+    with warnings.catch_warnings(record=True) as plain:
+        warnings.simplefilter("always")
+        LogisticRegression(C=adaptation.HEAD_C, max_iter=2).fit(x, y)
+    assert any(issubclass(w.category, ConvergenceWarning) for w in plain)  # the data does hit the cap
+    with warnings.catch_warnings(record=True) as ours:
+        warnings.simplefilter("always")
+        adaptation._head().fit(x, y)
+    assert not any(issubclass(w.category, ConvergenceWarning) for w in ours)

@@ -28,7 +28,8 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from bmc.constants import SESSION_TTL_S
+from bmc.constants import DISCLAIMER, SESSION_TTL_S
+from bmc.count import CountReport, predict_stream, report_for
 from bmc.explain import Explainer, get_method, overlay
 from bmc.images import IMAGE_SUFFIXES, ImageError, open_image
 from bmc.inference import Predictor
@@ -37,7 +38,7 @@ from bmc.locate import several_cells
 from bmc.locate_fields import cell_at, iter_field_cells
 from bmc.model_flags import add_model_arguments, predictor_from_args
 from bmc.model_folder import single_source_classes, unseen_marrow_score
-from bmc.report import DISCLAIMER, TABLE_HEADERS, CountReport, predict_stream, report_for, table, write_all
+from bmc.report import TABLE_HEADERS, table, write_all
 from bmc.uploads import ARCHIVE_SUFFIXES, UploadError, iter_images
 
 ROOT = Path(__file__).resolve().parent

@@ -46,8 +46,9 @@ TARGET = 0.95
 
 def load_set(cells: Path, codes: list[str], split: str | None, domain: str | None) -> tuple[list, np.ndarray, dict[str, str] | None]:
     """Images, true class indices and class equivalents of a labelled folder or of a manifest split."""
-    from bmc.data import read_manifest, resolve_source
     from bmc.evaluation import dataset_from_manifest, load_labelled
+    from bmc.model_folder import read_manifest
+    from bmc.splits import resolve_source
 
     if cells.suffix == ".csv":
         if not split:

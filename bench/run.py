@@ -37,9 +37,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import torch  # noqa: E402
 
 from bmc.constants import DEFAULT_MODEL  # noqa: E402
-from bmc.data import from_records, read_manifest  # noqa: E402
+from bmc.data import from_records  # noqa: E402
 from bmc.images import open_image  # noqa: E402
 from bmc.inference import Predictor  # noqa: E402
+from bmc.model_folder import read_manifest  # noqa: E402
 
 CONVNEXT_METRICS = ROOT / "docs" / "comparison" / "convnext-scratch-128"
 SECTIONS = ("inference", "latency", "attribution", "train", "app", "cost", "review")

@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     # Each command imports what it uses here, not at the top: `bmc --help` and a mistyped flag answer in
     # 0.1 s instead of the 3-5 s that torch, transformers and datasets take to import.
     if args.command == "count":
+        from bmc.count import predict_stream, report_for
         from bmc.model_flags import predictor_from_args
-        from bmc.report import predict_stream, read_corrections, report_for, write_all
+        from bmc.report import read_corrections, write_all
         from bmc.uploads import UploadError, iter_images
 
         missing = [str(p) for p in [*args.inputs, *([args.review] if args.review else [])] if not Path(p).exists()]

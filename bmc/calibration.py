@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import beta
+from scipy.stats import beta, binomtest
 
 T_MIN, T_MAX = 0.05, 20.0
 THRESHOLD_RULE = "lower 95% bound"
@@ -94,3 +94,9 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, target_accuracy: float = 0
         "validation_accuracy_above_threshold": float(correct[accepted].mean()) if accepted.any() else float("nan"),
         "threshold_rule": THRESHOLD_RULE,
     }
+
+
+def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial (Clopper–Pearson) interval of k/n in percent, as the Rümke/CLSI H20 tables give."""
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+    return 100.0 * ci.low, 100.0 * ci.high

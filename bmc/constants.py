@@ -26,3 +26,10 @@ camera quality (blur/downscale). Rotation, flips, crop and brightness/contrast a
 TEST_SETS = ("pbc-external", "bccd")
 """The external test sets of ``../shared/data`` (other laboratories' images): reported, never used to
 choose a run. A training source a run did not train on (``pbc-train`` for a marrow-only run) may be."""
+
+DISCLAIMER = (
+    "Research use only. Not a medical device and not for diagnosis: every count must be reviewed by a "
+    "qualified haematologist. The model knows only the classes listed; other cell types receive one of "
+    "these labels, and cells flagged 'uncertain' need manual review."
+)
+"""What the app and the reports say before any count or label: a research tool, not a diagnosis."""

@@ -35,6 +35,8 @@ from bmc.figures import plot_confusion_matrix, plot_training_curves
 from bmc.images import SkippedFile
 from bmc.model import load_classifier
 from bmc.model_card import render_card
+from bmc.model_folder import read_manifest
+from bmc.splits import write_manifest, write_skipped
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,8 @@ def write_model_folder(
 ) -> None:
     """Manifest, skipped files, figures, metrics.json and the card into ``staging``, then swap it into place."""
     codes = results["classes"]
-    data.write_manifest(staging / "split_manifest.csv", manifest)
-    data.write_skipped(staging / "skipped_files.csv", skipped)
+    write_manifest(staging / "split_manifest.csv", manifest)
+    write_skipped(staging / "skipped_files.csv", skipped)
     if "test" in results:
         plot_confusion_matrix(
             results["test"]["confusion_matrix"],
@@ -132,7 +134,7 @@ def evaluate_model_dir(
         if name in training_sources(metrics):
             raise ValueError(f"{folder}: {metrics['model_name']} was trained on {name}; an external set must be images the model never saw")
     manifest = model_dir / "split_manifest.csv"
-    rows = data.read_manifest(manifest) if manifest.is_file() else []
+    rows = read_manifest(manifest) if manifest.is_file() else []
     if "shared_classes" not in metrics and rows:
         metrics["shared_classes"] = shared_classes(rows)
     model, processor = load_classifier(str(model_dir))

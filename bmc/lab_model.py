@@ -30,12 +30,14 @@ import torch
 from PIL import Image
 
 from bmc.calibration import calibrate, softmax
-from bmc.data import read_manifest, resolve_source, scan_folder
+from bmc.data import scan_folder
 from bmc.evaluation import WBC_FOLDER_TO_CODE, calibration_config
 from bmc.inference import Predictor
 from bmc.labels import display_name
 from bmc.metrics import classification_metrics
 from bmc.model import save_classifier, update_config
+from bmc.model_folder import read_manifest
+from bmc.splits import resolve_source
 from bmc.uploads import iter_images
 
 MIN_NEW_CLASS = 5

@@ -11,6 +11,18 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+MODEL_FOLDER_FILES = (
+    "model.safetensors",
+    "config.json",
+    "preprocessor_config.json",
+    "README.md",
+    "metrics.json",
+    "confusion_matrix.png",
+    "training_curves.png",
+    "split_manifest.csv",
+)
+"""What every finished bmc model folder holds (and what is published): weights, configs, card, figures, manifest."""
+
 
 def read_manifest(path: str | Path) -> list[dict[str, str]]:
     """Rows of a split manifest (``split_manifest.csv``: source, label, split, domain)."""

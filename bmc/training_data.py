@@ -12,6 +12,7 @@ from bmc import data
 from bmc.arguments import DataArguments
 from bmc.images import SkippedFile
 from bmc.model_folder import read_manifest
+from bmc.splits import assign_splits, image_number, split_cells
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,11 @@ def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[SkippedFile]
         )
     sources, label_ids, domains = ds["source"], ds["label"], ds["domain"]
     val_fraction = 0.0 if args.validation_dir else args.train_val_split
-    if args.split_mode == "block" and not any(data.image_number(s) is not None for s in sources):
+    if args.split_mode == "block" and not any(image_number(s) is not None for s in sources):
         log.warning("no image numbers in the file names: falling back to a random split")
         args.split_mode = "random"
     labels = [codes[i] for i in label_ids]
-    splits = data.assign_splits(
+    splits = assign_splits(
         sources,
         labels,
         val_fraction,
@@ -60,7 +61,7 @@ def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[SkippedFile]
             args.split_block_size,
         )
         args.split_mode = "random"
-        splits = data.assign_splits(
+        splits = assign_splits(
             sources,
             labels,
             val_fraction,
@@ -71,7 +72,7 @@ def prepare_data(args: DataArguments, seed: int) -> tuple[Any, list[SkippedFile]
             domains,
             cells.id_only_domains,
         )
-    dsd = data.split_cells(ds, splits)
+    dsd = split_cells(ds, splits)
     if args.validation_dir:
         val = data.load_folder(args.validation_dir, codes=codes)
         skipped += val.skipped

@@ -5,8 +5,9 @@ import pytest
 
 from bmc.adaptation import SOURCE_LEARNT, SOURCE_MODEL, SOURCE_REVIEWED, looks_unfamiliar, relabel
 from bmc.calibration import softmax
+from bmc.count import Cell, build_report
 from bmc.inference import Prediction
-from bmc.report import Cell, build_report, table, write_all
+from bmc.report import table, write_all
 
 
 def _count(n=240, classes=3, wrong=True, seed=0):

@@ -10,10 +10,12 @@ from helpers import BUNDLED, UNSEEN, matek_images
 from PIL import Image
 
 from bmc.calibration import softmax
-from bmc.data import from_records, image_number, read_manifest
+from bmc.data import from_records
 from bmc.explain import Explainer, centre_vs_border
 from bmc.inference import Predictor, dataset_logits
 from bmc.metrics import classification_metrics
+from bmc.model_folder import MODEL_FOLDER_FILES, read_manifest
+from bmc.splits import image_number
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +30,7 @@ def metrics():
 
 def test_bundled_folder_is_small_safe_and_complete():
     files = {p.name for p in BUNDLED.iterdir()}
-    assert {
-        "model.safetensors",
-        "config.json",
-        "preprocessor_config.json",
-        "README.md",
-        "metrics.json",
-        "confusion_matrix.png",
-        "training_curves.png",
-        "split_manifest.csv",
-    } <= files
+    assert set(MODEL_FOLDER_FILES) <= files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
     assert sum(p.stat().st_size for p in BUNDLED.iterdir()) < 50 * 1024 * 1024
 

@@ -5,19 +5,10 @@ import datasets
 import pytest
 from helpers import MATEK, PBC, PBC_TRAIN, image_bytes, matek_images
 
-from bmc.data import (
-    assign_splits,
-    image_number,
-    load_cells,
-    load_folder,
-    load_pbc_external,
-    load_sources,
-    read_manifest,
-    scan_folder,
-    write_manifest,
-    write_skipped,
-)
+from bmc.data import load_cells, load_folder, load_pbc_external, load_sources, scan_folder
 from bmc.images import MAX_FILE_BYTES
+from bmc.model_folder import read_manifest
+from bmc.splits import assign_splits, image_number, write_manifest, write_skipped
 
 
 def test_kaggle_layout_labels_come_from_the_top_folder(shared_data):

@@ -101,7 +101,7 @@ def test_evaluate_adds_an_external_set_to_a_model_folder_and_its_card(tiny_model
     )
     # a model folder from before per-image validation predictions were kept: evaluate writes them from its manifest
     val = sorted((BCCD / "Lymphocyte").glob("*"))[:3] + sorted((BCCD / "Neutrophil").glob("*"))[:2]
-    from bmc.data import write_manifest
+    from bmc.splits import write_manifest
 
     write_manifest(
         model / "split_manifest.csv",

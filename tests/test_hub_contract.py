@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, matek_images
 
+from bmc.model_folder import MODEL_FOLDER_FILES
+
 TOKEN = "hf_contract_test_token_1234567890"
 
 
@@ -126,16 +128,7 @@ def test_push_to_hub_sends_the_finished_model_in_one_commit(fake_hub, tiny_model
     assert len(commits) == 1
     lines = [json.loads(line) for line in commits[0]["body"].decode().splitlines() if line.strip()]
     files = {line["value"]["path"]: line["value"] for line in lines if line["key"] == "file"}
-    assert {
-        "model.safetensors",
-        "config.json",
-        "preprocessor_config.json",
-        "README.md",
-        "metrics.json",
-        "confusion_matrix.png",
-        "training_curves.png",
-        "split_manifest.csv",
-    } <= set(files)
+    assert set(MODEL_FOLDER_FILES) <= set(files)
     assert not any(p.startswith("checkpoint-") for p in files)
     card = base64.b64decode(files["README.md"]["content"]).decode()
     assert "Research use only" in card and "me/bmc-test" in card

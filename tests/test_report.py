@@ -6,8 +6,11 @@ import re
 
 import pytest
 
+from bmc.calibration import proportion_ci
+from bmc.constants import DISCLAIMER
+from bmc.count import Cell, build_report, thumbnail
 from bmc.inference import Prediction
-from bmc.report import DISCLAIMER, Cell, build_report, proportion_ci, read_corrections, table, thumbnail, write_all
+from bmc.report import read_corrections, table, write_all
 
 CODES = ["BLA", "PMO", "NGS", "EOS", "EBO", "LYT", "NIF", "ART"]
 
@@ -137,8 +140,8 @@ def test_report_files_keep_both_labels_and_are_self_contained(tmp_path):
 def test_cells_with_the_same_file_name_stay_apart(tiny_model_dir):
     from PIL import Image
 
+    from bmc.count import predict_stream
     from bmc.inference import Predictor
-    from bmc.report import predict_stream
 
     items = [("cell.jpg", Image.new("RGB", (64, 64), (200, 100, 200))), ("cell.jpg", Image.new("RGB", (64, 64), (90, 90, 200)))]
     done, _ = predict_stream(Predictor(str(tiny_model_dir), "torch"), iter(items))

@@ -14,10 +14,11 @@ from helpers import PBC, matek_images
 
 import train_hf
 from bmc.calibration import softmax
-from bmc.data import from_records, read_manifest
+from bmc.data import from_records
 from bmc.inference import dataset_logits
 from bmc.metrics import classification_metrics
 from bmc.model import load_classifier
+from bmc.model_folder import MODEL_FOLDER_FILES, read_manifest
 from bmc.trainer import cell_loss, load_checkpoint_weights, sample_weights
 
 CLASSES = ("BLA", "NGS", "EOS", "LYT")  # canonical (haematological) order
@@ -81,14 +82,7 @@ def trained(tmp_path_factory, small_kaggle_folder, tiny_model_dir):
 
 def test_run_writes_a_complete_hub_model_folder(trained):
     for name in (
-        "model.safetensors",
-        "config.json",
-        "preprocessor_config.json",
-        "README.md",
-        "metrics.json",
-        "confusion_matrix.png",
-        "training_curves.png",
-        "split_manifest.csv",
+        *MODEL_FOLDER_FILES,
         "skipped_files.csv",
     ):
         assert (trained / name).is_file(), name

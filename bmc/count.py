@@ -1,0 +1,399 @@
+"""Differential counts: many single-cell predictions → the count a haematologist reads, reviewed.
+
+Conventions (ICSH 2015 marrow differential; CLSI H20-A2 for the intervals): rows in haematologists' order, in
+the groups of :data:`bmc.labels.COUNT_GROUPS`; percentages of **nucleated cells** (artefacts, "not
+identifiable" and smudge cells are shown but left out of the denominator), each with an exact binomial
+(Clopper–Pearson) 95 % interval, as the Rümke tables of CLSI H20 tabulate; headline figures: cells counted,
+blast %, and the M:E ratio when the model knows erythroid classes; a count below :data:`MIN_CELLS_WARNING`
+cells gets a warning (ICSH asks for 500 in marrow).
+
+A count is *reviewed* by confirming or relabelling cells (``corrections``: image name → code); every figure
+is then computed from the reviewed labels. Each review also teaches the count (:mod:`bmc.adaptation`): where
+the model is out of its depth, a head learnt from the reviewed cells re-labels the unreviewed ones, and every
+cell says where its label comes from (:data:`bmc.adaptation.SOURCES`). On paper: :mod:`bmc.report`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from functools import cached_property
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from bmc.adaptation import SOURCE_LEARNT, SOURCE_MODEL, SOURCE_REVIEWED, SOURCES, relabel
+from bmc.calibration import proportion_ci
+from bmc.images import SkippedFile
+from bmc.inference import Prediction, Predictor
+from bmc.labels import (
+    COUNT_GROUPS,
+    ERYTHROID_FOR_ME,
+    MYELOID_FOR_ME,
+    NOT_COUNTED,
+    count_group,
+    full_name,
+    sort_codes,
+)
+
+MIN_CELLS_WARNING = 200
+"""Below this many nucleated cells a count is too small to read (ICSH recommends 500 for marrow)."""
+ICSH_MARROW_CELLS = 500
+THUMBNAIL_PX = 112
+"""Side of the stored cell thumbnails (review gallery, HTML report): enough to see the cell, a few kB each."""
+REVIEW_PX = 512
+"""Longest side a cell is kept at for the review screen: single-cell crops (250-400 px) keep their full resolution."""
+
+
+@dataclass
+class Cell:
+    """One counted image: its name, the model's prediction, a small JPEG thumbnail and the image at
+    review size (or None)."""
+
+    name: str
+    prediction: Prediction
+    thumbnail: bytes | None = None
+    image: bytes | None = None
+
+
+@dataclass
+class CountRow:
+    """One class of the count (from the reviewed labels)."""
+
+    code: str
+    name: str
+    group: str
+    count: int
+    counted: bool
+    """False for the classes left out of the denominator (artefact, not identifiable, smudge cell)."""
+    percent: float | None
+    ci: tuple[float, float] | None
+    flagged: int
+    sources: dict[str, int] = field(default_factory=dict)
+    """How many of the row's cells have their label from each of :data:`bmc.adaptation.SOURCES`."""
+
+
+@dataclass
+class CountReport:
+    """A differential count: the cells, the model's labels and the reviewer's corrections."""
+
+    model_name: str
+    model_version: str
+    threshold: float
+    codes: list[str]
+    cells: list[Cell]
+    skipped: list[SkippedFile] = field(default_factory=list)
+    corrections: dict[str, str] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
+    temperature: float = 1.0
+    validation_flagged: float | None = None
+    """The model's calibration and the share of its validation images it flags (the learning review's baseline)."""
+    learn: bool = True
+    """Whether reviews re-label the unreviewed cells (:mod:`bmc.adaptation`); off, the model's labels stand."""
+    learnt: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """Unreviewed cells re-labelled by this review: name → (code, the head's probability of it)."""
+    learning_note: str = "no cell reviewed yet: the model's labels stand"
+
+    @cached_property
+    def _by_name(self) -> dict[str, Cell]:
+        return {c.name: c for c in self.cells}
+
+    def cell(self, name: str) -> Cell | None:
+        """The counted image of that name (names are unique within a count); a dict lookup, as the review
+        queue and the gallery look up every cell of a count on each render."""
+        return self._by_name.get(name)
+
+    def label(self, cell: Cell) -> str:
+        """A cell's label now: the reviewer's, else the one learnt from this review, else the model's."""
+        if cell.name in self.corrections:
+            return self.corrections[cell.name]
+        return self.learnt[cell.name][0] if cell.name in self.learnt else cell.prediction.top_code
+
+    def source(self, cell: Cell) -> str:
+        """Where a cell's label comes from: one of :data:`bmc.adaptation.SOURCES`."""
+        if cell.name in self.corrections:
+            return SOURCE_REVIEWED
+        return SOURCE_LEARNT if cell.name in self.learnt else SOURCE_MODEL
+
+    def confidence(self, cell: Cell) -> float:
+        """How sure the current label is (1 for a reviewed cell): the review queue's order."""
+        if cell.name in self.corrections:
+            return 1.0
+        return self.learnt[cell.name][1] if cell.name in self.learnt else cell.prediction.confidence
+
+    def review_queue(self) -> list[str]:
+        """Unreviewed cells, least confident under the current labels first, then the reviewed ones."""
+        open_ = sorted((c for c in self.cells if c.name not in self.corrections), key=self.confidence)
+        return [c.name for c in open_] + [c.name for c in self.cells if c.name in self.corrections]
+
+    def reviewed(self, corrections: dict[str, str]) -> CountReport:
+        """The same count with more review decisions (image name → code; the model's code confirms),
+        and the unreviewed cells re-labelled by what the reviewed ones teach (:meth:`relearn`)."""
+        unknown = sorted(set(corrections.values()) - set(self.codes))
+        if unknown:
+            raise ValueError(
+                f"labels {unknown} are not classes of this model ({', '.join(self.codes)}); a class the model "
+                "lacks can be added with bmc adapt"
+            )
+        missing = sorted(n for n in corrections if n not in self._by_name)
+        if missing and len(missing) == len(corrections):
+            raise ValueError(
+                f"none of the {len(corrections)} reviewed image(s) is in this count (e.g. {missing[0]}): the review is for another count"
+            )
+        if missing:
+            raise ValueError(f"{len(missing)} reviewed image(s) are not in this count, e.g. {missing[0]}")
+        return replace(self, corrections={**self.corrections, **corrections}).relearn()
+
+    def relearn(self) -> CountReport:
+        """Refit the learning review on the reviewed cells and re-label the others (model labels if off,
+        or if the cells carry no logits and embeddings, e.g. a count read back from a CSV)."""
+        usable = self.learn and all(c.prediction.logits is not None and c.prediction.embedding is not None for c in self.cells)
+        if not usable:
+            note = "learning is off: the model's labels stand" if not self.learn else self.learning_note
+            return replace(self, learnt={}, learning_note=note)
+        model_codes = list(self.cells[0].prediction.probs)  # the model's own class order (logits' columns)
+        index = {c.name: i for i, c in enumerate(self.cells)}
+        logits = [c.prediction.logits for c in self.cells if c.prediction.logits is not None]
+        embeddings = [c.prediction.embedding for c in self.cells if c.prediction.embedding is not None]
+        state = relabel(
+            np.stack(logits),
+            np.stack(embeddings),
+            {index[n]: model_codes.index(code) for n, code in self.corrections.items()},
+            self.temperature,
+            self.threshold,
+            self.validation_flagged,
+        )
+        learnt = {
+            c.name: (model_codes[state.labels[i]], float(state.confidence[i]))
+            for i, c in enumerate(self.cells)
+            if state.source[i] == SOURCE_LEARNT
+        }
+        return replace(self, learnt=learnt, learning_note=state.reason)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.cells)
+
+    @property
+    def n_counted(self) -> int:
+        """The denominator: nucleated, assessable cells."""
+        return sum(self.label(c) not in NOT_COUNTED for c in self.cells)
+
+    @property
+    def n_flagged(self) -> int:
+        return sum(c.prediction.flagged for c in self.cells)
+
+    @property
+    def n_reviewed(self) -> int:
+        return len(self.corrections)
+
+    @property
+    def n_changed(self) -> int:
+        return sum(1 for c in self.cells if c.name in self.corrections and self.corrections[c.name] != c.prediction.top_code)
+
+    @property
+    def n_learnt_changed(self) -> int:
+        """Unreviewed cells whose learnt label differs from the model's."""
+        return sum(1 for c in self.cells if c.name in self.learnt and self.learnt[c.name][0] != c.prediction.top_code)
+
+    @property
+    def source_counts(self) -> dict[str, int]:
+        """How many cells have their label from each source."""
+        out = dict.fromkeys(SOURCES, 0)
+        for c in self.cells:
+            out[self.source(c)] += 1
+        return out
+
+    @property
+    def n_flagged_open(self) -> int:
+        """Flagged cells nobody has reviewed yet."""
+        return sum(c.prediction.flagged and c.name not in self.corrections for c in self.cells)
+
+    @property
+    def rows(self) -> list[CountRow]:
+        """One row per class the model knows, in count order, zeros included."""
+        n = self.n_counted
+        order = [code for _, group in COUNT_GROUPS for code in group if code in self.codes]
+        order += [c for c in self.codes if c not in order]  # custom labels
+        out = []
+        for code in order:
+            mine = [c for c in self.cells if self.label(c) == code]
+            counted = code not in NOT_COUNTED
+            out.append(
+                CountRow(
+                    code=code,
+                    name=full_name(code),
+                    group=count_group(code),
+                    count=len(mine),
+                    counted=counted,
+                    percent=100.0 * len(mine) / n if counted and n else None,
+                    ci=proportion_ci(len(mine), n) if counted and n else None,
+                    flagged=sum(c.prediction.flagged for c in mine),
+                    sources={s: sum(self.source(c) == s for c in mine) for s in SOURCES},
+                )
+            )
+        return out
+
+    def _count(self, codes: Iterable[str]) -> int:
+        wanted = set(codes)
+        return sum(self.label(c) in wanted for c in self.cells)
+
+    @property
+    def blast_percent(self) -> tuple[float, tuple[float, float]] | None:
+        """Blast % of nucleated cells with its 95 % interval (None without blasts class or cells)."""
+        if "BLA" not in self.codes or not self.n_counted:
+            return None
+        k = self._count(["BLA"])
+        return 100.0 * k / self.n_counted, proportion_ci(k, self.n_counted)
+
+    @property
+    def me_ratio(self) -> float | None:
+        """Myeloid (granulocytic series, eosinophils, basophils) : erythroid precursors."""
+        if not set(self.codes) & ERYTHROID_FOR_ME:
+            return None
+        erythroid = self._count(ERYTHROID_FOR_ME)
+        return self._count(MYELOID_FOR_ME) / erythroid if erythroid else None
+
+    @property
+    def me_ratio_text(self) -> str:
+        if not set(self.codes) & ERYTHROID_FOR_ME:
+            return "not available: this model knows no erythroid class"
+        if self.me_ratio is None:
+            return "not available: no erythroid precursors in this count"
+        return f"{self.me_ratio:.2f} : 1"
+
+    @property
+    def blast_text(self) -> str:
+        if self.blast_percent is None:
+            return "not available" + (": this model knows no blast class" if "BLA" not in self.codes else ": no nucleated cells")
+        pct, (lo, hi) = self.blast_percent
+        return f"{pct:.1f} % (95 % CI {lo:.1f}–{hi:.1f})"
+
+    @property
+    def warnings(self) -> list[str]:
+        out = []
+        if self.n_counted < MIN_CELLS_WARNING:
+            out.append(
+                f"Only {self.n_counted} nucleated cells were counted: below {MIN_CELLS_WARNING}, the percentages are too "
+                f"uncertain to read (see the intervals); ICSH recommends at least {ICSH_MARROW_CELLS} for a marrow differential."
+            )
+        if self.n_flagged_open:
+            out.append(f"{self.n_flagged_open} flagged cells have not been reviewed: the count is not final.")
+        return out
+
+    def headline(self) -> str:
+        """The figures a reader looks at first, in one line of text."""
+        return (
+            f"{self.n_counted} nucleated cells counted ({self.n_images - self.n_counted} not counted: artefacts, "
+            f"not identifiable, smudge cells); blasts {self.blast_text}; M:E ratio {self.me_ratio_text}; "
+            f"{self.review_status}. {self.sources_text}"
+        )
+
+    @property
+    def review_status(self) -> str:
+        """Flagged, reviewed and relabelled cells: the one wording of the headline, the app and the HTML report."""
+        return (
+            f"{self.n_flagged} flagged for review (calibrated confidence below {self.threshold:.2f}), "
+            f"{self.n_reviewed} reviewed, {self.n_changed} relabelled"
+        )
+
+    @property
+    def sources_text(self) -> str:
+        """Where the labels come from, and what the learning review decided, in one sentence."""
+        n = self.source_counts
+        return (
+            f"Labels: {n[SOURCE_MODEL]} from the model, {n[SOURCE_LEARNT]} learnt from this review "
+            f"({self.n_learnt_changed} of them changed), {n[SOURCE_REVIEWED]} reviewed; {self.learning_note}."
+        )
+
+
+def thumbnail(image: Image.Image, size: int = THUMBNAIL_PX) -> bytes:
+    """A small JPEG of a cell for review galleries and the HTML report."""
+    small = image.copy()
+    small.thumbnail((size, size))
+    buf = io.BytesIO()
+    small.convert("RGB").save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def build_report(
+    cells: Sequence[Cell],
+    codes: Sequence[str],
+    model_name: str,
+    model_version: str,
+    threshold: float,
+    skipped: Sequence[SkippedFile] = (),
+    temperature: float = 1.0,
+    validation_flagged: float | None = None,
+    learn: bool = True,
+) -> CountReport:
+    """A count over the model's classes (in haematologists' order); nothing reviewed yet."""
+    return CountReport(
+        model_name,
+        model_version,
+        threshold,
+        sort_codes(codes),
+        list(cells),
+        list(skipped),
+        temperature=temperature,
+        validation_flagged=validation_flagged,
+        learn=learn,
+    )
+
+
+def report_for(predictor: Predictor, cells: Sequence[Cell], skipped: Sequence[SkippedFile] = (), learn: bool = True) -> CountReport:
+    """:func:`build_report` with a predictor's model name, version and calibration."""
+    return build_report(
+        cells,
+        predictor.codes,
+        predictor.name,
+        predictor.version,
+        predictor.threshold,
+        skipped,
+        predictor.temperature,
+        predictor.validation_flagged,
+        learn,
+    )
+
+
+def predict_stream(
+    predictor: Predictor,
+    items: Iterable[tuple[str, Image.Image] | SkippedFile],
+    batch_size: int = 32,
+    progress: bool = False,
+    thumbnails: str = "flagged",
+) -> tuple[list[Cell], list[SkippedFile]]:
+    """Predict decoded items (see ``bmc.uploads.iter_images``) batch by batch, keeping the skipped ones.
+
+    ``thumbnails``: keep a small JPEG of ``"flagged"`` cells (the HTML report shows them), of
+    ``"all"`` cells with the image at review size too (the app lets a reviewer open any cell), or
+    ``"none"``; each image is decoded once."""
+    done: list[Cell] = []
+    skipped: list[SkippedFile] = []
+    batch: list[tuple[str, Image.Image]] = []
+    seen: dict[str, int] = {}
+
+    def flush() -> None:
+        if batch:
+            for (name, image), pred in zip(batch, predictor.predict([im for _, im in batch], batch_size)):
+                keep = thumbnails == "all" or (thumbnails == "flagged" and pred.flagged)
+                full = thumbnail(image, REVIEW_PX) if thumbnails == "all" else None
+                done.append(Cell(name, pred, thumbnail(image) if keep else None, full))
+            batch.clear()
+
+    for item in tqdm(items, desc="cells", unit="img", disable=not progress):
+        if isinstance(item, SkippedFile):
+            skipped.append(item)
+            continue
+        name, image = item
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:  # two uploads called cell.jpg: each needs its own name to be reviewed
+            name = f"{name} ({seen[name]})"
+        batch.append((name, image))
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    return done, skipped

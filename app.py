@@ -34,7 +34,7 @@ from bmc.explain import Explainer, get_method, overlay
 from bmc.images import IMAGE_SUFFIXES, ImageError, open_image
 from bmc.inference import Predictor
 from bmc.labels import CELL_CLASSES, display_name, sort_codes
-from bmc.locate import several_cells
+from bmc.locate import no_cell, several_cells
 from bmc.locate_fields import cell_at, iter_field_cells
 from bmc.model_flags import add_model_arguments, predictor_from_args
 from bmc.model_folder import single_source_classes, unseen_marrow_score
@@ -85,8 +85,13 @@ class CellApp:
 
     def classify(self, path: str | None, k: float) -> tuple[dict[str, float] | None, str]:
         """Top-k calibrated classes and a verdict that says when to review; a picture of several cells is not
-        classified (the guard of :func:`bmc.locate.several_cells`)."""
+        classified (:func:`bmc.locate.several_cells`), nor one without any cell (:func:`bmc.locate.no_cell`)."""
         image = self.load(path)
+        if no_cell(image):
+            return None, (
+                "⚠️ **No cell found** in this picture: it shows hardly any nuclear stain (a blank, a field of red cells "
+                "only, or not a stained smear). Upload a picture of one white or nucleated cell."
+            )
         n_cells = several_cells(image)
         if n_cells >= 2:
             return None, (

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bmc.locate import Box, crop, find_cells, several_cells  # noqa: E402
+from bmc.locate import Box, crop, find_cells, no_cell, several_cells  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 FIELDS = SHARED / "external-wbc" / "bccd-fields"
@@ -132,11 +132,15 @@ def bench_guard(per_source: int = 200, tiles: int = 40, seed: int = 0) -> dict:
     out: dict = {}
     for name, paths in sources.items():
         pick = [paths[i] for i in rng.choice(len(paths), min(per_source, len(paths)), replace=False)]
-        refused = [p for p in pick if several_cells(Image.open(p)) >= 2]
+        several = [p for p in pick if several_cells(Image.open(p)) >= 2]
+        empty = [p for p in pick if no_cell(Image.open(p))]
+        refused = sorted(set(several) | set(empty))
         out[name] = {
             "images": len(pick),
             "refused": len(refused),
             "share_refused": len(refused) / len(pick),
+            "refused_as_several": len(several),
+            "refused_as_no_cell": len(empty),
             "examples": [Path(p).name for p in refused[:5]],
         }
     caught = 0
@@ -161,14 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "locate.json")
     parser.add_argument("--no-classify", action="store_true", help="locator and guard only")
-    parser.add_argument("--guard-only", action="store_true", help="the single-cell guard only")
+    parser.add_argument("--guard-only", action="store_true", help="the single-cell guards only (the locator figures in --out are kept)")
     args = parser.parse_args(argv)
     predictor = None if args.no_classify or args.guard_only else Predictor(args.model)
-    result = (
-        {"guard": bench_guard()}
-        if args.guard_only
-        else {"locator": bench_locator(predictor), "guard": bench_guard(), "model": None if args.no_classify else str(args.model)}
-    )
+    if args.guard_only:  # the locator's figures already written stay as they are
+        result = {**(json.loads(args.out.read_text()) if args.out.is_file() else {}), "guard": bench_guard()}
+    else:
+        result = {"locator": bench_locator(predictor), "guard": bench_guard(), "model": None if args.no_classify else str(args.model)}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=1))
     return 0

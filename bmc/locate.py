@@ -9,8 +9,8 @@ each blob as a square :data:`GROW` times its side, which covers the cytoplasm (B
 whole cell). Measured on BCCD's 292 trainval fields by ``bench/locate.py`` (docs/performance.md).
 Touching cells whose nuclei merge are not yet split (no watershed): they come back as one box.
 
-The same blob count guards *One cell*: a picture with several well separated nuclei of cell size is
-not one cell (:func:`several_cells`).
+The same stain guards *One cell*: a picture with several well separated nuclei of cell size is not one
+cell (:func:`several_cells`), and a colour picture with hardly any nuclear stain holds no cell (:func:`no_cell`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ MAX_SIDE = 2048
 """Longer side a field is searched at; a larger one (a 40-megapixel photo) is downscaled first, and said."""
 WORK_SIDE = 640
 """The side the morphology constants refer to (BCCD's fields)."""
+NO_CELL_BLUE_MINUS_RED = 15.0
+"""For the no-cell check: a lower stain level than the locator's, so that the pale nuclei of some blood smears count."""
+NO_CELL_STAIN_SHARE = 0.005
+"""A colour picture with less of its area stained than this holds no nucleated cell (a blank, a field of red cells only,
+a photo that is not a smear). On 800 real single-cell crops of four labs the least stained had 1.8 % (bench/locate.py)."""
+GREY_TOLERANCE = 2.0
+"""Mean channel difference below which a picture counts as greyscale: it has no stain colour to check."""
 GUARD_MIN_AREA_FRACTION = 0.02
 """For the single-cell guard: a second nucleus must be at least this share of the picture to count."""
 GUARD_RELATIVE_AREA = 0.25
@@ -111,6 +118,21 @@ def crop(image: Image.Image, box: Box) -> Image.Image:
     padded = cv2.copyMakeBorder(rgb, half, half, half, half, cv2.BORDER_CONSTANT, value=background)
     x0, y0 = cx - half + half, cy - half + half
     return Image.fromarray(padded[y0 : y0 + side, x0 : x0 + side])
+
+
+def no_cell(image: Image.Image) -> bool:
+    """Whether a colour picture holds no nucleated cell at all: less than :data:`NO_CELL_STAIN_SHARE` of it shows
+    nuclear stain (blue minus red above :data:`NO_CELL_BLUE_MINUS_RED`). A greyscale picture cannot be checked
+    (False): it is classified, with a note that it was converted."""
+    rgb = np.asarray(image.convert("RGB"))
+    if max(rgb.shape[:2]) > WORK_SIDE:
+        s = WORK_SIDE / max(rgb.shape[:2])
+        rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * s)), max(1, round(rgb.shape[0] * s))), interpolation=cv2.INTER_AREA)
+    f = rgb.astype(np.float32)
+    if float(np.abs(f[:, :, 0] - f[:, :, 2]).mean() + np.abs(f[:, :, 1] - f[:, :, 2]).mean()) < GREY_TOLERANCE:
+        return False
+    blue = cv2.GaussianBlur(f[:, :, 2] - f[:, :, 0], (0, 0), SMOOTH_SIGMA)
+    return float((blue > NO_CELL_BLUE_MINUS_RED).mean()) < NO_CELL_STAIN_SHARE
 
 
 def several_cells(image: Image.Image) -> int:

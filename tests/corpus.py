@@ -23,10 +23,16 @@ class BadInput:
 
 
 def _img(mode: str = "RGB", size: tuple[int, int] = (64, 64)) -> Image.Image:
+    """A stained-looking cell, drawn: a violet nucleus on a pale pink background, with noise (so a converted
+    upload still shows a cell to the one-cell checks)."""
     rng = np.random.default_rng(0)
     if mode == "I;16":
         return Image.fromarray(rng.integers(0, 65535, size[::-1], dtype=np.uint16))
-    return Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).convert(mode)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    nucleus = (xx - w / 2) ** 2 + (yy - h / 2) ** 2 < (min(w, h) / 4) ** 2
+    rgb = np.where(nucleus[..., None], [110, 60, 170], [235, 205, 215]) + rng.normal(0, 12, (h, w, 3))
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).convert(mode)
 
 
 def _save(img: Image.Image, fmt: str, **kw: object) -> bytes:

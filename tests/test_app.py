@@ -210,6 +210,35 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(client, tmp_path
     assert label["label"]
 
 
+def _stained_cells(n: int, path: Path) -> str:
+    """A drawn picture of ``n`` violet nuclei on a pale pink slide, well apart (n = 0: a blank slide)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    w, h = 300 * max(n, 1), 300
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.array([235, 205, 215], float) + rng.normal(0, 8, (h, w, 3))
+    for i in range(n):
+        nucleus = (xx - 150 - 300 * i) ** 2 + (yy - 150) ** 2 < 60**2
+        rgb[nucleus] = [110, 60, 170]
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path)
+    return str(path)
+
+
+def test_one_cell_refuses_a_picture_of_several_cells_or_of_none(client, tmp_path):
+    from gradio_client import handle_file
+
+    label, verdict = client.predict(handle_file(_stained_cells(2, tmp_path / "two.png")), 3, api_name="/classify")
+    assert label is None or not label.get("label"), label
+    assert "2 cells in this picture" in verdict and "Differential count" in verdict
+    label, verdict = client.predict(handle_file(_stained_cells(0, tmp_path / "blank.png")), 3, api_name="/classify")
+    assert label is None or not label.get("label"), label
+    assert "No cell found" in verdict
+    label, verdict = client.predict(handle_file(_stained_cells(1, tmp_path / "one.png")), 3, api_name="/classify")
+    assert label["label"] and "calibrated confidence" in verdict  # one drawn cell is classified (and most likely flagged)
+
+
 def test_user_errors_are_one_log_line_each_not_a_traceback(served, client, tmp_path):
     from gradio_client import handle_file
 
@@ -267,6 +296,12 @@ def test_browser_upload_label_and_attribution(app_url, tmp_path, shared_data):
         page.get_by_role("button", name="Classify").click()
         page.get_by_text("review threshold", exact=False).first.wait_for(timeout=60_000)  # the verdict has arrived
         assert "Eosinophil (EOS) at" in page.locator("body").inner_text()  # "<name> at <confidence>" of the verdict
+        page.locator("input[type=file]").first.set_input_files(_stained_cells(0, tmp_path / "blank.png"))
+        page.get_by_role("button", name="Classify").click()
+        page.get_by_text("No cell found", exact=False).first.wait_for(timeout=60_000)
+        page.locator("input[type=file]").first.set_input_files(cell)
+        page.get_by_role("button", name="Classify").click()
+        page.get_by_text("Eosinophil (EOS) at", exact=False).first.wait_for(timeout=60_000)
         for d in shots:
             page.screenshot(path=str(d / "app-one-cell.png"), full_page=True)
 

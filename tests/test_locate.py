@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import matek_images
 from PIL import Image
 
 from bmc.locate import MAX_SIDE, crop, find_cells, several_cells
@@ -83,3 +84,25 @@ def test_real_single_cells_are_not_refused(shared_data):
     cells = [p for code in ("BLA", "NGS", "MON", "EOS") for p in matek_images(code, 10)]
     cells += sorted(PBC.rglob("*.jpg"))[:20] + sorted(BCCD.rglob("*.jpg"))[:20]
     assert sum(several_cells(Image.open(p)) >= 2 for p in cells) == 0
+
+
+def test_no_cell_in_a_blank_or_red_cell_only_picture_but_a_cell_in_a_stained_one():
+    from corpus import _img
+
+    from bmc.locate import no_cell
+
+    assert no_cell(Image.new("RGB", (300, 300), (232, 221, 226)))  # blank slide
+    rng = np.random.default_rng(0)
+    pink = np.clip(np.array([220, 150, 160]) + rng.normal(0, 10, (200, 200, 3)), 0, 255).astype(np.uint8)
+    assert no_cell(Image.fromarray(pink))  # red cells only: red above blue everywhere
+    assert not no_cell(_img(size=(120, 120)))  # a violet nucleus
+    assert not no_cell(Image.new("L", (100, 100), 128))  # greyscale: nothing to go by, so classified (with a note)
+
+
+@pytest.mark.integration
+def test_no_real_single_cell_is_called_no_cell(shared_data):
+    from bmc.locate import no_cell
+
+    for code in ("BLA", "LYT", "NGS", "ART"):
+        for path in matek_images(code, 20):
+            assert not no_cell(Image.open(path)), path

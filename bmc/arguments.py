@@ -166,8 +166,6 @@ class ModelArguments:
             self.image_size = rounded
         if not 0 < self.review_target_accuracy <= 1:
             raise ValueError(f"--review_target_accuracy must be in (0, 1], not {self.review_target_accuracy}")
-        if self.distill_from and not (Path(self.distill_from) / "config.json").is_file():
-            raise ValueError(f"--distill_from {self.distill_from}: not a model folder (no config.json)")
         if self.distill_weight < 0 or self.distill_temperature <= 0:
             raise ValueError("--distill_weight must be >= 0 and --distill_temperature > 0")
         augment = split_list(self.augment) or []

@@ -53,6 +53,8 @@ def run(
     export_args = export_args or ExportArguments()
     output_dir = cast(str, training_args.output_dir)  # TrainingArguments.__post_init__ sets a default
     export_dir = Path(export_args.export_dir or output_dir)
+    if model_args.distill_from and not (Path(model_args.distill_from) / "config.json").is_file():
+        raise ValueError(f"--distill_from {model_args.distill_from}: not a model folder (no config.json)")  # before any data
     dsd, skipped, manifest = prepare_data(data_args, training_args.seed)
     check_no_held_out_leak(model_args.model_name_or_path, manifest)
     codes = dsd["train"].features["label"].names

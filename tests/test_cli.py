@@ -137,3 +137,37 @@ def test_a_wrong_model_is_one_line_and_exit_code_2(tmp_path, model):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and lines[-1].startswith("error:") and "Traceback" not in result.stderr
     assert "--model " in lines[-1] and "--model_name_or_path" not in lines[-1]
+
+
+def test_the_app_with_a_wrong_model_is_one_line_and_exit_code_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "--model", str(tmp_path / "no-model")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and lines[-1].startswith("error:") and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.integration
+def test_the_app_on_a_busy_port_is_one_line_and_exit_code_2(shared_data):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "app.py"), "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"},
+        )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--port" in lines[0] and "GRADIO_SERVER_PORT" in lines[0]

@@ -106,3 +106,17 @@ def test_no_real_single_cell_is_called_no_cell(shared_data):
     for code in ("BLA", "LYT", "NGS", "ART"):
         for path in matek_images(code, 20):
             assert not no_cell(Image.open(path)), path
+
+
+def test_a_small_faint_blob_is_debris_but_a_strong_nucleus_of_the_same_size_is_a_cell():
+    from bmc.locate import FAINT_AREA_FRACTION
+
+    rng = np.random.default_rng(0)
+    h, w = 480, 640
+    yy, xx = np.mgrid[0:h, 0:w]
+    field = np.array([225, 190, 200], float) + rng.normal(0, 5, (h, w, 3))
+    radius = int(np.sqrt(0.6 * FAINT_AREA_FRACTION * h * w / np.pi))  # well below the faint-blob area, above the floor
+    field[(xx - 160) ** 2 + (yy - 240) ** 2 < radius**2] = [150, 120, 195]  # faint: blue minus red 45 (a platelet clump)
+    field[(xx - 480) ** 2 + (yy - 240) ** 2 < radius**2] = [95, 50, 170]  # strong: blue minus red 75 (a nucleus)
+    boxes = find_cells(Image.fromarray(np.clip(field, 0, 255).astype(np.uint8))).boxes
+    assert len(boxes) == 1 and boxes[0].x0 > 320, boxes

@@ -23,8 +23,8 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python app.py --model $(MODEL) $(if $(PORT),--port $(PORT))
 
-## Whole test suite (lint, then unit + integration on ../shared/data + app + headless browser).
-test: install browser lint typecheck
+## Whole test suite (lint: ruff and mypy; then unit + integration on ../shared/data + app + headless browser).
+test: install browser lint
 	$(BIN)/python -m pytest -q -ra
 
 ## The quick loop: tests that need neither ../shared/data nor a server, a training run or a package build.

@@ -124,31 +124,22 @@ def test_fields_are_counted_cell_by_cell_and_an_unreadable_folder_says_why(tmp_p
     assert not (tmp_path / "r2").exists()
 
 
+def _stumble(*args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run a front (``-m bmc …`` or ``app.py …``) offline as a newcomer would; its result and non-empty stderr lines."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    return result, [line for line in result.stderr.splitlines() if line.strip()]
+
+
 @pytest.mark.parametrize("model", ["/nonexistent/model", "someone/no-such-model"])
 def test_a_wrong_model_is_one_line_and_exit_code_2(tmp_path, model):
-    result = subprocess.run(
-        [sys.executable, "-m", "bmc", "count", str(tmp_path), "--model", model, "--out", str(tmp_path / "r")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    result, lines = _stumble("-m", "bmc", "count", str(tmp_path), "--model", model, "--out", str(tmp_path / "r"))
     assert result.returncode == 2 and lines[-1].startswith("error:") and "Traceback" not in result.stderr
     assert "--model " in lines[-1] and "--model_name_or_path" not in lines[-1]
 
 
 def test_the_app_with_a_wrong_model_is_one_line_and_exit_code_2(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "app.py"), "--model", str(tmp_path / "no-model")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    result, lines = _stumble(str(ROOT / "app.py"), "--model", str(tmp_path / "no-model"))
     assert result.returncode == 2 and lines[-1].startswith("error:") and "Traceback" not in result.stderr, result.stderr[-2000:]
 
 
@@ -160,14 +151,7 @@ def test_the_app_on_a_busy_port_is_one_line_and_exit_code_2(shared_data):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "app.py"), "--port", str(port)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"},
-        )
+        result, lines = _stumble(str(ROOT / "app.py"), "--port", str(port))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--port" in lines[0] and "GRADIO_SERVER_PORT" in lines[0]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0] and "--port" in errors[0] and "GRADIO_SERVER_PORT" in errors[0]

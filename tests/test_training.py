@@ -659,7 +659,6 @@ def test_two_processes_train_like_one_with_the_same_global_batch(small_kaggle_fo
         ]
         for d in ("one", "two")
     ]
-    print("1 vs 2 processes, training loss by step:", losses)
     assert len(losses[0]) == len(losses[1]) >= 4
     assert max(abs(a - b) / a for a, b in zip(*losses)) <= MULTI_PROCESS_TOLERANCE, losses
     t1, t2 = m1["calibration"]["temperature"], m2["calibration"]["temperature"]

@@ -11,7 +11,6 @@ the external sets (BCCD crops, ``pbc-external``) are reported, never used to cho
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -24,14 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.tta import model_and_manifest  # noqa: E402
 from bmc.calibration import softmax  # noqa: E402
 from bmc.evaluation import counts_right, dataset_from_manifest, load_labelled  # noqa: E402
 from bmc.inference import predict_logits  # noqa: E402
 from bmc.locate import crop, find_cells  # noqa: E402
 from bmc.metrics import classification_metrics, paired_macro_f1_difference  # noqa: E402
-from bmc.model import load_classifier  # noqa: E402
-from bmc.model_folder import read_manifest  # noqa: E402
-from bmc.splits import resolve_source  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -63,13 +60,7 @@ def measure(model, processor, images: list, labels: list[int], codes: list[str],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "bmc-dinov2s-matek-pbc13")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    model, processor = load_classifier(str(args.model))
-    codes = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-    rows = [{**r, "source": str(resolve_source(r["source"]))} for r in read_manifest(args.model / "split_manifest.csv")]
+    args, model, processor, codes, rows = model_and_manifest(__doc__, argv)
     result: dict = {"model": str(args.model), "decide_on": "validation", "sets": {}}
     for domain in dict.fromkeys(r["domain"] for r in rows):
         val = dataset_from_manifest([r for r in rows if r["split"] == "validation" and r["domain"] == domain], codes)

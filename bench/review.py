@@ -47,15 +47,14 @@ TARGET = 0.95
 def load_set(cells: Path, codes: list[str], split: str | None, domain: str | None) -> tuple[list, np.ndarray, dict[str, str] | None]:
     """Images, true class indices and class equivalents of a labelled folder or of a manifest split."""
     from bmc.evaluation import dataset_from_manifest, load_labelled
-    from bmc.model_folder import read_manifest
-    from bmc.splits import resolve_source
+    from bmc.splits import read_resolved_manifest
 
     if cells.suffix == ".csv":
         if not split:
             raise SystemExit("--cells is a manifest: give --split (train, validation or test)")
         rows = [
-            {**r, "source": str(resolve_source(r["source"]))}
-            for r in read_manifest(cells)
+            r
+            for r in read_resolved_manifest(cells)
             if r["split"] == split and (not domain or r.get("domain") == domain) and r["label"] in codes
         ]
         ds, equivalents = dataset_from_manifest(rows, codes), None

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from PIL import ImageOps
 
@@ -27,19 +28,23 @@ from bmc.calibration import softmax  # noqa: E402
 from bmc.evaluation import dataset_from_manifest  # noqa: E402
 from bmc.inference import predict_logits  # noqa: E402
 from bmc.metrics import classification_metrics, paired_macro_f1_difference  # noqa: E402
-from bmc.model import load_classifier  # noqa: E402
-from bmc.model_folder import read_manifest  # noqa: E402
-from bmc.splits import resolve_source  # noqa: E402
+from bmc.model import class_codes, load_classifier  # noqa: E402
+from bmc.splits import read_resolved_manifest  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def model_and_manifest(doc: str | None, argv: list[str] | None) -> tuple[argparse.Namespace, Any, Any, list[str], list[dict]]:
+    """``--model`` and ``--out`` of a validation bench (this one, ``bench/recrop.py``): the parsed arguments, the
+    model, its processor, its classes and its split manifest's rows."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "bmc-dinov2s-matek-pbc13")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     model, processor = load_classifier(str(args.model))
-    codes = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-    rows = [{**r, "source": str(resolve_source(r["source"]))} for r in read_manifest(args.model / "split_manifest.csv")]
+    return args, model, processor, class_codes(model), read_resolved_manifest(args.model / "split_manifest.csv")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, model, processor, codes, rows = model_and_manifest(__doc__, argv)
     val = dataset_from_manifest([r for r in rows if r["split"] == "validation"], codes)
     images = [im.convert("RGB") for im in val["image"]]
     labels = val["label"]

@@ -6,14 +6,14 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from bmc.backends import Runner, describe, make_runner, torch_runner
 from bmc.calibration import flagged, softmax
-from bmc.model import load_classifier
+from bmc.model import class_codes, load_classifier
 from bmc.transforms import preprocess, processor_size
 
 
@@ -90,8 +90,7 @@ class Predictor:
         self.name = name_or_path
         self.model, self.processor = load_classifier(name_or_path, allow_pickle, revision)
         cfg = self.model.config
-        id2label = cast(dict[int, str], cfg.id2label)  # a classifier's config: transformers makes the keys int on load
-        self.codes = [id2label[i] for i in range(len(id2label))]
+        self.codes = class_codes(self.model)
         self.temperature = float(getattr(cfg, "bmc_temperature", 1.0) or 1.0)
         self.threshold = float(getattr(cfg, "bmc_review_threshold", 0.5) or 0.5)
         self.use_denoise = bool(getattr(cfg, "bmc_denoise", False))

@@ -130,15 +130,21 @@ def crop(image: Image.Image, box: Box) -> Image.Image:
     return Image.fromarray(padded[y0 : y0 + side, x0 : x0 + side])
 
 
+def _at_work_size(image: Image.Image) -> np.ndarray:
+    """The picture as RGB, downscaled to :data:`WORK_SIDE` when larger: the guards' constants refer to that size."""
+    rgb = np.asarray(image.convert("RGB"))
+    h, w = rgb.shape[:2]
+    if max(h, w) > WORK_SIDE:
+        s = WORK_SIDE / max(h, w)
+        rgb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return rgb
+
+
 def no_cell(image: Image.Image) -> bool:
     """Whether a colour picture holds no nucleated cell at all: less than :data:`NO_CELL_STAIN_SHARE` of it shows
     nuclear stain (blue minus red above :data:`NO_CELL_BLUE_MINUS_RED`). A greyscale picture cannot be checked
     (False): it is classified, with a note that it was converted."""
-    rgb = np.asarray(image.convert("RGB"))
-    if max(rgb.shape[:2]) > WORK_SIDE:
-        s = WORK_SIDE / max(rgb.shape[:2])
-        rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * s)), max(1, round(rgb.shape[0] * s))), interpolation=cv2.INTER_AREA)
-    f = rgb.astype(np.float32)
+    f = _at_work_size(image).astype(np.float32)
     if float(np.abs(f[:, :, 0] - f[:, :, 2]).mean() + np.abs(f[:, :, 1] - f[:, :, 2]).mean()) < GREY_TOLERANCE:
         return False
     blue = cv2.GaussianBlur(f[:, :, 2] - f[:, :, 0], (0, 0), SMOOTH_SIGMA)
@@ -150,12 +156,8 @@ def several_cells(image: Image.Image) -> int:
     at least :data:`GUARD_MIN_AREA_FRACTION` of the picture whose centres lie :data:`GUARD_MIN_DISTANCE` of its
     side apart, and none touching the picture's edge, count, so a lobed nucleus or a neighbour cut by the edge of a
     single-cell crop does not."""
-    rgb = np.asarray(image.convert("RGB"))
+    rgb = _at_work_size(image)
     h, w = rgb.shape[:2]
-    if max(h, w) > WORK_SIDE:
-        s = WORK_SIDE / max(h, w)
-        rgb = cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-        h, w = rgb.shape[:2]
     stats, centroids, _strength = _blobs(rgb)
     largest = max((int(st[4]) for st in stats), default=0)
     big = [

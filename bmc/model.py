@@ -15,7 +15,7 @@ import logging
 import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
@@ -102,6 +102,12 @@ def load_for_training(
     if drop_path_rate is not None and hasattr(config, "drop_path_rate"):
         config.drop_path_rate = drop_path_rate
     return _from_pretrained(name_or_path, allow_pickle, revision, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes)
+
+
+def class_codes(model: PreTrainedModel) -> list[str]:
+    """A classifier's class codes in output order (transformers makes ``id2label``'s keys int on load)."""
+    id2label = cast(dict[int, str], model.config.id2label)
+    return [id2label[i] for i in range(len(id2label))]
 
 
 def load_classifier(name_or_path: str, allow_pickle: bool = False, revision: str | None = None) -> tuple[PreTrainedModel, Any]:

@@ -18,6 +18,7 @@ import datasets
 
 from bmc.constants import REPO_ROOT
 from bmc.images import SkippedFile
+from bmc.model_folder import read_manifest
 
 SPLITS = ("train", "validation", "test")
 
@@ -115,6 +116,11 @@ def resolve_source(source: str) -> Path:
     if path.is_absolute() or path.exists():
         return path
     return REPO_ROOT / path
+
+
+def read_resolved_manifest(path: str | Path) -> list[dict[str, str]]:
+    """A split manifest's rows with each image path resolved (:func:`resolve_source`), for tools run from anywhere."""
+    return [{**row, "source": str(resolve_source(row["source"]))} for row in read_manifest(path)]
 
 
 def write_skipped(path: str | Path, skipped: Sequence[SkippedFile]) -> None:

@@ -24,7 +24,7 @@ from bmc import evaluation, labels
 from bmc.arguments import DataArguments, ExportArguments, ModelArguments
 from bmc.augmentation import TrainTransform
 from bmc.export import base_hub_id, base_source, write_model_folder
-from bmc.model import load_classifier, load_for_training, save_classifier
+from bmc.model import class_codes, load_classifier, load_for_training, save_classifier
 from bmc.trainer import AugmentationEpoch, CellTrainer, Teacher, collate, compute_metrics, sample_weights
 from bmc.training_data import check_no_held_out_leak, distill_mask, prepare_data
 from bmc.transforms import build_image_processor, make_eval_transform, processor_size
@@ -174,8 +174,7 @@ def load_teacher(model_args: ModelArguments, codes: list[str], mean: tuple, std:
     folder = str(model_args.distill_from)
     check_no_held_out_leak(folder, manifest)
     model, processor = load_classifier(folder)
-    id2label = cast(dict[int, str], model.config.id2label)  # a classifier's config: transformers makes the keys int on load
-    theirs = [id2label[i] for i in range(len(id2label))]
+    theirs = class_codes(model)
     missing = sorted(set(theirs) - set(codes))
     if missing:
         raise ValueError(f"--distill_from {folder}: its classes {', '.join(missing)} are not among this run's")

@@ -258,8 +258,9 @@ class CellApp:
         note = (
             f"**{report.n_reviewed} reviewed cells** in class folders. To make a model for your lab from them, unzip and run\n\n"
             f"```\nbmc adapt {self.predictor.name} reviewed-cells/ --out models/my-lab\n```\n\n"
-            "It refits the model's last layer on your cells (a few minutes on a laptop CPU); it is not run on this server "
-            "because it would hold up everyone else's counts. More reviewed cells per class give a better model."
+            "It fine-tunes the model's last blocks on your cells while replaying its training images, so it keeps what "
+            "it knew (about four minutes on 2 CPU cores); it is not run on this server because it would hold up everyone "
+            "else's counts for that long. More reviewed cells per class give a better model."
         )
         return str(path), note
 

@@ -3,12 +3,18 @@
     python bench/adapt_curve.py --out docs/review/adapt-bccd.json            # 5, 10, 20 cells per class, 5 draws each
 
 For each k and draw (seeds 0-4) it takes k cells per BCCD class (all of a class with fewer: BCCD has 3
-basophils), adapts the bundled model's head exactly as ``bmc adapt`` does (:func:`bmc.lab_model.adapt_head`,
-with the same replay of its training images), and measures accuracy on BCCD's *other* cells (a neutrophil
-called band or segmented counts as right, as in ``bmc evaluate``) and macro-F1 on the Matek test split
-before and after (what it forgot). BCCD is a test set: it is split here for this lab-adaptation
-experiment only, never to train the bundled model or choose its recipe. The embeddings come from one
-forward pass per image (cached with ``--features``), so the curve is the head's, as ``bmc adapt`` fits it.
+basophils), adapts the bundled model as ``bmc adapt`` does, with the same replay of its training images,
+and measures accuracy on BCCD's *other* cells (a neutrophil called band or segmented counts as right, as
+in ``bmc evaluate``) and macro-F1 on the Matek test split before and after (what it forgot). BCCD is a
+test set: it is split here for this lab-adaptation experiment only, never to train the bundled model or
+choose its recipe.
+
+``--method blocks`` (what ``bmc adapt`` does for DINOv2 models): the last blocks are fine-tuned
+(:func:`bmc.lab_tuning.tune`, the fit ``bmc adapt`` makes on all the lab's cells; its k-fold figures for
+the card are left out here, as they cost two more fits per draw) on the tokens entering them, cached per
+set in ``--features``. ``--method head``: the head-only refit (:func:`bmc.lab_model.adapt_head`, k-fold
+included) on cached embeddings. ``--time-cli DIR`` also times the whole ``bmc adapt`` command on the
+first k cells (largest k) of each class folder, linked into DIR.
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,14 +37,51 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.review import cached_forward, load_set  # noqa: E402
+from bmc import lab_tuning  # noqa: E402
 from bmc.calibration import softmax  # noqa: E402
 from bmc.evaluation import counts_right  # noqa: E402
-from bmc.lab_model import LAB_WEIGHT, PULL, adapt_head, replay_records  # noqa: E402
+from bmc.lab_model import HEAD_LAB_WEIGHT, PULL, adapt_head, replay_records  # noqa: E402
+from bmc.lab_tuning import block_inputs, tune  # noqa: E402
 from bmc.metrics import classification_metrics  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 PER_CLASS = (5, 10, 20)
 DRAWS = 5
+
+
+def cached_block_inputs(
+    predictor: Any, cache: Path, load: Callable[[], tuple[list, np.ndarray, Any]]
+) -> tuple[Any, np.ndarray, np.ndarray, Any]:
+    """Tokens entering the tuned blocks, the model's logits, true classes and class equivalents of a set: from
+    ``cache`` (a safetensors file plus its .json) when it holds this model version's pass, else one pass."""
+    from safetensors.torch import load_file, save_file
+
+    meta = cache.with_suffix(".json")
+    if cache.is_file() and meta.is_file() and json.loads(meta.read_text())["version"] == predictor.version:
+        tensors, info = load_file(cache), json.loads(meta.read_text())
+        return tensors["hidden"], tensors["logits"].numpy(), tensors["truth"].numpy(), info["equivalents"] or None
+    images, truth, equivalents = load()
+    hidden, logits = block_inputs(predictor.model, predictor.processor, images, predictor.use_denoise)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"hidden": hidden.contiguous(), "logits": torch.from_numpy(logits), "truth": torch.as_tensor(truth)}, cache)
+    meta.write_text(json.dumps({"version": predictor.version, "equivalents": equivalents or {}}))
+    return hidden, logits, np.asarray(truth), equivalents
+
+
+def time_cli(model: str, lab: Path, per_class: int, folder: Path) -> float:
+    """Seconds of the whole ``bmc adapt`` command on the first ``per_class`` images of each class folder of
+    ``lab``, linked into ``folder``."""
+    import shutil
+    import subprocess
+
+    shutil.rmtree(folder, ignore_errors=True)
+    for class_dir in sorted(p for p in lab.iterdir() if p.is_dir()):
+        (folder / "cells" / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.iterdir())[:per_class]:
+            (folder / "cells" / class_dir.name / image.name).symlink_to(image.resolve())
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "bmc", "adapt", model, str(folder / "cells"), "--out", str(folder / "model")], check=True)
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lab", type=Path, default=SHARED / "external-wbc" / "bccd")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
+        "--method", choices=["blocks", "head"], default="blocks", help="tune the last blocks (bmc adapt's way) or the head only"
+    )
+    parser.add_argument(
         "--split",
         choices=["test", "validation"],
         default="test",
@@ -54,80 +103,104 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--per-class", type=int, nargs="+", default=list(PER_CLASS), help="labelled cells per class")
     parser.add_argument("--draws", type=int, default=DRAWS, help="draws (seeds 0..N-1) per number of cells")
-    parser.add_argument("--pull", type=float, default=PULL, help="L2 pull towards the original head (bmc.lab_model.PULL)")
-    parser.add_argument("--lab-weight", type=float, default=LAB_WEIGHT, help="weight of a lab cell against a replayed image")
-    parser.add_argument("--features", type=Path, default=ROOT / ".cache" / "adapt", help="folder of cached embeddings")
+    parser.add_argument("--pull", type=float, default=PULL, help="--method head: L2 pull towards the original head")
+    parser.add_argument("--lab-weight", type=float, default=HEAD_LAB_WEIGHT, help="--method head: weight of a lab cell")
+    parser.add_argument("--features", type=Path, default=ROOT / ".cache" / "adapt", help="folder of cached passes")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="--method blocks: override a setting of bmc.lab_tuning for this run (e.g. DISTILL_WEIGHT=10 EPOCHS=3), to compare settings",
+    )
+    parser.add_argument("--time-cli", type=Path, default=None, metavar="DIR", help="also time the whole bmc adapt command")
     args = parser.parse_args(argv)
+    settings = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if not hasattr(lab_tuning, name) or not name.isupper():
+            parser.error(f"--set {item}: bmc.lab_tuning has no setting {name}")
+        settings[name] = type(getattr(lab_tuning, name))(value)
+        setattr(lab_tuning, name, settings[name])
 
     predictor = Predictor(args.model, backend="torch")
-    head = predictor.model.classifier
-    weight, bias = head.weight.detach().numpy(), head.bias.detach().numpy()
     codes = predictor.codes
-    _, lab_x, lab_y, lab_eq = cached_forward(predictor, args.features / "lab.npz", lambda: load_set(args.lab, codes, None, None))
-    lab_codes = [codes[i] for i in lab_y]
-    replay = replay_records(Path(args.model), codes)
-    _, replay_x, replay_y, _ = cached_forward(
-        predictor,
-        args.features / "replay.npz",
-        lambda: ([Image.open(p).convert("RGB") for p, _ in replay], np.array([codes.index(c) for _, c in replay]), None),
-    )
-    replay_codes = [codes[i] for i in replay_y]
     manifest = Path(args.model) / "split_manifest.csv"
-    test_logits, test_x, test_y, _ = cached_forward(
-        predictor, args.features / f"matek-{args.split}.npz", lambda: load_set(manifest, codes, args.split, "bone-marrow-cells")
-    )
-    before = classification_metrics(softmax(test_logits), test_y, num_classes=len(predictor.codes))["macro_f1"]
-    lab_codes_arr = np.array(lab_codes)
+    replay = replay_records(Path(args.model), codes)
+    loaders = {
+        "lab": lambda: load_set(args.lab, codes, None, None),
+        "replay": lambda: ([Image.open(p).convert("RGB") for p, _ in replay], np.array([codes.index(c) for _, c in replay]), None),
+        f"matek-{args.split}": lambda: load_set(manifest, codes, args.split, "bone-marrow-cells"),
+    }
+    if args.method == "head":
+        passes = {name: cached_forward(predictor, args.features / f"{name}.npz", load) for name, load in loaders.items()}
+        lab_x, lab_y, lab_eq = passes["lab"][1], passes["lab"][2], passes["lab"][3]
+        replay_x, replay_y = passes["replay"][1], passes["replay"][2]
+        test_logits, test_x, test_y = passes[f"matek-{args.split}"][:3]
+    else:
+        passes = {
+            name: cached_block_inputs(predictor, args.features / f"{name}-block{lab_tuning.first_tuned(predictor.model)}.safetensors", load)
+            for name, load in loaders.items()
+        }
+        lab_x, lab_y, lab_eq = passes["lab"][0], passes["lab"][2], passes["lab"][3]
+        replay_x, replay_logits = passes["replay"][0], passes["replay"][1]
+        test_x, test_logits, test_y = passes[f"matek-{args.split}"][:3]
+    lab_codes = np.array([codes[i] for i in lab_y])
+    before = classification_metrics(softmax(test_logits), test_y, num_classes=len(codes))["macro_f1"]
     results: dict = {
         "model": str(args.model),
         "lab": str(args.lab),
+        "method": args.method,
         "n_lab": len(lab_codes),
         "forgetting_split": args.split,
-        "pull": args.pull,
-        "lab_weight": args.lab_weight,
         "matek_macro_f1_before": before,
+        "settings": settings,
         "runs": [],
     }
+    if args.method == "head":
+        results.update(pull=args.pull, lab_weight=args.lab_weight)
     for k in args.per_class:
         for seed in range(args.draws):
             rng = np.random.default_rng(seed)
-            picked = np.concatenate([rng.permutation(np.nonzero(lab_codes_arr == c)[0])[:k] for c in sorted(set(lab_codes))])
+            picked = np.concatenate([rng.permutation(np.nonzero(lab_codes == c)[0])[:k] for c in sorted(set(lab_codes))])
             rest = np.setdiff1d(np.arange(len(lab_codes)), picked)
             t0 = time.perf_counter()
-            result = adapt_head(
-                codes,
-                weight,
-                bias,
-                lab_x[picked],
-                [lab_codes[i] for i in picked],
-                replay_x,
-                replay_codes,
-                pull=args.pull,
-                lab_weight=args.lab_weight,
-            )
-            seconds = time.perf_counter() - t0
-            predicted = np.array(result.codes)[(lab_x[rest] @ result.weight.T + result.bias).argmax(axis=1)]
-            truth = lab_codes_arr[rest]
-            right = counts_right(predicted, truth, lab_eq)  # BCCD's neutrophils are unsplit: a band call counts
-            after = classification_metrics(softmax(test_x @ result.weight.T + result.bias), test_y, num_classes=len(result.codes))
-            results["runs"].append(
-                {
-                    "per_class": k,
-                    "seed": seed,
-                    "n_labelled": len(picked),
-                    "lab_other_accuracy": float(right.mean()),
-                    "lab_out_of_fold_accuracy": result.lab_figures["accuracy"],
-                    "matek_macro_f1_after": after["macro_f1"],
-                    "fit_s": seconds,
-                }
-            )
-            print(json.dumps(results["runs"][-1]), flush=True)
+            run: dict[str, Any] = {"per_class": k, "seed": seed, "n_labelled": len(picked)}
+            if args.method == "head":
+                head = predictor.model.classifier
+                result = adapt_head(
+                    codes,
+                    head.weight.detach().numpy(),
+                    head.bias.detach().numpy(),
+                    lab_x[picked],
+                    list(lab_codes[picked]),
+                    replay_x,
+                    [codes[i] for i in replay_y],
+                    pull=args.pull,
+                    lab_weight=args.lab_weight,
+                )
+                lab_logits = lab_x[rest] @ result.weight.T + result.bias
+                after_logits = test_x @ result.weight.T + result.bias
+                run["lab_out_of_fold_accuracy"] = result.lab_figures["accuracy"]
+            else:
+                tail = tune(predictor.model, len(codes), lab_x[picked], lab_y[picked], replay_x, replay_logits, seed)
+                lab_logits, after_logits = tail.logits(lab_x[rest]), tail.logits(test_x)
+            run["fit_s"] = time.perf_counter() - t0
+            right = counts_right(np.array(codes)[lab_logits.argmax(axis=1)], lab_codes[rest], lab_eq)  # a band call counts for BCCD
+            run["lab_other_accuracy"] = float(right.mean())
+            run["matek_macro_f1_after"] = classification_metrics(softmax(after_logits), test_y, num_classes=len(codes))["macro_f1"]
+            results["runs"].append(run)
+            print(json.dumps(run), flush=True)
+    if args.time_cli:
+        k = max(args.per_class)
+        results["bmc_adapt_s"] = {"per_class": k, "seconds": time_cli(args.model, args.lab, k, args.time_cli)}
+        print(f"bmc adapt, whole command, {k} cells per class: {results['bmc_adapt_s']['seconds']:.0f} s", flush=True)
     summary = {}
+    keys = ("lab_other_accuracy", "lab_out_of_fold_accuracy", "matek_macro_f1_after", "fit_s")
     for k in args.per_class:
         runs = [r for r in results["runs"] if r["per_class"] == k]
         summary[str(k)] = {
-            key: [float(np.mean([r[key] for r in runs])), float(np.std([r[key] for r in runs]))]
-            for key in ("lab_other_accuracy", "lab_out_of_fold_accuracy", "matek_macro_f1_after", "fit_s")
+            key: [float(np.mean([r[key] for r in runs])), float(np.std([r[key] for r in runs]))] for key in keys if key in runs[0]
         }
     results["summary"] = summary
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-learning", action="store_true", help="with --review: keep the model's labels for the unreviewed cells (plain review)"
     )
     add_model_arguments(count)
-    adapt = sub.add_parser("adapt", help="a model for your lab: refit the model's head on your lab's labelled cells")
+    adapt = sub.add_parser("adapt", help="a model for your lab: fine-tune the model's last blocks on your lab's labelled cells")
     adapt.add_argument("model", help="model folder to adapt (the bundled one, or a bmc model folder)")
     adapt.add_argument("cells", type=Path, help="folder of class folders, or a reviewed predictions.csv of bmc count / the app")
     adapt.add_argument("--out", type=Path, required=True, help="folder for the adapted model")

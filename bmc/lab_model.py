@@ -1,17 +1,18 @@
-"""A model for your laboratory (``bmc adapt``): a bmc model re-headed on a lab's reviewed cells.
+"""A model for your laboratory (``bmc adapt``): a bmc model taught a lab's look from its labelled cells.
 
-What changes is the model's last layer only: the linear head that reads each cell's embedding
-(:mod:`bmc.backends`). It starts from the model's own head and is refitted on the lab's cells together
-with a replay of the base model's training images, with an L2 pull towards the original weights, so
-the classes the lab did not show keep what they knew. The backbone is untouched, so adapting takes
-seconds once the embeddings are computed, and the result is an ordinary model folder (safetensors,
-``config.json`` with labels and calibration, image processor, card) that the app, :class:`Predictor`
-and ``pipeline("image-classification")`` load with nothing extra. Chosen by measurement against a
-logistic head on the embeddings alone (docs/experiments.md, "A model for your lab").
+For a DINOv2 model (the bundled one and any trained by ``train_hf.py`` from a DINOv2 base) the last blocks
+and the head are fine-tuned on the lab's cells while a replay of the base model's training images keeps
+the base model's own predictions (:mod:`bmc.lab_tuning`: learning without forgetting). Other
+architectures get the last layer only: the linear head on each cell's embedding, refitted from the
+model's own head on the lab's cells and the replay with an L2 pull towards the original weights
+(:func:`fit_head`). Either way the result is an ordinary model folder (safetensors, ``config.json`` with
+labels and calibration, image processor, card) that the app, :class:`Predictor` and
+``pipeline("image-classification")`` load with nothing extra. Chosen by measurement (docs/experiments.md,
+"A model for your lab").
 
 A class the model lacks is added when the lab's cells hold at least :data:`MIN_NEW_CLASS` of it. The
 temperature and review threshold are refitted on the lab's cells by k-fold (each cell scored by a
-head that did not see it), and those out-of-fold figures go into the card beside what the adapted
+model that did not see it), and those out-of-fold figures go into the card beside what the adapted
 model scores on the base model's test split (what it forgot).
 """
 
@@ -33,6 +34,7 @@ from bmc.calibration import calibrate, softmax
 from bmc.data import scan_folder
 from bmc.evaluation import WBC_FOLDER_TO_CODE, calibration_config
 from bmc.inference import Predictor
+from bmc.lab_tuning import TUNED_BLOCKS, Tail, block_inputs, install, supports, tune
 from bmc.labels import display_name
 from bmc.metrics import classification_metrics
 from bmc.model import save_classifier, update_config
@@ -46,9 +48,13 @@ REPLAY_PER_CLASS = 30
 """Base training images per class replayed beside the lab's cells (from the model's split manifest)."""
 PULL = 3e-2
 """L2 strength pulling the new head towards the original one (per weight, on the mean loss)."""
-LAB_WEIGHT = 3.0
-"""How much more a lab cell weighs than a replayed base image in the loss."""
+HEAD_LAB_WEIGHT = 3.0
+"""With a new head only: how much more a lab cell weighs than a replayed base image in the loss."""
 FOLDS = 5
+"""Folds of the out-of-fold figures when only the head is refitted (a refit takes a second)."""
+TUNING_FOLDS = 2
+"""Folds when the last blocks are tuned: each fold is a fine-tuning (about a minute on 2 cores), so two keep
+``bmc adapt`` within five minutes; each cell is then scored by a model that saw half the lab's cells."""
 
 
 @dataclass
@@ -143,16 +149,57 @@ def fit_head(
 
 @dataclass
 class Adaptation:
-    """What ``bmc adapt`` learnt and measured."""
+    """What ``bmc adapt`` learnt and measured: a new head (``weight``, ``bias``) or tuned last blocks (``tail``)."""
 
     codes: list[str]
-    weight: np.ndarray
-    bias: np.ndarray
     calibration: dict
     lab_figures: dict
     lab_counts: dict[str, int]
     added: list[str]
     n_replay: int
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    tail: Tail | None = None
+
+    @property
+    def method(self) -> str:
+        """In words, for the card and the summary."""
+        if self.tail is not None:
+            return f"the last {TUNED_BLOCKS} transformer blocks and the head fine-tuned"
+        return "the last layer (head) refitted"
+
+
+def _lab_classes(model_codes: Sequence[str], lab_codes: Sequence[str]) -> tuple[list[str], list[str], dict[str, int]]:
+    """The adapted model's classes (the model's, then the lab's new ones with enough cells), the added ones,
+    and the lab's count per class; a new class with too few cells is refused with the counts."""
+    counts = {c: list(lab_codes).count(c) for c in dict.fromkeys(lab_codes)}
+    added = [c for c, n in counts.items() if c not in model_codes and n >= MIN_NEW_CLASS]
+    unknown = {c: n for c, n in counts.items() if c not in model_codes and c not in added}
+    if unknown:
+        raise ValueError(
+            f"the cells hold classes this model lacks with fewer than {MIN_NEW_CLASS} cells each "
+            f"({', '.join(f'{c}: {n}' for c, n in unknown.items())}): add more of them, or leave them out"
+        )
+    return [*model_codes, *added], added, counts
+
+
+def _out_of_fold(n_lab: int, n_classes: int, folds: int, seed: int, fit_and_score: Any) -> np.ndarray:
+    """Out-of-fold logits of the lab cells: ``fit_and_score(kept, held)`` adapts without the ``held`` lab
+    cells and returns their logits."""
+    oof = np.zeros((n_lab, n_classes))
+    order = np.random.default_rng(seed).permutation(n_lab)
+    k = max(2, min(folds, n_lab))
+    for f in range(k):
+        held = np.sort(order[f::k])
+        oof[held] = fit_and_score(np.setdiff1d(np.arange(n_lab), held), held)
+    return oof
+
+
+def _measured(oof: np.ndarray, ly: np.ndarray, n_classes: int) -> tuple[dict, dict]:
+    calib = calibrate(oof, ly)
+    figures = classification_metrics(softmax(oof, calib["temperature"]), ly, num_classes=n_classes)
+    figures["n"] = len(ly)
+    return calib, figures
 
 
 def adapt_head(
@@ -166,19 +213,11 @@ def adapt_head(
     folds: int = FOLDS,
     seed: int = 0,
     pull: float = PULL,
-    lab_weight: float = LAB_WEIGHT,
+    lab_weight: float = HEAD_LAB_WEIGHT,
 ) -> Adaptation:
     """Refit the head on lab cells + replay; calibrate and measure it on the lab cells by k-fold. ``pull`` and
-    ``lab_weight``: see :data:`PULL` and :data:`LAB_WEIGHT` (``bench/adapt_curve.py`` compares settings)."""
-    counts = {c: lab_codes.count(c) for c in dict.fromkeys(lab_codes)}
-    added = [c for c, n in counts.items() if c not in model_codes and n >= MIN_NEW_CLASS]
-    unknown = {c: n for c, n in counts.items() if c not in model_codes and c not in added}
-    if unknown:
-        raise ValueError(
-            f"the cells hold classes this model lacks with fewer than {MIN_NEW_CLASS} cells each "
-            f"({', '.join(f'{c}: {n}' for c, n in unknown.items())}): add more of them, or leave them out"
-        )
-    codes = [*model_codes, *added]
+    ``lab_weight``: see :data:`PULL` and :data:`HEAD_LAB_WEIGHT` (``bench/adapt_curve.py`` compares settings)."""
+    codes, added, counts = _lab_classes(model_codes, lab_codes)
     w = np.vstack([weight, np.zeros((len(added), weight.shape[1]))])
     b = np.concatenate([bias, np.zeros(len(added))])
     ly = np.array([codes.index(c) for c in lab_codes])
@@ -186,30 +225,52 @@ def adapt_head(
     x = np.vstack([lab_x, replay_x]) if len(replay_x) else lab_x
     y = np.concatenate([ly, ry])
     sw = np.concatenate([np.full(len(ly), lab_weight), np.ones(len(ry))])
-    # out-of-fold logits of the lab cells: each scored by a head fitted without it
-    oof = np.zeros((len(ly), len(codes)))
-    order = np.random.default_rng(seed).permutation(len(ly))
-    k = max(2, min(folds, len(ly)))
-    for f in range(k):
-        held = order[f::k]
-        keep = np.setdiff1d(np.arange(len(y)), held)
+
+    def fit_and_score(kept: np.ndarray, held: np.ndarray) -> np.ndarray:
+        keep = np.concatenate([kept, np.arange(len(ly), len(y))])
         fw, fb = fit_head(w, b, x[keep], y[keep], sw[keep], pull)
-        oof[held] = lab_x[held] @ fw.T + fb
-    calib = calibrate(oof, ly)
-    figures = classification_metrics(softmax(oof, calib["temperature"]), ly, num_classes=len(codes))
-    figures["n"] = len(ly)
+        return lab_x[held] @ fw.T + fb
+
+    calib, figures = _measured(_out_of_fold(len(ly), len(codes), folds, seed, fit_and_score), ly, len(codes))
     final_w, final_b = fit_head(w, b, x, y, sw, pull)
-    return Adaptation(codes, final_w, final_b, calib, figures, counts, added, len(ry))
+    return Adaptation(codes, calib, figures, counts, added, len(ry), weight=final_w, bias=final_b)
+
+
+def adapt_blocks(
+    model: Any,
+    model_codes: list[str],
+    lab_hidden: torch.Tensor,
+    lab_codes: Sequence[str],
+    replay_hidden: torch.Tensor,
+    replay_logits: np.ndarray,
+    folds: int = TUNING_FOLDS,
+    seed: int = 0,
+) -> Adaptation:
+    """Fine-tune the last blocks on lab cells + replay (:func:`bmc.lab_tuning.tune`); calibrate and measure on
+    the lab cells by k-fold. Inputs are the cached tokens of :func:`bmc.lab_tuning.block_inputs`."""
+    codes, added, counts = _lab_classes(model_codes, lab_codes)
+    ly = np.array([codes.index(c) for c in lab_codes])
+
+    def fit_and_score(kept: np.ndarray, held: np.ndarray) -> np.ndarray:
+        tail = tune(model, len(codes), lab_hidden[kept], ly[kept], replay_hidden, replay_logits, seed)
+        return tail.logits(lab_hidden[held])
+
+    calib, figures = _measured(_out_of_fold(len(ly), len(codes), folds, seed, fit_and_score), ly, len(codes))
+    tail = tune(model, len(codes), lab_hidden, ly, replay_hidden, replay_logits, seed)
+    return Adaptation(codes, calib, figures, counts, added, len(replay_hidden), tail=tail)
 
 
 def write_adapted(base: Predictor, result: Adaptation, out_dir: Path, forgot: dict, source: str) -> Path:
-    """The adapted model folder: the base model with the new head, its calibration, and a card."""
+    """The adapted model folder: the base model with the tuned blocks or new head, its calibration, and a card."""
     model = base.model
-    head = torch.nn.Linear(result.weight.shape[1], len(result.codes))
-    with torch.no_grad():
-        head.weight.copy_(torch.tensor(result.weight, dtype=torch.float32))
-        head.bias.copy_(torch.tensor(result.bias, dtype=torch.float32))
-    model.classifier = head
+    if result.tail is not None:
+        install(model, result.tail)
+    elif result.weight is not None and result.bias is not None:
+        head = torch.nn.Linear(result.weight.shape[1], len(result.codes))
+        with torch.no_grad():
+            head.weight.copy_(torch.tensor(result.weight, dtype=torch.float32))
+            head.bias.copy_(torch.tensor(result.bias, dtype=torch.float32))
+        model.classifier = head
     id2label = dict(enumerate(result.codes))  # the head's row order, new classes last (label_maps would re-sort them)
     label2id = {c: i for i, c in id2label.items()}
     model.config.id2label, model.config.label2id, model.config.num_labels = id2label, label2id, len(result.codes)
@@ -221,6 +282,7 @@ def write_adapted(base: Predictor, result: Adaptation, out_dir: Path, forgot: di
         "cells": source,
         "lab_counts": result.lab_counts,
         "added_classes": result.added,
+        "method": result.method,
         "replay_images": result.n_replay,
         "calibration": result.calibration,
         "lab_out_of_fold": _short(result.lab_figures),
@@ -251,14 +313,14 @@ def card(summary: dict, codes: Sequence[str]) -> str:
         "> **Research tool, not a diagnosis.** Every label must be reviewed by a qualified haematologist.",
         "",
         f"Made by `bmc adapt` from {sum(summary['lab_counts'].values())} labelled cells of one laboratory "
-        f"(`{summary['cells']}`): {counts}. Only the last layer was refitted (from the base model's head, with "
-        f"{summary['replay_images']} of the base model's training images replayed); the backbone is the base model's "
-        f"(version `{summary['adapted_from_version']}`).",
+        f"(`{summary['cells']}`): {counts}. What changed: {summary['method']}, with "
+        f"{summary['replay_images']} of the base model's training images replayed so that it keeps what it knew; the rest "
+        f"of the backbone is the base model's (version `{summary['adapted_from_version']}`).",
         f"Classes added: {', '.join(summary['added_classes']) or 'none'}. Classes: {', '.join(codes)}.",
         "",
         "| measured on | images | accuracy | macro-F1 |",
         "|---|---|---|---|",
-        f"| this lab's cells, out of fold ({len(summary['lab_counts'])} classes; each cell scored by a head fitted without it) | "
+        f"| this lab's cells, out of fold ({len(summary['lab_counts'])} classes; each cell scored by a model adapted without it) | "
         f"{lab.get('n', '—')} | {lab['accuracy']:.1%} | {lab['macro_f1']:.3f} |",
     ]
     for name, fig in summary["base_test"].items():
@@ -279,7 +341,8 @@ def card(summary: dict, codes: Sequence[str]) -> str:
 
 
 def forgetting(base: Predictor, result: Adaptation, model_dir: Path) -> dict:
-    """Accuracy and macro-F1 on the base model's test split per source, before and after the new head."""
+    """Accuracy and macro-F1 on the base model's test split per source, before and after adapting (call it
+    before :func:`write_adapted`, which changes ``base.model``)."""
     manifest = Path(model_dir) / "split_manifest.csv"
     rows = (
         [r for r in read_manifest(manifest) if r["split"] == "test" and resolve_source(r["source"]).is_file()] if manifest.is_file() else []
@@ -288,9 +351,13 @@ def forgetting(base: Predictor, result: Adaptation, model_dir: Path) -> dict:
     for domain in dict.fromkeys(r.get("domain", "") for r in rows):
         mine = [r for r in rows if r.get("domain", "") == domain and r["label"] in base.codes]
         images = [Image.open(resolve_source(r["source"])).convert("RGB") for r in mine]
-        logits, emb = base.forward(images)
         truth = np.array([base.codes.index(r["label"]) for r in mine])
-        after = emb @ result.weight.T + result.bias
+        if result.tail is not None:
+            hidden, logits = block_inputs(base.model, base.processor, images, base.use_denoise)
+            after = result.tail.logits(hidden)
+        else:
+            logits, emb = base.forward(images)
+            after = emb @ np.asarray(result.weight).T + np.asarray(result.bias)
         before_m = classification_metrics(
             softmax(np.hstack([logits, np.full((len(logits), len(result.added)), -1e9)])), truth, num_classes=len(result.codes)
         )
@@ -314,22 +381,31 @@ def adapt_model(
     measure_forgetting: bool = True,
     progress: bool = True,
 ) -> tuple[Path, dict]:
-    """``bmc adapt``: read the lab's cells, embed them and the replay with the base model, refit the head,
-    measure it, and write the adapted model folder."""
+    """``bmc adapt``: read the lab's cells, pass them and the replay through the base model once, tune its last
+    blocks (DINOv2) or refit its head (other models), measure it, and write the adapted model folder."""
     say = print if progress else (lambda *_a, **_k: None)
     base = Predictor(model, backend="torch")
     lab = read_lab_cells(cells, images)
     if len(set(lab.codes)) < 2:
         raise ValueError(f"{cells}: the cells hold {len(set(lab.codes))} class; adapting needs at least two")
-    say(f"{len(lab.images)} lab cells ({len(lab.skipped)} skipped); embedding them with {base.name} ...")
-    _, lab_x = base.forward(lab.images)
     replay = replay_records(Path(model), base.codes, replay_per_class) if Path(model).is_dir() else []
-    say(f"replaying {len(replay)} of the base model's training images ...")
-    replay_x = base.forward([Image.open(p).convert("RGB") for p, _ in replay])[1] if replay else np.zeros((0, lab_x.shape[1]))
-    head = cast(torch.nn.Linear, base.model.classifier)
-    result = adapt_head(
-        base.codes, head.weight.detach().numpy(), head.bias.detach().numpy(), lab_x, lab.codes, replay_x, [c for _, c in replay]
-    )
+    replay_images = [Image.open(p).convert("RGB") for p, _ in replay]
+    if supports(base.model):
+        say(f"{len(lab.images)} lab cells ({len(lab.skipped)} skipped) and {len(replay)} replayed training images: one pass each ...")
+        lab_hidden, _ = block_inputs(base.model, base.processor, lab.images, base.use_denoise)
+        replay_hidden, replay_logits = block_inputs(base.model, base.processor, replay_images, base.use_denoise)
+        say(f"fine-tuning the last {TUNED_BLOCKS} blocks ({TUNING_FOLDS} folds to measure it, then on every cell) ...")
+        result = adapt_blocks(base.model, base.codes, lab_hidden, lab.codes, replay_hidden, replay_logits)
+    else:
+        say(f"{len(lab.images)} lab cells ({len(lab.skipped)} skipped); embedding them and {len(replay)} replayed images ...")
+        _, lab_x = base.forward(lab.images)
+        replay_x = base.forward(replay_images)[1] if replay else np.zeros((0, lab_x.shape[1]))
+        head = cast(torch.nn.Linear, base.model.classifier)
+        result = adapt_head(
+            base.codes, head.weight.detach().numpy(), head.bias.detach().numpy(), lab_x, lab.codes, replay_x, [c for _, c in replay]
+        )
+    if measure_forgetting and Path(model).is_dir():
+        say("measuring what it forgot on the base model's test split ...")
     forgot = forgetting(base, result, Path(model)) if measure_forgetting and Path(model).is_dir() else {}
     out = write_adapted(base, result, Path(out_dir), forgot, str(cells))
     return out, json.loads((out / "adaptation.json").read_text())

@@ -81,3 +81,14 @@ def test_a_reviewed_count_is_read_with_the_images_it_was_made_of(tmp_path):
         read_lab_cells(csv_path)
     lab = read_lab_cells(csv_path, [folder])
     assert lab.codes == ["LYT"] and lab.names == ["c0.png"] and "gone.png" in lab.skipped[0]
+
+
+def test_a_model_without_tunable_blocks_gets_a_new_head(tmp_path, tiny_model_dir, monkeypatch):
+    from bmc import lab_model
+    from bmc.inference import Predictor
+
+    monkeypatch.setattr(lab_model, "supports", lambda model: False)  # as for a ConvNeXt
+    lab = _lab(tmp_path / "lab", {"BLA": 6, "LYT": 6})
+    out, summary = lab_model.adapt_model(str(tiny_model_dir), lab, tmp_path / "adapted", progress=False)
+    assert summary["method"] == "the last layer (head) refitted" and summary["lab_out_of_fold"]["n"] == 12
+    assert sorted(Predictor(str(out), "torch").codes) == ["BLA", "LYT", "NGS"]

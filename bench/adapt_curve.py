@@ -24,7 +24,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +46,6 @@ from bmc.metrics import classification_metrics  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data"
 PER_CLASS = (5, 10, 20)
 DRAWS = 5
-
-
-def cached_block_inputs(
-    predictor: Any, cache: Path, load: Callable[[], tuple[list, np.ndarray, Any]]
-) -> tuple[Any, np.ndarray, np.ndarray, Any]:
-    """Tokens entering the tuned blocks, the model's logits, true classes and class equivalents of a set: from
-    ``cache`` (a safetensors file plus its .json) when it holds this model version's pass, else one pass."""
-    from safetensors.torch import load_file, save_file
-
-    meta = cache.with_suffix(".json")
-    if cache.is_file() and meta.is_file() and json.loads(meta.read_text())["version"] == predictor.version:
-        tensors, info = load_file(cache), json.loads(meta.read_text())
-        return tensors["hidden"], tensors["logits"].numpy(), tensors["truth"].numpy(), info["equivalents"] or None
-    images, truth, equivalents = load()
-    hidden, logits = block_inputs(predictor.model, predictor.processor, images, predictor.use_denoise)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"hidden": hidden.contiguous(), "logits": torch.from_numpy(logits), "truth": torch.as_tensor(truth)}, cache)
-    meta.write_text(json.dumps({"version": predictor.version, "equivalents": equivalents or {}}))
-    return hidden, logits, np.asarray(truth), equivalents
 
 
 def time_cli(model: str, lab: Path, per_class: int, folder: Path) -> float:
@@ -132,19 +112,20 @@ def main(argv: list[str] | None = None) -> int:
         "replay": lambda: ([Image.open(p).convert("RGB") for p, _ in replay], np.array([codes.index(c) for _, c in replay]), None),
         f"matek-{args.split}": lambda: load_set(manifest, codes, args.split, "bone-marrow-cells"),
     }
-    if args.method == "head":
-        passes = {name: cached_forward(predictor, args.features / f"{name}.npz", load) for name, load in loaders.items()}
-        lab_x, lab_y, lab_eq = passes["lab"][1], passes["lab"][2], passes["lab"][3]
-        replay_x, replay_y = passes["replay"][1], passes["replay"][2]
-        test_logits, test_x, test_y = passes[f"matek-{args.split}"][:3]
-    else:
-        passes = {
-            name: cached_block_inputs(predictor, args.features / f"{name}-block{lab_tuning.first_tuned(predictor.model)}.safetensors", load)
-            for name, load in loaders.items()
-        }
-        lab_x, lab_y, lab_eq = passes["lab"][0], passes["lab"][2], passes["lab"][3]
-        replay_x, replay_logits = passes["replay"][0], passes["replay"][1]
-        test_x, test_logits, test_y = passes[f"matek-{args.split}"][:3]
+
+    def block_pass(images: list) -> tuple[np.ndarray, np.ndarray]:
+        """The model's logits and the tokens entering its tuned blocks (float16), in place of the embeddings."""
+        hidden, logits = block_inputs(predictor.model, predictor.processor, images, predictor.use_denoise)
+        return logits, hidden.numpy()
+
+    suffix = "" if args.method == "head" else f"-block{lab_tuning.first_tuned(predictor.model)}"
+    forward = None if args.method == "head" else block_pass
+    passes = {name: cached_forward(predictor, args.features / f"{name}{suffix}.npz", load, forward) for name, load in loaders.items()}
+    _, lab_x, lab_y, lab_eq = passes["lab"]
+    replay_logits, replay_x, replay_y, _ = passes["replay"]
+    test_logits, test_x, test_y, _ = passes[f"matek-{args.split}"]
+    if args.method == "blocks":
+        lab_x, replay_x, test_x = (torch.from_numpy(x) for x in (lab_x, replay_x, test_x))
     lab_codes = np.array([codes[i] for i in lab_y])
     before = classification_metrics(softmax(test_logits), test_y, num_classes=len(codes))["macro_f1"]
     results: dict = {

@@ -75,16 +75,20 @@ def right(labels: np.ndarray, truth: np.ndarray, codes: list[str], equivalents: 
 
 
 def cached_forward(
-    predictor: Any, cache: Path | None, load: Callable[[], tuple[list, np.ndarray, dict[str, str] | None]]
+    predictor: Any,
+    cache: Path | None,
+    load: Callable[[], tuple[list, np.ndarray, dict[str, str] | None]],
+    forward: Callable[[list], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, str] | None]:
     """Logits, embeddings, true class indices and class equivalents of a set: from ``cache`` (.npz) when it holds
-    this model version's pass, else one forward pass over ``load()``'s images, written to ``cache``."""
+    this model version's pass, else one forward pass over ``load()``'s images, written to ``cache``. ``forward``
+    (default ``predictor.forward``) may return other features in place of the embeddings (bench/adapt_curve.py)."""
     cached = np.load(cache, allow_pickle=False) if cache and cache.is_file() else None
     fields = {"logits", "embeddings", "truth", "equivalents", "version"}
     if cached is not None and fields <= set(cached.files) and str(cached["version"]) == predictor.version:
         return cached["logits"], cached["embeddings"], cached["truth"], json.loads(str(cached["equivalents"])) or None
     images, truth, equivalents = load()
-    logits, embeddings = predictor.forward(images)
+    logits, embeddings = (forward or predictor.forward)(images)
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -183,7 +183,9 @@ def _lab_classes(model_codes: Sequence[str], lab_codes: Sequence[str]) -> tuple[
     return [*model_codes, *added], added, counts
 
 
-def _out_of_fold(n_lab: int, n_classes: int, folds: int, seed: int, fit_and_score: Any) -> np.ndarray:
+def _out_of_fold(
+    n_lab: int, n_classes: int, folds: int, seed: int, fit_and_score: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> np.ndarray:
     """Out-of-fold logits of the lab cells: ``fit_and_score(kept, held)`` adapts without the ``held`` lab
     cells and returns their logits."""
     oof = np.zeros((n_lab, n_classes))

@@ -134,7 +134,7 @@ def tune(
             out = tail(x[batch].float())
             ce = torch.nn.functional.cross_entropy(out, y[batch], reduction="none", label_smoothing=LABEL_SMOOTHING)
             log_student = torch.log_softmax(out / DISTILL_TEMPERATURE, dim=1)
-            kl = (target[batch] * (torch.log(target[batch] + 1e-12) - log_student)).sum(dim=1) * DISTILL_TEMPERATURE**2
+            kl = torch.nn.functional.kl_div(log_student, target[batch], reduction="none").sum(dim=1) * DISTILL_TEMPERATURE**2
             per_image = torch.where(is_lab[batch], ce, DISTILL_WEIGHT * kl)
             loss = (per_image * weight[batch]).sum() / weight[batch].sum()
             optimiser.zero_grad()

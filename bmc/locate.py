@@ -7,7 +7,9 @@ clearly blue (:data:`BLUE_MINUS_RED`), joins the lobes of one nucleus by a dilat
 than a white cell's nucleus (platelets, stain debris: :data:`MIN_AREA_FRACTION` of the field) or small and
 faintly stained (platelet clumps: :data:`FAINT_AREA_FRACTION`, :data:`FAINT_STAIN`) and boxes
 each blob as a square :data:`GROW` times its side, which covers the cytoplasm (BCCD's boxes are of the
-whole cell). Measured on BCCD's 292 trainval fields by ``bench/locate.py`` (docs/performance.md).
+whole cell). Lobes of one nucleus that the dilation leaves apart (a bilobed eosinophil, a segmented neutrophil)
+give boxes that overlap heavily; they are merged into one (:data:`MERGE_OVERLAP`, :data:`MERGE_MAX_GROWTH`).
+Measured on BCCD's 292 trainval fields by ``bench/locate.py`` (docs/performance.md).
 Touching cells whose nuclei merge are not yet split (no watershed): they come back as one box.
 
 The same stain guards *One cell*: a picture with several well separated nuclei of cell size is not one
@@ -34,6 +36,11 @@ FAINT_AREA_FRACTION, FAINT_STAIN = 0.035, 50.0
 clump or stain debris, not a white cell's nucleus (on BCCD's trainval fields: 8 of 26 false boxes gone, no cell lost)."""
 GROW = 1.2
 """Side of a cell's box relative to its nucleus blob's longer side."""
+MERGE_OVERLAP = 0.3
+"""Two boxes sharing more than this share of the smaller one are lobes of one cell (on BCCD's trainval fields: 2
+missed cells found and 10 false boxes gone; at 0.1 touching cells merge and recall falls)."""
+MERGE_MAX_GROWTH = 1.6
+"""... unless their union's side exceeds this many times the larger box's side (two whole cells side by side)."""
 CROP_FILL = 0.8
 """Share of a crop's side the cell fills, as in the training images (Matek's cells fill most of a 250-px crop)."""
 MAX_SIDE = 2048
@@ -53,6 +60,9 @@ GUARD_RELATIVE_AREA = 0.25
 """... and at least this share of the largest blob (a fragment beside the cell of a crop is smaller)."""
 GUARD_MIN_DISTANCE = 0.45
 """... and its centre this share of the picture's side away from every other."""
+GUARD_CUT_DISTANCE = 0.35
+"""... and this share away from any cell-sized blob cut by the picture's edge (it may be a lobe of that cell: in
+Matek's NGS_00009 a neighbour's free lobe counted as a second cell)."""
 
 
 @dataclass(frozen=True)
@@ -78,12 +88,32 @@ class Field:
     note: str = ""
 
 
-def _blobs(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Connected nuclear-stain blobs of an RGB array: (stats rows x, y, w, h, area; centroids; the mean stain
-    strength, blue minus red, of each blob's stained pixels)."""
+def _stain(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Blue minus red, smoothed (the stain map), and where it is above :data:`BLUE_MINUS_RED` (the locator's
+    fixed nuclear-stain level, set on blood-smear fields)."""
     f = rgb.astype(np.float32)
     blue = cv2.GaussianBlur(f[:, :, 2] - f[:, :, 0], (0, 0), SMOOTH_SIGMA)
-    stain = (blue > BLUE_MINUS_RED).astype(np.uint8)
+    return blue, blue > BLUE_MINUS_RED
+
+
+def _nuclei_by_picture(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The stain map and a nuclear mask with thresholds of this picture's own (Otsu on the stain map and on
+    darkness): in a marrow picture the slide background and the cytoplasm are themselves bluish (Matek's
+    background: blue minus red about 65), so a fixed level takes them in, but the nuclei are still the
+    bluest *and* darkest part of the picture. Used by the single-cell guard (docs/performance.md)."""
+    blue, fixed = _stain(rgb)
+    level, _ = cv2.threshold(np.clip(blue, 0, 255).astype(np.uint8), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    grey = cv2.GaussianBlur(rgb.astype(np.float32).mean(axis=2), (0, 0), SMOOTH_SIGMA)
+    dark, _ = cv2.threshold(grey.astype(np.uint8), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return blue, fixed & (blue > level) & (grey < dark)
+
+
+def _blobs(rgb: np.ndarray, by_picture: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Connected nuclear-stain blobs of an RGB array: (stats rows x, y, w, h, area; centroids; the mean stain
+    strength, blue minus red, of each blob's stained pixels). ``by_picture``: the mask of
+    :func:`_nuclei_by_picture` in place of the fixed stain level."""
+    blue, mask = _nuclei_by_picture(rgb) if by_picture else _stain(rgb)
+    stain = mask.astype(np.uint8)
     opened = cv2.morphologyEx(stain, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
     k = max(3, int(round(DILATE_PX * max(rgb.shape[:2]) / WORK_SIDE)) | 1)
     joined = cv2.dilate(opened, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
@@ -105,16 +135,43 @@ def find_cells(image: Image.Image) -> Field:
         rgb = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
         note = f"the {w}×{h} picture was searched at {rgb.shape[1]}×{rgb.shape[0]} (longest side {MAX_SIDE} px)"
     sh, sw = rgb.shape[:2]
-    boxes = []
+    squares: list[tuple[float, float, float, float, int]] = []
     stats, _centroids, strength = _blobs(rgb)
     for (x, y, bw, bh, area), stained in zip(stats, strength):
         if area < MIN_AREA_FRACTION * sh * sw or (area < FAINT_AREA_FRACTION * sh * sw and stained < FAINT_STAIN):
             continue
         cx, cy, side = x + bw / 2, y + bh / 2, max(bw, bh) * GROW
-        x0, y0 = max(0.0, cx - side / 2), max(0.0, cy - side / 2)
-        x1, y1 = min(float(sw), cx + side / 2), min(float(sh), cy + side / 2)
+        squares.append((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2, int(area)))
+    boxes = []
+    for x0, y0, x1, y1, area in _merge_lobes(squares):
+        x0, y0, x1, y1 = max(0.0, x0), max(0.0, y0), min(float(sw), x1), min(float(sh), y1)
         boxes.append(Box(int(x0 / scale), int(y0 / scale), int(round(x1 / scale)), int(round(y1 / scale)), int(area / scale**2)))
     return Field(boxes, note)
+
+
+def _merge_lobes(boxes: list[tuple[float, float, float, float, int]]) -> list[tuple[float, float, float, float, int]]:
+    """Boxes of the lobes of one nucleus merged into the box of their cell (union; nuclear areas added): a pair
+    merges while it shares more than :data:`MERGE_OVERLAP` of the smaller box and their union is no wider than
+    :data:`MERGE_MAX_GROWTH` times the larger box (so two whole cells side by side stay two)."""
+    out = list(boxes)
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(out)):
+            for j in range(i + 1, len(out)):
+                a, b = out[i], out[j]
+                inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+                smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+                union = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]), a[4] + b[4])
+                larger_side = max(a[2] - a[0], b[2] - b[0])
+                if inter > MERGE_OVERLAP * smaller and max(union[2] - union[0], union[3] - union[1]) <= MERGE_MAX_GROWTH * larger_side:
+                    out[i] = union
+                    del out[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return out
 
 
 def crop(image: Image.Image, box: Box) -> Image.Image:
@@ -152,26 +209,27 @@ def no_cell(image: Image.Image) -> bool:
 
 
 def several_cells(image: Image.Image) -> int:
-    """How many separate cell-sized nuclei a picture holds, counted for the single-cell guard: only blobs of
-    at least :data:`GUARD_MIN_AREA_FRACTION` of the picture whose centres lie :data:`GUARD_MIN_DISTANCE` of its
-    side apart, and none touching the picture's edge, count, so a lobed nucleus or a neighbour cut by the edge of a
-    single-cell crop does not."""
+    """How many separate cell-sized nuclei a picture holds, counted for the single-cell guard on the picture's
+    own nuclear mask (:func:`_nuclei_by_picture`): only blobs of at least :data:`GUARD_MIN_AREA_FRACTION` of the
+    picture whose centres lie :data:`GUARD_MIN_DISTANCE` of its side apart count, none touching the picture's edge
+    and none within :data:`GUARD_CUT_DISTANCE` of a blob that does, so a lobed nucleus, a neighbour cut by the edge
+    of a single-cell crop, or a lobe of that neighbour does not."""
     rgb = _at_work_size(image)
     h, w = rgb.shape[:2]
-    stats, centroids, _strength = _blobs(rgb)
+    stats, centroids, _strength = _blobs(rgb, by_picture=True)
     largest = max((int(st[4]) for st in stats), default=0)
-    big = [
-        tuple(c)
-        for st, c in zip(stats, centroids)
-        if st[4] >= max(GUARD_MIN_AREA_FRACTION * h * w, GUARD_RELATIVE_AREA * largest)  # cell-sized, not a fragment
-        and st[0] > 1
-        and st[1] > 1
-        and st[0] + st[2] < w - 1
-        and st[1] + st[3] < h - 1
-    ]  # whole: not cut by the edge
+    whole, cut = [], []
+    for st, c in zip(stats, centroids):
+        if st[4] < max(GUARD_MIN_AREA_FRACTION * h * w, GUARD_RELATIVE_AREA * largest):
+            continue  # not cell-sized: a fragment
+        inside = st[0] > 1 and st[1] > 1 and st[0] + st[2] < w - 1 and st[1] + st[3] < h - 1
+        (whole if inside else cut).append(tuple(c))
+    side = max(h, w)
     kept: list[tuple[float, float]] = []
-    for c in sorted(big, key=lambda c: (c[1], c[0])):
-        if all(np.hypot(c[0] - k[0], c[1] - k[1]) >= GUARD_MIN_DISTANCE * max(h, w) for k in kept):
+    for c in sorted(whole, key=lambda c: (c[1], c[0])):
+        if all(np.hypot(c[0] - k[0], c[1] - k[1]) >= GUARD_CUT_DISTANCE * side for k in cut) and all(
+            np.hypot(c[0] - k[0], c[1] - k[1]) >= GUARD_MIN_DISTANCE * side for k in kept
+        ):
             kept.append(c)
     return len(kept)
 

@@ -26,6 +26,17 @@ def test_each_cell_of_a_field_is_found_and_boxed_whole():
     assert first.x0 < 150 - 40 < 150 + 40 < first.x1  # the box holds more than the nucleus
 
 
+def test_lobes_of_one_nucleus_give_one_box_but_two_cells_side_by_side_stay_two():
+    import cv2
+
+    canvas = np.full((480, 640, 3), (230, 190, 200), np.uint8)
+    cv2.circle(canvas, (200, 240), 95, (215, 175, 215), -1)  # one cell's cytoplasm
+    for x in (170, 230):  # two tall lobes 20 px apart: the dilation leaves them two blobs
+        cv2.ellipse(canvas, (x, 240), (20, 45), 0, 0, 360, (110, 80, 200), -1)
+    assert len(find_cells(Image.fromarray(canvas)).boxes) == 1
+    assert len(find_cells(_field([(200, 240), (300, 240)])).boxes) == 2  # two whole cells touching
+
+
 @pytest.mark.parametrize(
     "picture, n",
     [

@@ -40,7 +40,7 @@ from bmc import lab_tuning  # noqa: E402
 from bmc.calibration import softmax  # noqa: E402
 from bmc.evaluation import counts_right  # noqa: E402
 from bmc.lab_model import HEAD_LAB_WEIGHT, PULL, adapt_head, replay_records  # noqa: E402
-from bmc.lab_tuning import block_inputs, tune  # noqa: E402
+from bmc.lab_tuning import as_given, block_inputs, lab_inputs, tune  # noqa: E402
 from bmc.metrics import classification_metrics  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -118,9 +118,20 @@ def main(argv: list[str] | None = None) -> int:
         hidden, logits = block_inputs(predictor.model, predictor.processor, images, predictor.use_denoise)
         return logits, hidden.numpy()
 
+    def lab_pass(images: list) -> tuple[np.ndarray, np.ndarray]:
+        """The tokens of the lab's cells in lab_tuning.LAB_VIEWS orientations (no logits needed)."""
+        views = lab_inputs(predictor.model, predictor.processor, images, predictor.use_denoise)
+        return np.zeros((len(images), 0), np.float32), views.numpy()
+
     suffix = "" if args.method == "head" else f"-block{lab_tuning.first_tuned(predictor.model)}"
     forward = None if args.method == "head" else block_pass
-    passes = {name: cached_forward(predictor, args.features / f"{name}{suffix}.npz", load, forward) for name, load in loaders.items()}
+    passes = {
+        name: cached_forward(predictor, args.features / f"{name}{suffix}.npz", load, forward)
+        for name, load in loaders.items()
+        if name != "lab" or args.method == "head" or lab_tuning.LAB_VIEWS == 1
+    }
+    if "lab" not in passes:  # the lab's cells in several orientations, cached apart
+        passes["lab"] = cached_forward(predictor, args.features / f"lab{suffix}-views{lab_tuning.LAB_VIEWS}.npz", loaders["lab"], lab_pass)
     _, lab_x, lab_y, lab_eq = passes["lab"]
     replay_logits, replay_x, replay_y, _ = passes["replay"]
     test_logits, test_x, test_y, _ = passes[f"matek-{args.split}"]
@@ -165,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 run["lab_out_of_fold_accuracy"] = result.lab_figures["accuracy"]
             else:
                 tail = tune(predictor.model, len(codes), lab_x[picked], lab_y[picked], replay_x, replay_logits, seed)
-                lab_logits, after_logits = tail.logits(lab_x[rest]), tail.logits(test_x)
+                lab_logits, after_logits = tail.logits(as_given(lab_x[rest])), tail.logits(test_x)
             run["fit_s"] = time.perf_counter() - t0
             right = counts_right(np.array(codes)[lab_logits.argmax(axis=1)], lab_codes[rest], lab_eq)  # a band call counts for BCCD
             run["lab_other_accuracy"] = float(right.mean())

@@ -34,7 +34,7 @@ from bmc.calibration import calibrate, softmax
 from bmc.data import scan_folder
 from bmc.evaluation import WBC_FOLDER_TO_CODE, calibration_config
 from bmc.inference import Predictor
-from bmc.lab_tuning import TUNED_BLOCKS, Tail, block_inputs, install, supports, tune
+from bmc.lab_tuning import LAB_VIEWS, TUNED_BLOCKS, Tail, as_given, block_inputs, install, lab_inputs, supports, tune
 from bmc.labels import display_name
 from bmc.metrics import classification_metrics
 from bmc.model import save_classifier, update_config
@@ -249,13 +249,15 @@ def adapt_blocks(
     seed: int = 0,
 ) -> Adaptation:
     """Fine-tune the last blocks on lab cells + replay (:func:`bmc.lab_tuning.tune`); calibrate and measure on
-    the lab cells by k-fold. Inputs are the cached tokens of :func:`bmc.lab_tuning.block_inputs`."""
+    the lab cells by k-fold (each held-out cell scored as given). Inputs are the cached tokens of
+    :func:`bmc.lab_tuning.lab_inputs` (the lab's cells in several orientations) and
+    :func:`bmc.lab_tuning.block_inputs` (the replay)."""
     codes, added, counts = _lab_classes(model_codes, lab_codes)
     ly = np.array([codes.index(c) for c in lab_codes])
 
     def fit_and_score(kept: np.ndarray, held: np.ndarray) -> np.ndarray:
         tail = tune(model, len(codes), lab_hidden[kept], ly[kept], replay_hidden, replay_logits, seed)
-        return tail.logits(lab_hidden[held])
+        return tail.logits(as_given(lab_hidden[held]))
 
     calib, figures = _measured(_out_of_fold(len(ly), len(codes), folds, seed, fit_and_score), ly, len(codes))
     tail = tune(model, len(codes), lab_hidden, ly, replay_hidden, replay_logits, seed)
@@ -393,8 +395,11 @@ def adapt_model(
     replay = replay_records(Path(model), base.codes, replay_per_class) if Path(model).is_dir() else []
     replay_images = [Image.open(p).convert("RGB") for p, _ in replay]
     if supports(base.model):
-        say(f"{len(lab.images)} lab cells ({len(lab.skipped)} skipped) and {len(replay)} replayed training images: one pass each ...")
-        lab_hidden, _ = block_inputs(base.model, base.processor, lab.images, base.use_denoise)
+        say(
+            f"{len(lab.images)} lab cells ({len(lab.skipped)} skipped{f'; {LAB_VIEWS} orientations each' if LAB_VIEWS > 1 else ''}) "
+            f"and {len(replay)} replayed training images: one pass each ..."
+        )
+        lab_hidden = lab_inputs(base.model, base.processor, lab.images, base.use_denoise)
         replay_hidden, replay_logits = block_inputs(base.model, base.processor, replay_images, base.use_denoise)
         say(f"fine-tuning the last {TUNED_BLOCKS} blocks ({TUNING_FOLDS} folds to measure it, then on every cell) ...")
         result = adapt_blocks(base.model, base.codes, lab_hidden, lab.codes, replay_hidden, replay_logits)

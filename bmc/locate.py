@@ -218,7 +218,8 @@ def several_cells(image: Image.Image) -> int:
     h, w = rgb.shape[:2]
     stats, centroids, _strength = _blobs(rgb, by_picture=True)
     largest = max((int(st[4]) for st in stats), default=0)
-    whole, cut = [], []
+    whole: list[tuple[float, float]] = []
+    cut: list[tuple[float, float]] = []
     for st, c in zip(stats, centroids):
         if st[4] < max(GUARD_MIN_AREA_FRACTION * h * w, GUARD_RELATIVE_AREA * largest):
             continue  # not cell-sized: a fragment

@@ -33,3 +33,20 @@ def test_the_tail_reproduces_the_model_and_installs_back(tiny_model_dir):
     with torch.inference_mode():
         direct = installed(pixel_values=pixels).logits.numpy()
     assert direct.shape == (6, 4) and np.allclose(direct, expected, atol=5e-2)
+
+
+def test_each_lab_cell_is_learnt_in_its_orientations_and_scored_as_given(tiny_model_dir):
+    from bmc.lab_tuning import as_given, lab_inputs, orientations
+
+    picture = _images(1, seed=3)[0]
+    looks = orientations(picture, 8)
+    assert np.array_equal(np.asarray(looks[0]), np.asarray(picture))
+    assert len({np.asarray(v).tobytes() for v in looks}) == 8  # a random picture has no symmetry: 8 different looks
+
+    predictor = Predictor(str(tiny_model_dir), "torch")
+    images = _images(5, seed=1)
+    views = lab_inputs(predictor.model, predictor.processor, images, views=4)
+    plain, _ = block_inputs(predictor.model, predictor.processor, images)
+    assert views.shape == (5, 4, *plain.shape[1:]) and torch.equal(as_given(views), plain)
+    tail = tune(predictor.model, 3, views[:3], np.array([0, 1, 2]), plain[3:], np.zeros((2, 3), np.float32), epochs=2)
+    assert tail.logits(as_given(views)).shape == (5, 3)

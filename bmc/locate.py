@@ -7,7 +7,8 @@ clearly blue (:data:`BLUE_MINUS_RED`), joins the lobes of one nucleus by a dilat
 than a white cell's nucleus (platelets, stain debris: :data:`MIN_AREA_FRACTION` of the field) or small and
 faintly stained (platelet clumps: :data:`FAINT_AREA_FRACTION`, :data:`FAINT_STAIN`) and boxes
 each blob as a square :data:`GROW` times its side, which covers the cytoplasm (BCCD's boxes are of the
-whole cell). Lobes of one nucleus that the dilation leaves apart (a bilobed eosinophil, a segmented neutrophil)
+whole cell). A second search at a lower stain level adds large, palely stained nuclei where nothing was found
+(:data:`PALE_BLUE_MINUS_RED`). Lobes of one nucleus that the dilation leaves apart (a bilobed eosinophil, a segmented neutrophil)
 give boxes that overlap heavily; they are merged into one (:data:`MERGE_OVERLAP`, :data:`MERGE_MAX_GROWTH`).
 Measured on BCCD's 292 trainval fields by ``bench/locate.py`` (docs/performance.md).
 Touching cells whose nuclei merge are not yet split (no watershed): they come back as one box.
@@ -34,6 +35,10 @@ MIN_AREA_FRACTION = 0.01
 FAINT_AREA_FRACTION, FAINT_STAIN = 0.035, 50.0
 """A blob below this share of the field whose stained pixels average less than this blue minus red is a platelet
 clump or stain debris, not a white cell's nucleus (on BCCD's trainval fields: 8 of 26 false boxes gone, no cell lost)."""
+PALE_BLUE_MINUS_RED, PALE_AREA_FRACTION = 25.0, 0.03
+"""A second search at this lower stain level keeps a blob of at least this share of the field where nothing was found:
+a large, palely stained nucleus (on BCCD's trainval fields: one more white cell found, no false box; any level from
+20 to 30 and share from 0.02 to 0.03 gave the same)."""
 GROW = 1.2
 """Side of a cell's box relative to its nucleus blob's longer side."""
 MERGE_OVERLAP = 0.3
@@ -88,12 +93,12 @@ class Field:
     note: str = ""
 
 
-def _stain(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Blue minus red, smoothed (the stain map), and where it is above :data:`BLUE_MINUS_RED` (the locator's
+def _stain(rgb: np.ndarray, level: float = BLUE_MINUS_RED) -> tuple[np.ndarray, np.ndarray]:
+    """Blue minus red, smoothed (the stain map), and where it is above ``level`` (by default the locator's
     fixed nuclear-stain level, set on blood-smear fields)."""
     f = rgb.astype(np.float32)
     blue = cv2.GaussianBlur(f[:, :, 2] - f[:, :, 0], (0, 0), SMOOTH_SIGMA)
-    return blue, blue > BLUE_MINUS_RED
+    return blue, blue > level
 
 
 def _nuclei_by_picture(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,11 +113,11 @@ def _nuclei_by_picture(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return blue, fixed & (blue > level) & (grey < dark)
 
 
-def _blobs(rgb: np.ndarray, by_picture: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _blobs(rgb: np.ndarray, by_picture: bool = False, level: float = BLUE_MINUS_RED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Connected nuclear-stain blobs of an RGB array: (stats rows x, y, w, h, area; centroids; the mean stain
-    strength, blue minus red, of each blob's stained pixels). ``by_picture``: the mask of
-    :func:`_nuclei_by_picture` in place of the fixed stain level."""
-    blue, mask = _nuclei_by_picture(rgb) if by_picture else _stain(rgb)
+    strength, blue minus red, of each blob's stained pixels) at the stain ``level``. ``by_picture``: the mask of
+    :func:`_nuclei_by_picture` in place of a fixed level."""
+    blue, mask = _nuclei_by_picture(rgb) if by_picture else _stain(rgb, level)
     stain = mask.astype(np.uint8)
     opened = cv2.morphologyEx(stain, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
     k = max(3, int(round(DILATE_PX * max(rgb.shape[:2]) / WORK_SIDE)) | 1)
@@ -135,21 +140,42 @@ def find_cells(image: Image.Image) -> Field:
         rgb = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
         note = f"the {w}×{h} picture was searched at {rgb.shape[1]}×{rgb.shape[0]} (longest side {MAX_SIDE} px)"
     sh, sw = rgb.shape[:2]
-    squares: list[tuple[float, float, float, float, int]] = []
-    stats, _centroids, strength = _blobs(rgb)
-    for (x, y, bw, bh, area), stained in zip(stats, strength):
-        if area < MIN_AREA_FRACTION * sh * sw or (area < FAINT_AREA_FRACTION * sh * sw and stained < FAINT_STAIN):
-            continue
-        cx, cy, side = x + bw / 2, y + bh / 2, max(bw, bh) * GROW
-        squares.append((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2, int(area)))
+    found = _squares(rgb, BLUE_MINUS_RED)
+    found += [  # a large, palely stained nucleus that the stain level missed
+        p
+        for p in _squares(rgb, PALE_BLUE_MINUS_RED)
+        if p[4] >= PALE_AREA_FRACTION * sh * sw and not any(_overlap(p, f) for f in found)
+    ]
     boxes = []
-    for x0, y0, x1, y1, area in _merge_lobes(squares):
+    for x0, y0, x1, y1, area in found:
         x0, y0, x1, y1 = max(0.0, x0), max(0.0, y0), min(float(sw), x1), min(float(sh), y1)
         boxes.append(Box(int(x0 / scale), int(y0 / scale), int(round(x1 / scale)), int(round(y1 / scale)), int(area / scale**2)))
     return Field(boxes, note)
 
 
-def _merge_lobes(boxes: list[tuple[float, float, float, float, int]]) -> list[tuple[float, float, float, float, int]]:
+Square = tuple[float, float, float, float, int]
+"""x0, y0, x1, y1 of a cell's box (not yet clipped to the picture) and its nuclear area, in searched pixels."""
+
+
+def _squares(rgb: np.ndarray, level: float) -> list[Square]:
+    """The cells' boxes found at one stain level: nucleus blobs above the area floor and not faint debris,
+    each grown to a square :data:`GROW` times its side, lobes of one cell merged (:func:`_merge_lobes`)."""
+    sh, sw = rgb.shape[:2]
+    squares: list[Square] = []
+    stats, _centroids, strength = _blobs(rgb, level=level)
+    for (x, y, bw, bh, area), stained in zip(stats, strength):
+        if area < MIN_AREA_FRACTION * sh * sw or (area < FAINT_AREA_FRACTION * sh * sw and stained < FAINT_STAIN):
+            continue
+        cx, cy, side = x + bw / 2, y + bh / 2, max(bw, bh) * GROW
+        squares.append((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2, int(area)))
+    return _merge_lobes(squares)
+
+
+def _overlap(a: Square, b: Square) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
+def _merge_lobes(boxes: list[Square]) -> list[Square]:
     """Boxes of the lobes of one nucleus merged into the box of their cell (union; nuclear areas added): a pair
     merges while it shares more than :data:`MERGE_OVERLAP` of the smaller box and their union is no wider than
     :data:`MERGE_MAX_GROWTH` times the larger box (so two whole cells side by side stay two)."""

@@ -131,3 +131,13 @@ def test_a_small_faint_blob_is_debris_but_a_strong_nucleus_of_the_same_size_is_a
     field[(xx - 480) ** 2 + (yy - 240) ** 2 < radius**2] = [95, 50, 170]  # strong: blue minus red 75 (a nucleus)
     boxes = find_cells(Image.fromarray(np.clip(field, 0, 255).astype(np.uint8))).boxes
     assert len(boxes) == 1 and boxes[0].x0 > 320, boxes
+
+
+def test_a_large_pale_nucleus_is_found_but_not_a_small_pale_blob():
+    import cv2
+
+    canvas = np.full((480, 640, 3), (230, 190, 200), np.uint8)
+    cv2.circle(canvas, (180, 240), 60, (170, 140, 198), -1)  # blue minus red 28: below the stain level, cell-sized
+    cv2.circle(canvas, (480, 240), 20, (170, 140, 198), -1)  # as pale, platelet-sized
+    boxes = find_cells(Image.fromarray(canvas)).boxes
+    assert len(boxes) == 1 and boxes[0].x0 < 180 < boxes[0].x1, boxes

@@ -85,7 +85,8 @@ class CellApp:
 
     def classify(self, path: str | None, k: float) -> tuple[dict[str, float] | None, str]:
         """Top-k calibrated classes and a verdict that says when to review; a picture of several cells is not
-        classified (:func:`bmc.locate.several_cells`), nor one without any cell (:func:`bmc.locate.no_cell`)."""
+        classified (:func:`bmc.locate.several_cells`, then the model's own check, :mod:`bmc.cell_guard`), nor one
+        without any cell (:func:`bmc.locate.no_cell`)."""
         image = self.load(path)
         if no_cell(image):
             return None, (
@@ -99,6 +100,12 @@ class CellApp:
                 "*Differential count*, or crop one cell and upload it."
             )
         pred = self.predictor.predict([image])[0]
+        guard = self.predictor.guard
+        if guard is not None and pred.embedding is not None and guard.refuses(pred.embedding[None])[0]:
+            return None, (
+                "⚠️ **Several cells in this picture**, by the model's own check (it does not look like one centred "
+                "cell): this tab classifies one cell. Count them in *Differential count*, or crop one cell and upload it."
+            )
         top = {display_name(c): p for c, p in pred.top_k(int(k))}
         name, threshold = display_name(pred.top_code), self.predictor.threshold
         if pred.flagged:

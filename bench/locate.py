@@ -9,6 +9,9 @@
    of ``external-wbc/bccd``: ``BloodImage_00000_1.jpg`` is field 00000's first WBC box).
 3. Guard: the share of real single-cell images of each source that :func:`bmc.locate.several_cells` would
    refuse (it must stay <= 1 %), and the share of generated tiles of 2-9 Matek cells it catches.
+4. The model's own check (:mod:`bmc.cell_guard`, when ``bmc guard`` fitted one) after the stain guard, as the
+   app runs them: single cells it never trained on (its test split, ``pbc-external``, BCCD crops) refused, and
+   sheets of 2-9 of its test images caught.
 """
 
 from __future__ import annotations
@@ -157,6 +160,41 @@ def bench_guard(per_source: int = 200, tiles: int = 40, seed: int = 0) -> dict:
     return out
 
 
+def bench_learnt_guard(predictor, per_source: int = 200, sheets: int = 100, seed: int = 0) -> dict:
+    """The model's own check (:mod:`bmc.cell_guard`) with the stain guard before it, as the app runs them, on
+    single cells the model never trained on (its test split, two other labs) and on sheets of its test images."""
+    from bmc.cell_guard import tiles
+    from bmc.data import scan_pbc
+    from bmc.splits import read_resolved_manifest
+
+    rng = np.random.default_rng(seed)
+    test = [r["source"] for r in read_resolved_manifest(Path(predictor.name) / "split_manifest.csv") if r["split"] == "test"]
+    sources = {
+        "model's test split (Matek + PBC)": test,
+        "pbc-external": [p for p, _ in scan_pbc(SHARED / "pbc-external")[0]],
+        "bccd-crops": [str(p) for p in CROPS.rglob("*.jpg")],
+    }
+
+    def refused(images: list) -> tuple[np.ndarray, np.ndarray]:
+        stain = np.array([several_cells(im) >= 2 or no_cell(im) for im in images])
+        return stain, stain | predictor.guard.refuses(predictor.forward(images)[1])
+
+    out: dict = {}
+    for name, paths in sources.items():
+        pick = [paths[i] for i in rng.choice(len(paths), min(per_source, len(paths)), replace=False)]
+        stain, both = refused([Image.open(p).convert("RGB") for p in pick])
+        out[name] = {"images": len(pick), "refused_by_stain_guard": int(stain.sum()), "refused_by_either": int(both.sum())}
+        out[name]["share_refused"] = out[name]["refused_by_either"] / len(pick)
+    stain, both = refused(tiles(test, sheets, rng))
+    out["sheets_of_2_to_9_test_cells"] = {
+        "sheets": sheets,
+        "caught_by_stain_guard": int(stain.sum()),
+        "caught_by_either": int(both.sum()),
+        "share_caught": float(both.mean()),
+    }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from bmc.constants import DEFAULT_MODEL
     from bmc.inference import Predictor
@@ -172,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         result = {**(json.loads(args.out.read_text()) if args.out.is_file() else {}), "guard": bench_guard()}
     else:
         result = {"locator": bench_locator(predictor), "guard": bench_guard(), "model": None if args.no_classify else str(args.model)}
+    if predictor is not None and predictor.guard is not None:
+        result["learnt_guard"] = bench_learnt_guard(predictor)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=1))
     return 0

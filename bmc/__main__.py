@@ -5,6 +5,7 @@ bmc count CELLS/ --out report/ --review corrections.csv   # the same count with 
 bmc adapt MODEL lab-cells/ --out models/my-lab       # a model for your lab from its labelled cells (class folders)
 bmc adapt MODEL report/predictions.csv --images CELLS/ --out models/my-lab   # ... or from a reviewed count
 bmc locate fields/ --out found/                      # find the white cells in microscope fields, crop and classify them
+bmc guard models/NAME                                # fit the model's own check that a picture shows one cell, not several
 bmc base-weights --out .cache/dinov2-small          # offline DINOv2 ViT-S/14 backbone
 bmc base-weights --arch convnext-scratch --out .cache/convnext-scratch
 bmc card models/NAME                                 # re-render a model card from metrics.json
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     adapt.add_argument("--replay-per-class", type=int, default=30, help="base training images per class replayed (0: none)")
     adapt.add_argument("--no-forgetting", action="store_true", help="skip measuring the base model's test split after adapting")
     adapt.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="also publish the folder to this Hub repository")
+    guard = sub.add_parser("guard", help="fit the model's own check that a picture shows one cell, not several (One cell tab)")
+    guard.add_argument("model_dir", type=Path, help="a model folder with its split_manifest.csv")
     locate = sub.add_parser("locate", help="find the white cells in microscope fields, crop and classify each")
     locate.add_argument("inputs", nargs="+", help="field images, folders or archives of them")
     locate.add_argument("--out", type=Path, required=True, help="folder for cells.csv, crops/ and overlays/")
@@ -170,6 +173,19 @@ def main(argv: list[str] | None = None) -> int:
             from bmc.hub import publish
 
             print(f"pushed to {publish(out, args.push_to_hub)}")
+    elif args.command == "guard":
+        from bmc.cell_guard import guard_model_folder
+
+        try:
+            path, figures = guard_model_folder(args.model_dir)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(
+            f"{path}: threshold {figures['threshold']:.2f} (no validation single cell refused: "
+            f"{figures['held_out_single_cells_refused']:.1%} of {figures['held_out_single_cells']:.0f}); sheets of several "
+            f"validation cells caught {figures['held_out_sheets_caught']:.1%} (of {figures['held_out_sheets']:.0f})"
+        )
     elif args.command == "locate":
         from bmc.locate_fields import locate_fields
         from bmc.model_flags import predictor_from_args

@@ -13,6 +13,7 @@ from PIL import Image
 
 from bmc.backends import Runner, describe, make_runner, torch_runner
 from bmc.calibration import flagged, softmax
+from bmc.cell_guard import load_guard
 from bmc.model import class_codes, load_classifier
 from bmc.transforms import preprocess, processor_size
 
@@ -71,7 +72,9 @@ def model_version(name_or_path: str, config: Any) -> str:
     commit = getattr(config, "_commit_hash", None)
     if commit:
         return commit[:12]
-    weights = sorted(Path(name_or_path).glob("*.safetensors")) or sorted(Path(name_or_path).glob("*.bin"))
+    # the model's own weight files only (model.safetensors, or its shards): a file stored beside them, such as
+    # the single-cell check of bmc.cell_guard, is not part of the weights
+    weights = sorted(Path(name_or_path).glob("model*.safetensors")) or sorted(Path(name_or_path).glob("*.bin"))
     digest = hashlib.sha256()
     for w in weights:
         with open(w, "rb") as fh:
@@ -99,6 +102,8 @@ class Predictor:
         """Share of validation images the threshold flags: the baseline a count is compared with (:mod:`bmc.adaptation`)."""
         self.version = model_version(name_or_path, cfg)
         self.backend, self.runner = make_runner(backend, self.model, processor_size(self.processor), self.version)
+        self.guard = load_guard(name_or_path, self.version) if Path(name_or_path).is_dir() else None
+        """The model's own single-cell check (:mod:`bmc.cell_guard`), when ``bmc guard`` fitted one for these weights."""
         self.backend_description = describe(self.backend)
 
     def forward(self, images: Sequence[Image.Image], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:

@@ -239,6 +239,25 @@ def test_one_cell_refuses_a_picture_of_several_cells_or_of_none(client, tmp_path
     assert label["label"] and "calibrated confidence" in verdict  # one drawn cell is classified (and most likely flagged)
 
 
+def _marrow_sheet(path: Path) -> str:
+    """Issue 21's case: four real marrow cells (the first of four classes) tiled 2x2 in one picture."""
+    from PIL import Image
+
+    sheet = Image.new("RGB", (250, 250))
+    for i, code in enumerate(("BLA", "EOS", "LYT", "NGS")):
+        sheet.paste(Image.open(matek_images(code, 1)[0]).convert("RGB").resize((125, 125)), (125 * (i % 2), 125 * (i // 2)))
+    sheet.save(path)
+    return str(path)
+
+
+def test_one_cell_refuses_four_real_marrow_cells_in_one_picture(client, tmp_path, shared_data):
+    from gradio_client import handle_file
+
+    label, verdict = client.predict(handle_file(_marrow_sheet(tmp_path / "four.png")), 3, api_name="/classify")
+    assert label is None or not label.get("label"), label
+    assert "cells in this picture" in verdict and "Differential count" in verdict
+
+
 def test_user_errors_are_one_log_line_each_not_a_traceback(served, client, tmp_path):
     from gradio_client import handle_file
 
@@ -299,6 +318,9 @@ def test_browser_upload_label_and_attribution(app_url, tmp_path, shared_data):
         page.locator("input[type=file]").first.set_input_files(_stained_cells(0, tmp_path / "blank.png"))
         page.get_by_role("button", name="Classify").click()
         page.get_by_text("No cell found", exact=False).first.wait_for(timeout=60_000)
+        page.locator("input[type=file]").first.set_input_files(_marrow_sheet(tmp_path / "four.png"))
+        page.get_by_role("button", name="Classify").click()
+        page.get_by_text("cells in this picture", exact=False).first.wait_for(timeout=60_000)
         page.locator("input[type=file]").first.set_input_files(cell)
         page.get_by_role("button", name="Classify").click()
         page.get_by_text("Eosinophil (EOS) at", exact=False).first.wait_for(timeout=60_000)

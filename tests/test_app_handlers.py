@@ -86,3 +86,22 @@ def test_fields_are_counted_cell_by_cell_with_numbered_overlays(handlers, tmp_pa
     clicked = handlers.pick_box(name, report, SimpleNamespace(index=[450, 300]))
     assert clicked is not None and clicked.startswith("field.png#") and report.cell(clicked) is not None
     assert handlers.pick_box(name, report, SimpleNamespace(index=[5, 470])) is None  # off every box
+
+
+def test_one_cell_defers_to_the_models_own_check_of_several_cells(handlers, tmp_path, monkeypatch):
+    import numpy as np
+
+    from bmc.cell_guard import LearntGuard
+
+    path = tmp_path / "cell.png"
+    path.write_bytes(image_bytes("PNG", size=(64, 64)))
+    from PIL import Image
+
+    width = handlers.predictor.forward([Image.open(path).convert("RGB")])[1].shape[1]
+    says_several = LearntGuard(np.zeros(width), np.ones(width), np.zeros(width), 5.0, handlers.predictor.version)  # p = 0.99
+    monkeypatch.setattr(handlers.predictor, "guard", says_several)
+    label, verdict = handlers.classify(str(path), 3)
+    assert label is None and "Several cells in this picture" in verdict and "Differential count" in verdict
+    monkeypatch.setattr(handlers.predictor, "guard", None)  # a model without the check classifies as before
+    label, verdict = handlers.classify(str(path), 3)
+    assert label and "calibrated confidence" in verdict

@@ -1,0 +1,142 @@
+"""The learnt single-cell check: does a picture show one cell, or several (a tile, a field)?
+
+The stain guard of :mod:`bmc.locate` counts separate nuclei and must never refuse a real single cell, so it
+lets most pictures of several marrow cells through: in a Matek-style picture the nuclei of neighbouring cells
+run together (docs/performance.md). The classifier itself sees the difference: its embedding of a picture of
+one centred cell is unlike its embedding of a sheet of several. A logistic regression (scikit-learn) on that
+embedding, from the same forward pass as the classification, is fitted by ``bmc guard MODEL`` on the model's own
+*training* images (one cell each) against sheets of 2-9 of them (:func:`tiles`), and stored beside the weights
+(:data:`GUARD_FILE`, safetensors). It belongs to those weights: a folder whose weights changed (``bmc adapt``)
+has none until ``bmc guard`` is run on it, and the app then relies on the stain guard alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from safetensors.numpy import load_file, save_file
+
+GUARD_FILE = "single_cell_guard.safetensors"
+FIT_IMAGES = 400
+"""Single-cell training images, and as many sheets of them, the check is fitted on."""
+C = 0.1
+"""Inverse L2 strength: 800 pictures, 768 features."""
+THRESHOLD = 0.5
+"""Lowest probability of "several cells" above which a picture is not classified; :func:`fit_guard` raises it above
+every held-out single cell's (at 0.5 the bundled model's check refused 1.5 % of its test split's single cells and
+2 % of ``pbc-external``'s, above the 1 % that real cells may lose: docs/performance.md)."""
+TILE_SIDES = (100, 125, 160, 200, 250)
+"""Side each cell is pasted at in a sheet: the check must not depend on the sheet's scale."""
+MIN_CELLS, MAX_CELLS = 2, 9
+
+
+def tiles(paths: Sequence[str | Path], n: int, rng: np.random.Generator) -> list[Image.Image]:
+    """``n`` sheets of 2-9 randomly chosen single-cell images pasted in a grid (the picture of several cells
+    a user may upload by mistake), each cell at one of :data:`TILE_SIDES`."""
+    out = []
+    for _ in range(n):
+        k = int(rng.integers(MIN_CELLS, MAX_CELLS + 1))
+        side = int(rng.choice(TILE_SIDES))
+        cols = int(np.ceil(np.sqrt(k)))
+        rows = int(np.ceil(k / cols))
+        cells = [Image.open(paths[i]).convert("RGB").resize((side, side)) for i in rng.choice(len(paths), k)]
+        sheet = Image.new("RGB", (side * cols, side * rows), tuple(int(v) for v in np.asarray(cells[0])[0, 0]))
+        for i, cell in enumerate(cells):
+            sheet.paste(cell, (side * (i % cols), side * (i // cols)))
+        out.append(sheet)
+    return out
+
+
+@dataclass
+class LearntGuard:
+    """Standardisation and logistic weights of the check, and the weights' version it was fitted for."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    version: str
+    threshold: float = THRESHOLD
+
+    def several(self, embeddings: np.ndarray) -> np.ndarray:
+        """Per picture, the probability that it shows several cells."""
+        z = (np.asarray(embeddings, dtype=np.float64) - self.mean) / self.scale @ self.coef + self.intercept
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def refuses(self, embeddings: np.ndarray) -> np.ndarray:
+        return self.several(embeddings) > self.threshold
+
+    def save(self, model_dir: str | Path, figures: dict[str, float]) -> Path:
+        path = Path(model_dir) / GUARD_FILE
+        tensors = {"mean": self.mean, "scale": self.scale, "coef": self.coef, "intercept": np.array([self.intercept])}
+        meta = {"version": self.version, "threshold": str(self.threshold), **{k: f"{v:.4f}" for k, v in figures.items()}}
+        save_file({k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}, str(path), metadata=meta)
+        return path
+
+
+def load_guard(model_dir: str | Path, version: str) -> LearntGuard | None:
+    """The check stored in a model folder, or None when there is none or it was fitted for other weights."""
+    path = Path(model_dir) / GUARD_FILE
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = fh.metadata() or {}
+    if meta.get("version") != version:
+        return None
+    t = load_file(str(path))
+    return LearntGuard(t["mean"], t["scale"], t["coef"], float(t["intercept"][0]), version, float(meta.get("threshold", THRESHOLD)))
+
+
+def fit_guard(predictor: Any, train: Sequence[str], held_out: Sequence[str], seed: int = 0) -> tuple[LearntGuard, dict[str, float]]:
+    """Fit the check on :data:`FIT_IMAGES` of ``train`` (single cells) and as many sheets of them; set its threshold
+    above every ``held_out`` single cell's probability (at least :data:`THRESHOLD`), and measure how many sheets of
+    held-out cells it then catches."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed)
+    picked = [train[i] for i in rng.choice(len(train), min(FIT_IMAGES, len(train)), replace=False)]
+    singles = predictor.forward([Image.open(p).convert("RGB") for p in picked])[1]
+    sheets = predictor.forward(tiles(train, len(picked), rng))[1]
+    x = np.vstack([singles, sheets]).astype(np.float64)
+    y = np.r_[np.zeros(len(singles)), np.ones(len(sheets))]
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    head = LogisticRegression(C=C, max_iter=2000).fit((x - mean) / scale, y)
+    guard = LearntGuard(mean, scale, head.coef_[0], float(head.intercept_[0]), predictor.version)
+    held_singles = predictor.forward([Image.open(p).convert("RGB") for p in held_out])[1]
+    held_sheets = predictor.forward(tiles(held_out, max(1, len(held_out) // 4), rng))[1]
+    # no held-out single cell refused: a real cell lost costs more than a sheet let through
+    guard.threshold = max(THRESHOLD, float(np.ceil(guard.several(held_singles).max() * 100) / 100))
+    figures = {
+        "threshold": guard.threshold,
+        "held_out_single_cells": float(len(held_singles)),
+        "held_out_single_cells_refused": float(guard.refuses(held_singles).mean()),
+        "held_out_sheets": float(len(held_sheets)),
+        "held_out_sheets_caught": float(guard.refuses(held_sheets).mean()),
+    }
+    return guard, figures
+
+
+def guard_model_folder(model_dir: str | Path) -> tuple[Path, dict[str, float]]:
+    """``bmc guard``: fit the check on the folder's training split, measure it on its validation split, and
+    store it in the folder."""
+    from bmc.inference import Predictor
+    from bmc.splits import read_resolved_manifest
+
+    manifest = Path(model_dir) / "split_manifest.csv"
+    if not manifest.is_file():
+        raise ValueError(f"{model_dir}: no split_manifest.csv, so no training images to fit the check on")
+    rows = [r for r in read_resolved_manifest(manifest) if Path(r["source"]).is_file()]
+    train = [r["source"] for r in rows if r["split"] == "train"]
+    held_out = [r["source"] for r in rows if r["split"] == "validation"]
+    if len(train) < 2 * MAX_CELLS or not held_out:
+        raise ValueError(f"{model_dir}: {len(train)} training and {len(held_out)} validation images found; the check needs both")
+    predictor = Predictor(str(model_dir), backend="torch")
+    guard, figures = fit_guard(predictor, train, held_out)
+    return guard.save(model_dir, figures), figures

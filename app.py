@@ -35,7 +35,7 @@ from bmc.images import IMAGE_SUFFIXES, ImageError, open_image
 from bmc.inference import Predictor
 from bmc.labels import CELL_CLASSES, display_name, sort_codes
 from bmc.locate import no_cell, several_cells
-from bmc.locate_fields import cell_at, iter_field_cells
+from bmc.locate_fields import cell_at, field_overlays, iter_field_cells
 from bmc.model_flags import add_model_arguments, predictor_from_args
 from bmc.model_folder import single_source_classes, unseen_marrow_score
 from bmc.report import TABLE_HEADERS, table, write_all
@@ -158,9 +158,13 @@ class CellApp:
     def count_fields(self, files: list[str] | None, progress: gr.Progress = gr.Progress(track_tqdm=True)):
         """Count whole microscope fields: each cell is found (:mod:`bmc.locate`), cropped and counted, named by
         its field, its number on the field's overlay and its box; the overlays come back as a gallery."""
-        overlays: dict[str, Image.Image] = {}
-        report = self._count(files, overlays)
-        gallery = [(image, f"{name}: numbered boxes = the cells {name}#1, #2, … of the count") for name, image in overlays.items()]
+        fields: dict[str, Image.Image] = {}
+        report = self._count(files, fields)
+        overlays = field_overlays(fields, {c.name: report.label(c) for c in report.cells})
+        gallery = [
+            (image, f"{name}: boxes numbered as the cells {name}#1, #2, … of the count, coloured by class")
+            for name, image in overlays.items()
+        ]
         return (*self.render(report), gr.update(choices=report.review_queue(), value=None), report, gallery, overlays)
 
     @staticmethod
@@ -178,11 +182,11 @@ class CellApp:
             return None
         return cell_at((c.name for c in report.cells), field, float(evt.index[0]), float(evt.index[1]))
 
-    def _count(self, files: list[str] | None, overlays: dict[str, Image.Image] | None) -> CountReport:
-        """The count of single cells (``overlays`` None) or of the cells found in fields."""
+    def _count(self, files: list[str] | None, fields: dict[str, Image.Image] | None) -> CountReport:
+        """The count of single cells (``fields`` None) or of the cells found in fields (their pictures collected)."""
         if not files:
             raise user_error("No files: upload cell images, microscope fields or a zip archive of them.")
-        items = iter_images(files) if overlays is None else iter_field_cells(iter_images(files), overlays)
+        items = iter_images(files) if fields is None else iter_field_cells(iter_images(files), fields)
         try:
             done, skipped = predict_stream(self.predictor, items, progress=True, thumbnails="all")
         except UploadError as exc:

@@ -142,9 +142,7 @@ def find_cells(image: Image.Image) -> Field:
     sh, sw = rgb.shape[:2]
     found = _squares(rgb, BLUE_MINUS_RED)
     found += [  # a large, palely stained nucleus that the stain level missed
-        p
-        for p in _squares(rgb, PALE_BLUE_MINUS_RED)
-        if p[4] >= PALE_AREA_FRACTION * sh * sw and not any(_overlap(p, f) for f in found)
+        p for p in _squares(rgb, PALE_BLUE_MINUS_RED) if p[4] >= PALE_AREA_FRACTION * sh * sw and not any(_overlap(p, f) for f in found)
     ]
     boxes = []
     for x0, y0, x1, y1, area in found:
@@ -261,13 +259,32 @@ def several_cells(image: Image.Image) -> int:
     return len(kept)
 
 
+CLASS_COLOURS = {
+    "BLA": "BE0032", "PMO": "F38400", "MYB": "F6A600", "MMZ": "DCD300", "NGB": "C2B280", "NGS": "0067A5", "EOS": "008856",
+    "ABE": "8DB600", "BAS": "604E97", "PEB": "882D17", "EBO": "E68FAC", "LYI": "A1CAF1", "LYT": "875692", "HAC": "654522",
+    "MON": "00CED1", "PLM": "B3446C", "FGC": "E25822", "KSC": "2B3D26", "OTH": "F99379", "NIF": "F3C300", "ART": "848482",
+}  # fmt: skip
+"""One colour per class on the field overlays: Kelly's colours of maximum contrast (and a cyan), the most
+distinct ones given to the classes of a marrow count."""
+
+
+def class_colour(code: str) -> tuple[int, int, int]:
+    """The class's overlay colour as RGB (the same in every field); a code the 21 classes lack is grey."""
+    value = CLASS_COLOURS.get(code, "808080")
+    return (int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16))
+
+
 def draw(image: Image.Image, boxes: list[Box], labels: list[str] | None = None) -> Image.Image:
-    """The field with numbered boxes (and labels), for the overlay a reviewer clicks through."""
+    """The field with numbered boxes, for the overlay a reviewer clicks through; with ``labels`` (class codes)
+    each box is coloured by its class (:func:`class_colour`) and captioned with it."""
     canvas = np.asarray(image.convert("RGB")).copy()
     thick = max(2, max(canvas.shape[:2]) // 320)
     for i, b in enumerate(boxes, start=1):
-        shade = np.array([[37 * i % 255]], dtype=np.uint8)
-        colour = tuple(int(c) for c in cv2.applyColorMap(shade, cv2.COLORMAP_TURBO)[0, 0][::-1])
+        if labels:
+            colour = class_colour(labels[i - 1])
+        else:
+            blue, green, red = (int(c) for c in cv2.applyColorMap(np.array([[37 * i % 255]], dtype=np.uint8), cv2.COLORMAP_TURBO)[0, 0])
+            colour = (red, green, blue)
         cv2.rectangle(canvas, (b.x0, b.y0), (b.x1, b.y1), colour, thick)
         text = f"{i}" + (f" {labels[i - 1]}" if labels else "")
         cv2.putText(canvas, text, (b.x0 + 3, max(12, b.y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, colour, thick)

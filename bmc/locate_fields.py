@@ -7,7 +7,7 @@ every upload does not import the classifier's stack.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from PIL import Image
@@ -44,23 +44,38 @@ def cell_at(names: Iterable[str], field: str, x: float, y: float) -> str | None:
 
 
 def iter_field_cells(
-    items: Iterable[tuple[str, Image.Image] | SkippedFile], overlays: dict[str, Image.Image] | None = None
+    items: Iterable[tuple[str, Image.Image] | SkippedFile], fields: dict[str, Image.Image] | None = None
 ) -> Iterator[tuple[str, Image.Image] | SkippedFile]:
     """Each field of ``items`` as the crops of the cells found in it (named by :func:`field_cell_name`), for a
-    count of whole fields; a field with no cell becomes a skipped item saying so. ``overlays`` collects each
-    field's numbered boxes."""
+    count of whole fields; a field with no cell becomes a skipped item saying so. ``fields`` collects each field's
+    picture, for :func:`field_overlays` once its cells are classified."""
     for item in items:
         if isinstance(item, SkippedFile):
             yield item
             continue
         name, image = item
         field = find_cells(image)
-        if overlays is not None:
-            overlays[name] = draw(image, field.boxes)
+        if fields is not None:
+            fields[name] = image
         if not field.boxes:
             yield SkippedFile(name, "no cell found in this field" + (f" ({field.note})" if field.note else ""))
         for number, box in enumerate(field.boxes, start=1):
             yield field_cell_name(name, number, box), crop(image, box)
+
+
+def field_overlays(fields: Mapping[str, Image.Image], labels: Mapping[str, str]) -> dict[str, Image.Image]:
+    """Each field with its cells' boxes numbered as in the count and coloured by class; ``labels`` maps a cell's
+    name (:func:`field_cell_name`) to its class code."""
+    found: dict[str, list[tuple[int, Box, str]]] = {name: [] for name in fields}
+    for cell, code in labels.items():
+        parsed = parse_field_cell_name(cell)
+        if parsed and parsed[0] in found:
+            found[parsed[0]].append((parsed[1], parsed[2], code))
+    out = {}
+    for name, image in fields.items():
+        cells = sorted(found[name], key=lambda c: c[0])
+        out[name] = draw(image, [box for _, box, _ in cells], [code for *_, code in cells] or None)
+    return out
 
 
 CSV_COLUMNS = ["image", "x0", "y0", "x1", "y1", "label", "confidence", "flagged", "cell", "crop"]

@@ -83,6 +83,11 @@ def test_fields_are_counted_cell_by_cell_with_numbered_overlays(handlers, tmp_pa
 
     image, name = handlers.show_field(overlays, SimpleNamespace(index=0))
     assert name == "field.png" and image.size == (640, 480)
+    from bmc.locate import class_colour
+
+    first = min(report.cells, key=lambda c: c.name)  # field.png#1: its box's top edge is drawn in its class's colour
+    x0, y0 = (int(v) for v in first.name.split("[")[1].split(",")[:2])
+    assert tuple(np.asarray(image)[y0, x0 + 10]) == class_colour(report.label(first))
     clicked = handlers.pick_box(name, report, SimpleNamespace(index=[450, 300]))
     assert clicked is not None and clicked.startswith("field.png#") and report.cell(clicked) is not None
     assert handlers.pick_box(name, report, SimpleNamespace(index=[5, 470])) is None  # off every box

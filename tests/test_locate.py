@@ -141,3 +141,12 @@ def test_a_large_pale_nucleus_is_found_but_not_a_small_pale_blob():
     cv2.circle(canvas, (480, 240), 20, (170, 140, 198), -1)  # as pale, platelet-sized
     boxes = find_cells(Image.fromarray(canvas)).boxes
     assert len(boxes) == 1 and boxes[0].x0 < 180 < boxes[0].x1, boxes
+
+
+def test_every_class_has_its_own_overlay_colour():
+    from bmc.labels import CELL_CLASSES
+    from bmc.locate import class_colour
+
+    colours = [class_colour(c.code) for c in CELL_CLASSES]
+    assert len(set(colours)) == len(CELL_CLASSES) == 21
+    assert class_colour("XYZ") == (128, 128, 128)

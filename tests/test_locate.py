@@ -150,3 +150,19 @@ def test_every_class_has_its_own_overlay_colour():
     colours = [class_colour(c.code) for c in CELL_CLASSES]
     assert len(set(colours)) == len(CELL_CLASSES) == 21
     assert class_colour("XYZ") == (128, 128, 128)
+
+
+def test_two_touching_cells_whose_nuclei_the_dilation_joins_get_a_box_each():
+    import cv2
+
+    from bmc import locate
+
+    canvas = np.full((480, 640, 3), (230, 190, 200), np.uint8)
+    for x in (200, 310):
+        cv2.circle(canvas, (x, 240), 75, (215, 175, 215), -1)  # cytoplasm
+    for x in (200, 310):
+        cv2.circle(canvas, (x, 240), 50, (110, 80, 200), -1)  # nuclei 10 px apart: one blob after the dilation
+    field = Image.fromarray(canvas)
+    assert len(find_cells(field).boxes) == 2
+    stats = locate._blobs(np.asarray(field))[0]
+    assert (stats[:, 4] >= 0.01 * 640 * 480).sum() == 1  # it is the split, not the mask, that makes two

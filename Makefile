@@ -60,6 +60,7 @@ train: install base
 	$(BIN)/accelerate launch --quiet train_hf.py configs/bmc-dinov2s-matek-pbc13.json
 	$(BIN)/bmc evaluate models/bmc-dinov2s-matek-pbc13 --external ../shared/data/pbc-external ../shared/data/external-wbc/bccd \
 	  --unseen ../shared/data/unseen-classes --targets configs/goals/issue19.json
+	$(BIN)/bmc guard models/bmc-dinov2s-matek-pbc13
 
 ## Performance benchmark of the bundled model; writes bench/results.json (run time in its total_s; docs/performance.md).
 bench: install

@@ -101,6 +101,14 @@ def test_compare_refuses_to_choose_by_a_test_set(tmp_path, capsys):
     assert "--heldout goes with --validation" in capsys.readouterr().err
 
 
+def test_guard_needs_the_models_training_images_and_says_so(tiny_model_dir, capsys):
+    from bmc.__main__ import main
+
+    assert main(["guard", str(tiny_model_dir)]) == 2  # the tiny model has no split_manifest.csv
+    assert "no split_manifest.csv" in capsys.readouterr().err
+    assert not (tiny_model_dir / "single_cell_guard.safetensors").exists()
+
+
 @pytest.mark.slow  # two `bmc` processes, each loading torch and a model
 def test_fields_are_counted_cell_by_cell_and_an_unreadable_folder_says_why(tmp_path, tiny_model_dir, shared_data):
     fields = sorted((shared_data / "external-wbc" / "bccd-fields" / "JPEGImages").glob("*.jpg"))[:2]

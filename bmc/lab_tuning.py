@@ -40,6 +40,8 @@ DISTILL_WEIGHT = 30.0
 DISTILL_TEMPERATURE = 2.0
 LABEL_SMOOTHING = 0.1
 BATCH_SIZE = 32
+SOUP = 1
+"""Fine-tunings (seeds) whose weights are averaged into the adapted model; 1: a single fine-tuning."""
 LAB_VIEWS = 1
 """Orientations of each lab cell trained on (identity, mirror, flip, half turn, then the quarter turns), each weighing
 1/LAB_VIEWS of a cell. A cell on a slide has no up or left, but 4 views did not pay on validation: BCCD's other
@@ -153,8 +155,27 @@ def tune(
     epochs: int | None = None,
 ) -> Tail:
     """A :class:`Tail` trained on the lab's cells (labels) and the replay (the base model's logits) for
-    ``epochs`` (default :data:`EPOCHS`). ``lab_hidden`` is (cells, tokens, width), or (cells, views, tokens,
-    width) from :func:`lab_inputs`, each view then weighing 1/views of a cell."""
+    ``epochs`` (default :data:`EPOCHS`); with :data:`SOUP` > 1, the average of that many fine-tunings' weights.
+    ``lab_hidden`` is (cells, tokens, width), or (cells, views, tokens, width) from :func:`lab_inputs`, each view
+    then weighing 1/views of a cell."""
+    tails = [_tune_one(model, n_classes, lab_hidden, lab_y, replay_hidden, replay_logits, seed + 1000 * k, epochs) for k in range(SOUP)]
+    if len(tails) > 1:  # all start from the same weights, so their average is a model too ("model soup")
+        states = [t.state_dict() for t in tails]
+        tails[0].load_state_dict({name: sum(s[name] for s in states) / len(states) for name in states[0]})
+    return tails[0]
+
+
+def _tune_one(
+    model: Any,
+    n_classes: int,
+    lab_hidden: torch.Tensor,
+    lab_y: np.ndarray,
+    replay_hidden: torch.Tensor,
+    replay_logits: np.ndarray,
+    seed: int,
+    epochs: int | None,
+) -> Tail:
+    """One fine-tuning of :func:`tune`."""
     torch.manual_seed(seed)
     tail = Tail(model, n_classes)
     views = lab_hidden.shape[1] if lab_hidden.dim() == 4 else 1

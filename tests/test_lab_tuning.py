@@ -50,3 +50,18 @@ def test_each_lab_cell_is_learnt_in_its_orientations_and_scored_as_given(tiny_mo
     assert views.shape == (5, 4, *plain.shape[1:]) and torch.equal(as_given(views), plain)
     tail = tune(predictor.model, 3, views[:3], np.array([0, 1, 2]), plain[3:], np.zeros((2, 3), np.float32), epochs=2)
     assert tail.logits(as_given(views)).shape == (5, 3)
+
+
+def test_a_soup_is_the_average_of_its_fine_tunings(tiny_model_dir, monkeypatch):
+    import bmc.lab_tuning as lt
+
+    predictor = Predictor(str(tiny_model_dir), "torch")
+    hidden, logits = block_inputs(predictor.model, predictor.processor, _images(6, seed=4))
+    lab = hidden[:4].repeat(10, 1, 1)  # 40 cells: more than a batch, so the seeds' batch orders differ
+    args = (predictor.model, 3, lab, np.tile([0, 1, 2, 0], 10), hidden[4:], logits[4:])
+    singles = [tune(*args, seed=s, epochs=1).state_dict() for s in (5, 1005)]  # the seeds a soup of two uses
+    monkeypatch.setattr(lt, "SOUP", 2)
+    soup = tune(*args, seed=5, epochs=1).state_dict()
+    name = "head.weight"
+    assert torch.allclose(soup[name], (singles[0][name] + singles[1][name]) / 2, atol=1e-6)
+    assert not torch.allclose(singles[0][name], singles[1][name])  # two different fine-tunings were averaged

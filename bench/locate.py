@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bmc.cell_guard import sheet  # noqa: E402
 from bmc.locate import Box, crop, find_cells, no_cell, several_cells  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -146,16 +147,7 @@ def bench_guard(per_source: int = 200, tiles: int = 40, seed: int = 0) -> dict:
             "refused_as_no_cell": len(empty),
             "examples": [Path(p).name for p in refused[:5]],
         }
-    caught = 0
-    for t in range(tiles):
-        k = 2 + t % 8  # 2..9 cells
-        cols = int(np.ceil(np.sqrt(k)))
-        rows = int(np.ceil(k / cols))
-        cells = [Image.open(sources["matek"][i]).convert("RGB").resize((125, 125)) for i in rng.choice(len(sources["matek"]), k)]
-        sheet = Image.new("RGB", (125 * cols, 125 * rows), tuple(int(v) for v in np.asarray(cells[0])[0, 0]))
-        for i, c in enumerate(cells):
-            sheet.paste(c, (125 * (i % cols), 125 * (i // cols)))
-        caught += several_cells(sheet) >= 2
+    caught = sum(several_cells(sheet(sources["matek"], 2 + t % 8, 125, rng)) >= 2 for t in range(tiles))  # 2..9 cells
     out["tiles_2_to_9_cells"] = {"tiles": tiles, "caught": caught, "share_caught": caught / tiles}
     return out
 

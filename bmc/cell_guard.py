@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 GUARD_FILE = "single_cell_guard.safetensors"
 FIT_IMAGES = 400
@@ -35,20 +36,24 @@ TILE_SIDES = (100, 125, 160, 200, 250)
 MIN_CELLS, MAX_CELLS = 2, 9
 
 
+def sheet(paths: Sequence[str | Path], k: int, side: int, rng: np.random.Generator) -> Image.Image:
+    """``k`` randomly chosen single-cell images, each resized to ``side`` px, pasted in a near-square grid on the
+    first one's corner colour: the picture of several cells a user may upload by mistake."""
+    cols = int(np.ceil(np.sqrt(k)))
+    rows = int(np.ceil(k / cols))
+    cells = [Image.open(paths[i]).convert("RGB").resize((side, side)) for i in rng.choice(len(paths), k)]
+    out = Image.new("RGB", (side * cols, side * rows), tuple(int(v) for v in np.asarray(cells[0])[0, 0]))
+    for i, cell in enumerate(cells):
+        out.paste(cell, (side * (i % cols), side * (i // cols)))
+    return out
+
+
 def tiles(paths: Sequence[str | Path], n: int, rng: np.random.Generator) -> list[Image.Image]:
-    """``n`` sheets of 2-9 randomly chosen single-cell images pasted in a grid (the picture of several cells
-    a user may upload by mistake), each cell at one of :data:`TILE_SIDES`."""
+    """``n`` sheets (:func:`sheet`) of 2-9 cells each, each cell at one of :data:`TILE_SIDES`."""
     out = []
     for _ in range(n):
         k = int(rng.integers(MIN_CELLS, MAX_CELLS + 1))
-        side = int(rng.choice(TILE_SIDES))
-        cols = int(np.ceil(np.sqrt(k)))
-        rows = int(np.ceil(k / cols))
-        cells = [Image.open(paths[i]).convert("RGB").resize((side, side)) for i in rng.choice(len(paths), k)]
-        sheet = Image.new("RGB", (side * cols, side * rows), tuple(int(v) for v in np.asarray(cells[0])[0, 0]))
-        for i, cell in enumerate(cells):
-            sheet.paste(cell, (side * (i % cols), side * (i // cols)))
-        out.append(sheet)
+        out.append(sheet(paths, k, int(rng.choice(TILE_SIDES)), rng))
     return out
 
 
@@ -84,13 +89,11 @@ def load_guard(model_dir: str | Path, version: str) -> LearntGuard | None:
     path = Path(model_dir) / GUARD_FILE
     if not path.is_file():
         return None
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="numpy") as fh:
         meta = fh.metadata() or {}
-    if meta.get("version") != version:
-        return None
-    t = load_file(str(path))
+        if meta.get("version") != version:
+            return None
+        t = {name: fh.get_tensor(name) for name in fh.keys()}
     return LearntGuard(t["mean"], t["scale"], t["coef"], float(t["intercept"][0]), version, float(meta.get("threshold", THRESHOLD)))
 
 

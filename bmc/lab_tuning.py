@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -160,26 +160,6 @@ def tune(
     ``epochs`` (default :data:`EPOCHS`); with :data:`SOUP` > 1, the average of that many fine-tunings' weights.
     ``lab_hidden`` is (cells, tokens, width), or (cells, views, tokens, width) from :func:`lab_inputs`, each view
     then weighing 1/views of a cell."""
-    tails = [_tune_one(model, n_classes, lab_hidden, lab_y, replay_hidden, replay_logits, seed + 1000 * k, epochs) for k in range(SOUP)]
-    if len(tails) > 1:  # all start from the same weights, so their average is a model too ("model soup")
-        states = [t.state_dict() for t in tails]
-        tails[0].load_state_dict({name: sum(s[name] for s in states) / len(states) for name in states[0]})
-    return tails[0]
-
-
-def _tune_one(
-    model: Any,
-    n_classes: int,
-    lab_hidden: torch.Tensor,
-    lab_y: np.ndarray,
-    replay_hidden: torch.Tensor,
-    replay_logits: np.ndarray,
-    seed: int,
-    epochs: int | None,
-) -> Tail:
-    """One fine-tuning of :func:`tune`."""
-    torch.manual_seed(seed)
-    tail = Tail(model, n_classes)
     views = lab_hidden.shape[1] if lab_hidden.dim() == 4 else 1
     if lab_hidden.dim() == 4:
         lab_hidden, lab_y = lab_hidden.flatten(0, 1), np.repeat(np.asarray(lab_y), views)
@@ -192,12 +172,37 @@ def _tune_one(
     soft[:, : replay_logits.shape[1]] = torch.as_tensor(replay_logits)
     soft = torch.cat([torch.zeros((len(lab_hidden), n_classes)), soft])
     target = torch.softmax(soft / DISTILL_TEMPERATURE, dim=1)
+    data = _Prepared(x, y, is_lab, weight, target)
+    steps = EPOCHS if epochs is None else epochs
+    tails = [_train(model, n_classes, data, seed + 1000 * k, steps) for k in range(SOUP)]
+    if len(tails) > 1:  # all start from the same weights, so their average is a model too ("model soup")
+        states = [t.state_dict() for t in tails]
+        tails[0].load_state_dict({name: sum(s[name] for s in states) / len(states) for name in states[0]})
+    return tails[0]
+
+
+class _Prepared(NamedTuple):
+    """What every fine-tuning of :func:`tune` trains on: lab cells then replayed images, made once."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    is_lab: torch.Tensor
+    weight: torch.Tensor
+    target: torch.Tensor
+    """The base model's softened predictions on the replayed images (distillation targets)."""
+
+
+def _train(model: Any, n_classes: int, data: _Prepared, seed: int, epochs: int) -> Tail:
+    """One fine-tuning of :func:`tune`: a fresh :class:`Tail` trained on ``data``."""
+    torch.manual_seed(seed)
+    tail = Tail(model, n_classes)
+    x, y, is_lab, weight, target = data
     backbone = [p for name, p in tail.named_parameters() if not name.startswith("head.")]
     optimiser = torch.optim.AdamW(
         [{"params": backbone, "lr": LEARNING_RATE}, {"params": tail.head.parameters(), "lr": HEAD_LEARNING_RATE}], weight_decay=0.0
     )
     order = torch.Generator().manual_seed(seed)
-    for _ in range(EPOCHS if epochs is None else epochs):
+    for _ in range(epochs):
         tail.train()
         for batch in torch.randperm(len(x), generator=order).split(BATCH_SIZE):
             out = tail(x[batch].float())

@@ -99,47 +99,32 @@ class Field:
     note: str = ""
 
 
-def _stain(rgb: np.ndarray, level: float = BLUE_MINUS_RED) -> tuple[np.ndarray, np.ndarray]:
-    """Blue minus red, smoothed (the stain map), and where it is above ``level`` (by default the locator's
-    fixed nuclear-stain level, set on blood-smear fields)."""
+def _stain_map(rgb: np.ndarray) -> np.ndarray:
+    """Blue minus red, smoothed: nuclear stain is high on it (computed once per picture; each search thresholds it)."""
     f = rgb.astype(np.float32)
-    blue = cv2.GaussianBlur(f[:, :, 2] - f[:, :, 0], (0, 0), SMOOTH_SIGMA)
-    return blue, blue > level
+    return cv2.GaussianBlur(f[:, :, 2] - f[:, :, 0], (0, 0), SMOOTH_SIGMA)
 
 
-def _nuclei_by_picture(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The stain map and a nuclear mask with thresholds of this picture's own (Otsu on the stain map and on
-    darkness): in a marrow picture the slide background and the cytoplasm are themselves bluish (Matek's
-    background: blue minus red about 65), so a fixed level takes them in, but the nuclei are still the
+def _nuclei_by_picture(rgb: np.ndarray, blue: np.ndarray) -> np.ndarray:
+    """A nuclear mask with thresholds of this picture's own (Otsu on the stain map ``blue`` and on darkness), above
+    the locator's fixed level: in a marrow picture the slide background and the cytoplasm are themselves bluish
+    (Matek's background: blue minus red about 65), so a fixed level takes them in, but the nuclei are still the
     bluest *and* darkest part of the picture. Used by the single-cell guard (docs/performance.md)."""
-    blue, fixed = _stain(rgb)
     level, _ = cv2.threshold(np.clip(blue, 0, 255).astype(np.uint8), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     grey = cv2.GaussianBlur(rgb.astype(np.float32).mean(axis=2), (0, 0), SMOOTH_SIGMA)
     dark, _ = cv2.threshold(grey.astype(np.uint8), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return blue, fixed & (blue > level) & (grey < dark)
+    return (blue > BLUE_MINUS_RED) & (blue > level) & (grey < dark)
 
 
-def _masks(
-    rgb: np.ndarray, by_picture: bool = False, level: float = BLUE_MINUS_RED
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The stain map, the stained pixels, the nuclei (stained pixels opened: specks gone) and the nuclei joined by a
-    dilation (the lobes of one nucleus become one blob). ``by_picture``: the mask of :func:`_nuclei_by_picture` in
-    place of the fixed ``level``."""
-    blue, mask = _nuclei_by_picture(rgb) if by_picture else _stain(rgb, level)
+def _blobs(blue: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Connected nuclear-stain blobs of the stained pixels ``mask`` of a stain map ``blue``: the mask is opened (specks
+    gone) and dilated so that the lobes of one nucleus become one blob. Returns stats rows x, y, w, h, area;
+    centroids; the mean stain strength, blue minus red, of each blob's stained pixels; the blob label image (0: none,
+    blob i + 1) and the opened nuclei mask it was joined from."""
     stain = mask.astype(np.uint8)
     opened = cv2.morphologyEx(stain, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
-    k = max(3, int(round(DILATE_PX * max(rgb.shape[:2]) / WORK_SIDE)) | 1)
+    k = max(3, int(round(DILATE_PX * max(blue.shape[:2]) / WORK_SIDE)) | 1)
     joined = cv2.dilate(opened, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    return blue, stain, opened, joined
-
-
-def _blobs(
-    rgb: np.ndarray, by_picture: bool = False, level: float = BLUE_MINUS_RED
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Connected nuclear-stain blobs of an RGB array (:func:`_masks`): stats rows x, y, w, h, area; centroids; the
-    mean stain strength, blue minus red, of each blob's stained pixels; the blob label image (0: none, blob i + 1)
-    and the opened nuclei mask it was joined from."""
-    blue, stain, opened, joined = _masks(rgb, by_picture, level)
     n, labels, stats, centroids = cv2.connectedComponentsWithStats(joined)
     stained = stain.astype(bool)
     sums = np.bincount(labels[stained], weights=blue[stained], minlength=n)
@@ -158,9 +143,10 @@ def find_cells(image: Image.Image) -> Field:
         rgb = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
         note = f"the {w}×{h} picture was searched at {rgb.shape[1]}×{rgb.shape[0]} (longest side {MAX_SIDE} px)"
     sh, sw = rgb.shape[:2]
-    found = _squares(rgb, BLUE_MINUS_RED)
+    blue = _stain_map(rgb)
+    found = _squares(blue, BLUE_MINUS_RED)
     found += [  # a large, palely stained nucleus that the stain level missed
-        p for p in _squares(rgb, PALE_BLUE_MINUS_RED) if p[4] >= PALE_AREA_FRACTION * sh * sw and not any(_overlap(p, f) for f in found)
+        p for p in _squares(blue, PALE_BLUE_MINUS_RED) if p[4] >= PALE_AREA_FRACTION * sh * sw and not any(_overlap(p, f) for f in found)
     ]
     boxes = []
     for x0, y0, x1, y1, area in found:
@@ -179,14 +165,15 @@ def _square(x: float, y: float, w: float, h: float, area: int) -> Square:
     return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2, int(area))
 
 
-def _squares(rgb: np.ndarray, level: float) -> list[Square]:
-    """The cells' boxes found at one stain level: nucleus blobs above the area floor and not faint debris, each
+def _squares(blue: np.ndarray, level: float) -> list[Square]:
+    """The cells' boxes found where the stain map ``blue`` is above ``level``: nucleus blobs above the area floor and
+    not faint debris, each
     grown to a square (:func:`_square`); a blob that the dilation made of several cell-sized nuclei
     (:data:`SPLIT_AREA_FRACTION`) which are not lobes of one cell gives a box per nucleus; lobes of one cell
     merged (:func:`_merge_lobes`)."""
-    sh, sw = rgb.shape[:2]
+    sh, sw = blue.shape[:2]
     squares: list[Square] = []
-    stats, _centroids, strength, labels, opened = _blobs(rgb, level=level)
+    stats, _centroids, strength, labels, opened = _blobs(blue, blue > level)
     _, parts, part_stats, _ = cv2.connectedComponentsWithStats(opened)
     for i, ((x, y, bw, bh, area), stained) in enumerate(zip(stats, strength), start=1):
         if area < MIN_AREA_FRACTION * sh * sw or (area < FAINT_AREA_FRACTION * sh * sw and stained < FAINT_STAIN):
@@ -256,8 +243,7 @@ def no_cell(image: Image.Image) -> bool:
     f = _at_work_size(image).astype(np.float32)
     if float(np.abs(f[:, :, 0] - f[:, :, 2]).mean() + np.abs(f[:, :, 1] - f[:, :, 2]).mean()) < GREY_TOLERANCE:
         return False
-    blue = cv2.GaussianBlur(f[:, :, 2] - f[:, :, 0], (0, 0), SMOOTH_SIGMA)
-    return float((blue > NO_CELL_BLUE_MINUS_RED).mean()) < NO_CELL_STAIN_SHARE
+    return float((_stain_map(f) > NO_CELL_BLUE_MINUS_RED).mean()) < NO_CELL_STAIN_SHARE
 
 
 def several_cells(image: Image.Image) -> int:
@@ -268,7 +254,8 @@ def several_cells(image: Image.Image) -> int:
     of a single-cell crop, or a lobe of that neighbour does not."""
     rgb = _at_work_size(image)
     h, w = rgb.shape[:2]
-    stats, centroids, _strength, _labels, _opened = _blobs(rgb, by_picture=True)
+    blue = _stain_map(rgb)
+    stats, centroids, _strength, _labels, _opened = _blobs(blue, _nuclei_by_picture(rgb, blue))
     largest = max((int(st[4]) for st in stats), default=0)
     whole: list[tuple[float, float]] = []
     cut: list[tuple[float, float]] = []

@@ -4,6 +4,7 @@
     python bench/review.py --cells models/bmc-dinov2s-matek-pbc13/split_manifest.csv --split test \\
         --domain bone-marrow-cells --out matek-test.json                  # a split of the model's own manifest
     python bench/review.py --plot docs/review/curves.png docs/review/*.json   # the curves of several runs in one figure
+    python bench/review.py --cells … --out F.json --wrong-at 20 --gallery wrong.png   # and the cells still wrong at 20 %
 
 The reviewer checks the least confident cell first and always gives the true class; ``--step`` cells are
 reviewed between two refits. Two curves, both counting reviewed cells as right:
@@ -120,21 +121,28 @@ def simulate_adaptive(
     codes: list[str],
     equivalents: dict[str, str] | None,
     step: int,
-) -> tuple[dict[str, float], int | None, list[float]]:
+    wrong_at: str | None = None,
+) -> tuple[dict[str, float], int | None, list[float], list[dict[str, Any]]]:
     """Learning review: refit after every ``step`` reviews (and at each reported level); returns the curve,
     the reviews until ``TARGET`` (None if never; counted review by review, as a review between two refits
-    makes its own cell right) and the refit times in seconds."""
+    makes its own cell right), the refit times in seconds and the cells still wrong when ``wrong_at`` (a
+    reported level, e.g. "20") per cent of the set is reviewed: index, true class, label and its confidence."""
     n = len(truth)
     targets = sorted(set(at_levels(n).values()))
     reviewed: dict[int, int] = {}
     curve: dict[int, float] = {}
-    to_95, times = None, []
+    to_95, times, wrong = None, [], []
     while True:
         t0 = time.perf_counter()
         state = relabel(logits, embeddings, reviewed, predictor.temperature, predictor.threshold, predictor.validation_flagged)
         times.append(time.perf_counter() - t0)
         ok = right(state.labels, truth, codes, equivalents)
         curve[len(reviewed)] = float(ok.mean())
+        if wrong_at is not None and len(reviewed) == at_levels(n)[wrong_at]:
+            wrong = [
+                {"index": int(i), "truth": codes[truth[i]], "label": codes[state.labels[i]], "confidence": float(state.confidence[i])}
+                for i in np.nonzero(~ok)[0]
+            ]
         if len(reviewed) >= n or (to_95 is not None and len(reviewed) >= targets[-1]):
             break
         nxt = min([t for t in targets if t > len(reviewed)] + [len(reviewed) + step])
@@ -146,7 +154,24 @@ def simulate_adaptive(
             ok[i] = True
         if to_95 is None and ok.mean() >= TARGET:
             to_95 = len(reviewed)
-    return {level: curve[k] for level, k in at_levels(n).items()}, to_95, times
+    return {level: curve[k] for level, k in at_levels(n).items()}, to_95, times, wrong
+
+
+def gallery(out: Path, images: list, wrong: list[dict[str, Any]], columns: int = 10, side: int = 128) -> Path:
+    """A contact sheet of the cells in ``wrong`` (from :func:`simulate_adaptive`), each captioned with its true
+    class and the label the count gives it: what a reader needs to judge the errors that are left."""
+    from PIL import Image, ImageDraw
+
+    rows = max(1, -(-len(wrong) // columns))
+    sheet = Image.new("RGB", (columns * side, rows * (side + 14)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, cell in enumerate(wrong):
+        x, y = (k % columns) * side, (k // columns) * (side + 14)
+        sheet.paste(images[cell["index"]].convert("RGB").resize((side, side)), (x, y))
+        draw.text((x + 2, y + side), f"{cell['truth']} -> {cell['label']} {cell['confidence']:.2f}", fill="black")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out
 
 
 def plot(out: Path, results: list[Path]) -> Path:
@@ -201,7 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="cache of the set's logits and embeddings (.npz): read if it is of this model's weights, else written",
     )
+    parser.add_argument(
+        "--wrong-at", choices=[str(p) for p in LEVELS], default=None, help="also list the cells still wrong at this %% reviewed"
+    )
+    parser.add_argument("--gallery", type=Path, default=None, help="with --wrong-at: a contact sheet of those cells (.png)")
     args = parser.parse_args(argv)
+    if args.gallery and not args.wrong_at:
+        parser.error("--gallery needs --wrong-at")
 
     from bmc.inference import Predictor
 
@@ -213,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     probs = softmax(logits, predictor.temperature)
     ok = right(probs.argmax(axis=1), truth, codes, equivalents)
     static, static_95 = simulate_static(probs, truth, ok)
-    adaptive, adaptive_95, times = simulate_adaptive(logits, embeddings, truth, predictor, codes, equivalents, args.step)
+    adaptive, adaptive_95, times, wrong = simulate_adaptive(
+        logits, embeddings, truth, predictor, codes, equivalents, args.step, args.wrong_at
+    )
     result = {
         "n": int(len(truth)),
         "static": static,
@@ -228,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         "refits": len(times),
         "model_version": predictor.version,
     }
+    if args.wrong_at:
+        result["wrong_at"] = {"level": int(args.wrong_at), "cells": wrong}
+    if args.gallery:
+        print(gallery(args.gallery, load_set(args.cells, codes, args.split, args.domain)[0], wrong))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("n", "static", "adaptive", "reviews_to_95")}))

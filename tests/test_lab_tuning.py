@@ -65,3 +65,28 @@ def test_a_soup_is_the_average_of_its_fine_tunings(tiny_model_dir, monkeypatch):
     name = "head.weight"
     assert torch.allclose(soup[name], (singles[0][name] + singles[1][name]) / 2, atol=1e-6)
     assert not torch.allclose(singles[0][name], singles[1][name])  # two different fine-tunings were averaged
+
+
+def test_lora_updates_are_merged_into_plain_layers(tiny_model_dir, monkeypatch):
+    import bmc.lab_tuning as lt
+
+    predictor = Predictor(str(tiny_model_dir), "torch")
+    hidden, logits = block_inputs(predictor.model, predictor.processor, _images(6, seed=5))
+    monkeypatch.setattr(lt, "LORA_RANK", 2)
+    tail = Tail(predictor.model, 3)
+    before = tail.logits(hidden)
+    updates = lt._add_lora(tail)
+    assert updates and all(p.requires_grad for p in updates)
+    assert not any(p.requires_grad for name, p in tail.blocks.named_parameters() if "lora_" not in name)  # the weights stay frozen
+    with torch.no_grad():
+        for p in updates:
+            p.normal_(std=0.5)  # LoRA's B starts at zero: give the update a value to merge
+    with_updates = tail.logits(hidden)
+    assert not np.allclose(with_updates, before, atol=1e-3)
+    lt._merge_lora(tail)
+    assert not any(type(m).__module__.startswith("peft") for m in tail.blocks.modules())  # no peft layer left
+    assert np.allclose(tail.logits(hidden), with_updates, atol=1e-3)
+
+    tuned = tune(predictor.model, 3, hidden[:4], np.array([0, 1, 2, 0]), hidden[4:], logits[4:], epochs=2)
+    assert "lora" not in " ".join(tuned.state_dict())
+    assert not np.allclose(tuned.logits(hidden), before, atol=1e-3)  # it learnt through the low-rank updates

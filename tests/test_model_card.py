@@ -284,3 +284,32 @@ def test_card_names_only_the_augmentations_the_run_used(tmp_path):
     text = " ".join(render_card(tmp_path).read_text().split())
     assert "zoom-out onto the image's own background colour" in text and "blur or downscaling" in text
     assert "HEStain" not in text and "hue/saturation" not in text
+
+
+def test_validation_table_compares_the_marrow_images_apart(tmp_path):
+    """A run better on marrow and worse on blood: the marrow column shows what the overall one averages away."""
+    from bmc.evaluation import VALIDATION_PREDICTIONS
+    from bmc.model_card import validation_table
+
+    sources = [f"marrow{i}.jpg" for i in range(60)] + [f"blood{i}.jpg" for i in range(60)]
+    truth = (["LYT"] * 30 + ["BLA"] * 30) * 2
+    first_pred = ["LYT"] * 20 + ["BLA"] * 10 + ["BLA"] * 30 + ["LYT"] * 30 + ["BLA"] * 30  # 10 marrow lymphocytes wrong
+    other_pred = ["LYT"] * 30 + ["BLA"] * 30 + ["LYT"] * 20 + ["BLA"] * 10 + ["BLA"] * 30  # 10 blood lymphocytes wrong
+    for name, pred in (("first", first_pred), ("other", other_pred)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(_metrics(model_name=name)))
+        rows = [f"{s},{t},{p},0.9" for s, t, p in zip(sources, truth, pred)]
+        (tmp_path / name / VALIDATION_PREDICTIONS).write_text("\n".join(["source,label,predicted,confidence", *rows]) + "\n")
+    manifest = ["source,label,split,domain"] + [
+        f"{s},{t},validation,{'bone-marrow-cells' if s.startswith('marrow') else 'pbc-train'}" for s, t in zip(sources, truth)
+    ]
+    (tmp_path / "first" / "split_manifest.csv").write_text("\n".join(manifest) + "\n")
+    table = validation_table([tmp_path / "first", tmp_path / "other"]).splitlines()
+    assert table[0].endswith("| Matek val. macro-F1 − first run's, same images [95 %] |")
+    overall, marrow = (cell.strip() for cell in table[3].strip("|").split("|")[-2:])
+    assert overall.startswith("+0.000") and overall.endswith("(120)")
+    gain, low = re.match(r"\+(0\.\d+) \[\+(0\.\d+), ", marrow).groups()
+    assert float(gain) > 0.1 and float(low) > 0 and marrow.endswith("(60)")
+    (tmp_path / "first" / "split_manifest.csv").unlink()
+    header = validation_table([tmp_path / "first", tmp_path / "other"]).splitlines()[0]
+    assert header.endswith("same images [95 % interval] |")  # no manifest, no marrow column

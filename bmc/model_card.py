@@ -304,7 +304,7 @@ def _paired_differences(model_dirs: list[Path], domain: str | None = None) -> li
     """Each run's validation macro-F1 minus the first run's, image by image on the validation images both
     have (:func:`bmc.metrics.paired_macro_f1_difference`); None unless the first run and another one kept
     their per-image predictions. An interval that excludes 0 tells the two runs apart. ``domain``: only that
-    source's images (by the first run's split manifest; None if it has none of them), e.g. the marrow images,
+    source's images (by the first run's split manifest; None if it has none of them or only them), e.g. the marrow images,
     as issue 19 asks for marrow first and a gain on the other source can hide a loss on marrow."""
     files = [Path(d) / VALIDATION_PREDICTIONS for d in model_dirs]
     if len(files) < 2 or not files[0].is_file() or not any(f.is_file() for f in files[1:]):
@@ -313,9 +313,10 @@ def _paired_differences(model_dirs: list[Path], domain: str | None = None) -> li
     if domain is not None:
         manifest = Path(model_dirs[0]) / "split_manifest.csv"
         kept = {row["source"] for row in read_manifest(manifest) if row.get("domain") == domain} if manifest.is_file() else set()
-        first = {s: v for s, v in first.items() if s in kept}
-        if not first:
+        restricted = {s: v for s, v in first.items() if s in kept}
+        if not restricted or len(restricted) == len(first):  # none of them, or all: nothing the overall column lacks
             return None
+        first = restricted
     out = ["reference"]
     for f in files[1:]:
         if not f.is_file():

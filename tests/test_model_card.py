@@ -310,6 +310,10 @@ def test_validation_table_compares_the_marrow_images_apart(tmp_path):
     assert overall.startswith("+0.000") and overall.endswith("(120)")
     gain, low = re.match(r"\+(0\.\d+) \[\+(0\.\d+), ", marrow).groups()
     assert float(gain) > 0.1 and float(low) > 0 and marrow.endswith("(60)")
+    all_marrow = [line.replace(",pbc-train", ",bone-marrow-cells") for line in manifest]
+    (tmp_path / "first" / "split_manifest.csv").write_text("\n".join(all_marrow) + "\n")
+    header = validation_table([tmp_path / "first", tmp_path / "other"]).splitlines()[0]
+    assert header.endswith("same images [95 % interval] |")  # only marrow images: the overall column says it all
     (tmp_path / "first" / "split_manifest.csv").unlink()
     header = validation_table([tmp_path / "first", tmp_path / "other"]).splitlines()[0]
     assert header.endswith("same images [95 % interval] |")  # no manifest, no marrow column

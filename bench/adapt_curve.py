@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +179,11 @@ def main(argv: list[str] | None = None) -> int:
                 tail = tune(predictor.model, len(codes), lab_x[picked], lab_y[picked], replay_x, replay_logits, seed)
                 lab_logits, after_logits = tail.logits(as_given(lab_x[rest])), tail.logits(test_x)
             run["fit_s"] = time.perf_counter() - t0
-            right = counts_right(np.array(codes)[lab_logits.argmax(axis=1)], lab_codes[rest], lab_eq)  # a band call counts for BCCD
+            called = np.array(codes)[lab_logits.argmax(axis=1)]
+            right = counts_right(called, lab_codes[rest], lab_eq)  # a band call counts for BCCD
             run["lab_other_accuracy"] = float(right.mean())
+            mistakes = Counter(f"{t} as {c}" for t, c, ok in zip(lab_codes[rest], called, right) if not ok)
+            run["lab_other_mistakes"] = dict(mistakes.most_common(5))  # which way the errors lean (true class as called)
             run["matek_macro_f1_after"] = classification_metrics(softmax(after_logits), test_y, num_classes=len(codes))["macro_f1"]
             results["runs"].append(run)
             print(json.dumps(run), flush=True)

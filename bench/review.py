@@ -22,6 +22,7 @@ split (BCCD), a band call counts as right for a neutrophil, as in ``bmc evaluate
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -238,9 +239,8 @@ def main(argv: list[str] | None = None) -> int:
 
     predictor = Predictor(str(args.model))
     codes = predictor.codes
-    logits, embeddings, truth, equivalents = cached_forward(
-        predictor, args.features, lambda: load_set(args.cells, codes, args.split, args.domain)
-    )
+    loaded = functools.cache(lambda: load_set(args.cells, codes, args.split, args.domain))  # read once, for the pass and the gallery
+    logits, embeddings, truth, equivalents = cached_forward(predictor, args.features, loaded)
     probs = softmax(logits, predictor.temperature)
     ok = right(probs.argmax(axis=1), truth, codes, equivalents)
     static, static_95 = simulate_static(probs, truth, ok)
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.wrong_at:
         result["wrong_at"] = {"level": int(args.wrong_at), "cells": wrong}
     if args.gallery:
-        print(gallery(args.gallery, load_set(args.cells, codes, args.split, args.domain)[0], wrong))
+        print(gallery(args.gallery, loaded()[0], wrong))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("n", "static", "adaptive", "reviews_to_95")}))

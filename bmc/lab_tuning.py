@@ -91,23 +91,8 @@ def block_inputs(
 def orientations(image: Image.Image, n: int) -> list[Image.Image]:
     """The first ``n`` of a cell's 8 orientations (flips and quarter turns), the picture itself first."""
     t = Image.Transpose
-    ops: list[list[Image.Transpose]] = [
-        [],
-        [t.FLIP_LEFT_RIGHT],
-        [t.FLIP_TOP_BOTTOM],
-        [t.ROTATE_180],
-        [t.ROTATE_90],
-        [t.ROTATE_270],
-        [t.TRANSPOSE],
-        [t.TRANSVERSE],
-    ]
-    out = []
-    for steps in ops[:n]:
-        view = image
-        for op in steps:
-            view = view.transpose(op)
-        out.append(view)
-    return out
+    turns = [t.FLIP_LEFT_RIGHT, t.FLIP_TOP_BOTTOM, t.ROTATE_180, t.ROTATE_90, t.ROTATE_270, t.TRANSPOSE, t.TRANSVERSE]
+    return [image, *(image.transpose(op) for op in turns[: n - 1])][:n]
 
 
 def lab_inputs(
@@ -169,8 +154,9 @@ def tune(
     ``epochs`` (default :data:`EPOCHS`); with :data:`SOUP` > 1, the average of that many fine-tunings' weights.
     ``lab_hidden`` is (cells, tokens, width), or (cells, views, tokens, width) from :func:`lab_inputs`, each view
     then weighing 1/views of a cell."""
-    views = lab_hidden.shape[1] if lab_hidden.dim() == 4 else 1
+    views = 1
     if lab_hidden.dim() == 4:
+        views = lab_hidden.shape[1]
         lab_hidden, lab_y = lab_hidden.flatten(0, 1), np.repeat(np.asarray(lab_y), views)
     x = torch.cat([lab_hidden, replay_hidden]) if len(replay_hidden) else lab_hidden  # no replay: a model folder without its manifest
     y = torch.cat([torch.as_tensor(lab_y, dtype=torch.long), torch.zeros(len(replay_hidden), dtype=torch.long)])

@@ -184,8 +184,29 @@ def _squares(blue: np.ndarray, level: float) -> list[Square]:
     return _merge_lobes(squares)
 
 
+def _intersection(a: Square, b: Square) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
 def _overlap(a: Square, b: Square) -> bool:
-    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+    return _intersection(a, b) > 0
+
+
+def _lobe_pair(boxes: list[Square]) -> tuple[int, int, Square] | None:
+    """The first pair ``i < j`` of boxes that are lobes of one cell (the rule of :func:`_merge_lobes`) and their
+    union; None when no pair is."""
+    for i, a in enumerate(boxes):
+        for j in range(i + 1, len(boxes)):
+            b = boxes[j]
+            smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+            union = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]), a[4] + b[4])
+            larger_side = max(a[2] - a[0], b[2] - b[0])
+            if (
+                _intersection(a, b) > MERGE_OVERLAP * smaller
+                and max(union[2] - union[0], union[3] - union[1]) <= MERGE_MAX_GROWTH * larger_side
+            ):
+                return i, j, union
+    return None
 
 
 def _merge_lobes(boxes: list[Square]) -> list[Square]:
@@ -193,23 +214,10 @@ def _merge_lobes(boxes: list[Square]) -> list[Square]:
     merges while it shares more than :data:`MERGE_OVERLAP` of the smaller box and their union is no wider than
     :data:`MERGE_MAX_GROWTH` times the larger box (so two whole cells side by side stay two)."""
     out = list(boxes)
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(out)):
-            for j in range(i + 1, len(out)):
-                a, b = out[i], out[j]
-                inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-                smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-                union = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]), a[4] + b[4])
-                larger_side = max(a[2] - a[0], b[2] - b[0])
-                if inter > MERGE_OVERLAP * smaller and max(union[2] - union[0], union[3] - union[1]) <= MERGE_MAX_GROWTH * larger_side:
-                    out[i] = union
-                    del out[j]
-                    merged = True
-                    break
-            if merged:
-                break
+    while (pair := _lobe_pair(out)) is not None:
+        i, j, union = pair
+        out[i] = union
+        del out[j]
     return out
 
 

@@ -15,7 +15,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-from bmc.constants import ROBUSTNESS_AUGMENTATIONS
+from bmc.constants import OPTIONAL_AUGMENTATIONS, ROBUSTNESS_AUGMENTATIONS
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,9 @@ class ModelArguments:
     augment: list[str] = field(
         default_factory=lambda: list(ROBUSTNESS_AUGMENTATIONS),
         metadata={
-            "help": f"Train-time changes aimed at other labs' images, any of {', '.join(ROBUSTNESS_AUGMENTATIONS)} (comma list), or "
-            "'none'; leaving one out measures what it does"
+            "help": "Train-time changes aimed at other labs' images, any of "
+            f"{', '.join(ROBUSTNESS_AUGMENTATIONS + OPTIONAL_AUGMENTATIONS)} (comma list), or 'none'; leaving one out measures "
+            "what it does (default: all but camera)"
         },
     )
     loss: Literal["ce", "weighted_ce", "focal"] = field(
@@ -170,9 +171,10 @@ class ModelArguments:
             raise ValueError("--distill_weight must be >= 0 and --distill_temperature > 0")
         augment = split_list(self.augment) or []
         self.augment = [] if augment == ["none"] else augment
-        unknown = sorted(set(self.augment) - set(ROBUSTNESS_AUGMENTATIONS))
+        known = ROBUSTNESS_AUGMENTATIONS + OPTIONAL_AUGMENTATIONS
+        unknown = sorted(set(self.augment) - set(known))
         if unknown:
-            raise ValueError(f"--augment {','.join(unknown)}: unknown; choose from {', '.join(ROBUSTNESS_AUGMENTATIONS)} or 'none'")
+            raise ValueError(f"--augment {','.join(unknown)}: unknown; choose from {', '.join(known)} or 'none'")
 
 
 def patch_size(name_or_path: str) -> int | None:

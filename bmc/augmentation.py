@@ -12,7 +12,9 @@
   stain as H&E does) plus hue/saturation jitter: stain differs between labs, the main domain shift.
 
 Zoom-out, stain and blur/downscale are the changes aimed at other labs' images; each can be left
-out (``--augment``, :data:`bmc.constants.ROBUSTNESS_AUGMENTATIONS`) to measure what it does.
+out (``--augment``, :data:`bmc.constants.ROBUSTNESS_AUGMENTATIONS`) to measure what it does. ``camera``
+(:data:`bmc.constants.OPTIONAL_AUGMENTATIONS`, off unless named) adds a low-end camera's look: BCCD's cells
+come from a 640×480 JPEG camera, blurred and noisy beside either training lab's images.
 
 Each image's random draws are seeded from the run's seed, the epoch and the file, so a resumed
 run sees exactly the images the uninterrupted run saw.
@@ -73,6 +75,19 @@ def train_augmentation(size: int, seed: int | None = None, robust: tuple[str, ..
         steps.append(
             albumentations.OneOf([albumentations.GaussianBlur(blur_limit=(3, 5)), albumentations.Downscale(scale_range=(0.5, 0.9))], p=0.2)
         )
+    if "camera" in robust:
+        steps += [
+            albumentations.OneOf(
+                [
+                    albumentations.GaussianBlur(blur_limit=(3, 7)),
+                    albumentations.Defocus(radius=(1, 3)),
+                    albumentations.Downscale(scale_range=(0.3, 0.7)),
+                ],
+                p=0.5,
+            ),
+            albumentations.ImageCompression(quality_range=(30, 85), p=0.4),
+            albumentations.GaussNoise(std_range=(0.02, 0.08), p=0.3),
+        ]
     return albumentations.Compose(steps, seed=seed)
 
 

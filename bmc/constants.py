@@ -22,6 +22,9 @@ ROBUSTNESS_AUGMENTATIONS = ("zoom_out", "stain", "blur")
 """The train-time changes aimed at other laboratories' images, each switchable (``--augment``) so that
 each can be measured on its own: scale (zoom-out), stain (``HEStain`` + hue/saturation jitter) and
 camera quality (blur/downscale). Rotation, flips, crop and brightness/contrast are always on."""
+OPTIONAL_AUGMENTATIONS = ("camera",)
+"""Train-time changes a run may add (``--augment``) but the default recipe leaves out until they are measured to pay:
+``camera``, a low-end camera's look (strong blur or defocus, heavy downscaling, JPEG artefacts, sensor noise)."""
 
 TEST_SETS = ("pbc-external", "bccd")
 """The external test sets of ``../shared/data`` (other laboratories' images): reported, never used to

@@ -77,11 +77,32 @@ def test_each_robustness_augmentation_can_be_left_out():
     assert (with_zoom < 0.3).sum() >= 4 and with_zoom.mean() < without.mean()
 
 
+def test_camera_augmentation_is_off_by_default_and_blurs_when_named():
+    from bmc.augmentation import train_augmentation
+    from bmc.constants import ROBUSTNESS_AUGMENTATIONS
+
+    def names(robust):
+        return {type(t).__name__ for t in train_augmentation(56, 0, robust).transforms}
+
+    assert not {"ImageCompression", "GaussNoise"} & names(ROBUSTNESS_AUGMENTATIONS)
+    assert {"ImageCompression", "GaussNoise"} <= names((*ROBUSTNESS_AUGMENTATIONS, "camera"))
+    # A sharp checkerboard loses detail under the camera look: less pixel-to-pixel contrast on average.
+    processor = build_image_processor(56)
+    board = (np.indices((56, 56)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    batch = {"image": [Image.fromarray(np.stack([board] * 3, axis=-1))] * 32, "label": [0] * 32, "source": [f"f{i}" for i in range(32)]}
+
+    def edge_energy(robust):
+        pixels = np.stack(TrainTransform(processor, seed=0, robust=robust)(batch)["pixel_values"])
+        return np.abs(np.diff(pixels, axis=-1)).mean()
+
+    assert edge_energy(("camera",)) < 0.8 * edge_energy(())
+
+
 def test_augment_argument_takes_names_or_none_and_refuses_others():
     from bmc.arguments import ModelArguments
 
     assert ModelArguments(model_name_or_path="facebook/dinov2-small").augment == ["zoom_out", "stain", "blur"]
     assert ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["stain,blur"]).augment == ["stain", "blur"]
     assert ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["none"]).augment == []
-    with pytest.raises(ValueError, match="--augment zoom: unknown; choose from zoom_out, stain, blur or 'none'"):
+    with pytest.raises(ValueError, match="--augment zoom: unknown; choose from zoom_out, stain, blur, camera or 'none'"):
         ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["zoom", "stain"])

@@ -37,7 +37,27 @@ WBC_FOLDER_TO_CODE: dict[str, str] = {
     "monocyte": "MON",
     "basophil": "BAS",
 }
-"""Folder names of white-cell sets that are not Matek names (BCCD's); 'neutrophil' is unsplit."""
+"""Folder names of white-cell sets that are not Matek names (BCCD's, Raabin-WBC's); 'neutrophil' is unsplit."""
+WBC_ABBREVIATIONS: dict[str, str] = {
+    "neut": "neutrophil",
+    "eosi": "eosinophil",
+    "lymp": "lymphocyte",
+    "mono": "monocyte",
+    "baso": "basophil",
+}
+"""Shortened white-cell folder names (the LISC set's)."""
+
+
+def wbc_code(name: str) -> str:
+    """A white-cell class folder's Matek code: its name in any case, singular or plural, or shortened
+    (:data:`WBC_ABBREVIATIONS`); any other name comes back as it is (a Matek code, or a class the model lacks)."""
+    key = name.strip().lower()
+    key = WBC_ABBREVIATIONS.get(key, key)
+    if key not in WBC_FOLDER_TO_CODE and key.endswith("s"):
+        key = key[:-1]
+    return WBC_FOLDER_TO_CODE.get(key, name)
+
+
 UNSPLIT_NEUTROPHIL = {"NGB": "NGS"}
 """For sets whose neutrophils are not split into band/segmented: a band call counts as segmented."""
 
@@ -144,7 +164,7 @@ def load_wbc_external(root: str | Path, codes: Sequence[str]) -> tuple[Any, dict
     keep: list[tuple[str, str]] = []
     excluded: dict[str, int] = {}
     for path, label in records:
-        code = WBC_FOLDER_TO_CODE.get(label.lower(), label)
+        code = wbc_code(label)
         if code in codes:
             keep.append((path, code))
         else:

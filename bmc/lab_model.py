@@ -32,7 +32,7 @@ from PIL import Image
 
 from bmc.calibration import calibrate, softmax
 from bmc.data import scan_folder
-from bmc.evaluation import WBC_FOLDER_TO_CODE, calibration_config
+from bmc.evaluation import calibration_config, wbc_code
 from bmc.inference import Predictor
 from bmc.lab_tuning import LAB_VIEWS, TUNED_BLOCKS, Tail, as_given, block_inputs, install, lab_inputs, supports, tune
 from bmc.labels import display_name
@@ -67,11 +67,6 @@ class LabCells:
     skipped: list[str] = field(default_factory=list)
 
 
-def _folder_code(name: str) -> str:
-    """A class folder's code: a Matek code or name, a white-cell name (BCCD), else the name itself."""
-    return WBC_FOLDER_TO_CODE.get(name.lower(), name)
-
-
 def read_lab_cells(cells: Path, images: Sequence[Path] = ()) -> LabCells:
     """The labelled cells of a lab: a folder of class folders, or a reviewed ``predictions.csv`` of
     ``bmc count`` or the app (only its reviewed rows) with ``images`` the inputs that count was made of."""
@@ -82,7 +77,7 @@ def read_lab_cells(cells: Path, images: Sequence[Path] = ()) -> LabCells:
             item = next(iter_images([path]))
             if isinstance(item, tuple):
                 out.images.append(item[1])
-                out.codes.append(_folder_code(label))
+                out.codes.append(wbc_code(label))  # Matek codes and names are mapped by scan_folder
                 out.names.append(path)
             else:
                 out.skipped.append(f"{item.source}: {item.reason}")

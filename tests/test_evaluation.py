@@ -44,6 +44,21 @@ def test_white_cell_folders_map_to_matek_codes_and_unknown_ones_are_counted(tmp_
     assert excluded == {"BAS": 1, "Platelet": 1}
 
 
+def test_other_labs_white_cell_folder_names_are_understood():
+    from bmc.evaluation import wbc_code
+
+    # BCCD and Raabin-WBC (singular, any case), plurals, LISC's short names, and names that are not white-cell names.
+    assert [wbc_code(n) for n in ("Neutrophil", "LYMPHOCYTES", " monocytes ", "eosi", "Baso", "neut")] == [
+        "NGS",
+        "LYT",
+        "MON",
+        "EOS",
+        "BAS",
+        "NGS",
+    ]
+    assert [wbc_code(n) for n in ("NGB", "Platelets", "Plasma cell")] == ["NGB", "Platelets", "Plasma cell"]
+
+
 def test_the_bccd_set_is_read_as_class_folders_not_pbc(shared_data):
     from bmc.data import is_pbc_layout
 

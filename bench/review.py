@@ -14,9 +14,10 @@ reviewed between two refits. Two curves, both counting reviewed cells as right:
   re-labels the unreviewed cells and the queue is re-ordered by the new labels' confidence.
 
 Writes ``{"n", "static": {"0": acc, "5": …, "30": …}, "adaptive": {…}, "reviews_to_95": {…}}`` plus the
-set, model and timing. ``--cells`` is a labelled folder (class folders named by Matek code or white-cell
-name, or the PBC layout) or a ``split_manifest.csv`` with ``--split``. For sets whose neutrophils are not
-split (BCCD), a band call counts as right for a neutrophil, as in ``bmc evaluate``.
+set, model and timing. ``--cells`` is a labelled folder (class folders named by Matek code or name, or by
+white-cell name in any case, singular or plural, or shortened as LISC's ``neut``; or the PBC layout) or a
+``split_manifest.csv`` with ``--split``. For sets whose neutrophils are not split (BCCD), a band call counts as
+right for a neutrophil, as in ``bmc evaluate``.
 """
 
 from __future__ import annotations

@@ -50,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(count)
     adapt = sub.add_parser("adapt", help="a model for your lab: fine-tune the model's last blocks on your lab's labelled cells")
     adapt.add_argument("model", help="model folder to adapt (the bundled one, or a bmc model folder)")
-    adapt.add_argument("cells", type=Path, help="folder of class folders, or a reviewed predictions.csv of bmc count / the app")
+    adapt.add_argument(
+        "cells",
+        type=Path,
+        help="folder of class folders (Matek codes or names, or white-cell names: Neutrophil, lymphocytes, neut, ...), "
+        "or a reviewed predictions.csv of bmc count / the app",
+    )
     adapt.add_argument("--out", type=Path, required=True, help="folder for the adapted model")
     adapt.add_argument("--images", nargs="*", type=Path, default=[], help="with a predictions.csv: the inputs that count was made of")
     adapt.add_argument("--replay-per-class", type=int, default=30, help="base training images per class replayed (0: none)")

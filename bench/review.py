@@ -62,7 +62,9 @@ def load_set(cells: Path, codes: list[str], split: str | None, domain: str | Non
         ]
         ds, equivalents = dataset_from_manifest(rows, codes), None
     else:
-        ds, _excluded, equivalents = load_labelled(cells, codes)
+        ds, excluded, equivalents = load_labelled(cells, codes)
+        if excluded:  # classes the model lacks, unreadable files: said once, not silently dropped
+            print(f"{cells}: left out {', '.join(f'{k} {v}' for k, v in excluded.items())} (a class the model lacks, or unreadable)")
     if not len(ds):
         raise SystemExit(f"{cells}: no labelled image of a class this model knows")
     images = [im.convert("RGB") for im in ds["image"]]

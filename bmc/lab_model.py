@@ -387,6 +387,7 @@ def adapt_model(
     lab = read_lab_cells(cells, images)
     if len(set(lab.codes)) < 2:
         raise ValueError(f"{cells}: the cells hold {len(set(lab.codes))} class; adapting needs at least two")
+    _lab_classes(base.codes, lab.codes)  # a class the model lacks with too few cells: refused before the passes, not after
     replay = replay_records(Path(model), base.codes, replay_per_class) if Path(model).is_dir() else []
     replay_images = [Image.open(p).convert("RGB") for p, _ in replay]
     if supports(base.model):

@@ -63,6 +63,21 @@ def test_a_class_the_model_lacks_needs_enough_cells():
         adapt_head(["BLA", "LYT"], w, b, x, ["BLA"] * 3 + ["LYT"] * 3 + ["PLM"] * 3, np.zeros((0, 4)), [])
 
 
+def test_a_class_the_model_lacks_is_refused_before_any_pass(tmp_path, tiny_model_dir, monkeypatch):
+    import bmc.lab_model as lab_model
+
+    lab = _lab(tmp_path / "lab", {"BLA": 3, "NGS": 3, "Plasma cell": 1})
+
+    def no_pass(*_args, **_kwargs):
+        raise AssertionError("the cells went through the model before the refusal")
+
+    for name in ("lab_inputs", "block_inputs"):
+        monkeypatch.setattr(lab_model, name, no_pass)
+    monkeypatch.setattr(lab_model.Predictor, "forward", no_pass)
+    with pytest.raises(ValueError, match="PLM: 1"):
+        lab_model.adapt_model(str(tiny_model_dir), lab, tmp_path / "out", progress=False)
+
+
 def test_a_reviewed_count_is_read_with_the_images_it_was_made_of(tmp_path):
     from bmc.lab_model import read_lab_cells
 

@@ -40,7 +40,7 @@ from bench.review import cached_forward, load_set  # noqa: E402
 from bmc import lab_tuning  # noqa: E402
 from bmc.calibration import softmax  # noqa: E402
 from bmc.evaluation import counts_right  # noqa: E402
-from bmc.lab_model import HEAD_LAB_WEIGHT, PULL, adapt_head, replay_records  # noqa: E402
+from bmc.lab_model import HEAD_LAB_WEIGHT, PULL, REPLAY_PER_CLASS, adapt_head, replay_records  # noqa: E402
 from bmc.lab_tuning import as_given, block_inputs, lab_inputs, tune  # noqa: E402
 from bmc.metrics import classification_metrics  # noqa: E402
 
@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=DRAWS, help="draws (seeds 0..N-1) per number of cells")
     parser.add_argument("--pull", type=float, default=PULL, help="--method head: L2 pull towards the original head")
     parser.add_argument("--lab-weight", type=float, default=HEAD_LAB_WEIGHT, help="--method head: weight of a lab cell")
+    parser.add_argument(
+        "--replay-per-class", type=int, default=REPLAY_PER_CLASS, help="base training images per class replayed (bmc adapt's option)"
+    )
     parser.add_argument("--features", type=Path, default=ROOT / ".cache" / "adapt", help="folder of cached passes")
     parser.add_argument(
         "--set",
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor = Predictor(args.model, backend="torch")
     codes = predictor.codes
     manifest = Path(args.model) / "split_manifest.csv"
-    replay = replay_records(Path(args.model), codes)
+    replay = replay_records(Path(args.model), codes, args.replay_per_class)
     loaders = {
         "lab": lambda: load_set(args.lab, codes, None, None),
         "replay": lambda: ([Image.open(p).convert("RGB") for p, _ in replay], np.array([codes.index(c) for _, c in replay]), None),
@@ -126,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
 
     suffix = "" if args.method == "head" else f"-block{lab_tuning.first_tuned(predictor.model)}"
     forward = None if args.method == "head" else block_pass
+    replay_name = "replay" if args.replay_per_class == REPLAY_PER_CLASS else f"replay{args.replay_per_class}"
     passes = {
-        name: cached_forward(predictor, args.features / f"{name}{suffix}.npz", load, forward)
+        name: cached_forward(predictor, args.features / f"{replay_name if name == 'replay' else name}{suffix}.npz", load, forward)
         for name, load in loaders.items()
         if name != "lab" or args.method == "head" or lab_tuning.LAB_VIEWS == 1
     }
@@ -148,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         "forgetting_split": args.split,
         "matek_macro_f1_before": before,
         "settings": settings,
+        "replay_per_class": args.replay_per_class,
         "runs": [],
     }
     if args.method == "head":

@@ -111,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     codes = predictor.codes
     manifest = Path(args.model) / "split_manifest.csv"
     replay = replay_records(Path(args.model), codes, args.replay_per_class)
+    replay_set = "replay" if args.replay_per_class == REPLAY_PER_CLASS else f"replay{args.replay_per_class}"  # its own cache
     loaders = {
         "lab": lambda: load_set(args.lab, codes, None, None),
-        "replay": lambda: ([Image.open(p).convert("RGB") for p, _ in replay], np.array([codes.index(c) for _, c in replay]), None),
+        replay_set: lambda: ([Image.open(p).convert("RGB") for p, _ in replay], np.array([codes.index(c) for _, c in replay]), None),
         f"matek-{args.split}": lambda: load_set(manifest, codes, args.split, "bone-marrow-cells"),
     }
 
@@ -129,16 +130,15 @@ def main(argv: list[str] | None = None) -> int:
 
     suffix = "" if args.method == "head" else f"-block{lab_tuning.first_tuned(predictor.model)}"
     forward = None if args.method == "head" else block_pass
-    replay_name = "replay" if args.replay_per_class == REPLAY_PER_CLASS else f"replay{args.replay_per_class}"
     passes = {
-        name: cached_forward(predictor, args.features / f"{replay_name if name == 'replay' else name}{suffix}.npz", load, forward)
+        name: cached_forward(predictor, args.features / f"{name}{suffix}.npz", load, forward)
         for name, load in loaders.items()
         if name != "lab" or args.method == "head" or lab_tuning.LAB_VIEWS == 1
     }
     if "lab" not in passes:  # the lab's cells in several orientations, cached apart
         passes["lab"] = cached_forward(predictor, args.features / f"lab{suffix}-views{lab_tuning.LAB_VIEWS}.npz", loaders["lab"], lab_pass)
     _, lab_x, lab_y, lab_eq = passes["lab"]
-    replay_logits, replay_x, replay_y, _ = passes["replay"]
+    replay_logits, replay_x, replay_y, _ = passes[replay_set]
     test_logits, test_x, test_y, _ = passes[f"matek-{args.split}"]
     if args.method == "blocks":
         lab_x, replay_x, test_x = (torch.from_numpy(x) for x in (lab_x, replay_x, test_x))

@@ -69,12 +69,12 @@ def match(truth: list[tuple], found: list[Box]) -> dict[int, int]:
 
 def crop_labels() -> dict[tuple[str, int], str]:
     """(field id, WBC number from 1) -> code, from the labelled crops' folder and file names."""
-    from bmc.evaluation import WBC_FOLDER_TO_CODE
+    from bmc.labels import wbc_code
 
     out = {}
     for path in CROPS.rglob("*.jpg"):
         stem, _, k = path.stem.rpartition("_")
-        out[(stem, int(k))] = WBC_FOLDER_TO_CODE[path.parent.name.lower()]
+        out[(stem, int(k))] = wbc_code(path.parent.name)
     return out
 
 

@@ -26,37 +26,9 @@ from bmc.data import check_files, domain_name, from_records, is_pbc_layout, load
 from bmc.figures import plot_confusion_matrix
 from bmc.images import IMAGE_SUFFIXES, open_image
 from bmc.inference import dataset_logits, predict_logits
-from bmc.labels import sort_codes
+from bmc.labels import sort_codes, wbc_code
 from bmc.metrics import classification_metrics, per_class_rows
 from bmc.model import update_config
-
-WBC_FOLDER_TO_CODE: dict[str, str] = {
-    "neutrophil": "NGS",
-    "eosinophil": "EOS",
-    "lymphocyte": "LYT",
-    "monocyte": "MON",
-    "basophil": "BAS",
-}
-"""Folder names of white-cell sets that are not Matek names (BCCD's, Raabin-WBC's); 'neutrophil' is unsplit."""
-WBC_ABBREVIATIONS: dict[str, str] = {
-    "neut": "neutrophil",
-    "eosi": "eosinophil",
-    "lymp": "lymphocyte",
-    "mono": "monocyte",
-    "baso": "basophil",
-}
-"""Shortened white-cell folder names (the LISC set's)."""
-
-
-def wbc_code(name: str) -> str:
-    """A white-cell class folder's Matek code: its name in any case, singular or plural, or shortened
-    (:data:`WBC_ABBREVIATIONS`); any other name comes back as it is (a Matek code, or a class the model lacks)."""
-    key = name.strip().lower()
-    key = WBC_ABBREVIATIONS.get(key, key)
-    if key not in WBC_FOLDER_TO_CODE and key.endswith("s"):
-        key = key[:-1]
-    return WBC_FOLDER_TO_CODE.get(key, name)
-
 
 UNSPLIT_NEUTROPHIL = {"NGB": "NGS"}
 """For sets whose neutrophils are not split into band/segmented: a band call counts as segmented."""

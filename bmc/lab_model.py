@@ -32,10 +32,10 @@ from PIL import Image
 
 from bmc.calibration import calibrate, softmax
 from bmc.data import scan_folder
-from bmc.evaluation import calibration_config, wbc_code
+from bmc.evaluation import calibration_config
 from bmc.inference import Predictor
 from bmc.lab_tuning import LAB_VIEWS, TUNED_BLOCKS, Tail, as_given, block_inputs, install, lab_inputs, supports, tune
-from bmc.labels import display_name
+from bmc.labels import display_name, wbc_code
 from bmc.metrics import classification_metrics
 from bmc.model import save_classifier, update_config
 from bmc.model_folder import read_manifest

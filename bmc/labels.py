@@ -105,6 +105,34 @@ def to_code(label: str) -> str:
     raise KeyError(f"{label!r} is not one of the 21 Matek classes ({', '.join(BY_CODE)})")
 
 
+WBC_FOLDER_TO_CODE: dict[str, str] = {
+    "neutrophil": "NGS",
+    "eosinophil": "EOS",
+    "lymphocyte": "LYT",
+    "monocyte": "MON",
+    "basophil": "BAS",
+}
+"""Folder names of white-cell sets that are not Matek names (BCCD's, Raabin-WBC's); 'neutrophil' is unsplit."""
+WBC_ABBREVIATIONS: dict[str, str] = {
+    "neut": "neutrophil",
+    "eosi": "eosinophil",
+    "lymp": "lymphocyte",
+    "mono": "monocyte",
+    "baso": "basophil",
+}
+"""Shortened white-cell folder names (the LISC set's)."""
+
+
+def wbc_code(name: str) -> str:
+    """A white-cell class folder's Matek code: its name in any case, singular or plural, or shortened
+    (:data:`WBC_ABBREVIATIONS`); any other name comes back as it is (a Matek code, or a class the model lacks)."""
+    key = name.strip().lower()
+    key = WBC_ABBREVIATIONS.get(key, key)
+    if key not in WBC_FOLDER_TO_CODE and key.endswith("s"):
+        key = key[:-1]
+    return WBC_FOLDER_TO_CODE.get(key, name)
+
+
 def code_of(label: str, known: Iterable[str]) -> str:
     """The code a reviewer's label means: a code of ``known`` (any case), a Matek code or full name, or a
     display name such as "Myelocyte (MYB)"; a custom label of ``known`` is kept as it is. An unknown label

@@ -159,10 +159,10 @@ def test_reviews_re_label_the_rest_of_an_unfamiliar_count(client):
 
     from gradio_client import handle_file
 
-    from bmc.evaluation import WBC_FOLDER_TO_CODE
+    from bmc.labels import wbc_code
 
     paths = [p for folder in sorted(BCCD.iterdir()) if folder.is_dir() for p in sorted(folder.glob("*.jpg"))[:10]]
-    truth = {p.name: WBC_FOLDER_TO_CODE[p.parent.name.lower()] for p in paths}
+    truth = {p.name: wbc_code(p.parent.name) for p in paths}
     *_, gallery, _files, _queue = client.predict([handle_file(str(p)) for p in paths], api_name="/count")
     name = gallery[0]["caption"].split(" — ")[0]  # the head of the review queue
     for _ in range(10):

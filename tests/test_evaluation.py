@@ -45,7 +45,7 @@ def test_white_cell_folders_map_to_matek_codes_and_unknown_ones_are_counted(tmp_
 
 
 def test_other_labs_white_cell_folder_names_are_understood():
-    from bmc.evaluation import wbc_code
+    from bmc.labels import wbc_code
 
     # BCCD and Raabin-WBC (singular, any case), plurals, LISC's short names, and names that are not white-cell names.
     assert [wbc_code(n) for n in ("Neutrophil", "LYMPHOCYTES", " monocytes ", "eosi", "Baso", "neut")] == [

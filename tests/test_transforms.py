@@ -51,17 +51,20 @@ def test_processor_size_reads_both_spellings():
     assert processor_size(BitImageProcessorPil(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224})) == 224
 
 
-def test_each_robustness_augmentation_can_be_left_out():
+def _step_names(robust):
+    """The albumentations steps the train-time augmentation holds with these robustness changes."""
     from bmc.augmentation import train_augmentation
+
+    return {type(t).__name__ for t in train_augmentation(56, 0, robust).transforms}
+
+
+def test_each_robustness_augmentation_can_be_left_out():
     from bmc.constants import ROBUSTNESS_AUGMENTATIONS
 
-    def names(robust):
-        return {type(t).__name__ for t in train_augmentation(56, 0, robust).transforms}
-
-    full = names(ROBUSTNESS_AUGMENTATIONS)
+    full = _step_names(ROBUSTNESS_AUGMENTATIONS)
     assert {"HEStain", "HueSaturationValue", "OneOf"} <= full
-    assert not {"HEStain", "HueSaturationValue"} & names(("zoom_out", "blur"))
-    assert "OneOf" not in names(("zoom_out", "stain"))
+    assert not {"HEStain", "HueSaturationValue"} & _step_names(("zoom_out", "blur"))
+    assert "OneOf" not in _step_names(("zoom_out", "stain"))
     # With "zoom_out", some cells are shrunk onto background: the dark "cell" covers less of the frame.
     processor = build_image_processor(56)
     rgb = np.full((40, 40, 3), 200, np.uint8)
@@ -78,14 +81,10 @@ def test_each_robustness_augmentation_can_be_left_out():
 
 
 def test_camera_augmentation_is_off_by_default_and_blurs_when_named():
-    from bmc.augmentation import train_augmentation
     from bmc.constants import ROBUSTNESS_AUGMENTATIONS
 
-    def names(robust):
-        return {type(t).__name__ for t in train_augmentation(56, 0, robust).transforms}
-
-    assert not {"ImageCompression", "GaussNoise"} & names(ROBUSTNESS_AUGMENTATIONS)
-    assert {"ImageCompression", "GaussNoise"} <= names((*ROBUSTNESS_AUGMENTATIONS, "camera"))
+    assert not {"ImageCompression", "GaussNoise"} & _step_names(ROBUSTNESS_AUGMENTATIONS)
+    assert {"ImageCompression", "GaussNoise"} <= _step_names((*ROBUSTNESS_AUGMENTATIONS, "camera"))
     # A sharp checkerboard loses detail under the camera look: less pixel-to-pixel contrast on average.
     processor = build_image_processor(56)
     board = (np.indices((56, 56)).sum(axis=0) % 2 * 255).astype(np.uint8)

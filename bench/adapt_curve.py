@@ -65,6 +65,22 @@ def time_cli(model: str, lab: Path, per_class: int, folder: Path) -> float:
     return time.perf_counter() - t0
 
 
+def draws(lab_codes: np.ndarray, per_class: list[int], n_draws: int, folds: int) -> list[tuple[int | str, int, np.ndarray]]:
+    """The labelled cells of each adaptation: ``(k, seed, indices)`` for k cells per class and draws 0..n-1, or with
+    ``folds`` the training part of each stratified fold (k "all", seed = fold), so every cell is measured once."""
+    if folds:
+        from sklearn.model_selection import StratifiedKFold
+
+        split = StratifiedKFold(folds, shuffle=True, random_state=0).split(lab_codes, lab_codes)
+        return [("all", fold, train) for fold, (train, _) in enumerate(split)]
+    out: list[tuple[int | str, int, np.ndarray]] = []
+    for k in per_class:
+        for seed in range(n_draws):
+            rng = np.random.default_rng(seed)
+            out.append((k, seed, np.concatenate([rng.permutation(np.nonzero(lab_codes == c)[0])[:k] for c in sorted(set(lab_codes))])))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from bmc.constants import DEFAULT_MODEL
     from bmc.inference import Predictor
@@ -84,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--per-class", type=int, nargs="+", default=list(PER_CLASS), help="labelled cells per class")
     parser.add_argument("--draws", type=int, default=DRAWS, help="draws (seeds 0..N-1) per number of cells")
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="instead of k cells per class: stratified N-fold over all the lab's cells (each fold adapted on the others), "
+        "what the method reaches with every label the lab has",
+    )
     parser.add_argument("--pull", type=float, default=PULL, help="--method head: L2 pull towards the original head")
     parser.add_argument("--lab-weight", type=float, default=HEAD_LAB_WEIGHT, help="--method head: weight of a lab cell")
     parser.add_argument(
@@ -157,48 +180,45 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.method == "head":
         results.update(pull=args.pull, lab_weight=args.lab_weight)
-    for k in args.per_class:
-        for seed in range(args.draws):
-            rng = np.random.default_rng(seed)
-            picked = np.concatenate([rng.permutation(np.nonzero(lab_codes == c)[0])[:k] for c in sorted(set(lab_codes))])
-            rest = np.setdiff1d(np.arange(len(lab_codes)), picked)
-            t0 = time.perf_counter()
-            run: dict[str, Any] = {"per_class": k, "seed": seed, "n_labelled": len(picked)}
-            if args.method == "head":
-                head = predictor.model.classifier
-                result = adapt_head(
-                    codes,
-                    head.weight.detach().numpy(),
-                    head.bias.detach().numpy(),
-                    lab_x[picked],
-                    list(lab_codes[picked]),
-                    replay_x,
-                    [codes[i] for i in replay_y],
-                    pull=args.pull,
-                    lab_weight=args.lab_weight,
-                )
-                lab_logits = lab_x[rest] @ result.weight.T + result.bias
-                after_logits = test_x @ result.weight.T + result.bias
-                run["lab_out_of_fold_accuracy"] = result.lab_figures["accuracy"]
-            else:
-                tail = tune(predictor.model, len(codes), lab_x[picked], lab_y[picked], replay_x, replay_logits, seed)
-                lab_logits, after_logits = tail.logits(as_given(lab_x[rest])), tail.logits(test_x)
-            run["fit_s"] = time.perf_counter() - t0
-            called = np.array(codes)[lab_logits.argmax(axis=1)]
-            right = counts_right(called, lab_codes[rest], lab_eq)  # a band call counts for BCCD
-            run["lab_other_accuracy"] = float(right.mean())
-            mistakes = Counter(f"{t} as {c}" for t, c, ok in zip(lab_codes[rest], called, right) if not ok)
-            run["lab_other_mistakes"] = dict(mistakes.most_common(5))  # which way the errors lean (true class as called)
-            run["matek_macro_f1_after"] = classification_metrics(softmax(after_logits), test_y, num_classes=len(codes))["macro_f1"]
-            results["runs"].append(run)
-            print(json.dumps(run), flush=True)
+    for k, seed, picked in draws(lab_codes, args.per_class, args.draws, args.folds):
+        rest = np.setdiff1d(np.arange(len(lab_codes)), picked)
+        t0 = time.perf_counter()
+        run: dict[str, Any] = {"per_class": k, "seed": seed, "n_labelled": len(picked)}
+        if args.method == "head":
+            head = predictor.model.classifier
+            result = adapt_head(
+                codes,
+                head.weight.detach().numpy(),
+                head.bias.detach().numpy(),
+                lab_x[picked],
+                list(lab_codes[picked]),
+                replay_x,
+                [codes[i] for i in replay_y],
+                pull=args.pull,
+                lab_weight=args.lab_weight,
+            )
+            lab_logits = lab_x[rest] @ result.weight.T + result.bias
+            after_logits = test_x @ result.weight.T + result.bias
+            run["lab_out_of_fold_accuracy"] = result.lab_figures["accuracy"]
+        else:
+            tail = tune(predictor.model, len(codes), lab_x[picked], lab_y[picked], replay_x, replay_logits, seed)
+            lab_logits, after_logits = tail.logits(as_given(lab_x[rest])), tail.logits(test_x)
+        run["fit_s"] = time.perf_counter() - t0
+        called = np.array(codes)[lab_logits.argmax(axis=1)]
+        right = counts_right(called, lab_codes[rest], lab_eq)  # a band call counts for BCCD
+        run["lab_other_accuracy"] = float(right.mean())
+        mistakes = Counter(f"{t} as {c}" for t, c, ok in zip(lab_codes[rest], called, right) if not ok)
+        run["lab_other_mistakes"] = dict(mistakes.most_common(5))  # which way the errors lean (true class as called)
+        run["matek_macro_f1_after"] = classification_metrics(softmax(after_logits), test_y, num_classes=len(codes))["macro_f1"]
+        results["runs"].append(run)
+        print(json.dumps(run), flush=True)
     if args.time_cli:
         k = max(args.per_class)
         results["bmc_adapt_s"] = {"per_class": k, "seconds": time_cli(args.model, args.lab, k, args.time_cli)}
         print(f"bmc adapt, whole command, {k} cells per class: {results['bmc_adapt_s']['seconds']:.0f} s", flush=True)
     summary = {}
     keys = ("lab_other_accuracy", "lab_out_of_fold_accuracy", "matek_macro_f1_after", "fit_s")
-    for k in args.per_class:
+    for k in dict.fromkeys(r["per_class"] for r in results["runs"]):  # in the order run
         runs = [r for r in results["runs"] if r["per_class"] == k]
         summary[str(k)] = {
             key: [float(np.mean([r[key] for r in runs])), float(np.std([r[key] for r in runs]))] for key in keys if key in runs[0]

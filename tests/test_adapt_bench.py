@@ -1,0 +1,25 @@
+"""bench/adapt_curve.py: which cells each adaptation learns from, so its figures are on cells it never saw."""
+
+import numpy as np
+
+from bench.adapt_curve import draws
+
+
+def test_k_per_class_takes_all_of_a_smaller_class_and_seeds_repeat():
+    codes = np.array(["NGS"] * 30 + ["EOS"] * 12 + ["BAS"] * 3)
+    runs = draws(codes, [5, 20], 2, folds=0)
+    assert [(k, seed) for k, seed, _ in runs] == [(5, 0), (5, 1), (20, 0), (20, 1)]
+    for k, _, picked in runs:
+        assert len(set(picked)) == len(picked)
+        assert {c: int((codes[picked] == c).sum()) for c in ("NGS", "EOS", "BAS")} == {"NGS": min(k, 30), "EOS": min(k, 12), "BAS": 3}
+    assert np.array_equal(runs[0][2], draws(codes, [5], 1, folds=0)[0][2])  # seed 0 draws the same cells every time
+
+
+def test_folds_hold_out_every_cell_once_with_each_class_in_every_fold():
+    codes = np.array(["NGS"] * 30 + ["EOS"] * 12 + ["BAS"] * 3)
+    runs = draws(codes, [5], 5, folds=3)
+    assert [(k, seed) for k, seed, _ in runs] == [("all", 0), ("all", 1), ("all", 2)]
+    held = np.concatenate([np.setdiff1d(np.arange(len(codes)), picked) for _, _, picked in runs])
+    assert sorted(held) == list(range(len(codes)))
+    for _, _, picked in runs:
+        assert set(codes[picked]) == {"NGS", "EOS", "BAS"}

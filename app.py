@@ -28,6 +28,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from bmc.adaptation import LEARNT_WEIGHT, SOURCE_LEARNT
 from bmc.constants import DISCLAIMER, SESSION_TTL_S
 from bmc.count import CountReport, predict_stream, report_for
 from bmc.explain import Explainer, get_method, overlay
@@ -260,16 +261,29 @@ class CellApp:
             raise user_error("No reviewed cells yet: review some cells of a count first (at least two classes).")
         folder = _request_dir()
         path = folder / "reviewed-cells.zip"
+        learnt = [cell for cell in report.cells if report.source(cell) == SOURCE_LEARNT]
         with zipfile.ZipFile(path, "w") as zf:
             for name, code in report.corrections.items():
                 cell = report.cell(name)
                 data = cell.image or cell.thumbnail if cell else None
                 if data:
                     zf.writestr(f"reviewed-cells/{code}/{Path(name).stem}.jpg", data)
+            for cell in learnt:
+                if data := cell.image or cell.thumbnail:
+                    zf.writestr(f"learnt-cells/{report.label(cell)}/{Path(cell.name).stem}.jpg", data)
+        also = " --learnt learnt-cells/" if learnt else ""
         note = (
-            f"**{report.n_reviewed} reviewed cells** in class folders. To make a model for your lab from them, unzip and run\n\n"
-            f"```\nbmc adapt {self.predictor.name} reviewed-cells/ --out models/my-lab\n```\n\n"
-            "It fine-tunes the model's last blocks on your cells while replaying its training images, so it keeps what "
+            f"**{report.n_reviewed} reviewed cells** in class folders"
+            + (f", and the **{len(learnt)} cells whose labels the review learnt** (`learnt-cells/`)" if learnt else "")
+            + ". To make a model for your lab from them, unzip and run\n\n"
+            f"```\nbmc adapt {self.predictor.name} reviewed-cells/{also} --out models/my-lab\n```\n\n"
+            + (
+                f"The learnt cells count {LEARNT_WEIGHT} of a reviewed cell each and are never used to measure the model; "
+                "leave out `--learnt` to adapt on the reviewed cells only. "
+                if learnt
+                else ""
+            )
+            + "It fine-tunes the model's last blocks on your cells while replaying its training images, so it keeps what "
             "it knew (about four minutes on 2 CPU cores); it is not run on this server because it would hold up everyone "
             "else's counts for that long. More reviewed cells per class give a better model."
         )

@@ -15,6 +15,12 @@ the card are left out here, as they cost two more fits per draw) on the tokens e
 set in ``--features``. ``--method head``: the head-only refit (:func:`bmc.lab_model.adapt_head`, k-fold
 included) on cached embeddings. ``--time-cli DIR`` also times the whole ``bmc adapt`` command on the
 first k cells (largest k) of each class folder, linked into DIR.
+
+``--from-review P`` measures ``bmc adapt`` on a reviewed count instead (``--method blocks``): each draw halves the
+lab (seed 100 + draw); the first half is a count on which a reviewer checks P % of the cells, least sure first,
+the learning review refitting after every review as in the app (:func:`bench.review.simulate_adaptive`'s rule);
+the model is adapted on the reviewed cells alone and on them plus the cells whose labels the review learnt
+(``bmc adapt --learnt``, each at :data:`bmc.adaptation.LEARNT_WEIGHT` or ``--learnt-weight``), and both are measured on the other half.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.review import cached_forward, load_set  # noqa: E402
 from bmc import lab_tuning  # noqa: E402
+from bmc.adaptation import LEARNT_WEIGHT, SOURCE_LEARNT, SOURCE_REVIEWED, relabel  # noqa: E402
 from bmc.calibration import softmax  # noqa: E402
 from bmc.evaluation import counts_right  # noqa: E402
 from bmc.lab_model import HEAD_LAB_WEIGHT, PULL, REPLAY_PER_CLASS, adapt_head, replay_records  # noqa: E402
@@ -63,6 +70,20 @@ def time_cli(model: str, lab: Path, per_class: int, folder: Path) -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "bmc", "adapt", model, str(folder / "cells"), "--out", str(folder / "model")], check=True)
     return time.perf_counter() - t0
+
+
+def reviewed_count(
+    logits: np.ndarray, embeddings: np.ndarray, truth: np.ndarray, predictor: Any, n_reviews: int
+) -> tuple[np.ndarray, list[str]]:
+    """A count's labels and their sources after a simulated learning review of ``n_reviews`` cells: the least sure
+    cell under the current labels first, the true class given, a refit after every review (as the app does)."""
+    reviewed: dict[int, int] = {}
+    while True:
+        state = relabel(logits, embeddings, reviewed, predictor.temperature, predictor.threshold, predictor.validation_flagged)
+        if len(reviewed) >= min(n_reviews, len(truth)):
+            return state.labels, state.source
+        nxt = next(int(i) for i in np.argsort(state.confidence, kind="stable") if int(i) not in reviewed)
+        reviewed[nxt] = int(truth[nxt])
 
 
 def draws(lab_codes: np.ndarray, per_class: list[int], n_draws: int, folds: int) -> list[tuple[int | str, int, np.ndarray]]:
@@ -119,6 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="NAME=VALUE",
         help="--method blocks: override a setting of bmc.lab_tuning for this run (e.g. DISTILL_WEIGHT=10 EPOCHS=3), to compare settings",
+    )
+    parser.add_argument(
+        "--from-review",
+        type=float,
+        default=None,
+        metavar="P",
+        help="adapt on a reviewed count instead: half the lab reviewed P %% (see above), reviewed cells alone vs with the learnt ones",
+    )
+    parser.add_argument(
+        "--learnt-weight", type=float, default=LEARNT_WEIGHT, help="--from-review: weight of a learnt cell against a reviewed one"
     )
     parser.add_argument("--time-cli", type=Path, default=None, metavar="DIR", help="also time the whole bmc adapt command")
     args = parser.parse_args(argv)
@@ -180,6 +211,43 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.method == "head":
         results.update(pull=args.pull, lab_weight=args.lab_weight)
+    if args.from_review is not None:
+        if args.method != "blocks":
+            parser.error("--from-review measures bmc adapt's fine-tuning: --method blocks")
+        count_logits, count_emb, _, _ = cached_forward(predictor, args.features / "lab-embeddings.npz", loaders["lab"])
+        results.update(from_review=args.from_review, learnt_weight=args.learnt_weight)
+        for seed in range(args.draws):
+            order = np.random.default_rng(100 + seed).permutation(len(lab_codes))
+            count, other = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
+            n_reviews = int(round(args.from_review * len(count) / 100))
+            labels, source = reviewed_count(count_logits[count], count_emb[count], lab_y[count], predictor, n_reviews)
+            is_reviewed = np.array([s == SOURCE_REVIEWED for s in source])
+            is_learnt = np.array([s == SOURCE_LEARNT for s in source])
+            run = {"seed": seed, "count": len(count), "reviewed": int(is_reviewed.sum()), "learnt": int(is_learnt.sum())}
+            run["count_accuracy"] = float(counts_right(np.array(codes)[labels], lab_codes[count], lab_eq).mean())
+            for name, use in (("reviewed_only", is_reviewed), ("with_learnt", is_reviewed | is_learnt)):
+                weights = np.where(is_reviewed[use], 1.0, args.learnt_weight)
+                tail = tune(predictor.model, len(codes), lab_x[count[use]], labels[use], replay_x, replay_logits, seed, lab_weights=weights)
+                called = np.array(codes)[tail.logits(as_given(lab_x[other])).argmax(axis=1)]
+                run[name] = {
+                    "lab_other_accuracy": float(counts_right(called, lab_codes[other], lab_eq).mean()),
+                    "matek_macro_f1_after": classification_metrics(softmax(tail.logits(test_x)), test_y, num_classes=len(codes))[
+                        "macro_f1"
+                    ],
+                }
+            results["runs"].append(run)
+            print(json.dumps(run), flush=True)
+        results["summary"] = {
+            name: {
+                key: [float(np.mean([r[name][key] for r in results["runs"]])), float(np.std([r[name][key] for r in results["runs"]]))]
+                for key in ("lab_other_accuracy", "matek_macro_f1_after")
+            }
+            for name in ("reviewed_only", "with_learnt")
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(results["summary"], indent=1))
+        return 0
     for k, seed, picked in draws(lab_codes, args.per_class, args.draws, args.folds):
         rest = np.setdiff1d(np.arange(len(lab_codes)), picked)
         t0 = time.perf_counter()

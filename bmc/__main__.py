@@ -4,6 +4,7 @@ bmc count CELLS/ cells.zip --out report/           # differential count (bundled
 bmc count CELLS/ --out report/ --review corrections.csv   # the same count with review decisions applied
 bmc adapt MODEL lab-cells/ --out models/my-lab       # a model for your lab from its labelled cells (class folders)
 bmc adapt MODEL report/predictions.csv --images CELLS/ --out models/my-lab   # ... or from a reviewed count
+bmc adapt MODEL reviewed-cells/ --learnt learnt-cells/ --out models/my-lab   # ... and the labels its review learnt
 bmc locate fields/ --out found/                      # find the white cells in microscope fields, crop and classify them
 bmc guard models/NAME                                # fit the model's own check that a picture shows one cell, not several
 bmc base-weights --out .cache/dinov2-small          # offline DINOv2 ViT-S/14 backbone
@@ -58,6 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     adapt.add_argument("--out", type=Path, required=True, help="folder for the adapted model")
     adapt.add_argument("--images", nargs="*", type=Path, default=[], help="with a predictions.csv: the inputs that count was made of")
+    adapt.add_argument(
+        "--learnt",
+        nargs="?",
+        const=True,
+        default=False,
+        type=Path,
+        metavar="DIR",
+        help="also learn from cells labelled by the learning review, not a person (lower weight, never measured on): "
+        "with a predictions.csv its rows whose label_source is learnt; with class folders, DIR of class folders (the app's download)",
+    )
     adapt.add_argument("--replay-per-class", type=int, default=30, help="base training images per class replayed (0: none)")
     adapt.add_argument("--no-forgetting", action="store_true", help="skip measuring the base model's test split after adapting")
     adapt.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="also publish the folder to this Hub repository")
@@ -160,18 +171,24 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "adapt":
         from bmc.lab_model import adapt_model
 
-        missing = [str(p) for p in [args.cells, *args.images] if not p.exists()]
+        learnt_dir = [args.learnt] if isinstance(args.learnt, Path) else []
+        missing = [str(p) for p in [args.cells, *args.images, *learnt_dir] if not p.exists()]
         if missing:
             parser.error(f"not found: {', '.join(missing)}")
         if args.out.exists() and any(args.out.iterdir()):
             parser.error(f"{args.out} exists and is not empty: choose a new folder (nothing is overwritten)")
         try:
-            out, summary = adapt_model(args.model, args.cells, args.out, args.images, args.replay_per_class, not args.no_forgetting)
+            out, summary = adapt_model(
+                args.model, args.cells, args.out, args.images, args.replay_per_class, not args.no_forgetting, learnt=args.learnt
+            )
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         lab = summary["lab_out_of_fold"]
-        print(f"adapted model: {out} ({lab['n']} cells; out of fold: accuracy {lab['accuracy']:.3f}, macro-F1 {lab['macro_f1']:.3f})")
+        learnt = f", and {summary['learnt_cells']} learnt cells trained on" if summary["learnt_cells"] else ""
+        print(
+            f"adapted model: {out} ({lab['n']} cells{learnt}; out of fold: accuracy {lab['accuracy']:.3f}, macro-F1 {lab['macro_f1']:.3f})"
+        )
         for name, fig in summary["base_test"].items():
             print(f"{name} test: macro-F1 {fig['macro_f1_before']:.3f} -> {fig['macro_f1_after']:.3f}")
         if args.push_to_hub:

@@ -57,6 +57,10 @@ Z_DEFICIT = 2.0
 SOURCE_MODEL, SOURCE_LEARNT, SOURCE_REVIEWED = "model", "learnt", "reviewed"
 SOURCES = (SOURCE_MODEL, SOURCE_LEARNT, SOURCE_REVIEWED)
 """Where a cell's label comes from: the model, the head learnt from this review, or the reviewer."""
+LEARNT_WEIGHT = 0.3
+"""When ``bmc adapt --learnt`` makes a model for the lab from a reviewed count, a cell whose label was learnt here
+(nobody checked it) weighs this much against a reviewed cell's 1, and is never among the cells the model is measured
+on (:mod:`bmc.lab_model`; chosen by measurement, docs/experiments.md)."""
 
 
 @dataclass

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bmc.adaptation import LEARNT_WEIGHT
 from bmc.calibration import calibrate, softmax
 from bmc.data import scan_folder
 from bmc.evaluation import calibration_config
@@ -65,23 +66,55 @@ class LabCells:
     codes: list[str]
     names: list[str]
     skipped: list[str] = field(default_factory=list)
+    learnt: list[bool] = field(default_factory=list)
+    """Per cell, whether its label came from the learning review rather than a person (empty: none did)."""
 
+    def checked(self) -> np.ndarray:
+        """Whether each cell's label was given by a person (the only cells an adapted model is measured on)."""
+        return ~np.array(self.learnt, dtype=bool) if self.learnt else np.ones(len(self.codes), dtype=bool)
 
-def read_lab_cells(cells: Path, images: Sequence[Path] = ()) -> LabCells:
-    """The labelled cells of a lab: a folder of class folders, or a reviewed ``predictions.csv`` of
-    ``bmc count`` or the app (only its reviewed rows) with ``images`` the inputs that count was made of."""
-    if cells.is_dir():
-        records, skipped = scan_folder(cells)
-        out = LabCells([], [], [], [f"{s.source}: {s.reason}" for s in skipped])
+    def add_folder(self, folder: Path, learnt: bool) -> None:
+        """The cells of a folder of class folders (Matek codes and names, white-cell names), unreadable ones skipped."""
+        records, skipped = scan_folder(folder)
+        self.skipped += [f"{s.source}: {s.reason}" for s in skipped]
         for path, label in records:
             item = next(iter_images([path]))
             if isinstance(item, tuple):
-                out.images.append(item[1])
-                out.codes.append(wbc_code(label))  # Matek codes and names are mapped by scan_folder
-                out.names.append(path)
+                self.add(item[1], wbc_code(label), path, learnt)  # Matek codes and names are mapped by scan_folder
             else:
-                out.skipped.append(f"{item.source}: {item.reason}")
-        return out
+                self.skipped.append(f"{item.source}: {item.reason}")
+
+    def add(self, image: Image.Image, code: str, name: str, learnt: bool) -> None:
+        self.learnt = self.learnt or [False] * len(self.codes)
+        self.images.append(image)
+        self.codes.append(code)
+        self.names.append(name)
+        self.learnt.append(learnt)
+
+
+def read_lab_cells(cells: Path, images: Sequence[Path] = (), learnt: Path | bool = False) -> LabCells:
+    """The labelled cells of a lab: a folder of class folders, or a reviewed ``predictions.csv`` of
+    ``bmc count`` or the app (its reviewed rows) with ``images`` the inputs that count was made of.
+
+    ``learnt`` adds cells whose labels the learning review gave (:mod:`bmc.adaptation`): ``True`` with a
+    predictions.csv takes its rows whose ``label_source`` is ``learnt``; a folder of class folders (the app's
+    download) is read as such cells."""
+    if learnt is True and cells.is_dir():
+        raise ValueError(f"{cells} is a folder: give --learnt the folder of learnt cells (class folders), or adapt from a predictions.csv")
+    if cells.is_dir():
+        out = LabCells([], [], [])
+        out.add_folder(cells, learnt=False)
+    else:
+        out = _read_reviewed_count(cells, images, learnt is True)
+    if isinstance(learnt, Path):
+        out.add_folder(learnt, learnt=True)
+    if out.learnt and not out.checked().any():
+        raise ValueError("no reviewed cell among them: a model for your lab is measured on cells a person checked; review some first")
+    return out
+
+
+def _read_reviewed_count(cells: Path, images: Sequence[Path], learnt: bool) -> LabCells:
+    """The reviewed (and, with ``learnt``, the learnt) rows of a predictions.csv, read from ``images``."""
     with open(cells, newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows or not {"file", "reviewed", "reviewed_label"} <= set(rows[0]):
@@ -91,17 +124,18 @@ def read_lab_cells(cells: Path, images: Sequence[Path] = ()) -> LabCells:
     wanted = {r["file"]: r["reviewed_label"] for r in rows if r["reviewed"] == "yes"}
     if not wanted:
         raise ValueError(f"{cells}: no reviewed cell in it (column reviewed = yes): review some cells first")
+    if learnt and "label_source" not in rows[0]:
+        raise ValueError(f"{cells}: no label_source column, so no learnt labels to add: it is from an older bmc; count again")
+    learnt_rows = {r["file"]: r["reviewed_label"] for r in rows if learnt and r["reviewed"] != "yes" and r.get("label_source") == "learnt"}
     if not images:
         raise ValueError(f"{cells}: give --images, the files or archives that count was made of, to read the reviewed cells")
     out = LabCells([], [], [])
     for item in iter_images(list(images)):
-        if isinstance(item, tuple) and item[0] in wanted:
-            out.images.append(item[1])
-            out.codes.append(wanted[item[0]])
-            out.names.append(item[0])
+        if isinstance(item, tuple) and (item[0] in wanted or item[0] in learnt_rows):
+            out.add(item[1], wanted.get(item[0]) or learnt_rows[item[0]], item[0], item[0] not in wanted)
     missing = sorted(set(wanted) - set(out.names))
     out.skipped += [f"{name}: reviewed in {cells.name} but not found in --images" for name in missing]
-    if not out.images:
+    if not out.checked().any():
         raise ValueError(f"none of the {len(wanted)} reviewed cells of {cells} is in --images")
     return out
 
@@ -155,6 +189,8 @@ class Adaptation:
     weight: np.ndarray | None = None
     bias: np.ndarray | None = None
     tail: Tail | None = None
+    n_learnt: int = 0
+    """Of the lab cells, how many had learnt labels (trained on at :data:`LEARNT_WEIGHT`, not measured on)."""
 
     @property
     def method(self) -> str:
@@ -179,16 +215,18 @@ def _lab_classes(model_codes: Sequence[str], lab_codes: Sequence[str]) -> tuple[
 
 
 def _out_of_fold(
-    n_lab: int, n_classes: int, folds: int, seed: int, fit_and_score: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    checked: np.ndarray, n_classes: int, folds: int, seed: int, fit_and_score: Callable[[np.ndarray, np.ndarray], np.ndarray]
 ) -> np.ndarray:
-    """Out-of-fold logits of the lab cells: ``fit_and_score(kept, held)`` adapts without the ``held`` lab
-    cells and returns their logits."""
-    oof = np.zeros((n_lab, n_classes))
-    order = np.random.default_rng(seed).permutation(n_lab)
-    k = max(2, min(folds, n_lab))
+    """Out-of-fold logits of the cells a person checked (``checked``: per lab cell): ``fit_and_score(kept,
+    held)`` adapts on the ``kept`` lab cells (every learnt cell among them: never held out, as its label is
+    nobody's word) and returns the logits of the ``held`` ones. Rows follow the checked cells' order."""
+    mine = np.flatnonzero(checked)
+    oof = np.zeros((len(mine), n_classes))
+    order = np.random.default_rng(seed).permutation(len(mine))
+    k = max(2, min(folds, len(mine)))
     for f in range(k):
         held = np.sort(order[f::k])
-        oof[held] = fit_and_score(np.setdiff1d(np.arange(n_lab), held), held)
+        oof[held] = fit_and_score(np.setdiff1d(np.arange(len(checked)), mine[held]), mine[held])
     return oof
 
 
@@ -197,6 +235,11 @@ def _measured(oof: np.ndarray, ly: np.ndarray, n_classes: int) -> tuple[dict, di
     figures = classification_metrics(softmax(oof, calib["temperature"]), ly, num_classes=n_classes)
     figures["n"] = len(ly)
     return calib, figures
+
+
+def _weights(checked: np.ndarray) -> np.ndarray:
+    """Per lab cell, its weight: 1 for a cell a person checked, :data:`LEARNT_WEIGHT` for a learnt label."""
+    return np.where(checked, 1.0, LEARNT_WEIGHT)
 
 
 def adapt_head(
@@ -211,26 +254,29 @@ def adapt_head(
     seed: int = 0,
     pull: float = PULL,
     lab_weight: float = HEAD_LAB_WEIGHT,
+    checked: np.ndarray | None = None,
 ) -> Adaptation:
     """Refit the head on lab cells + replay; calibrate and measure it on the lab cells by k-fold. ``pull`` and
-    ``lab_weight``: see :data:`PULL` and :data:`HEAD_LAB_WEIGHT` (``bench/adapt_curve.py`` compares settings)."""
+    ``lab_weight``: see :data:`PULL` and :data:`HEAD_LAB_WEIGHT` (``bench/adapt_curve.py`` compares settings);
+    ``checked``: per lab cell, whether a person gave its label (default: all; see :meth:`LabCells.checked`)."""
     codes, added, counts = _lab_classes(model_codes, lab_codes)
+    checked = np.ones(len(lab_codes), dtype=bool) if checked is None else checked
     w = np.vstack([weight, np.zeros((len(added), weight.shape[1]))])
     b = np.concatenate([bias, np.zeros(len(added))])
     ly = np.array([codes.index(c) for c in lab_codes])
     ry = np.array([codes.index(c) for c in replay_codes], dtype=int)
     x = np.vstack([lab_x, replay_x]) if len(replay_x) else lab_x
     y = np.concatenate([ly, ry])
-    sw = np.concatenate([np.full(len(ly), lab_weight), np.ones(len(ry))])
+    sw = np.concatenate([lab_weight * _weights(checked), np.ones(len(ry))])
 
     def fit_and_score(kept: np.ndarray, held: np.ndarray) -> np.ndarray:
         keep = np.concatenate([kept, np.arange(len(ly), len(y))])
         fw, fb = fit_head(w, b, x[keep], y[keep], sw[keep], pull)
         return lab_x[held] @ fw.T + fb
 
-    calib, figures = _measured(_out_of_fold(len(ly), len(codes), folds, seed, fit_and_score), ly, len(codes))
+    calib, figures = _measured(_out_of_fold(checked, len(codes), folds, seed, fit_and_score), ly[checked], len(codes))
     final_w, final_b = fit_head(w, b, x, y, sw, pull)
-    return Adaptation(codes, calib, figures, counts, added, len(ry), weight=final_w, bias=final_b)
+    return Adaptation(codes, calib, figures, counts, added, len(ry), weight=final_w, bias=final_b, n_learnt=int((~checked).sum()))
 
 
 def adapt_blocks(
@@ -242,21 +288,24 @@ def adapt_blocks(
     replay_logits: np.ndarray,
     folds: int = TUNING_FOLDS,
     seed: int = 0,
+    checked: np.ndarray | None = None,
 ) -> Adaptation:
     """Fine-tune the last blocks on lab cells + replay (:func:`bmc.lab_tuning.tune`); calibrate and measure on
-    the lab cells by k-fold (each held-out cell scored as given). Inputs are the cached tokens of
+    the lab cells a person checked by k-fold (each held-out cell scored as given). Inputs are the cached tokens of
     :func:`bmc.lab_tuning.lab_inputs` (the lab's cells in several orientations) and
-    :func:`bmc.lab_tuning.block_inputs` (the replay)."""
+    :func:`bmc.lab_tuning.block_inputs` (the replay); ``checked`` as in :func:`adapt_head`."""
     codes, added, counts = _lab_classes(model_codes, lab_codes)
     ly = np.array([codes.index(c) for c in lab_codes])
+    checked = np.ones(len(ly), dtype=bool) if checked is None else checked
+    weights = _weights(checked)
 
     def fit_and_score(kept: np.ndarray, held: np.ndarray) -> np.ndarray:
-        tail = tune(model, len(codes), lab_hidden[kept], ly[kept], replay_hidden, replay_logits, seed)
+        tail = tune(model, len(codes), lab_hidden[kept], ly[kept], replay_hidden, replay_logits, seed, lab_weights=weights[kept])
         return tail.logits(as_given(lab_hidden[held]))
 
-    calib, figures = _measured(_out_of_fold(len(ly), len(codes), folds, seed, fit_and_score), ly, len(codes))
-    tail = tune(model, len(codes), lab_hidden, ly, replay_hidden, replay_logits, seed)
-    return Adaptation(codes, calib, figures, counts, added, len(replay_hidden), tail=tail)
+    calib, figures = _measured(_out_of_fold(checked, len(codes), folds, seed, fit_and_score), ly[checked], len(codes))
+    tail = tune(model, len(codes), lab_hidden, ly, replay_hidden, replay_logits, seed, lab_weights=weights)
+    return Adaptation(codes, calib, figures, counts, added, len(replay_hidden), tail=tail, n_learnt=int((~checked).sum()))
 
 
 def write_adapted(base: Predictor, result: Adaptation, out_dir: Path, forgot: dict, source: str) -> Path:
@@ -280,6 +329,7 @@ def write_adapted(base: Predictor, result: Adaptation, out_dir: Path, forgot: di
         "adapted_from_version": base.version,
         "cells": source,
         "lab_counts": result.lab_counts,
+        "learnt_cells": result.n_learnt,
         "added_classes": result.added,
         "method": result.method,
         "replay_images": result.n_replay,
@@ -294,6 +344,15 @@ def write_adapted(base: Predictor, result: Adaptation, out_dir: Path, forgot: di
 
 def _short(m: dict) -> dict:
     return {k: m[k] for k in ("accuracy", "macro_f1", "n")}
+
+
+def _learnt_note(n_learnt: int) -> str:
+    if not n_learnt:
+        return ""
+    return (
+        f" {n_learnt} of them were labelled by the learning review of a count, not by a person: each weighed "
+        f"{LEARNT_WEIGHT} of a reviewed cell in training, and none is among the cells measured below."
+    )
 
 
 def card(summary: dict, codes: Sequence[str]) -> str:
@@ -312,7 +371,7 @@ def card(summary: dict, codes: Sequence[str]) -> str:
         "> **Research tool, not a diagnosis.** Every label must be reviewed by a qualified haematologist.",
         "",
         f"Made by `bmc adapt` from {sum(summary['lab_counts'].values())} labelled cells of one laboratory "
-        f"(`{summary['cells']}`): {counts}. What changed: {summary['method']}, with "
+        f"(`{summary['cells']}`): {counts}.{_learnt_note(summary.get('learnt_cells', 0))} What changed: {summary['method']}, with "
         f"{summary['replay_images']} of the base model's training images replayed so that it keeps what it knew; the rest "
         f"of the backbone is the base model's (version `{summary['adapted_from_version']}`).",
         f"Classes added: {', '.join(summary['added_classes']) or 'none'}. Classes: {', '.join(codes)}.",
@@ -379,33 +438,47 @@ def adapt_model(
     replay_per_class: int = REPLAY_PER_CLASS,
     measure_forgetting: bool = True,
     progress: bool = True,
+    learnt: Path | bool = False,
 ) -> tuple[Path, dict]:
     """``bmc adapt``: read the lab's cells, pass them and the replay through the base model once, tune its last
-    blocks (DINOv2) or refit its head (other models), measure it, and write the adapted model folder."""
+    blocks (DINOv2) or refit its head (other models), measure it, and write the adapted model folder.
+    ``learnt``: also the cells labelled by the learning review (:func:`read_lab_cells`)."""
     say = print if progress else (lambda *_a, **_k: None)
     base = Predictor(model, backend="torch")
-    lab = read_lab_cells(cells, images)
+    lab = read_lab_cells(cells, images, learnt)
     if len(set(lab.codes)) < 2:
         raise ValueError(f"{cells}: the cells hold {len(set(lab.codes))} class; adapting needs at least two")
     _lab_classes(base.codes, lab.codes)  # a class the model lacks with too few cells: refused before the passes, not after
+    n_learnt = int((~lab.checked()).sum())
     replay = replay_records(Path(model), base.codes, replay_per_class) if Path(model).is_dir() else []
     replay_images = [Image.open(p).convert("RGB") for p, _ in replay]
     if supports(base.model):
         say(
-            f"{len(lab.images)} lab cells ({len(lab.skipped)} skipped{f'; {LAB_VIEWS} orientations each' if LAB_VIEWS > 1 else ''}) "
+            f"{len(lab.images)} lab cells ({n_learnt} of them learnt, {len(lab.skipped)} skipped"
+            f"{f'; {LAB_VIEWS} orientations each' if LAB_VIEWS > 1 else ''}) "
             f"and {len(replay)} replayed training images: one pass each ..."
         )
         lab_hidden = lab_inputs(base.model, base.processor, lab.images, base.use_denoise)
         replay_hidden, replay_logits = block_inputs(base.model, base.processor, replay_images, base.use_denoise)
         say(f"fine-tuning the last {TUNED_BLOCKS} blocks ({TUNING_FOLDS} folds to measure it, then on every cell) ...")
-        result = adapt_blocks(base.model, base.codes, lab_hidden, lab.codes, replay_hidden, replay_logits)
+        result = adapt_blocks(base.model, base.codes, lab_hidden, lab.codes, replay_hidden, replay_logits, checked=lab.checked())
     else:
-        say(f"{len(lab.images)} lab cells ({len(lab.skipped)} skipped); embedding them and {len(replay)} replayed images ...")
+        say(
+            f"{len(lab.images)} lab cells ({n_learnt} of them learnt, {len(lab.skipped)} skipped); "
+            f"embedding them and {len(replay)} replayed images ..."
+        )
         _, lab_x = base.forward(lab.images)
         replay_x = base.forward(replay_images)[1] if replay else np.zeros((0, lab_x.shape[1]))
         head = cast(torch.nn.Linear, base.model.classifier)
         result = adapt_head(
-            base.codes, head.weight.detach().numpy(), head.bias.detach().numpy(), lab_x, lab.codes, replay_x, [c for _, c in replay]
+            base.codes,
+            head.weight.detach().numpy(),
+            head.bias.detach().numpy(),
+            lab_x,
+            lab.codes,
+            replay_x,
+            [c for _, c in replay],
+            checked=lab.checked(),
         )
     if measure_forgetting and Path(model).is_dir():
         say("measuring what it forgot on the base model's test split ...")

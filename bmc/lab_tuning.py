@@ -149,19 +149,21 @@ def tune(
     replay_logits: np.ndarray,
     seed: int = 0,
     epochs: int | None = None,
+    lab_weights: np.ndarray | None = None,
 ) -> Tail:
     """A :class:`Tail` trained on the lab's cells (labels) and the replay (the base model's logits) for
     ``epochs`` (default :data:`EPOCHS`); with :data:`SOUP` > 1, the average of that many fine-tunings' weights.
     ``lab_hidden`` is (cells, tokens, width), or (cells, views, tokens, width) from :func:`lab_inputs`, each view
-    then weighing 1/views of a cell."""
+    then weighing 1/views of a cell. ``lab_weights`` scales each lab cell's weight (default 1: a reviewed cell)."""
     views = 1
+    scale = np.ones(len(lab_y)) if lab_weights is None else np.asarray(lab_weights, dtype=np.float64)
     if lab_hidden.dim() == 4:
         views = lab_hidden.shape[1]
-        lab_hidden, lab_y = lab_hidden.flatten(0, 1), np.repeat(np.asarray(lab_y), views)
+        lab_hidden, lab_y, scale = lab_hidden.flatten(0, 1), np.repeat(np.asarray(lab_y), views), np.repeat(scale, views)
     x = torch.cat([lab_hidden, replay_hidden]) if len(replay_hidden) else lab_hidden  # no replay: a model folder without its manifest
     y = torch.cat([torch.as_tensor(lab_y, dtype=torch.long), torch.zeros(len(replay_hidden), dtype=torch.long)])
     is_lab = torch.arange(len(x)) < len(lab_hidden)
-    weight = torch.where(is_lab, LAB_WEIGHT / views, 1.0)
+    weight = torch.cat([torch.as_tensor(scale * LAB_WEIGHT / views, dtype=torch.float32), torch.ones(len(replay_hidden))])
     # the base model's logits on replayed images; a class it lacks gets none of their probability
     soft = torch.full((len(replay_hidden), n_classes), -1e4)
     soft[:, : replay_logits.shape[1]] = torch.as_tensor(replay_logits)

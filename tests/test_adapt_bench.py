@@ -23,3 +23,20 @@ def test_folds_hold_out_every_cell_once_with_each_class_in_every_fold():
     assert sorted(held) == list(range(len(codes)))
     for _, _, picked in runs:
         assert set(codes[picked]) == {"NGS", "EOS", "BAS"}
+
+
+def test_a_simulated_review_checks_the_asked_number_of_cells_and_learns_the_rest():
+    from types import SimpleNamespace
+
+    from bench.adapt_curve import reviewed_count
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, 80)
+    embeddings = rng.normal(size=(80, 8)) + 3 * np.eye(3)[truth] @ rng.normal(size=(3, 8))  # a lab whose classes separate
+    logits = rng.normal(size=(80, 3))  # a model that knows nothing of its cells: it flags most of them
+    predictor = SimpleNamespace(temperature=1.0, threshold=0.9, validation_flagged=0.1)
+    labels, source = reviewed_count(logits, embeddings, truth, predictor, 16)
+    reviewed = np.array([s == "reviewed" for s in source])
+    assert reviewed.sum() == 16 and (labels[reviewed] == truth[reviewed]).all()
+    assert set(np.array(source)[~reviewed]) == {"learnt"}  # the gate adopted the head for this unfamiliar count
+    assert (labels[~reviewed] == truth[~reviewed]).mean() > 0.8

@@ -1,5 +1,7 @@
 """The app's handlers called directly, without a server (the same objects build_app wires into Blocks)."""
 
+from pathlib import Path
+
 import pytest
 from helpers import image_bytes
 
@@ -59,7 +61,15 @@ def test_reviewed_cells_download_for_bmc_adapt(handlers, cells):
     path, note = handlers.export_reviewed(reviewed)
     code = reviewed.corrections[report.cells[0].name]
     assert zipfile.ZipFile(path).namelist() == [f"reviewed-cells/{code}/cell0.jpg"]
-    assert "bmc adapt" in note and "reviewed-cells/" in note
+    assert "bmc adapt" in note and "reviewed-cells/" in note and "--learnt" not in note
+
+    import dataclasses
+
+    other = report.cells[1]
+    learnt = dataclasses.replace(reviewed, learnt={other.name: ("LYT", 0.9)})  # as if the review's head had re-labelled it
+    path, note = handlers.export_reviewed(learnt)
+    assert zipfile.ZipFile(path).namelist() == [f"reviewed-cells/{code}/cell0.jpg", f"learnt-cells/LYT/{Path(other.name).stem}.jpg"]
+    assert "reviewed-cells/ --learnt learnt-cells/" in note and "never used to measure" in note
 
 
 def test_fields_are_counted_cell_by_cell_with_numbered_overlays(handlers, tmp_path):

@@ -90,6 +90,17 @@ def test_missing_input_is_named(tmp_path, tiny_model_dir):
     assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_adapt_names_a_missing_learnt_folder_and_a_learnt_flag_without_a_count(tmp_path, tiny_model_dir, capsys):
+    from bmc.__main__ import main
+
+    (tmp_path / "cells" / "BLA").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_:
+        main(["adapt", str(tiny_model_dir), str(tmp_path / "cells"), "--learnt", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2 and "not found" in capsys.readouterr().err
+    code = main(["adapt", str(tiny_model_dir), str(tmp_path / "cells"), "--learnt", "--out", str(tmp_path / "o")])
+    assert code == 2 and "give --learnt the folder of learnt cells" in capsys.readouterr().err
+
+
 def test_compare_refuses_to_choose_by_a_test_set(tmp_path, capsys):
     from bmc.__main__ import main
 

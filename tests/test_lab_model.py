@@ -107,3 +107,49 @@ def test_a_model_without_tunable_blocks_gets_a_new_head(tmp_path, tiny_model_dir
     out, summary = lab_model.adapt_model(str(tiny_model_dir), lab, tmp_path / "adapted", progress=False)
     assert summary["method"] == "the last layer (head) refitted" and summary["lab_out_of_fold"]["n"] == 12
     assert sorted(Predictor(str(out), "torch").codes) == ["BLA", "LYT", "NGS"]
+
+
+def test_learnt_labels_of_a_count_are_read_only_when_asked(tmp_path):
+    from bmc.lab_model import read_lab_cells
+
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (40, 40), (10 * i, 0, 0)).save(folder / f"c{i}.png")
+    csv_path = tmp_path / "predictions.csv"
+    rows = [["c0.png", "yes", "LYT", "reviewed"], ["c1.png", "no", "NGS", "learnt"], ["c2.png", "no", "BLA", "model"]]
+    with open(csv_path, "w", newline="") as fh:
+        csv.writer(fh).writerows([["file", "reviewed", "reviewed_label", "label_source"], *rows])
+    plain = read_lab_cells(csv_path, [folder])
+    assert plain.codes == ["LYT"] and plain.checked().tolist() == [True]
+    both = read_lab_cells(csv_path, [folder], learnt=True)
+    assert sorted(zip(both.names, both.codes, both.checked().tolist())) == [("c0.png", "LYT", True), ("c1.png", "NGS", False)]
+    with open(csv_path, "w", newline="") as fh:  # an older count: no label sources to go by
+        csv.writer(fh).writerows([["file", "reviewed", "reviewed_label"], *(r[:3] for r in rows)])
+    with pytest.raises(ValueError, match="no label_source column"):
+        read_lab_cells(csv_path, [folder], learnt=True)
+
+
+def test_learnt_cells_are_trained_on_but_never_measured_on(tmp_path, tiny_model_dir, monkeypatch):
+    from bmc import lab_model
+
+    reviewed = _lab(tmp_path / "reviewed", {"BLA": 6, "LYT": 6})
+    learnt = _lab(tmp_path / "learnt", {"BLA": 5, "NGS": 4})
+    seen = []
+    tune = lab_model.tune
+
+    def spy(model, n_classes, lab_hidden, lab_y, *args, lab_weights=None, **kwargs):
+        seen.append(sorted(np.round(lab_weights, 2).tolist()))
+        return tune(model, n_classes, lab_hidden, lab_y, *args, lab_weights=lab_weights, **kwargs)
+
+    monkeypatch.setattr(lab_model, "tune", spy)
+    _, summary = lab_model.adapt_model(
+        str(tiny_model_dir), reviewed, tmp_path / "adapted", learnt=learnt, progress=False, measure_forgetting=False
+    )
+    assert summary["learnt_cells"] == 9 and summary["lab_out_of_fold"]["n"] == 12  # measured on the reviewed cells only
+    assert seen[-1] == [lab_model.LEARNT_WEIGHT] * 9 + [1.0] * 12  # the final fit: every cell, learnt ones lighter
+    assert all(w.count(lab_model.LEARNT_WEIGHT) == 9 for w in seen)  # every fold keeps all the learnt cells
+    assert "9 of them were labelled by the learning review" in (tmp_path / "adapted" / "README.md").read_text()
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match="no reviewed cell"):  # learnt labels alone: nothing a person checked to measure on
+        lab_model.read_lab_cells(tmp_path / "none", learnt=learnt)

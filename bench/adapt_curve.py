@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -56,19 +57,29 @@ PER_CLASS = (5, 10, 20)
 DRAWS = 5
 
 
-def time_cli(model: str, lab: Path, per_class: int, folder: Path) -> float:
-    """Seconds of the whole ``bmc adapt`` command on the first ``per_class`` images of each class folder of
-    ``lab``, linked into ``folder``."""
-    import shutil
-    import subprocess
-
-    shutil.rmtree(folder, ignore_errors=True)
+def first_cells(lab: Path, per_class: int, folder: Path) -> Path:
+    """The first ``per_class`` images of each class folder of ``lab``, linked into ``folder``/cells."""
     for class_dir in sorted(p for p in lab.iterdir() if p.is_dir()):
         (folder / "cells" / class_dir.name).mkdir(parents=True)
         for image in sorted(class_dir.iterdir())[:per_class]:
             (folder / "cells" / class_dir.name / image.name).symlink_to(image.resolve())
+    return folder / "cells"
+
+
+def class_folders(folder: Path, images: list, codes: list[str]) -> Path:
+    """``images`` written as PNG (their decoded pixels) into class folders named by ``codes`` under ``folder``."""
+    for i, (image, code) in enumerate(zip(images, codes)):
+        (folder / code).mkdir(parents=True, exist_ok=True)
+        image.save(folder / code / f"cell{i:04d}.png")
+    return folder
+
+
+def time_cli(model: str, cells: list[str], folder: Path) -> float:
+    """Seconds of the whole ``bmc adapt MODEL CELLS... --out folder/model`` command."""
+    import subprocess
+
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "bmc", "adapt", model, str(folder / "cells"), "--out", str(folder / "model")], check=True)
+    subprocess.run([sys.executable, "-m", "bmc", "adapt", model, *cells, "--out", str(folder / "model")], check=True)
     return time.perf_counter() - t0
 
 
@@ -216,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--from-review measures bmc adapt's fine-tuning: --method blocks")
         count_logits, count_emb, _, _ = cached_forward(predictor, args.features / "lab-embeddings.npz", loaders["lab"])
         results.update(from_review=args.from_review, learnt_weight=args.learnt_weight)
+        timed = None
         for seed in range(args.draws):
             order = np.random.default_rng(100 + seed).permutation(len(lab_codes))
             count, other = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
@@ -223,20 +235,31 @@ def main(argv: list[str] | None = None) -> int:
             labels, source = reviewed_count(count_logits[count], count_emb[count], lab_y[count], predictor, n_reviews)
             is_reviewed = np.array([s == SOURCE_REVIEWED for s in source])
             is_learnt = np.array([s == SOURCE_LEARNT for s in source])
-            run = {"seed": seed, "count": len(count), "reviewed": int(is_reviewed.sum()), "learnt": int(is_learnt.sum())}
-            run["count_accuracy"] = float(counts_right(np.array(codes)[labels], lab_codes[count], lab_eq).mean())
+            timed = timed or (count, labels, is_reviewed, is_learnt)  # the first draw's count times the command
+            drawn: dict[str, Any] = {"seed": seed, "count": len(count), "reviewed": int(is_reviewed.sum()), "learnt": int(is_learnt.sum())}
+            drawn["count_accuracy"] = float(counts_right(np.array(codes)[labels], lab_codes[count], lab_eq).mean())
             for name, use in (("reviewed_only", is_reviewed), ("with_learnt", is_reviewed | is_learnt)):
                 weights = np.where(is_reviewed[use], 1.0, args.learnt_weight)
                 tail = tune(predictor.model, len(codes), lab_x[count[use]], labels[use], replay_x, replay_logits, seed, lab_weights=weights)
                 called = np.array(codes)[tail.logits(as_given(lab_x[other])).argmax(axis=1)]
-                run[name] = {
+                after = classification_metrics(softmax(tail.logits(test_x)), test_y, num_classes=len(codes))
+                drawn[name] = {
                     "lab_other_accuracy": float(counts_right(called, lab_codes[other], lab_eq).mean()),
-                    "matek_macro_f1_after": classification_metrics(softmax(tail.logits(test_x)), test_y, num_classes=len(codes))[
-                        "macro_f1"
-                    ],
+                    "matek_macro_f1_after": after["macro_f1"],
                 }
-            results["runs"].append(run)
-            print(json.dumps(run), flush=True)
+            results["runs"].append(drawn)
+            print(json.dumps(drawn), flush=True)
+        if args.time_cli and timed:
+            count, labels, is_reviewed, is_learnt = timed
+            images, names = loaders["lab"]()[0], np.array(codes)[labels]
+            shutil.rmtree(args.time_cli, ignore_errors=True)
+            folders = [
+                class_folders(args.time_cli / sub, [images[i] for i in count[mask]], list(names[mask]))
+                for sub, mask in (("reviewed-cells", is_reviewed), ("learnt-cells", is_learnt))
+            ]
+            seconds = time_cli(args.model, [str(folders[0]), "--learnt", str(folders[1])], args.time_cli)
+            results["bmc_adapt_s"] = {"reviewed": int(is_reviewed.sum()), "learnt": int(is_learnt.sum()), "seconds": seconds}
+            print(f"bmc adapt --learnt, whole command, first draw's count: {seconds:.0f} s", flush=True)
         results["summary"] = {
             name: {
                 key: [float(np.mean([r[name][key] for r in results["runs"]])), float(np.std([r[name][key] for r in results["runs"]]))]
@@ -282,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run), flush=True)
     if args.time_cli:
         k = max(args.per_class)
-        results["bmc_adapt_s"] = {"per_class": k, "seconds": time_cli(args.model, args.lab, k, args.time_cli)}
+        shutil.rmtree(args.time_cli, ignore_errors=True)
+        cells = first_cells(args.lab, k, args.time_cli)
+        results["bmc_adapt_s"] = {"per_class": k, "seconds": time_cli(args.model, [str(cells)], args.time_cli)}
         print(f"bmc adapt, whole command, {k} cells per class: {results['bmc_adapt_s']['seconds']:.0f} s", flush=True)
     summary = {}
     keys = ("lab_other_accuracy", "lab_out_of_fold_accuracy", "matek_macro_f1_after", "fit_s")

@@ -351,7 +351,9 @@ def _learnt_note(n_learnt: int) -> str:
         return ""
     return (
         f" {n_learnt} of them were labelled by the learning review of a count, not by a person: each weighed "
-        f"{LEARNT_WEIGHT} of a reviewed cell in training, and none is among the cells measured below."
+        f"{LEARNT_WEIGHT} of a reviewed cell in training, and none is among the cells measured below. A review takes the "
+        "least sure cells first, so the reviewed cells measured below are the count's hardest: the figures understate "
+        "the model on the lab's typical cells."
     )
 
 

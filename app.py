@@ -456,7 +456,7 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
             c_files = gr.File(label="downloads: per-image CSV (model and reviewed labels) and HTML report", file_count="multiple")
             with gr.Row():
                 a_go = gr.Button("Download the reviewed cells for a model of your lab (bmc adapt)")
-                a_file = gr.File(label="reviewed cells (zip of class folders)")
+                a_file = gr.File(label="reviewed and learnt cells (zip of class folders)")
             a_note = gr.Markdown()
             rendered = [c_table, c_summary, c_chart, c_flagged, c_files]
             c_go.click(h.count, [files], [*rendered, r_cell, report], api_name="count", concurrency_limit=HEAVY_CONCURRENCY)

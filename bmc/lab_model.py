@@ -13,7 +13,9 @@ labels and calibration, image processor, card) that the app, :class:`Predictor` 
 A class the model lacks is added when the lab's cells hold at least :data:`MIN_NEW_CLASS` of it. The
 temperature and review threshold are refitted on the lab's cells by k-fold (each cell scored by a
 model that did not see it), and those out-of-fold figures go into the card beside what the adapted
-model scores on the base model's test split (what it forgot).
+model scores on the base model's test split (what it forgot). From a reviewed count, the cells whose labels the
+learning review gave may be added (``--learnt``): trained on at :data:`bmc.adaptation.LEARNT_WEIGHT`, never held
+out or measured on, as nobody checked them.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class LabCells:
                 self.skipped.append(f"{item.source}: {item.reason}")
 
     def add(self, image: Image.Image, code: str, name: str, learnt: bool) -> None:
+        """One more cell (``learnt``: its label is the learning review's, not a person's)."""
         self.learnt = self.learnt or [False] * len(self.codes)
         self.images.append(image)
         self.codes.append(code)

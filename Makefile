@@ -31,13 +31,13 @@ test: install browser lint
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
-## ruff: lint rules and formatting as written in pyproject.toml; mypy on bmc/.
+## ruff: lint rules and formatting as written in pyproject.toml; mypy on bmc/, app.py and train_hf.py.
 lint: install
 	$(BIN)/ruff check bmc app.py train_hf.py bench tests
 	$(BIN)/ruff format --check bmc app.py train_hf.py bench tests
 	$(BIN)/mypy
 
-## mypy on bmc/ (clean: zero errors; part of `make test` and `make lint`).
+## mypy on bmc/, app.py and train_hf.py (clean: zero errors; part of `make test` and `make lint`).
 typecheck: install
 	$(BIN)/mypy
 

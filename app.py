@@ -245,11 +245,11 @@ class CellApp:
         if report.skipped:
             lines.append("Skipped: " + "; ".join(f"`{s.source}` ({s.reason})" for s in report.skipped[:20]))
         lines.append(f"_{REVIEW_NOTE}_")
-        gallery = []
-        for name in gallery_names(report):
-            cell = report.cell(name)
-            caption = f"{name} — {display_name(report.label(cell))} {report.confidence(cell):.0%} ({report.source(cell)})"
-            gallery.append((Image.open(io.BytesIO(cell.thumbnail)), caption))
+        gallery: list[tuple[Image.Image, str]] = []
+        for cell in filter(None, map(report.cell, gallery_names(report))):
+            caption = f"{cell.name} — {display_name(report.label(cell))} {report.confidence(cell):.0%} ({report.source(cell)})"
+            if cell.thumbnail:
+                gallery.append((Image.open(io.BytesIO(cell.thumbnail)), caption))
         return table(report), "\n\n".join(lines), str(out["chart"]), gallery, [str(out["csv"]), str(out["html"])]
 
     def export_reviewed(self, report: CountReport | None) -> tuple[str, str]:
@@ -312,7 +312,7 @@ def example_images(folder: Path, known: list[str], secondary_only: dict[str, lis
     code = {p: p.name.split("_")[0].upper() for p in files}
     order = {c: i for i, c in enumerate(sort_codes(code.values()))}
     files.sort(key=lambda p: (code[p] not in known, order[code[p]], p.name))
-    unknown = sorted({code[p] for p in files if code[p] not in known}, key=order.get)
+    unknown = sorted({code[p] for p in files if code[p] not in known}, key=lambda c: order[c])
     captions = []
     for p in files:
         source = {"matek": "marrow", "pbc": "blood"}.get(p.name.split("_")[1].lower() if "_" in p.name else "", "")
@@ -467,13 +467,13 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
                 api_name="count_fields",
                 concurrency_limit=HEAVY_CONCURRENCY,
             )
-            f_overlays.select(h.show_field, [f_state], [f_field, f_name], api_name=False)
-            f_field.select(h.pick_box, [f_name, report], [r_cell], api_name=False)
+            f_overlays.select(h.show_field, [f_state], [f_field, f_name], api_visibility="private")
+            f_field.select(h.pick_box, [f_name, report], [r_cell], api_visibility="private")
             a_go.click(h.export_reviewed, [report], [a_file, a_note], api_name="export_reviewed")
-            c_flagged.select(h.pick_from_gallery, [report], [r_cell], api_name=False)
+            c_flagged.select(h.pick_from_gallery, [report], [r_cell], api_visibility="private")
             r_cell.change(h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_name="open_cell")
             r_save.click(h.review, [r_cell, r_label, report], [*rendered, r_cell, report], api_name="review").then(
-                h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_name=False
+                h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_visibility="private"
             )
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CLASSIFY_CONCURRENCY)
     return demo

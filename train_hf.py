@@ -24,7 +24,7 @@ import sys
 import torch
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import HfArgumentParser, TrainingArguments
-from transformers.hf_argparser import string_to_bool
+from transformers.hf_argparser import DataClassType, string_to_bool
 
 from bmc.arguments import DataArguments, ExportArguments, HubArguments, ModelArguments
 from bmc.hub import publish
@@ -73,7 +73,7 @@ class _Parser(HfArgumentParser):
 
 def make_parser() -> HfArgumentParser:
     """The parser of every train_hf.py argument (bmc's dataclasses and all of TrainingArguments)."""
-    return _Parser((DataArguments, ModelArguments, ExportArguments, HubArguments, TrainingArguments))
+    return _Parser([DataClassType(t) for t in (DataArguments, ModelArguments, ExportArguments, HubArguments, TrainingArguments)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import stat
 import tarfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
@@ -117,7 +117,7 @@ def iter_zip(path: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
             yield name, data, None
 
 
-def iter_inputs(paths: list[str | Path]) -> Iterator[tuple[str, bytes | Path | None, str | None]]:
+def iter_inputs(paths: Sequence[str | Path]) -> Iterator[tuple[str, bytes | Path | None, str | None]]:
     """``(name, payload, None)`` per candidate image, ``(name, None, reason)`` per refused file, from
     any mix of image files, folders (recursively) and zip archives. Lazy: thousands of cells never
     sit in memory at once."""
@@ -142,7 +142,7 @@ def iter_inputs(paths: list[str | Path]) -> Iterator[tuple[str, bytes | Path | N
             yield path.name, path, None
 
 
-def iter_images(paths: list[str | Path]) -> Iterator[tuple[str, Image.Image] | SkippedFile]:
+def iter_images(paths: Sequence[str | Path]) -> Iterator[tuple[str, Image.Image] | SkippedFile]:
     """Decoded RGB images ``(name, image)``, or a :class:`SkippedFile` saying why a file is left out.
     The single decode path of the app, the count command and its tests."""
     for name, payload, reason in iter_inputs(paths):

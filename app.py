@@ -271,19 +271,18 @@ class CellApp:
             for cell in learnt:
                 if data := cell.image or cell.thumbnail:
                     zf.writestr(f"learnt-cells/{report.label(cell)}/{Path(cell.name).stem}.jpg", data)
-        also = " --learnt learnt-cells/" if learnt else ""
-        note = (
-            f"**{report.n_reviewed} reviewed cells** in class folders"
-            + (f", and the **{len(learnt)} cells whose labels the review learnt** (`learnt-cells/`)" if learnt else "")
-            + ". To make a model for your lab from them, unzip and run\n\n"
-            f"```\nbmc adapt {self.predictor.name} reviewed-cells/{also} --out models/my-lab\n```\n\n"
-            + (
+        held, also, weighed = f"**{report.n_reviewed} reviewed cells** in class folders", "", ""
+        if learnt:
+            held += f", and the **{len(learnt)} cells whose labels the review learnt** (`learnt-cells/`)"
+            also = " --learnt learnt-cells/"
+            weighed = (
                 f"The learnt cells count {LEARNT_WEIGHT} of a reviewed cell each and are never used to measure the model; "
                 "leave out `--learnt` to adapt on the reviewed cells only. "
-                if learnt
-                else ""
             )
-            + "It fine-tunes the model's last blocks on your cells while replaying its training images, so it keeps what "
+        note = (
+            f"{held}. To make a model for your lab from them, unzip and run\n\n"
+            f"```\nbmc adapt {self.predictor.name} reviewed-cells/{also} --out models/my-lab\n```\n\n{weighed}"
+            "It fine-tunes the model's last blocks on your cells while replaying its training images, so it keeps what "
             "it knew (about four minutes on 2 CPU cores); it is not run on this server because it would hold up everyone "
             "else's counts for that long. More reviewed cells per class give a better model."
         )

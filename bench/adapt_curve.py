@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.review import cached_forward, load_set  # noqa: E402
+from bench.review import cached_forward, load_set, review_order  # noqa: E402
 from bmc import lab_tuning  # noqa: E402
 from bmc.adaptation import LEARNT_WEIGHT, SOURCE_LEARNT, SOURCE_REVIEWED, relabel  # noqa: E402
 from bmc.calibration import softmax  # noqa: E402
@@ -93,7 +93,7 @@ def reviewed_count(
         state = relabel(logits, embeddings, reviewed, predictor.temperature, predictor.threshold, predictor.validation_flagged)
         if len(reviewed) >= min(n_reviews, len(truth)):
             return state.labels, state.source
-        nxt = next(int(i) for i in np.argsort(state.confidence, kind="stable") if int(i) not in reviewed)
+        nxt = review_order(state.confidence, reviewed)[0]
         reviewed[nxt] = int(truth[nxt])
 
 
@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             labels, source = reviewed_count(count_logits[count], count_emb[count], lab_y[count], predictor, n_reviews)
             is_reviewed = np.array([s == SOURCE_REVIEWED for s in source])
             is_learnt = np.array([s == SOURCE_LEARNT for s in source])
-            timed = timed or (count, labels, is_reviewed, is_learnt)  # the first draw's count times the command
+            if timed is None:  # the first draw's count times the command
+                timed = (count, labels, is_reviewed, is_learnt)
             drawn: dict[str, Any] = {"seed": seed, "count": len(count), "reviewed": int(is_reviewed.sum()), "learnt": int(is_learnt.sum())}
             drawn["count_accuracy"] = float(counts_right(np.array(codes)[labels], lab_codes[count], lab_eq).mean())
             for name, use in (("reviewed_only", is_reviewed), ("with_learnt", is_reviewed | is_learnt)):

@@ -107,6 +107,11 @@ def at_levels(n: int) -> dict[str, int]:
     return {str(p): int(round(p * n / 100)) for p in LEVELS}
 
 
+def review_order(confidence: np.ndarray, reviewed: dict[int, int]) -> list[int]:
+    """The cells a reviewer has not checked yet, least sure (under the count's current labels) first."""
+    return [int(i) for i in np.argsort(confidence, kind="stable") if int(i) not in reviewed]
+
+
 def simulate_static(probs: np.ndarray, truth: np.ndarray, ok: np.ndarray) -> tuple[dict[str, float], int]:
     """Plain review, least confident first: accuracy at each level and reviews until ``TARGET``."""
     n = len(truth)
@@ -150,8 +155,7 @@ def simulate_adaptive(
         if len(reviewed) >= n or (to_95 is not None and len(reviewed) >= targets[-1]):
             break
         nxt = min([t for t in targets if t > len(reviewed)] + [len(reviewed) + step])
-        queue = [int(i) for i in np.argsort(state.confidence, kind="stable") if int(i) not in reviewed]
-        for i in queue[: nxt - len(reviewed)]:
+        for i in review_order(state.confidence, reviewed)[: nxt - len(reviewed)]:
             if to_95 is None and ok.mean() >= TARGET:
                 to_95 = len(reviewed)
             reviewed[i] = int(truth[i])

@@ -64,16 +64,16 @@ TUNING_FOLDS = 2
 class LabCells:
     """A lab's labelled cells: images, their codes, and what was left out and why."""
 
-    images: list[Image.Image]
-    codes: list[str]
-    names: list[str]
+    images: list[Image.Image] = field(default_factory=list)
+    codes: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     learnt: list[bool] = field(default_factory=list)
-    """Per cell, whether its label came from the learning review rather than a person (empty: none did)."""
+    """Per cell, whether its label came from the learning review rather than a person."""
 
     def checked(self) -> np.ndarray:
         """Whether each cell's label was given by a person (the only cells an adapted model is measured on)."""
-        return ~np.array(self.learnt, dtype=bool) if self.learnt else np.ones(len(self.codes), dtype=bool)
+        return ~np.array(self.learnt, dtype=bool)
 
     def add_folder(self, folder: Path, learnt: bool) -> None:
         """The cells of a folder of class folders (Matek codes and names, white-cell names), unreadable ones skipped."""
@@ -88,7 +88,6 @@ class LabCells:
 
     def add(self, image: Image.Image, code: str, name: str, learnt: bool) -> None:
         """One more cell (``learnt``: its label is the learning review's, not a person's)."""
-        self.learnt = self.learnt or [False] * len(self.codes)
         self.images.append(image)
         self.codes.append(code)
         self.names.append(name)
@@ -105,13 +104,13 @@ def read_lab_cells(cells: Path, images: Sequence[Path] = (), learnt: Path | bool
     if learnt is True and cells.is_dir():
         raise ValueError(f"{cells} is a folder: give --learnt the folder of learnt cells (class folders), or adapt from a predictions.csv")
     if cells.is_dir():
-        out = LabCells([], [], [])
+        out = LabCells()
         out.add_folder(cells, learnt=False)
     else:
         out = _read_reviewed_count(cells, images, learnt is True)
     if isinstance(learnt, Path):
         out.add_folder(learnt, learnt=True)
-    if out.learnt and not out.checked().any():
+    if any(out.learnt) and not out.checked().any():
         raise ValueError("no reviewed cell among them: a model for your lab is measured on cells a person checked; review some first")
     return out
 
@@ -129,10 +128,12 @@ def _read_reviewed_count(cells: Path, images: Sequence[Path], learnt: bool) -> L
         raise ValueError(f"{cells}: no reviewed cell in it (column reviewed = yes): review some cells first")
     if learnt and "label_source" not in rows[0]:
         raise ValueError(f"{cells}: no label_source column, so no learnt labels to add: it is from an older bmc; count again")
-    learnt_rows = {r["file"]: r["reviewed_label"] for r in rows if learnt and r["reviewed"] != "yes" and r.get("label_source") == "learnt"}
+    learnt_rows = (
+        {r["file"]: r["reviewed_label"] for r in rows if r["reviewed"] != "yes" and r.get("label_source") == "learnt"} if learnt else {}
+    )
     if not images:
         raise ValueError(f"{cells}: give --images, the files or archives that count was made of, to read the reviewed cells")
-    out = LabCells([], [], [])
+    out = LabCells()
     for item in iter_images(list(images)):
         if isinstance(item, tuple) and (item[0] in wanted or item[0] in learnt_rows):
             out.add(item[1], wanted.get(item[0]) or learnt_rows[item[0]], item[0], item[0] not in wanted)

@@ -28,19 +28,19 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from bmc.adaptation import LEARNT_WEIGHT, SOURCE_LEARNT
 from bmc.constants import DISCLAIMER, SESSION_TTL_S
-from bmc.count import CountReport, predict_stream, report_for
-from bmc.explain import Explainer, get_method, overlay
+from bmc.count.differential import CountReport, predict_stream, report_for
+from bmc.count.learning import LEARNT_WEIGHT, SOURCE_LEARNT
+from bmc.count.report import TABLE_HEADERS, table, write_all
 from bmc.images import IMAGE_SUFFIXES, ImageError, open_image
-from bmc.inference import Predictor
 from bmc.labels import CELL_CLASSES, display_name, sort_codes
-from bmc.locate import no_cell, several_cells
-from bmc.locate_fields import cell_at, field_overlays, iter_field_cells
-from bmc.model_flags import add_model_arguments, predictor_from_args
+from bmc.locate.fields import cell_at, field_overlays, iter_field_cells
+from bmc.locate.finder import no_cell, several_cells
 from bmc.model_folder import single_source_classes, unseen_marrow_score
-from bmc.report import TABLE_HEADERS, table, write_all
-from bmc.uploads import ARCHIVE_SUFFIXES, UploadError, iter_images
+from bmc.serve.explain import Explainer, get_method, overlay
+from bmc.serve.flags import add_model_arguments, predictor_from_args
+from bmc.serve.predictor import Predictor
+from bmc.serve.uploads import ARCHIVE_SUFFIXES, UploadError, iter_images
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "examples"  # shipped, cited in examples/README.md: a Space has no ../shared
@@ -86,8 +86,8 @@ class CellApp:
 
     def classify(self, path: str | None, k: float) -> tuple[dict[str, float] | None, str]:
         """Top-k calibrated classes and a verdict that says when to review; a picture of several cells is not
-        classified (:func:`bmc.locate.several_cells`, then the model's own check, :mod:`bmc.cell_guard`), nor one
-        without any cell (:func:`bmc.locate.no_cell`)."""
+        classified (:func:`bmc.locate.finder.several_cells`, then the model's own check, :mod:`bmc.serve.guard`), nor one
+        without any cell (:func:`bmc.locate.finder.no_cell`)."""
         image = self.load(path)
         if no_cell(image):
             return None, (
@@ -157,7 +157,7 @@ class CellApp:
         return (*self.render(report), gr.update(choices=report.review_queue(), value=None), report)
 
     def count_fields(self, files: list[str] | None, progress: gr.Progress = gr.Progress(track_tqdm=True)):
-        """Count whole microscope fields: each cell is found (:mod:`bmc.locate`), cropped and counted, named by
+        """Count whole microscope fields: each cell is found (:mod:`bmc.locate.finder`), cropped and counted, named by
         its field, its number on the field's overlay and its box; the overlays come back as a gallery."""
         fields: dict[str, Image.Image] = {}
         report = self._count(files, fields)

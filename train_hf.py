@@ -2,7 +2,7 @@
 """Fine-tune a bone marrow cell classifier with the Hugging Face Trainer.
 
 Arguments follow transformers' ``run_image_classification.py`` (plus bmc's own, see
-``bmc/arguments.py``); all ``TrainingArguments`` are accepted, or one JSON file holding them all::
+``bmc/train/arguments.py``); all ``TrainingArguments`` are accepted, or one JSON file holding them all::
 
     accelerate launch --quiet train_hf.py --train_dir ../shared/data/bone-marrow-cells --output_dir runs/x ...
     accelerate launch --quiet train_hf.py config.json
@@ -26,9 +26,9 @@ from huggingface_hub.errors import HfHubHTTPError
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import DataClassType, string_to_bool
 
-from bmc.arguments import DataArguments, ExportArguments, HubArguments, ModelArguments
-from bmc.hub import publish
-from bmc.training import describe_write_error, run
+from bmc.train.arguments import DataArguments, ExportArguments, HubArguments, ModelArguments
+from bmc.train.hub import publish
+from bmc.train.run import describe_write_error, run
 
 
 def config_as_arguments(path: str) -> list[str]:

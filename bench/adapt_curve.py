@@ -10,9 +10,9 @@ test set: it is split here for this lab-adaptation experiment only, never to tra
 choose its recipe.
 
 ``--method blocks`` (what ``bmc adapt`` does for DINOv2 models): the last blocks are fine-tuned
-(:func:`bmc.lab_tuning.tune`, the fit ``bmc adapt`` makes on all the lab's cells; its k-fold figures for
+(:func:`bmc.lab.tuning.tune`, the fit ``bmc adapt`` makes on all the lab's cells; its k-fold figures for
 the card are left out here, as they cost two more fits per draw) on the tokens entering them, cached per
-set in ``--features``. ``--method head``: the head-only refit (:func:`bmc.lab_model.adapt_head`, k-fold
+set in ``--features``. ``--method head``: the head-only refit (:func:`bmc.lab.adapt.adapt_head`, k-fold
 included) on cached embeddings. ``--time-cli DIR`` also times the whole ``bmc adapt`` command on the
 first k cells (largest k) of each class folder, linked into DIR.
 
@@ -20,7 +20,7 @@ first k cells (largest k) of each class folder, linked into DIR.
 lab (seed 100 + draw); the first half is a count on which a reviewer checks P % of the cells, least sure first,
 the learning review refitting after every review as in the app (:func:`bench.review.simulate_adaptive`'s rule);
 the model is adapted on the reviewed cells alone and on them plus the cells whose labels the review learnt
-(``bmc adapt --learnt``, each at :data:`bmc.adaptation.LEARNT_WEIGHT` or ``--learnt-weight``), and both are measured on the other half.
+(``bmc adapt --learnt``, each at :data:`bmc.count.learning.LEARNT_WEIGHT` or ``--learnt-weight``), and both are measured on the other half.
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.review import cached_forward, load_set, review_order  # noqa: E402
-from bmc import lab_tuning  # noqa: E402
-from bmc.adaptation import LEARNT_WEIGHT, SOURCE_LEARNT, SOURCE_REVIEWED, relabel  # noqa: E402
 from bmc.calibration import softmax  # noqa: E402
-from bmc.evaluation import counts_right  # noqa: E402
-from bmc.lab_model import HEAD_LAB_WEIGHT, PULL, REPLAY_PER_CLASS, adapt_head, replay_records  # noqa: E402
-from bmc.lab_tuning import as_given, block_inputs, lab_inputs, tune  # noqa: E402
+from bmc.count.learning import LEARNT_WEIGHT, SOURCE_LEARNT, SOURCE_REVIEWED, relabel  # noqa: E402
+from bmc.lab import tuning as lab_tuning  # noqa: E402
+from bmc.lab.adapt import HEAD_LAB_WEIGHT, PULL, REPLAY_PER_CLASS, adapt_head, replay_records  # noqa: E402
+from bmc.lab.tuning import as_given, block_inputs, lab_inputs, tune  # noqa: E402
 from bmc.metrics import classification_metrics  # noqa: E402
+from bmc.train.evaluation import counts_right  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 PER_CLASS = (5, 10, 20)
@@ -115,7 +115,7 @@ def draws(lab_codes: np.ndarray, per_class: list[int], n_draws: int, folds: int)
 
 def main(argv: list[str] | None = None) -> int:
     from bmc.constants import DEFAULT_MODEL
-    from bmc.inference import Predictor
+    from bmc.serve.predictor import Predictor
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=[],
         metavar="NAME=VALUE",
-        help="--method blocks: override a setting of bmc.lab_tuning for this run (e.g. DISTILL_WEIGHT=10 EPOCHS=3), to compare settings",
+        help="--method blocks: override a setting of bmc.lab.tuning for this run (e.g. DISTILL_WEIGHT=10 EPOCHS=3), to compare settings",
     )
     parser.add_argument(
         "--from-review",
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         name, _, value = item.partition("=")
         if not hasattr(lab_tuning, name) or not name.isupper():
-            parser.error(f"--set {item}: bmc.lab_tuning has no setting {name}")
+            parser.error(f"--set {item}: bmc.lab.tuning has no setting {name}")
         settings[name] = type(getattr(lab_tuning, name))(value)
         setattr(lab_tuning, name, settings[name])
 

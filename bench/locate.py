@@ -4,12 +4,12 @@
 
 1. Locator on BCCD's trainval fields (``../shared/data/external-wbc/bccd-fields``): white-cell recall and
    precision at IoU >= 0.5 against the VOC boxes, overall and by number of white cells per field.
-2. End to end: each found cell that matches a labelled white cell is cropped (:func:`bmc.locate.crop`) and
+2. End to end: each found cell that matches a labelled white cell is cropped (:func:`bmc.locate.finder.crop`) and
    classified by the model; the share of all white cells found *and* rightly classified (the crop labels
    of ``external-wbc/bccd``: ``BloodImage_00000_1.jpg`` is field 00000's first WBC box).
-3. Guard: the share of real single-cell images of each source that :func:`bmc.locate.several_cells` would
+3. Guard: the share of real single-cell images of each source that :func:`bmc.locate.finder.several_cells` would
    refuse (it must stay <= 1 %), and the share of generated tiles of 2-9 Matek cells it catches.
-4. The model's own check (:mod:`bmc.cell_guard`, when ``bmc guard`` fitted one) after the stain guard, as the
+4. The model's own check (:mod:`bmc.serve.guard`, when ``bmc guard`` fitted one) after the stain guard, as the
    app runs them: single cells it never trained on (its test split, ``pbc-external``, BCCD crops) refused, and
    sheets of 2-9 of its test images caught.
 """
@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bmc.cell_guard import sheet  # noqa: E402
-from bmc.locate import Box, crop, find_cells, no_cell, several_cells  # noqa: E402
+from bmc.locate.finder import Box, crop, find_cells, no_cell, several_cells  # noqa: E402
+from bmc.train.guard import sheet  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 FIELDS = SHARED / "external-wbc" / "bccd-fields"
@@ -79,7 +79,7 @@ def crop_labels() -> dict[tuple[str, int], str]:
 
 
 def bench_locator(predictor) -> dict:
-    from bmc.evaluation import UNSPLIT_NEUTROPHIL, counts_right
+    from bmc.train.evaluation import UNSPLIT_NEUTROPHIL, counts_right
 
     ids = (FIELDS / "trainval.txt").read_text().split()
     labels = crop_labels()
@@ -153,11 +153,11 @@ def bench_guard(per_source: int = 200, tiles: int = 40, seed: int = 0) -> dict:
 
 
 def bench_learnt_guard(predictor, per_source: int = 200, sheets: int = 100, seed: int = 0) -> dict:
-    """The model's own check (:mod:`bmc.cell_guard`) with the stain guard before it, as the app runs them, on
+    """The model's own check (:mod:`bmc.serve.guard`) with the stain guard before it, as the app runs them, on
     single cells the model never trained on (its test split, two other labs) and on sheets of its test images."""
-    from bmc.cell_guard import tiles
     from bmc.data import scan_pbc
     from bmc.splits import read_resolved_manifest
+    from bmc.train.guard import tiles
 
     rng = np.random.default_rng(seed)
     test = [r["source"] for r in read_resolved_manifest(Path(predictor.name) / "split_manifest.csv") if r["split"] == "test"]
@@ -189,7 +189,7 @@ def bench_learnt_guard(predictor, per_source: int = 200, sheets: int = 100, seed
 
 def main(argv: list[str] | None = None) -> int:
     from bmc.constants import DEFAULT_MODEL
-    from bmc.inference import Predictor
+    from bmc.serve.predictor import Predictor
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)

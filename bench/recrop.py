@@ -2,8 +2,8 @@
 
     python bench/recrop.py --out docs/comparison/recrop-bmc-dinov2s-matek-pbc13.json
 
-Each single-cell image is classified as it is and as :func:`bmc.locate.crop` frames it: the found cell nearest the
-picture's centre, centred, filling :data:`bmc.locate.CROP_FILL` of a square (a picture where no cell is found is
+Each single-cell image is classified as it is and as :func:`bmc.locate.finder.crop` frames it: the found cell nearest the
+picture's centre, centred, filling :data:`bmc.locate.finder.CROP_FILL` of a square (a picture where no cell is found is
 kept as it is). Accuracy and macro-F1 both ways, with the paired bootstrap interval of the macro-F1 difference.
 The decision is taken on the validation split of the model's own manifest (Matek and PBC validation images);
 the external sets (BCCD crops, ``pbc-external``) are reported, never used to choose.
@@ -25,10 +25,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.tta import model_and_manifest  # noqa: E402
 from bmc.calibration import softmax  # noqa: E402
-from bmc.evaluation import counts_right, dataset_from_manifest, load_labelled  # noqa: E402
-from bmc.inference import predict_logits  # noqa: E402
-from bmc.locate import crop, find_cells  # noqa: E402
+from bmc.locate.finder import crop, find_cells  # noqa: E402
 from bmc.metrics import classification_metrics, paired_macro_f1_difference  # noqa: E402
+from bmc.serve.predictor import predict_logits  # noqa: E402
+from bmc.train.evaluation import counts_right, dataset_from_manifest, load_labelled  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 

@@ -10,7 +10,7 @@ The reviewer checks the least confident cell first and always gives the true cla
 reviewed between two refits. Two curves, both counting reviewed cells as right:
 
 * ``static``: plain review, the model's labels stand for every cell nobody checked;
-* ``adaptive``: after every ``--step`` reviews the learning review (:func:`bmc.adaptation.relabel`)
+* ``adaptive``: after every ``--step`` reviews the learning review (:func:`bmc.count.learning.relabel`)
   re-labels the unreviewed cells and the queue is re-ordered by the new labels' confidence.
 
 Writes ``{"n", "static": {"0": acc, "5": …, "30": …}, "adaptive": {…}, "reviews_to_95": {…}}`` plus the
@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from bmc.adaptation import relabel  # noqa: E402
 from bmc.calibration import softmax  # noqa: E402
+from bmc.count.learning import relabel  # noqa: E402
 
 LEVELS = (0, 5, 10, 15, 20, 30)
 """Percentages of the set reviewed at which the count's accuracy is reported."""
@@ -49,8 +49,8 @@ TARGET = 0.95
 
 def load_set(cells: Path, codes: list[str], split: str | None, domain: str | None) -> tuple[list, np.ndarray, dict[str, str] | None]:
     """Images, true class indices and class equivalents of a labelled folder or of a manifest split."""
-    from bmc.evaluation import dataset_from_manifest, load_labelled
     from bmc.splits import read_resolved_manifest
+    from bmc.train.evaluation import dataset_from_manifest, load_labelled
 
     if cells.suffix == ".csv":
         if not split:
@@ -72,8 +72,8 @@ def load_set(cells: Path, codes: list[str], split: str | None, domain: str | Non
 
 
 def right(labels: np.ndarray, truth: np.ndarray, codes: list[str], equivalents: dict[str, str] | None) -> np.ndarray:
-    """Per cell, whether class index ``labels`` is right (:func:`bmc.evaluation.counts_right` on the codes)."""
-    from bmc.evaluation import counts_right
+    """Per cell, whether class index ``labels`` is right (:func:`bmc.train.evaluation.counts_right` on the codes)."""
+    from bmc.train.evaluation import counts_right
 
     names = np.asarray(codes)
     return counts_right(names[labels], names[truth], equivalents)
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gallery and not args.wrong_at:
         parser.error("--gallery needs --wrong-at")
 
-    from bmc.inference import Predictor
+    from bmc.serve.predictor import Predictor
 
     predictor = Predictor(str(args.model))
     codes = predictor.codes

@@ -39,8 +39,8 @@ import torch  # noqa: E402
 from bmc.constants import DEFAULT_MODEL  # noqa: E402
 from bmc.data import from_records  # noqa: E402
 from bmc.images import open_image  # noqa: E402
-from bmc.inference import Predictor  # noqa: E402
 from bmc.model_folder import read_manifest  # noqa: E402
+from bmc.serve.predictor import Predictor  # noqa: E402
 
 CONVNEXT_METRICS = ROOT / "docs" / "comparison" / "convnext-scratch-128"
 SECTIONS = ("inference", "latency", "attribution", "train", "app", "cost", "review")
@@ -127,7 +127,7 @@ def _inference_evidence(classify: Any, paths: list[str], out: dict) -> dict:
 
 def _pbc_accuracy(metrics: dict) -> float | None:
     """Accuracy on the PBC external set, whichever metrics.json layout the model folder has."""
-    from bmc.evaluation import external_results
+    from bmc.train.evaluation import external_results
 
     pbc = external_results(metrics).get("pbc-external")
     return pbc["accuracy"] if pbc else None
@@ -191,7 +191,7 @@ def bench_latency(model: Path, images: list[tuple[str, str]], repeats: int = 60)
 
 def bench_attribution(model: Path, images: list[tuple[str, str]], repeats: int = 3) -> dict:
     """Each method's cost at the app's defaults, as a multiple of one PyTorch forward pass of one image."""
-    from bmc.explain import Explainer
+    from bmc.serve.explain import Explainer
 
     predictor = Predictor(str(model), "torch")
     explainer = Explainer(predictor.model, predictor.processor, predictor.use_denoise)
@@ -208,7 +208,7 @@ def bench_attribution(model: Path, images: list[tuple[str, str]], repeats: int =
         key = method.lower().replace(" ", "_").replace("-", "")
         out[f"{key}_s"] = seconds
         out[f"{key}_x_forward"] = seconds / forward
-    from bmc.explain import IG_STEPS
+    from bmc.serve.explain import IG_STEPS
 
     out["ig_steps"] = IG_STEPS
     out["integrated_gradients_x_forward_per_step"] = out["integrated_gradients_x_forward"] / IG_STEPS
@@ -219,8 +219,8 @@ def bench_attribution(model: Path, images: list[tuple[str, str]], repeats: int =
 
 def _ig_breakdown(model: torch.nn.Module, x: torch.Tensor, forward: float) -> dict:
     """Why IG costs what it costs: one batch of ``IG_STEPS`` path points, forward only and forward +
-    backward to the input (weights frozen, as in bmc.explain), per image, in single-forward units."""
-    from bmc.explain import IG_STEPS, parameters_frozen
+    backward to the input (weights frozen, as in bmc.serve.explain), per image, in single-forward units."""
+    from bmc.serve.explain import IG_STEPS, parameters_frozen
 
     xs = x.repeat(IG_STEPS, 1, 1, 1)
     with torch.inference_mode():
@@ -254,7 +254,7 @@ def bench_train(model: Path, steps: int = 6, batch: int = 32) -> dict:
 
 def _train_child(model: Path, steps: int, batch: int, out_json: Path) -> None:
     """Time the same training steps twice, as a minimal PyTorch loop and as train_hf.py's Trainer."""
-    from bmc.training import use_all_cores_when_alone
+    from bmc.train.run import use_all_cores_when_alone
 
     use_all_cores_when_alone()
     ds, transform, label_maps, image_size = _train_data(model, steps, batch)
@@ -302,9 +302,9 @@ def _cpu_bf16_flags() -> list[str]:
 
 def _train_data(model: Path, steps: int, batch: int) -> tuple[Any, Any, tuple[dict, dict], int]:
     """Enough of the model's own training images for ``steps`` batches (twice over), weighted and augmented as in training."""
-    from bmc.augmentation import TrainTransform
     from bmc.labels import label_maps as maps_of
-    from bmc.trainer import sample_weights
+    from bmc.train.augmentation import TrainTransform
+    from bmc.train.trainer import sample_weights
     from bmc.transforms import processor_size
 
     codes = json.loads((model / "metrics.json").read_text())["classes"]
@@ -321,7 +321,7 @@ def _time_plain_loop(model: Path, ds: Any, transform: Any, label_maps: tuple[dic
     from torch.utils.data import DataLoader
 
     from bmc.model import load_for_training
-    from bmc.trainer import cell_loss, collate
+    from bmc.train.trainer import cell_loss, collate
 
     torch.manual_seed(0)
     net = load_for_training(str(model), *label_maps).train()
@@ -351,7 +351,7 @@ def _time_trainer(
     from transformers import TrainerCallback, TrainingArguments
 
     from bmc.model import load_for_training
-    from bmc.trainer import CellTrainer, collate
+    from bmc.train.trainer import CellTrainer, collate
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
@@ -414,7 +414,7 @@ def bench_review(model: Path, images: list[tuple[str, str]], repeats: int = 5) -
     """One refit of the learning review plus the re-label of every unreviewed cell, for a count of
     ``REVIEW_CELLS`` cells (the held-out images' real logits and embeddings, repeated with a little noise)
     with ``REVIEWED`` reviewed; the head is forced to be adopted (the slowest path: its final fit too)."""
-    from bmc.adaptation import relabel
+    from bmc.count.learning import relabel
 
     predictor = Predictor(str(model))
     logits, embeddings = predictor.forward([open_image(p) for p, _ in images])

@@ -25,11 +25,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bmc.calibration import softmax  # noqa: E402
-from bmc.evaluation import dataset_from_manifest  # noqa: E402
-from bmc.inference import predict_logits  # noqa: E402
 from bmc.metrics import classification_metrics, paired_macro_f1_difference  # noqa: E402
 from bmc.model import class_codes, load_classifier  # noqa: E402
+from bmc.serve.predictor import predict_logits  # noqa: E402
 from bmc.splits import read_resolved_manifest  # noqa: E402
+from bmc.train.evaluation import dataset_from_manifest  # noqa: E402
 
 
 def model_and_manifest(doc: str | None, argv: list[str] | None) -> tuple[argparse.Namespace, Any, Any, list[str], list[dict]]:

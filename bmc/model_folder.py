@@ -1,6 +1,6 @@
 """What a saved model folder says about itself, read without the training stack.
 
-The app reads these at start-up; importing :mod:`bmc.evaluation` or :mod:`bmc.data` for them would pull in
+The app reads these at start-up; importing :mod:`bmc.train.evaluation` or :mod:`bmc.data` for them would pull in
 ``datasets`` and ``evaluate`` (about 0.7 s), which the serving path is kept free of (docs/performance.md).
 """
 

@@ -3,7 +3,7 @@
 Evaluation and serving use the model's own image processor — the very object that
 ``pipeline("image-classification")`` loads from ``preprocessor_config.json`` — so the figures in
 the model card are the figures a pipeline user gets. Train-time augmentation lives in
-:mod:`bmc.augmentation` (albumentations), which serving never imports.
+:mod:`bmc.train.augmentation` (albumentations), which serving never imports.
 
 Optional OpenCV non-local-means denoising is recorded in the model config (``bmc_denoise``) so
 that bmc's predictor applies it at inference too.

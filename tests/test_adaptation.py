@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from bmc.adaptation import SOURCE_LEARNT, SOURCE_MODEL, SOURCE_REVIEWED, looks_unfamiliar, relabel
 from bmc.calibration import softmax
-from bmc.count import Cell, build_report
-from bmc.inference import Prediction
-from bmc.report import table, write_all
+from bmc.count.differential import Cell, build_report
+from bmc.count.learning import SOURCE_LEARNT, SOURCE_MODEL, SOURCE_REVIEWED, looks_unfamiliar, relabel
+from bmc.count.report import table, write_all
+from bmc.serve.predictor import Prediction
 
 
 def _count(n=240, classes=3, wrong=True, seed=0):
@@ -107,7 +107,7 @@ def test_the_head_keeps_its_iteration_cap_quiet(monkeypatch):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    from bmc import adaptation
+    from bmc.count import learning as adaptation
 
     monkeypatch.setattr(adaptation, "MAX_ITER", 2)  # a cap these data surely hit
     rng = np.random.default_rng(0)

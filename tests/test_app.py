@@ -10,7 +10,7 @@ from corpus import CORPUS
 from helpers import BCCD, BUNDLED, ROOT, UNSEEN, image_bytes, matek_images
 
 from bench.appserver import AppStartError, running_app
-from bmc.explain import METHODS
+from bmc.serve.explain import METHODS
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_unseen_cell_types_verdicts_match_the_review_flag(client):
     from gradio_client import handle_file
     from PIL import Image
 
-    from bmc.inference import Predictor
+    from bmc.serve.predictor import Predictor
 
     predictor = Predictor(str(BUNDLED))
     paths = sorted(UNSEEN.glob("*.jpg"))

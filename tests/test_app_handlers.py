@@ -9,7 +9,7 @@ from helpers import image_bytes
 @pytest.fixture(scope="module")
 def handlers(tiny_model_dir):
     from app import CellApp
-    from bmc.inference import Predictor
+    from bmc.serve.predictor import Predictor
 
     return CellApp(Predictor(str(tiny_model_dir), "torch"))
 
@@ -93,7 +93,7 @@ def test_fields_are_counted_cell_by_cell_with_numbered_overlays(handlers, tmp_pa
 
     image, name = handlers.show_field(overlays, SimpleNamespace(index=0))
     assert name == "field.png" and image.size == (640, 480)
-    from bmc.locate import class_colour
+    from bmc.locate.finder import class_colour
 
     first = min(report.cells, key=lambda c: c.name)  # field.png#1: its box's top edge is drawn in its class's colour
     x0, y0 = (int(v) for v in first.name.split("[")[1].split(",")[:2])
@@ -106,7 +106,7 @@ def test_fields_are_counted_cell_by_cell_with_numbered_overlays(handlers, tmp_pa
 def test_one_cell_defers_to_the_models_own_check_of_several_cells(handlers, tmp_path, monkeypatch):
     import numpy as np
 
-    from bmc.cell_guard import LearntGuard
+    from bmc.serve.guard import LearntGuard
 
     path = tmp_path / "cell.png"
     path.write_bytes(image_bytes("PNG", size=(64, 64)))

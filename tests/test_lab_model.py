@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bmc.lab_model import MIN_NEW_CLASS, adapt_head
+from bmc.lab.adapt import MIN_NEW_CLASS, adapt_head
 
 
 def _lab(tmp_path, counts):
@@ -26,7 +26,7 @@ def _lab(tmp_path, counts):
 def test_adapt_writes_a_folder_that_pipeline_and_the_predictor_load(tmp_path, tiny_model_dir):
     from transformers import pipeline
 
-    from bmc.inference import Predictor
+    from bmc.serve.predictor import Predictor
 
     lab = _lab(tmp_path / "lab", {"BLA": 6, "Lymphocyte": 6, "NGS": 6, "Plasma cell": MIN_NEW_CLASS})
     out = tmp_path / "adapted"
@@ -64,7 +64,7 @@ def test_a_class_the_model_lacks_needs_enough_cells():
 
 
 def test_a_class_the_model_lacks_is_refused_before_any_pass(tmp_path, tiny_model_dir, monkeypatch):
-    import bmc.lab_model as lab_model
+    import bmc.lab.adapt as lab_model
 
     lab = _lab(tmp_path / "lab", {"BLA": 3, "NGS": 3, "Plasma cell": 1})
 
@@ -79,7 +79,7 @@ def test_a_class_the_model_lacks_is_refused_before_any_pass(tmp_path, tiny_model
 
 
 def test_a_reviewed_count_is_read_with_the_images_it_was_made_of(tmp_path):
-    from bmc.lab_model import read_lab_cells
+    from bmc.lab.adapt import read_lab_cells
 
     folder = tmp_path / "cells"
     folder.mkdir()
@@ -99,8 +99,8 @@ def test_a_reviewed_count_is_read_with_the_images_it_was_made_of(tmp_path):
 
 
 def test_a_model_without_tunable_blocks_gets_a_new_head(tmp_path, tiny_model_dir, monkeypatch):
-    from bmc import lab_model
-    from bmc.inference import Predictor
+    from bmc.lab import adapt as lab_model
+    from bmc.serve.predictor import Predictor
 
     monkeypatch.setattr(lab_model, "supports", lambda model: False)  # as for a ConvNeXt
     lab = _lab(tmp_path / "lab", {"BLA": 6, "LYT": 6})
@@ -110,7 +110,7 @@ def test_a_model_without_tunable_blocks_gets_a_new_head(tmp_path, tiny_model_dir
 
 
 def test_learnt_labels_of_a_count_are_read_only_when_asked(tmp_path):
-    from bmc.lab_model import read_lab_cells
+    from bmc.lab.adapt import read_lab_cells
 
     folder = tmp_path / "cells"
     folder.mkdir()
@@ -131,7 +131,7 @@ def test_learnt_labels_of_a_count_are_read_only_when_asked(tmp_path):
 
 
 def test_learnt_cells_are_trained_on_but_never_measured_on(tmp_path, tiny_model_dir, monkeypatch):
-    from bmc import lab_model
+    from bmc.lab import adapt as lab_model
 
     reviewed = _lab(tmp_path / "reviewed", {"BLA": 6, "LYT": 6})
     learnt = _lab(tmp_path / "learnt", {"BLA": 5, "NGS": 4})

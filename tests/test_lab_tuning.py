@@ -4,8 +4,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bmc.inference import Predictor
-from bmc.lab_tuning import Tail, block_inputs, install, supports, tune
+from bmc.lab.tuning import Tail, block_inputs, install, supports, tune
+from bmc.serve.predictor import Predictor
 from bmc.transforms import preprocess
 
 
@@ -36,7 +36,7 @@ def test_the_tail_reproduces_the_model_and_installs_back(tiny_model_dir):
 
 
 def test_each_lab_cell_is_learnt_in_its_orientations_and_scored_as_given(tiny_model_dir):
-    from bmc.lab_tuning import as_given, lab_inputs, orientations
+    from bmc.lab.tuning import as_given, lab_inputs, orientations
 
     picture = _images(1, seed=3)[0]
     looks = orientations(picture, 8)
@@ -53,7 +53,7 @@ def test_each_lab_cell_is_learnt_in_its_orientations_and_scored_as_given(tiny_mo
 
 
 def test_a_soup_is_the_average_of_its_fine_tunings(tiny_model_dir, monkeypatch):
-    import bmc.lab_tuning as lt
+    import bmc.lab.tuning as lt
 
     predictor = Predictor(str(tiny_model_dir), "torch")
     hidden, logits = block_inputs(predictor.model, predictor.processor, _images(6, seed=4))
@@ -68,7 +68,7 @@ def test_a_soup_is_the_average_of_its_fine_tunings(tiny_model_dir, monkeypatch):
 
 
 def test_lora_updates_are_merged_into_plain_layers(tiny_model_dir, monkeypatch):
-    import bmc.lab_tuning as lt
+    import bmc.lab.tuning as lt
 
     predictor = Predictor(str(tiny_model_dir), "torch")
     hidden, logits = block_inputs(predictor.model, predictor.processor, _images(6, seed=5))

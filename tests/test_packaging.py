@@ -55,7 +55,7 @@ def _run(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_the_installed_package_is_not_the_repository(installed, tmp_path):
     result = _run(
-        installed, "python", "-c", "import bmc, bmc.model_card as m; print(bmc.__file__); print(m.TEMPLATE.is_file())", cwd=tmp_path
+        installed, "python", "-c", "import bmc, bmc.train.model_card as m; print(bmc.__file__); print(m.TEMPLATE.is_file())", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
     where, template = result.stdout.split()

@@ -8,9 +8,9 @@ import pytest
 
 from bmc.calibration import proportion_ci
 from bmc.constants import DISCLAIMER
-from bmc.count import Cell, build_report, thumbnail
-from bmc.inference import Prediction
-from bmc.report import read_corrections, table, write_all
+from bmc.count.differential import Cell, build_report, thumbnail
+from bmc.count.report import read_corrections, table, write_all
+from bmc.serve.predictor import Prediction
 
 CODES = ["BLA", "PMO", "NGS", "EOS", "EBO", "LYT", "NIF", "ART"]
 
@@ -140,8 +140,8 @@ def test_report_files_keep_both_labels_and_are_self_contained(tmp_path):
 def test_cells_with_the_same_file_name_stay_apart(tiny_model_dir):
     from PIL import Image
 
-    from bmc.count import predict_stream
-    from bmc.inference import Predictor
+    from bmc.count.differential import predict_stream
+    from bmc.serve.predictor import Predictor
 
     items = [("cell.jpg", Image.new("RGB", (64, 64), (200, 100, 200))), ("cell.jpg", Image.new("RGB", (64, 64), (90, 90, 200)))]
     done, _ = predict_stream(Predictor(str(tiny_model_dir), "torch"), iter(items))

@@ -15,11 +15,11 @@ from helpers import PBC, matek_images
 import train_hf
 from bmc.calibration import softmax
 from bmc.data import from_records
-from bmc.inference import dataset_logits
 from bmc.metrics import classification_metrics
 from bmc.model import load_classifier
 from bmc.model_folder import MODEL_FOLDER_FILES, read_manifest
-from bmc.trainer import cell_loss, load_checkpoint_weights, sample_weights
+from bmc.serve.predictor import dataset_logits
+from bmc.train.trainer import cell_loss, load_checkpoint_weights, sample_weights
 
 CLASSES = ("BLA", "NGS", "EOS", "LYT")  # canonical (haematological) order
 
@@ -101,7 +101,7 @@ def test_run_writes_a_complete_hub_model_folder(trained):
     assert metrics["split_sizes"] == {"train": 44, "validation": 8, "test": 8}
     by_epoch = metrics["validation_macro_f1_by_epoch"]
     assert len(by_epoch) == round(metrics["epochs_trained"]) and all(0 <= f <= 1 for f in by_epoch)
-    from bmc.evaluation import VALIDATION_PREDICTIONS, read_predictions
+    from bmc.train.evaluation import VALIDATION_PREDICTIONS, read_predictions
 
     predictions = read_predictions(trained / VALIDATION_PREDICTIONS)  # one row per validation image, as the totals count them
     assert len(predictions) == 8 and all(label in CLASSES and predicted in CLASSES for label, predicted in predictions.values())
@@ -166,18 +166,18 @@ def test_resume_from_checkpoint_restores_every_weight(trained, small_kaggle_fold
 KILL_AT_STEP_4 = """
 import os, signal, sys
 from transformers import TrainerCallback
-import bmc.trainer
+import bmc.train.trainer
 
 class KillAfterSave(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.global_step == 4:  # checkpoint-4 is complete; epoch 2 (steps 4-6) is under way
             os.kill(os.getpid(), signal.SIGKILL)
 
-init = bmc.trainer.CellTrainer.__init__
+init = bmc.train.trainer.CellTrainer.__init__
 def patched(self, *a, **k):
     init(self, *a, **k)
     self.add_callback(KillAfterSave())
-bmc.trainer.CellTrainer.__init__ = patched
+bmc.train.trainer.CellTrainer.__init__ = patched
 import train_hf
 sys.exit(train_hf.main(sys.argv[1:]))
 """
@@ -233,7 +233,7 @@ def test_sigkill_mid_epoch_then_resume_ends_where_an_uninterrupted_run_ends(smal
 
 
 def test_resume_needs_a_complete_checkpoint(tmp_path):
-    from bmc.training import resolve_checkpoint
+    from bmc.train.run import resolve_checkpoint
 
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
@@ -270,7 +270,7 @@ def test_disk_full_and_permission_errors_get_a_plain_message(monkeypatch, tmp_pa
 
 
 def test_export_swaps_a_whole_folder_and_keeps_checkpoints(tmp_path):
-    from bmc.export import replace_dir_contents
+    from bmc.train.folder import replace_dir_contents
 
     target = tmp_path / "model"
     target.mkdir()
@@ -334,8 +334,8 @@ def test_bf16_without_a_gpu_trains_on_the_cpu_instead_of_failing(monkeypatch, tm
 
 
 def test_continuing_a_model_keeps_its_held_out_images_out_of_training(trained, small_kaggle_folder, tmp_path, caplog):
-    from bmc.arguments import DataArguments
-    from bmc.training_data import check_no_held_out_leak, prepare_data
+    from bmc.train.arguments import DataArguments
+    from bmc.train.dataset import check_no_held_out_leak, prepare_data
 
     # Another training seed keeps the split (it follows --split_seed): continuing is allowed.
     _, _, manifest = prepare_data(DataArguments(train_dir=str(small_kaggle_folder), split_mode="random"), seed=123)
@@ -362,9 +362,9 @@ def one_class_folder(tmp_path, shared_data):
 
 
 def test_one_class_is_refused_before_any_model_is_loaded(one_class_folder, tmp_path, caplog, monkeypatch):
-    import bmc.training
+    import bmc.train.run
 
-    monkeypatch.setattr(bmc.training, "load_for_training", lambda *a, **k: pytest.fail("the model must not be loaded"))
+    monkeypatch.setattr(bmc.train.run, "load_for_training", lambda *a, **k: pytest.fail("the model must not be loaded"))
     code = train_hf.main(["--train_dir", str(one_class_folder), "--output_dir", str(tmp_path / "out"), "--report_to", "none"])
     assert code == 2 and "holds only one class (BLA): a classifier needs at least two" in caplog.text
     assert not (tmp_path / "out").exists()  # nothing written: no card with "100 % accuracy"
@@ -381,7 +381,7 @@ def test_a_typo_in_a_choice_is_refused_at_parse_time_in_one_line(tmp_path, capsy
 
 
 def test_image_size_is_rounded_to_whole_patches_with_a_warning(tmp_path, caplog):
-    from bmc.arguments import ModelArguments
+    from bmc.train.arguments import ModelArguments
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "dinov2", "patch_size": 14}))
     assert ModelArguments(model_name_or_path=str(tmp_path), image_size=100).image_size == 98
@@ -526,21 +526,21 @@ def test_a_small_data_set_under_the_block_split_falls_back_to_random_and_says_so
 
     from PIL import Image
 
-    from bmc.arguments import DataArguments
-    from bmc.training_data import prepare_data
+    from bmc.train.arguments import DataArguments
+    from bmc.train.dataset import prepare_data
 
     for code in ("BLA", "LYT"):
         (tmp_path / code).mkdir()
         for i in range(1, 16):  # one block of 50 per class: block mode could hold nothing out
             Image.new("RGB", (20, 20), (10 * i, 0, 0)).save(tmp_path / code / f"{code}_{i:05d}.png")
-    with caplog.at_level(logging.WARNING, logger="bmc.training"):
+    with caplog.at_level(logging.WARNING, logger="bmc.train.run"):
         dsd, _, manifest = prepare_data(DataArguments(train_dir=str(tmp_path)), seed=0)
     assert "splitting at random instead" in caplog.text
     assert len(dsd["validation"]) > 0 and {r["split"] for r in manifest} >= {"train", "validation"}
 
 
 def test_distillation_term_is_zero_when_the_student_agrees_and_counts_only_masked_images():
-    from bmc.trainer import Teacher
+    from bmc.train.trainer import Teacher
 
     class Fixed(torch.nn.Module):
         def __init__(self, logits):

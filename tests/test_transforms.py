@@ -3,7 +3,7 @@ import pytest
 from helpers import matek_images
 from PIL import Image
 
-from bmc.augmentation import TrainTransform
+from bmc.train.augmentation import TrainTransform
 from bmc.transforms import build_image_processor, make_eval_transform, preprocess, processor_size
 
 
@@ -53,7 +53,7 @@ def test_processor_size_reads_both_spellings():
 
 def _step_names(robust):
     """The albumentations steps the train-time augmentation holds with these robustness changes."""
-    from bmc.augmentation import train_augmentation
+    from bmc.train.augmentation import train_augmentation
 
     return {type(t).__name__ for t in train_augmentation(56, 0, robust).transforms}
 
@@ -98,7 +98,7 @@ def test_camera_augmentation_is_off_by_default_and_blurs_when_named():
 
 
 def test_augment_argument_takes_names_or_none_and_refuses_others():
-    from bmc.arguments import ModelArguments
+    from bmc.train.arguments import ModelArguments
 
     assert ModelArguments(model_name_or_path="facebook/dinov2-small").augment == ["zoom_out", "stain", "blur"]
     assert ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["stain,blur"]).augment == ["stain", "blur"]

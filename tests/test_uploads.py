@@ -7,7 +7,7 @@ import zipfile
 import pytest
 from helpers import image_bytes
 
-from bmc.uploads import MAX_ENTRIES, SkippedFile, UploadError, iter_images
+from bmc.serve.uploads import MAX_ENTRIES, SkippedFile, UploadError, iter_images
 
 
 def read(paths):

@@ -9,9 +9,9 @@ cost is measured by the benchmark, not assumed.
 
 Every runner returns two arrays from one forward pass: the logits and the *embedding*, the features
 the classification head reads (for DINOv2 the class token beside the mean patch token). The learning
-review (:mod:`bmc.adaptation`) fits its head on those embeddings, so a count never runs the model twice.
+review (:mod:`bmc.count.learning`) fits its head on those embeddings, so a count never runs the model twice.
 
-Attribution (``bmc.explain``) needs gradients and always uses the PyTorch model.
+Attribution (``bmc.serve.explain``) needs gradients and always uses the PyTorch model.
 """
 
 from __future__ import annotations

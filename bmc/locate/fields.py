@@ -1,6 +1,6 @@
 """``bmc locate``: fields in, every found cell cropped, classified and written out with its box.
 
-Kept apart from :mod:`bmc.locate` (pure image processing, no model) so that the guard the app runs on
+Kept apart from :mod:`bmc.locate.finder` (pure image processing, no model) so that the guard the app runs on
 every upload does not import the classifier's stack.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 from PIL import Image
 
 from bmc.images import SkippedFile
-from bmc.inference import Predictor
-from bmc.locate import Box, crop, draw, find_cells
+from bmc.locate.finder import Box, crop, draw, find_cells
+from bmc.serve.predictor import Predictor
 
 
 def field_cell_name(field: str, number: int, box: Box) -> str:

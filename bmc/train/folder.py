@@ -17,7 +17,12 @@ from typing import Any
 
 from bmc import data
 from bmc.calibration import softmax
-from bmc.evaluation import (
+from bmc.figures import plot_confusion_matrix, plot_training_curves
+from bmc.images import SkippedFile
+from bmc.model import load_classifier
+from bmc.model_folder import read_manifest
+from bmc.splits import write_manifest, write_skipped
+from bmc.train.evaluation import (
     VALIDATION_PREDICTIONS,
     calibrate_on_validation,
     check_targets,
@@ -31,12 +36,7 @@ from bmc.evaluation import (
     training_sources,
     write_predictions,
 )
-from bmc.figures import plot_confusion_matrix, plot_training_curves
-from bmc.images import SkippedFile
-from bmc.model import load_classifier
-from bmc.model_card import render_card
-from bmc.model_folder import read_manifest
-from bmc.splits import write_manifest, write_skipped
+from bmc.train.model_card import render_card
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 For a DINOv2 model (the bundled one and any trained by ``train_hf.py`` from a DINOv2 base) the last blocks
 and the head are fine-tuned on the lab's cells while a replay of the base model's training images keeps
-the base model's own predictions (:mod:`bmc.lab_tuning`: learning without forgetting). Other
+the base model's own predictions (:mod:`bmc.lab.tuning`: learning without forgetting). Other
 architectures get the last layer only: the linear head on each cell's embedding, refitted from the
 model's own head on the lab's cells and the replay with an L2 pull towards the original weights
 (:func:`fit_head`). Either way the result is an ordinary model folder (safetensors, ``config.json`` with
@@ -14,7 +14,7 @@ A class the model lacks is added when the lab's cells hold at least :data:`MIN_N
 temperature and review threshold are refitted on the lab's cells by k-fold (each cell scored by a
 model that did not see it), and those out-of-fold figures go into the card beside what the adapted
 model scores on the base model's test split (what it forgot). From a reviewed count, the cells whose labels the
-learning review gave may be added (``--learnt``): trained on at :data:`bmc.adaptation.LEARNT_WEIGHT`, never held
+learning review gave may be added (``--learnt``): trained on at :data:`bmc.count.learning.LEARNT_WEIGHT`, never held
 out or measured on, as nobody checked them.
 """
 
@@ -32,18 +32,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bmc.adaptation import LEARNT_WEIGHT
 from bmc.calibration import calibrate, softmax
+from bmc.count.learning import LEARNT_WEIGHT
 from bmc.data import scan_folder
-from bmc.evaluation import calibration_config
-from bmc.inference import Predictor
-from bmc.lab_tuning import LAB_VIEWS, TUNED_BLOCKS, Tail, as_given, block_inputs, install, lab_inputs, supports, tune
+from bmc.lab.tuning import LAB_VIEWS, TUNED_BLOCKS, Tail, as_given, block_inputs, install, lab_inputs, supports, tune
 from bmc.labels import display_name, wbc_code
 from bmc.metrics import classification_metrics
 from bmc.model import save_classifier, update_config
 from bmc.model_folder import read_manifest
+from bmc.serve.predictor import Predictor
+from bmc.serve.uploads import iter_images
 from bmc.splits import resolve_source
-from bmc.uploads import iter_images
+from bmc.train.evaluation import calibration_config
 
 MIN_NEW_CLASS = 5
 """Cells of a class the model lacks needed to add it."""
@@ -98,7 +98,7 @@ def read_lab_cells(cells: Path, images: Sequence[Path] = (), learnt: Path | bool
     """The labelled cells of a lab: a folder of class folders, or a reviewed ``predictions.csv`` of
     ``bmc count`` or the app (its reviewed rows) with ``images`` the inputs that count was made of.
 
-    ``learnt`` adds cells whose labels the learning review gave (:mod:`bmc.adaptation`): ``True`` with a
+    ``learnt`` adds cells whose labels the learning review gave (:mod:`bmc.count.learning`): ``True`` with a
     predictions.csv takes its rows whose ``label_source`` is ``learnt``; a folder of class folders (the app's
     download) is read as such cells."""
     if learnt is True and cells.is_dir():
@@ -294,10 +294,10 @@ def adapt_blocks(
     seed: int = 0,
     checked: np.ndarray | None = None,
 ) -> Adaptation:
-    """Fine-tune the last blocks on lab cells + replay (:func:`bmc.lab_tuning.tune`); calibrate and measure on
+    """Fine-tune the last blocks on lab cells + replay (:func:`bmc.lab.tuning.tune`); calibrate and measure on
     the lab cells a person checked by k-fold (each held-out cell scored as given). Inputs are the cached tokens of
-    :func:`bmc.lab_tuning.lab_inputs` (the lab's cells in several orientations) and
-    :func:`bmc.lab_tuning.block_inputs` (the replay); ``checked`` as in :func:`adapt_head`."""
+    :func:`bmc.lab.tuning.lab_inputs` (the lab's cells in several orientations) and
+    :func:`bmc.lab.tuning.block_inputs` (the replay); ``checked`` as in :func:`adapt_head`."""
     codes, added, counts = _lab_classes(model_codes, lab_codes)
     ly = np.array([codes.index(c) for c in lab_codes])
     checked = np.ones(len(ly), dtype=bool) if checked is None else checked

@@ -1,9 +1,9 @@
 """A training run with the Hugging Face ``Trainer``, start to finish.
 
-``train_hf.py`` parses arguments (:mod:`bmc.arguments`) and calls :func:`run`: load and split the data
-(:mod:`bmc.training_data`), build the model and the :class:`~bmc.trainer.CellTrainer`, train with early
+``train_hf.py`` parses arguments (:mod:`bmc.train.arguments`) and calls :func:`run`: load and split the data
+(:mod:`bmc.train.dataset`), build the model and the :class:`~bmc.train.trainer.CellTrainer`, train with early
 stopping on macro-F1, calibrate on the validation split, measure the *saved* model on the test split and the
-external sets, and write the model folder (:mod:`bmc.export`).
+external sets, and write the model folder (:mod:`bmc.train.folder`).
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from transformers import AutoImageProcessor, EarlyStoppingCallback, TrainerCallback, TrainingArguments, set_seed
 
-from bmc import evaluation, labels
-from bmc.arguments import DataArguments, ExportArguments, ModelArguments
-from bmc.augmentation import TrainTransform
-from bmc.export import base_hub_id, base_source, write_model_folder
+from bmc import labels
 from bmc.model import class_codes, load_classifier, load_for_training, save_classifier
-from bmc.trainer import AugmentationEpoch, CellTrainer, Teacher, collate, compute_metrics, sample_weights
-from bmc.training_data import check_no_held_out_leak, distill_mask, prepare_data
+from bmc.train import evaluation
+from bmc.train.arguments import DataArguments, ExportArguments, ModelArguments
+from bmc.train.augmentation import TrainTransform
+from bmc.train.dataset import check_no_held_out_leak, distill_mask, prepare_data
+from bmc.train.folder import base_hub_id, base_source, write_model_folder
+from bmc.train.trainer import AugmentationEpoch, CellTrainer, Teacher, collate, compute_metrics, sample_weights
 from bmc.transforms import build_image_processor, make_eval_transform, processor_size
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@
 A model that is 40 % right on another laboratory's cells makes a count that plain review fixes only
 cell by cell. Here every review decision also teaches a light head: a multinomial logistic regression
 (scikit-learn) on each cell's embedding (the features the model's own head reads, from the same
-forward pass, :mod:`bmc.backends`) beside the model's calibrated log-probabilities. Fitted on the
+forward pass, :mod:`bmc.serve.backends`) beside the model's calibrated log-probabilities. Fitted on the
 reviewed cells, it re-labels every unreviewed one.
 
 Learning must never make a good count worse. Where the model already knows the cells (marrow like its
@@ -60,7 +60,7 @@ SOURCES = (SOURCE_MODEL, SOURCE_LEARNT, SOURCE_REVIEWED)
 LEARNT_WEIGHT = 0.3
 """When ``bmc adapt --learnt`` makes a model for the lab from a reviewed count, a cell whose label was learnt here
 (nobody checked it) weighs this much against a reviewed cell's 1, and is never among the cells the model is measured
-on (:mod:`bmc.lab_model`; chosen by measurement, docs/experiments.md)."""
+on (:mod:`bmc.lab.adapt`; chosen by measurement, docs/experiments.md)."""
 
 
 @dataclass

@@ -103,7 +103,7 @@ class ModelArguments:
         metadata={
             "help": "Train-time changes aimed at other labs' images, any of "
             f"{', '.join(ROBUSTNESS_AUGMENTATIONS + OPTIONAL_AUGMENTATIONS)} (comma list), or 'none'; leaving one out measures "
-            "what it does (default: all but camera)"
+            f"what it does (default: {', '.join(ROBUSTNESS_AUGMENTATIONS)})"
         },
     )
     loss: Literal["ce", "weighted_ce", "focal"] = field(
@@ -244,5 +244,5 @@ def write_options(doc: Path) -> bool:
     return new != text
 
 
-if __name__ == "__main__":  # python -m bmc.arguments docs/training.md: regenerate the option list
+if __name__ == "__main__":  # python -m bmc.train.arguments docs/training.md: regenerate the option list
     print("updated" if write_options(Path(sys.argv[1])) else "up to date")

@@ -1,36 +1,24 @@
-"""The learnt single-cell check: does a picture show one cell, or several (a tile, a field)?
+"""Fitting the single-cell check (``bmc guard MODEL``) that :mod:`bmc.serve.guard` applies.
 
-The stain guard of :mod:`bmc.locate` counts separate nuclei and must never refuse a real single cell, so it
-lets most pictures of several marrow cells through: in a Matek-style picture the nuclei of neighbouring cells
-run together (docs/performance.md). The classifier itself sees the difference: its embedding of a picture of
-one centred cell is unlike its embedding of a sheet of several. A logistic regression (scikit-learn) on that
-embedding, from the same forward pass as the classification, is fitted by ``bmc guard MODEL`` on the model's own
-*training* images (one cell each) against sheets of 2-9 of them (:func:`tiles`), and stored beside the weights
-(:data:`GUARD_FILE`, safetensors). It belongs to those weights: a folder whose weights changed (``bmc adapt``)
-has none until ``bmc guard`` is run on it, and the app then relies on the stain guard alone.
+Fitted on the model's own *training* images (one cell each) against sheets of 2-9 of them (:func:`tiles`), measured on
+its validation split, and stored beside the weights.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from safetensors import safe_open
-from safetensors.numpy import save_file
 
-GUARD_FILE = "single_cell_guard.safetensors"
+from bmc.serve.guard import THRESHOLD, LearntGuard
+
 FIT_IMAGES = 400
 """Single-cell training images, and as many sheets of them, the check is fitted on."""
 C = 0.1
 """Inverse L2 strength: 800 pictures, 768 features."""
-THRESHOLD = 0.5
-"""Lowest probability of "several cells" above which a picture is not classified; :func:`fit_guard` raises it above
-every held-out single cell's (at 0.5 the bundled model's check refused 1.5 % of its test split's single cells and
-2 % of ``pbc-external``'s, above the 1 % that real cells may lose: docs/performance.md)."""
 TILE_SIDES = (100, 125, 160, 200, 250)
 """Side each cell is pasted at in a sheet: the check must not depend on the sheet's scale."""
 MIN_CELLS, MAX_CELLS = 2, 9
@@ -55,46 +43,6 @@ def tiles(paths: Sequence[str | Path], n: int, rng: np.random.Generator) -> list
         k = int(rng.integers(MIN_CELLS, MAX_CELLS + 1))
         out.append(sheet(paths, k, int(rng.choice(TILE_SIDES)), rng))
     return out
-
-
-@dataclass
-class LearntGuard:
-    """Standardisation and logistic weights of the check, and the weights' version it was fitted for."""
-
-    mean: np.ndarray
-    scale: np.ndarray
-    coef: np.ndarray
-    intercept: float
-    version: str
-    threshold: float = THRESHOLD
-
-    def several(self, embeddings: np.ndarray) -> np.ndarray:
-        """Per picture, the probability that it shows several cells."""
-        z = (np.asarray(embeddings, dtype=np.float64) - self.mean) / self.scale @ self.coef + self.intercept
-        return 1.0 / (1.0 + np.exp(-z))
-
-    def refuses(self, embeddings: np.ndarray) -> np.ndarray:
-        return self.several(embeddings) > self.threshold
-
-    def save(self, model_dir: str | Path, figures: dict[str, float]) -> Path:
-        path = Path(model_dir) / GUARD_FILE
-        tensors = {"mean": self.mean, "scale": self.scale, "coef": self.coef, "intercept": np.array([self.intercept])}
-        meta = {"version": self.version, "threshold": str(self.threshold), **{k: f"{v:.4f}" for k, v in figures.items()}}
-        save_file({k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}, str(path), metadata=meta)
-        return path
-
-
-def load_guard(model_dir: str | Path, version: str) -> LearntGuard | None:
-    """The check stored in a model folder, or None when there is none or it was fitted for other weights."""
-    path = Path(model_dir) / GUARD_FILE
-    if not path.is_file():
-        return None
-    with safe_open(str(path), framework="numpy") as fh:
-        meta = fh.metadata() or {}
-        if meta.get("version") != version:
-            return None
-        t = {name: fh.get_tensor(name) for name in fh.keys()}
-    return LearntGuard(t["mean"], t["scale"], t["coef"], float(t["intercept"][0]), version, float(meta.get("threshold", THRESHOLD)))
 
 
 def fit_guard(predictor: Any, train: Sequence[str], held_out: Sequence[str], seed: int = 0) -> tuple[LearntGuard, dict[str, float]]:
@@ -129,7 +77,7 @@ def fit_guard(predictor: Any, train: Sequence[str], held_out: Sequence[str], see
 def guard_model_folder(model_dir: str | Path) -> tuple[Path, dict[str, float]]:
     """``bmc guard``: fit the check on the folder's training split, measure it on its validation split, and
     store it in the folder."""
-    from bmc.inference import Predictor
+    from bmc.serve.predictor import Predictor
     from bmc.splits import read_resolved_manifest
 
     manifest = Path(model_dir) / "split_manifest.csv"

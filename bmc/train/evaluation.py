@@ -25,10 +25,10 @@ from bmc.calibration import calibrate, flagged, softmax
 from bmc.data import check_files, domain_name, from_records, is_pbc_layout, load_pbc_external, scan_folder
 from bmc.figures import plot_confusion_matrix
 from bmc.images import IMAGE_SUFFIXES, open_image
-from bmc.inference import dataset_logits, predict_logits
 from bmc.labels import sort_codes, wbc_code
 from bmc.metrics import classification_metrics, per_class_rows
 from bmc.model import update_config
+from bmc.serve.predictor import dataset_logits, predict_logits
 
 UNSPLIT_NEUTROPHIL = {"NGB": "NGS"}
 """For sets whose neutrophils are not split into band/segmented: a band call counts as segmented."""
@@ -278,7 +278,7 @@ def calibrate_on_validation(
 
 
 def calibration_config(calib: dict) -> dict:
-    """The config.json keys a calibration sets (read by :class:`bmc.inference.Predictor`)."""
+    """The config.json keys a calibration sets (read by :class:`bmc.serve.predictor.Predictor`)."""
     return {
         "bmc_temperature": calib["temperature"],
         "bmc_review_threshold": calib["review_threshold"],

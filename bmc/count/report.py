@@ -1,7 +1,7 @@
 """A differential count on paper: the table the app shows, the CSV (one row per image, both labels, where the label
 comes from), the bar chart and the printable HTML report; and reading a review CSV back.
 
-The count itself — rows, intervals, headline, review and learning — is :mod:`bmc.count`.
+The count itself — rows, intervals, headline, review and learning — is :mod:`bmc.count.differential`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from bmc import __version__
-from bmc.adaptation import SOURCE_LEARNT, SOURCE_MODEL, SOURCE_REVIEWED, SOURCES
 from bmc.constants import DISCLAIMER
-from bmc.count import CountReport, CountRow
+from bmc.count.differential import CountReport, CountRow
+from bmc.count.learning import SOURCE_LEARNT, SOURCE_MODEL, SOURCE_REVIEWED, SOURCES
 from bmc.labels import (
     NOT_COUNTED,
     code_of,

@@ -2,7 +2,7 @@
 laboratories, per-image weights, optional distillation from an earlier model, layer-wise learning
 rates, and the per-epoch augmentation draws.
 
-:mod:`bmc.training` builds one of these and runs it; the benchmark (``bench/run.py``) times its steps.
+:mod:`bmc.train.run` builds one of these and runs it; the benchmark (``bench/run.py``) times its steps.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
-from bmc.augmentation import TrainTransform
 from bmc.calibration import softmax
 from bmc.metrics import classification_metrics, scalar_metrics
+from bmc.train.augmentation import TrainTransform
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from bmc.backends import BACKENDS
 from bmc.constants import DEFAULT_MODEL
+from bmc.serve.backends import BACKENDS
 
 if TYPE_CHECKING:
-    from bmc.inference import Predictor
+    from bmc.serve.predictor import Predictor
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,9 +35,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def predictor_from_args(args: argparse.Namespace) -> Predictor:
-    """A :class:`bmc.inference.Predictor` from the flags of :func:`add_model_arguments`."""
-    from bmc.inference import Predictor  # lazy (torch, transformers): `--help` answers at once
+    """A :class:`bmc.serve.predictor.Predictor` from the flags of :func:`add_model_arguments`."""
     from bmc.model import ModelNotFoundError, UnsafeModelError
+    from bmc.serve.predictor import Predictor  # lazy (torch, transformers): `--help` answers at once
 
     try:
         return Predictor(args.model, args.backend, args.allow_pickle_weights, args.revision)

@@ -16,9 +16,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from bmc import labels
 from bmc.constants import ROBUSTNESS_AUGMENTATIONS, TEST_SETS
 from bmc.data import domain_name
-from bmc.evaluation import VALIDATION_PREDICTIONS, confusion_figure, external_results, read_predictions, training_sources
 from bmc.metrics import macro_f1_spread, paired_macro_f1_difference
 from bmc.model_folder import read_manifest
+from bmc.train.evaluation import VALIDATION_PREDICTIONS, confusion_figure, external_results, read_predictions, training_sources
 
 TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 """Package data, so an installed (non-editable) bmc renders cards; the repository's top-level

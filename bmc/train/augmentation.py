@@ -101,7 +101,7 @@ class TrainTransform:
     """A ``datasets`` ``set_transform`` function: decode, augment, normalise, to ``pixel_values``.
 
     Each image's augmentation is drawn from its own seed, made of the run's ``seed``, the current
-    ``epoch`` (set by :class:`bmc.trainer.AugmentationEpoch`) and the image's ``source``. The draws
+    ``epoch`` (set by :class:`bmc.train.trainer.AugmentationEpoch`) and the image's ``source``. The draws
     therefore do not depend on the order or the process in which images are loaded: a run resumed
     from a checkpoint sees exactly the augmented images the uninterrupted run saw.
     """
@@ -130,7 +130,7 @@ class TrainTransform:
             self.augment.set_random_seed(seed)
             pixels.append(_normalise(self.augment(image=rgb)["image"], self.processor))
         out = {"pixel_values": pixels, "labels": batch["label"]}
-        for extra in ("weight", "distill"):  # per-image loss weight and distillation mask (bmc.trainer.collate)
+        for extra in ("weight", "distill"):  # per-image loss weight and distillation mask (bmc.train.trainer.collate)
             if extra in batch:
                 out[extra] = batch[extra]
         return out

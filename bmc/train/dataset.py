@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from bmc import data
-from bmc.arguments import DataArguments
 from bmc.images import SkippedFile
 from bmc.model_folder import read_manifest
 from bmc.splits import assign_splits, image_number, split_cells
+from bmc.train.arguments import DataArguments
 
 log = logging.getLogger(__name__)
 

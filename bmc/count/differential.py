@@ -8,9 +8,9 @@ blast %, and the M:E ratio when the model knows erythroid classes; a count below
 cells gets a warning (ICSH asks for 500 in marrow).
 
 A count is *reviewed* by confirming or relabelling cells (``corrections``: image name → code); every figure
-is then computed from the reviewed labels. Each review also teaches the count (:mod:`bmc.adaptation`): where
+is then computed from the reviewed labels. Each review also teaches the count (:mod:`bmc.count.learning`): where
 the model is out of its depth, a head learnt from the reviewed cells re-labels the unreviewed ones, and every
-cell says where its label comes from (:data:`bmc.adaptation.SOURCES`). On paper: :mod:`bmc.report`.
+cell says where its label comes from (:data:`bmc.count.learning.SOURCES`). On paper: :mod:`bmc.count.report`.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from bmc.adaptation import SOURCE_LEARNT, SOURCE_MODEL, SOURCE_REVIEWED, SOURCES, relabel
 from bmc.calibration import proportion_ci
+from bmc.count.learning import SOURCE_LEARNT, SOURCE_MODEL, SOURCE_REVIEWED, SOURCES, relabel
 from bmc.images import SkippedFile
-from bmc.inference import Prediction, Predictor
 from bmc.labels import (
     COUNT_GROUPS,
     ERYTHROID_FOR_ME,
@@ -38,6 +37,7 @@ from bmc.labels import (
     full_name,
     sort_codes,
 )
+from bmc.serve.predictor import Prediction, Predictor
 
 MIN_CELLS_WARNING = 200
 """Below this many nucleated cells a count is too small to read (ICSH recommends 500 for marrow)."""
@@ -73,7 +73,7 @@ class CountRow:
     ci: tuple[float, float] | None
     flagged: int
     sources: dict[str, int] = field(default_factory=dict)
-    """How many of the row's cells have their label from each of :data:`bmc.adaptation.SOURCES`."""
+    """How many of the row's cells have their label from each of :data:`bmc.count.learning.SOURCES`."""
 
 
 @dataclass
@@ -92,7 +92,7 @@ class CountReport:
     validation_flagged: float | None = None
     """The model's calibration and the share of its validation images it flags (the learning review's baseline)."""
     learn: bool = True
-    """Whether reviews re-label the unreviewed cells (:mod:`bmc.adaptation`); off, the model's labels stand."""
+    """Whether reviews re-label the unreviewed cells (:mod:`bmc.count.learning`); off, the model's labels stand."""
     learnt: dict[str, tuple[str, float]] = field(default_factory=dict)
     """Unreviewed cells re-labelled by this review: name → (code, the head's probability of it)."""
     learning_note: str = "no cell reviewed yet: the model's labels stand"
@@ -113,7 +113,7 @@ class CountReport:
         return self.learnt[cell.name][0] if cell.name in self.learnt else cell.prediction.top_code
 
     def source(self, cell: Cell) -> str:
-        """Where a cell's label comes from: one of :data:`bmc.adaptation.SOURCES`."""
+        """Where a cell's label comes from: one of :data:`bmc.count.learning.SOURCES`."""
         if cell.name in self.corrections:
             return SOURCE_REVIEWED
         return SOURCE_LEARNT if cell.name in self.learnt else SOURCE_MODEL
@@ -366,7 +366,7 @@ def predict_stream(
     progress: bool = False,
     thumbnails: str = "flagged",
 ) -> tuple[list[Cell], list[SkippedFile]]:
-    """Predict decoded items (see ``bmc.uploads.iter_images``) batch by batch, keeping the skipped ones.
+    """Predict decoded items (see ``bmc.serve.uploads.iter_images``) batch by batch, keeping the skipped ones.
 
     ``thumbnails``: keep a small JPEG of ``"flagged"`` cells (the HTML report shows them), of
     ``"all"`` cells with the image at review size too (the app lets a reviewer open any cell), or

@@ -1,0 +1,1 @@
+"""The differential count, the review that learns from its reviewer, and its report."""

@@ -1,0 +1,1 @@
+"""Finding the cells of a whole microscope field and counting them (``bmc locate``)."""

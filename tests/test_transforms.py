@@ -103,5 +103,24 @@ def test_augment_argument_takes_names_or_none_and_refuses_others():
     assert ModelArguments(model_name_or_path="facebook/dinov2-small").augment == ["zoom_out", "stain", "blur"]
     assert ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["stain,blur"]).augment == ["stain", "blur"]
     assert ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["none"]).augment == []
-    with pytest.raises(ValueError, match="--augment zoom: unknown; choose from zoom_out, stain, blur, camera or 'none'"):
+    with pytest.raises(ValueError, match="--augment zoom: unknown; choose from zoom_out, stain, blur, camera, colour or 'none'"):
         ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["zoom", "stain"])
+
+
+def test_colour_augmentation_moves_the_lab_statistics_and_keeps_the_shapes():
+    import cv2
+
+    from bmc.train.augmentation import LAB_TARGET_MEAN, lab_restyle
+
+    rng = np.random.default_rng(0)
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    rgb[:] = (230, 200, 210)
+    cv2.circle(rgb, (20, 20), 10, (90, 40, 140), -1)
+    moved = [lab_restyle(rgb, np.random.default_rng(s), p=1.0) for s in range(8)]
+    means = np.array([cv2.cvtColor(m, cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(0) for m in moved])
+    assert means[:, 0].std() > 5  # the lab's brightness and colours change from draw to draw ...
+    for m, lab_mean in zip(moved, means):
+        assert LAB_TARGET_MEAN[0][0] - 3 <= lab_mean[0] <= LAB_TARGET_MEAN[0][1] + 3
+        lum = cv2.cvtColor(m, cv2.COLOR_RGB2GRAY).astype(float)
+        assert lum[20, 20] < lum[2, 2]  # ... the dark cell on a pale background stays one
+    assert lab_restyle(rgb, rng, p=0.0) is rgb

@@ -16,6 +16,10 @@ out (``--augment``, :data:`bmc.constants.ROBUSTNESS_AUGMENTATIONS`) to measure w
 (:data:`bmc.constants.OPTIONAL_AUGMENTATIONS`, off unless named) adds a low-end camera's look: BCCD's cells
 come from a 640×480 JPEG camera, blurred and noisy beside either training lab's images.
 
+``colour`` (also optional) moves each image's CIE-Lab mean and spread to a random target drawn over a range
+that spans both training laboratories and beyond (:func:`lab_restyle`, Reinhard et al. 2001 with a random
+reference): a lab's overall stain and illumination become noise the model must ignore.
+
 Each image's random draws are seeded from the run's seed, the epoch and the file, so a resumed
 run sees exactly the images the uninterrupted run saw.
 """
@@ -53,6 +57,29 @@ def zoom_out(rgb: np.ndarray, rng: np.random.Generator, p: float = ZOOM_OUT_P, m
     fill = [float(v) for v in np.median(border, axis=0)]
     top, left = int(rng.integers(0, big_h - h + 1)), int(rng.integers(0, big_w - w + 1))
     return cv2.copyMakeBorder(rgb, top, big_h - h - top, left, big_w - w - left, cv2.BORDER_CONSTANT, value=fill)
+
+
+LAB_TARGET_MEAN = ((105.0, 220.0), (128.0, 165.0), (88.0, 145.0))
+LAB_TARGET_STD = ((25.0, 65.0), (5.0, 24.0), (8.0, 30.0))
+"""Ranges (OpenCV 8-bit Lab: L, a, b) of the random targets of :func:`lab_restyle`. Drawn around the two
+training labs' per-image statistics (Matek: mean 143/150/99, spread 51/17/21; PBC: 201/139/135, 42/10/15),
+widened on each side so that no lab's look is the edge of what the model has seen."""
+LAB_RESTYLE_P = 0.7
+
+
+def lab_restyle(rgb: np.ndarray, rng: np.random.Generator, p: float = LAB_RESTYLE_P) -> np.ndarray:
+    """With probability ``p``, give the image a random laboratory's colours: standardise each CIE-Lab
+    channel (per-image mean and spread) and map it onto a target mean and spread drawn from
+    :data:`LAB_TARGET_MEAN` / :data:`LAB_TARGET_STD`. Shapes, textures and relative colours stay; the
+    lab's overall stain and brightness change."""
+    if rng.random() >= p:
+        return rgb
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    mean, std = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0) + 1e-3
+    target_mean = np.array([rng.uniform(lo, hi) for lo, hi in LAB_TARGET_MEAN], np.float32)
+    target_std = np.array([rng.uniform(lo, hi) for lo, hi in LAB_TARGET_STD], np.float32)
+    out = (lab - mean) / std * target_std + target_mean
+    return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
 def train_augmentation(size: int, seed: int | None = None, robust: tuple[str, ...] = ROBUSTNESS_AUGMENTATIONS) -> albumentations.Compose:
@@ -112,6 +139,7 @@ class TrainTransform:
         self.seed = seed
         self.epoch = 0
         self.zoom_out = "zoom_out" in robust
+        self.colour = "colour" in robust
         self.augment = train_augmentation(processor_size(processor), seed, robust)
 
     def sample_seed(self, source: str) -> int:
@@ -125,8 +153,11 @@ class TrainTransform:
             if self.use_denoise:
                 rgb = denoise(rgb)
             seed = self.sample_seed(source)
+            rng = np.random.default_rng(seed)
+            if self.colour:
+                rgb = lab_restyle(rgb, rng)
             if self.zoom_out:
-                rgb = zoom_out(rgb, np.random.default_rng(seed))
+                rgb = zoom_out(rgb, rng)
             self.augment.set_random_seed(seed)
             pixels.append(_normalise(self.augment(image=rgb)["image"], self.processor))
         out = {"pixel_values": pixels, "labels": batch["label"]}

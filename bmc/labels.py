@@ -69,16 +69,49 @@ COUNT_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("other", ("OTH",)),
     ("not counted (not nucleated cells, or not assessable)", ("KSC", "NIF", "ART")),
 )
+_GROUP_PARTS: dict[str, tuple[tuple[str, frozenset[str]], ...]] = {
+    "eosinophils and basophils": (("eosinophils", frozenset({"EOS", "ABE"})), ("basophils", frozenset({"BAS"}))),
+    "lymphocytes and plasma cells": (("lymphocytes", frozenset({"LYI", "LYT", "HAC"})), ("plasma cells", frozenset({"PLM"}))),
+}
+"""Groups whose title names two kinds of cell: a model that knows only one of them gets only that one's name."""
+PLURALS: dict[str, str] = {"KSC": "smudge cells", "NIF": "cells not identifiable", "ART": "artefacts"}
+"""How the not-counted classes are named in a sentence."""
 NOT_COUNTED: frozenset[str] = frozenset(COUNT_GROUPS[-1][1])
-"""Shown in a count but left out of the denominator: artefacts, unidentifiable cells, smudge cells."""
+"""Shown in a count but left out of the denominator: not nucleated cells, or cells that cannot be assessed."""
 MYELOID_FOR_ME: frozenset[str] = frozenset(COUNT_GROUPS[1][1] + COUNT_GROUPS[2][1])
-"""The M of the M:E ratio: the granulocytic series with eosinophils and basophils (blasts are on neither side)."""
+"""The M of the M:E ratio: the granulocytic series with eosinophils and basophils. Blasts, monocytes, lymphocytes and
+plasma cells are on neither side (conventions differ; :func:`me_convention` says this one in words)."""
 ERYTHROID_FOR_ME: frozenset[str] = frozenset(COUNT_GROUPS[5][1])
 
 
-def count_group(code: str) -> str:
-    """The differential-count row group of a code (labels outside the Matek set: ``other``)."""
-    return next((name for name, codes in COUNT_GROUPS if code in codes), "other")
+def not_counted_text(codes: Iterable[str]) -> str:
+    """The classes of ``codes`` left out of the denominator, in words ("artefacts and cells not identifiable"); only
+    classes the model has are named."""
+    names = [PLURALS.get(c, full_name(c).lower() + "s") for c in sort_codes(set(codes) & NOT_COUNTED)]
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names) or "none"
+
+
+def me_convention(codes: Iterable[str]) -> str:
+    """Which of the model's classes go on each side of the M:E ratio, and which on neither, in one sentence."""
+    codes = sort_codes(codes)
+    myeloid = [full_name(c) for c in codes if c in MYELOID_FOR_ME]
+    erythroid = [full_name(c) for c in codes if c in ERYTHROID_FOR_ME]
+    neither = [full_name(c) for c in codes if c not in MYELOID_FOR_ME | ERYTHROID_FOR_ME | NOT_COUNTED]
+    return (
+        f"M:E ratio = granulocytic cells ({', '.join(myeloid) or 'none'}) : erythroid precursors "
+        f"({', '.join(erythroid) or 'none'}); on neither side: {', '.join(neither) or 'none'}."
+    )
+
+
+def count_group(code: str, codes: Iterable[str] | None = None) -> str:
+    """The differential-count row group of a code (labels outside the Matek set: ``other``). Given the model's
+    ``codes``, a group's title names only the kinds of cell the model has ("lymphocytes", not "lymphocytes and plasma
+    cells", for a model without plasma cells)."""
+    group = next((name for name, members in COUNT_GROUPS if code in members), "other")
+    if codes is None or group not in _GROUP_PARTS:
+        return group
+    present = set(codes)
+    return " and ".join(part for part, members in _GROUP_PARTS[group] if members & present) or group
 
 
 BY_CODE: dict[str, CellClass] = {c.code: c for c in CELL_CLASSES}

@@ -39,3 +39,15 @@ def test_custom_labels_follow_matek_ones():
     assert sort_codes(["zeta", "LYT", "alpha", "BLA"]) == ["BLA", "LYT", "alpha", "zeta"]
     assert display_name("BLA") == "Blast (BLA)"
     assert display_name("alpha") == "alpha"
+
+
+def test_count_wording_names_only_the_models_classes():
+    from bmc.labels import count_group, me_convention, not_counted_text
+
+    bundled = ["BLA", "PMO", "MYB", "MMZ", "NGB", "NGS", "EOS", "BAS", "EBO", "LYT", "MON", "NIF", "ART"]
+    assert count_group("LYT", bundled) == "lymphocytes" and count_group("LYT") == "lymphocytes and plasma cells"
+    assert count_group("EOS", ["EOS", "LYT"]) == "eosinophils" and count_group("NGS", bundled) == "granulocytic series"
+    assert not_counted_text(bundled) == "cells not identifiable and artefacts"
+    assert "smudge" in not_counted_text([*bundled, "KSC"]) and "smudge" not in not_counted_text(bundled)
+    me = me_convention(bundled)
+    assert "Basophil" in me.split(":")[1] and "Erythroblast" in me and "on neither side: Blast, Lymphocyte, Monocyte" in me

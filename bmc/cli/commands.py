@@ -1,4 +1,8 @@
-"""The ``bmc`` subcommands, one function each: ``args`` in, exit status out (0 done, 2 nothing usable).
+"""The ``bmc`` subcommands, one function each: ``args`` in, exit status out.
+
+One rule for every command: 0 when it did its work; 2 with one line on stderr when there was nothing usable (a
+path that does not exist, no readable image, no cell found, a bad model folder or command line); anything else is a
+bug and prints a traceback.
 
 Each imports what it uses inside, not at the top: ``bmc --help`` and a mistyped flag answer in 0.1 s instead of
 the 3-5 s that torch, transformers and datasets take to import.
@@ -14,6 +18,11 @@ from pathlib import Path
 
 class UsageError(ValueError):
     """A mistake in the command line (a missing path, flags that do not go together): argparse's usage + one line."""
+
+
+def _not_a_model(exc: FileNotFoundError) -> str:
+    """One line for a model folder that lacks a file a trained folder has (``metrics.json``, ``config.json``)."""
+    return f"not a trained model folder: {exc.filename} not found"
 
 
 def count(args: argparse.Namespace) -> int:
@@ -126,6 +135,11 @@ def locate(args: argparse.Namespace) -> int:
         return 2
     for line in lines:
         print(line)
+    with open(args.out / "cells.csv") as fh:
+        found = sum(1 for _ in fh) - 1  # the header
+    if not found:
+        print(f"error: no cell found in {', '.join(map(str, args.inputs))}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -148,6 +162,8 @@ def compare(args: argparse.Namespace) -> int:
         print(validation_table(args.model_dirs, args.heldout) if args.validation else comparison_table(args.model_dirs))
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    except FileNotFoundError as exc:
+        raise UsageError(_not_a_model(exc)) from None
     return 0
 
 
@@ -178,5 +194,8 @@ def card(args: argparse.Namespace) -> int:
     """``bmc card``."""
     from bmc.train.model_card import render_card
 
-    print(render_card(args.model_dir))
+    try:
+        print(render_card(args.model_dir))
+    except FileNotFoundError as exc:
+        raise UsageError(_not_a_model(exc)) from None
     return 0

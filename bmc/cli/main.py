@@ -14,6 +14,9 @@ bmc evaluate models/NAME --external ../shared/data/external-wbc/bccd   # add an 
 bmc compare models/A runs/B/export                   # side-by-side table of trained models
 bmc compare --validation models/A runs/B/export      # ... validation figures only, to choose between runs
 bmc compare --validation --heldout pbc-train runs/A/export runs/B/export   # ... and on a lab those runs never saw
+
+Exit status, the same for every command: 0 done; 2 nothing usable, said in one line (a path that does not exist,
+no readable image, no cell found, not a model folder, a bad option); anything else is a bug.
 """
 
 from __future__ import annotations

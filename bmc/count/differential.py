@@ -1,8 +1,8 @@
 """Differential counts: many single-cell predictions → the count a haematologist reads, reviewed.
 
 Conventions (ICSH 2015 marrow differential; CLSI H20-A2 for the intervals): rows in haematologists' order, in
-the groups of :data:`bmc.labels.COUNT_GROUPS`; percentages of **nucleated cells** (artefacts, "not
-identifiable" and smudge cells are shown but left out of the denominator), each with an exact binomial
+the groups of :data:`bmc.labels.COUNT_GROUPS`; percentages of **nucleated cells** (the classes of
+:data:`bmc.labels.NOT_COUNTED` are shown but left out of the denominator), each with an exact binomial
 (Clopper–Pearson) 95 % interval, as the Rümke tables of CLSI H20 tabulate; headline figures: cells counted,
 blast %, and the M:E ratio when the model knows erythroid classes; a count below :data:`MIN_CELLS_WARNING`
 cells gets a warning (ICSH asks for 500 in marrow).
@@ -16,7 +16,7 @@ cell says where its label comes from (:data:`bmc.count.learning.SOURCES`). On pa
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -35,6 +35,7 @@ from bmc.labels import (
     NOT_COUNTED,
     count_group,
     full_name,
+    not_counted_text,
     sort_codes,
 )
 from bmc.serve.predictor import Prediction, Predictor
@@ -68,7 +69,7 @@ class CountRow:
     group: str
     count: int
     counted: bool
-    """False for the classes left out of the denominator (artefact, not identifiable, smudge cell)."""
+    """False for the classes left out of the denominator (:data:`bmc.labels.NOT_COUNTED`)."""
     percent: float | None
     ci: tuple[float, float] | None
     flagged: int
@@ -226,7 +227,7 @@ class CountReport:
                 CountRow(
                     code=code,
                     name=full_name(code),
-                    group=count_group(code),
+                    group=count_group(code, self.codes),
                     count=len(mine),
                     counted=counted,
                     percent=100.0 * len(mine) / n if counted and n else None,
@@ -287,8 +288,8 @@ class CountReport:
     def headline(self) -> str:
         """The figures a reader looks at first, in one line of text."""
         return (
-            f"{self.n_counted} nucleated cells counted ({self.n_images - self.n_counted} not counted: artefacts, "
-            f"not identifiable, smudge cells); blasts {self.blast_text}; M:E ratio {self.me_ratio_text}; "
+            f"{self.n_counted} nucleated cells counted ({self.n_images - self.n_counted} not counted: "
+            f"{not_counted_text(self.codes)}); blasts {self.blast_text}; M:E ratio {self.me_ratio_text}; "
             f"{self.review_status}. {self.sources_text}"
         )
 
@@ -370,7 +371,8 @@ def predict_stream(
 
     ``thumbnails``: keep a small JPEG of ``"flagged"`` cells (the HTML report shows them), of
     ``"all"`` cells with the image at review size too (the app lets a reviewer open any cell), or
-    ``"none"``; each image is decoded once."""
+    ``"none"``; each image is decoded once. The progress bar moves when a batch has been through the model (the
+    work that takes the time), so its rate is cells classified per second, decoding included."""
     done: list[Cell] = []
     skipped: list[SkippedFile] = []
     batch: list[tuple[str, Image.Image]] = []
@@ -382,11 +384,15 @@ def predict_stream(
                 keep = thumbnails == "all" or (thumbnails == "flagged" and pred.flagged)
                 full = thumbnail(image, REVIEW_PX) if thumbnails == "all" else None
                 done.append(Cell(name, pred, thumbnail(image) if keep else None, full))
+            bar.update(len(batch))
             batch.clear()
 
-    for item in tqdm(items, desc="cells", unit="img", disable=not progress):
+    bar = tqdm(total=len(items) if isinstance(items, Sized) else None, desc="cells classified", unit="cell", disable=not progress)
+    for item in items:
         if isinstance(item, SkippedFile):
             skipped.append(item)
+            if bar.total:  # a skipped file is no cell to classify
+                bar.total -= 1
             continue
         name, image = item
         seen[name] = seen.get(name, 0) + 1
@@ -396,4 +402,5 @@ def predict_stream(
         if len(batch) >= batch_size:
             flush()
     flush()
+    bar.close()
     return done, skipped

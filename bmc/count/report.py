@@ -23,6 +23,8 @@ from bmc.labels import (
     code_of,
     display_name,
     full_name,
+    me_convention,
+    not_counted_text,
 )
 
 TABLE_HEADERS = ["group", "cell type", "count", "% of nucleated cells", "95 % CI", "flagged", "labels: model · learnt · reviewed"]
@@ -38,6 +40,16 @@ def _pct(row: CountRow) -> str:
 
 def _ci(row: CountRow) -> str:
     return "not counted" if not row.counted else "—" if row.ci is None else f"{row.ci[0]:.1f}–{row.ci[1]:.1f}"
+
+
+def table_note(report: CountReport) -> str:
+    """The conventions under the table, in words: the denominator, the intervals and which cells go on each side
+    of the M:E ratio (conventions differ between labs, so it says which one this count follows)."""
+    return (
+        f"Percentages are of nucleated cells: {not_counted_text(report.codes)} are listed but left out of the "
+        "denominator. 95 % intervals are exact binomial (Clopper–Pearson), as in the Rümke tables of CLSI H20. "
+        + me_convention(report.codes)
+    )
 
 
 def table(report: CountReport) -> list[list[object]]:
@@ -124,30 +136,36 @@ def write_csv(report: CountReport, path: Path) -> Path:
 
 
 def bar_chart(report: CountReport, path: Path | None = None) -> bytes:
-    """Horizontal bars of the count per class in % of nucleated cells (classes left out of the denominator in
-    % of all images, marked), each bar split by where its labels come from (PNG bytes; also written to ``path``)."""
+    """Horizontal bars of the counted classes in % of nucleated cells, each bar split by where its labels come from;
+    the classes left out of the denominator (artefacts, cells not identifiable) are written apart under the axis in
+    images, so one axis means one thing (PNG bytes; also written to ``path``)."""
     import matplotlib  # lazy: the chart is the one user of matplotlib in serving (0.4 s to import)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(reversed(report.rows))
-    names = [display_name(r.code) + ("" if r.counted else " *") for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.6))
+    rows = [r for r in reversed(report.rows) if r.counted]
+    apart = [r for r in report.rows if not r.counted]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 2.2))
     left = np.zeros(len(rows))
     styles = {
-        SOURCE_MODEL: ("#9ecae1", "model"),
+        SOURCE_MODEL: ("#9ecae1", "the model"),
         SOURCE_LEARNT: ("#fdae6b", "learnt from this review"),
         SOURCE_REVIEWED: ("#31a354", "reviewed"),
     }
+    names = [display_name(r.code) for r in rows]
     for source, (colour, label) in styles.items():
-        share = np.array([100.0 * r.sources.get(source, 0) / ((report.n_counted if r.counted else report.n_images) or 1) for r in rows])
+        share = np.array([100.0 * r.sources.get(source, 0) / (report.n_counted or 1) for r in rows])
         ax.barh(names, share, left=left, color=colour, label=label)
         left += share
-    ax.set_xlabel("% of nucleated cells (* % of all images: not counted)")
-    ax.set_title(f"Differential count ({report.n_counted} nucleated cells, {report.n_reviewed} reviewed)")
-    ax.legend(loc="lower right", title="label from")
-    fig.tight_layout()
+    ax.set_xlim(0, max(10.0, float(left.max(initial=0)) * 1.1))
+    ax.set_xlabel("% of nucleated cells")
+    ax.set_title(f"Differential count: {report.n_counted} nucleated cells, {report.n_reviewed} reviewed", loc="left", fontsize=11)
+    ax.legend(loc="upper left", bbox_to_anchor=(0, -0.5 / (0.4 * len(rows) + 1)), ncol=3, frameon=False, title="labels from")
+    if apart:
+        note = "Not counted (left out of the denominator): " + ", ".join(f"{display_name(r.code)} {r.count}" for r in apart)
+        fig.text(0.01, 0.01, note + f" of {report.n_images} images", fontsize=9, color="#444")
+    fig.tight_layout(rect=(0, 0.05 if apart else 0, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
@@ -209,9 +227,7 @@ M:E ratio: <b>{esc(report.me_ratio_text)}</b></p>
 <p>{esc(report.review_status)}; files skipped: {len(report.skipped)}.</p><p>{esc(report.sources_text)}</p>{warnings}
 <table><tr><th>cell type</th><th>count</th><th>% of nucleated cells</th><th>95 % CI (exact binomial)</th><th>flagged</th>
 <th>labels: model · learnt · reviewed</th></tr>{"".join(body)}</table>
-<p>Percentages are of nucleated cells: artefacts, not identifiable and smudge cells are counted but left out of the
-denominator. Intervals are exact binomial (Clopper–Pearson), as in the Rümke tables of CLSI H20. The M:E ratio is the
-granulocytic series with eosinophils and basophils to erythroid precursors; blasts are on neither side.</p>
+<p>{esc(table_note(report))}</p>
 <p>Model: <code>{esc(report.model_name)}</code>, version <code>{esc(report.model_version)}</code>; review threshold
 {report.threshold:.3f}; bmc {__version__}; created {esc(report.created)}.</p></div>
 <p class="chart"><img alt="counts per class" src="data:image/png;base64,{base64.b64encode(chart_png).decode()}"></p>

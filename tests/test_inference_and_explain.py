@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from bmc.model import UnsafeModelError, load_classifier
-from bmc.serve.explain import METHODS, Explainer, centre_vs_border, overlay
+from bmc.serve.explain import DEFAULT_METHOD, METHODS, Explainer, blurred, centre_vs_border, default_method, overlay
 from bmc.serve.predictor import Predictor
 
 
@@ -46,6 +46,31 @@ def test_every_method_gives_a_normalised_map_at_image_size(tiny_model_dir, cell,
     assert attribution.heatmap.min() >= 0 and attribution.heatmap.max() == pytest.approx(1.0)
     assert attribution.target == 1 and attribution.how_to_read
     assert overlay(cell, attribution.heatmap, 0.4).size == cell.size
+
+
+def test_every_map_comes_with_its_evidence(tiny_model_dir, cell):
+    model, processor = load_classifier(str(tiny_model_dir))
+    explainer = Explainer(model, processor)
+    attribution = explainer.explain(cell, DEFAULT_METHOD, target=2)
+    evidence = explainer.evidence(cell, attribution)
+    assert 0 <= evidence.p_removed <= 1 and 0 <= evidence.p_random <= 1
+    assert evidence.curve[0] == pytest.approx(evidence.p_full, abs=1e-5)  # the curve starts at the intact image
+    assert "lowers P(NGS) from" in evidence.line("NGS")
+
+
+def test_the_default_is_a_transformer_method_with_a_fallback(tiny_model_dir):
+    model, processor = load_classifier(str(tiny_model_dir))
+    explainer = Explainer(model, processor)
+    assert default_method(explainer) == DEFAULT_METHOD and METHODS[DEFAULT_METHOD].vit_only
+    explainer.methods = lambda: ("Grad-CAM", "Occlusion")  # what a ConvNeXt offers
+    assert default_method(explainer) == "Grad-CAM"
+
+
+def test_integrated_gradients_starts_from_a_blurred_cell_not_a_flat_colour(tiny_model_dir, cell):
+    model, processor = load_classifier(str(tiny_model_dir))
+    x = Explainer(model, processor).pixels(cell)
+    start = blurred(x)
+    assert start.shape == x.shape and 0 < start.std() < x.std()  # detail gone, colour variation kept
 
 
 def test_noise_tunnel_option_runs(tiny_model_dir, cell):

@@ -1,15 +1,19 @@
 """Attribution maps: *why* the model chose a class, overlaid on the cell.
 
-Methods (Captum where Captum has one):
+Methods (Captum where Captum has one; faithfulness of each measured by ``bench/attribution.py``, see
+docs/explanations.md):
 
-* **Integrated Gradients** (optionally smoothed with NoiseTunnel): pixel-level evidence, summed
-  along a straight path from a blank image; the path steps are evaluated in batches
-  (``internal_batch_size``) so the default costs one batched forward/backward pass.
-* **Grad-CAM**: class-weighted activations of a late layer. For a ViT the patch tokens of a late
-  block (:data:`GRADCAM_VIT_LAYER`) are reshaped into their h×w grid; for a ConvNeXt, the last stage.
-* **Occlusion**: how much the class score drops when a square of the image is greyed out.
-* **Attention rollout** (ViT/DINOv2 only; Abnar & Zuidema 2020): attention flow from the CLS
-  token to each patch through all layers. It shows where the model *looks*, for any class.
+* **Gradient-weighted rollout** (ViT only; Chefer et al. 2021): attention weighted by its gradient for the
+  class, accumulated through the blocks (:mod:`bmc.serve.vit_maps`). One forward/backward pass.
+* **Grad-CAM**: class-weighted activations of a late layer. For a ViT the patch tokens of one block
+  (:data:`GRADCAM_VIT_LAYER`) are reshaped into their h×w grid; for a ConvNeXt, the last stage.
+* **Integrated Gradients** (optionally smoothed with NoiseTunnel): pixel-level evidence summed along a
+  straight path from a heavily blurred copy of the cell (an in-distribution "no detail" image, not a
+  flat colour the model never saw); the path steps run in one batch.
+* **Occlusion**: how much the class logit drops when one 14-px patch of the model's input grid is removed
+  and filled from its surroundings (:func:`bmc.serve.faithfulness.patch_drops`).
+* **Attention rollout** (ViT only; Abnar & Zuidema 2020): attention flow from the CLS token to each patch,
+  routed around DINOv2's attention-sink tokens. Where the model *looks*, for any class.
 
 Every map is returned normalised to [0, 1] at the input image's size, with one sentence on how to
 read it.
@@ -25,13 +29,15 @@ from typing import TYPE_CHECKING, Any, cast
 import cv2
 import numpy as np
 import torch
-from captum.attr import IntegratedGradients, LayerGradCam, NoiseTunnel, Occlusion
+from captum.attr import IntegratedGradients, LayerGradCam, NoiseTunnel
 from PIL import Image
 from torch import nn
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+from bmc.serve import faithfulness, vit_maps
+from bmc.serve.vit_maps import is_vit, vit_layers
 from bmc.transforms import preprocess, processor_size
 
 IG_STEPS = 16  # path steps of Integrated Gradients, evaluated as one batch (see bench/results.json for the cost)
@@ -64,15 +70,6 @@ class _Grid(nn.Module):
         return x
 
 
-def is_vit(model: nn.Module) -> bool:
-    return getattr(model.config, "model_type", "") in ("dinov2", "vit", "deit")
-
-
-def _vit_layers(model: nn.Module) -> nn.ModuleList:
-    backbone = getattr(model, cast("PreTrainedModel", model).base_model_prefix)
-    return backbone.encoder.layer
-
-
 class Explainer:
     """Attribution maps for one loaded classifier (``model`` in eval mode, with its processor)."""
 
@@ -81,6 +78,7 @@ class Explainer:
         self.processor = processor
         self.use_denoise = use_denoise
         self.size = processor_size(processor)
+        self.temperature = float(getattr(getattr(model, "config", None), "bmc_temperature", 1.0) or 1.0)
         self._grid = _Grid()
 
     def _logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -95,14 +93,22 @@ class Explainer:
         if target is None:
             with torch.inference_mode():
                 target = int(self._logits(x).argmax(-1))
+        heatmap = _to_image_size(self.raw_map(x, method, target, **options), image.size)
+        return Attribution(method, target, heatmap, get_method(method).how_to_read if heatmap.max() > 0 else NO_EVIDENCE)
+
+    def raw_map(self, x: torch.Tensor, method: str, target: int, **options: Any) -> np.ndarray:
+        """One method's map for the preprocessed input ``x`` (1×C×H×W), at the method's own resolution."""
         entry = get_method(method)
         if entry.vit_only and not is_vit(self.model):
             raise ValueError(f"{method} needs a vision transformer; choose one of {', '.join(self.methods())}")
         accepted = {k: v for k, v in options.items() if k in entry.options}  # other methods' options are ignored
         with parameters_frozen(self.model):
-            raw = entry.attribute(self, x, target, **accepted)
-        heatmap = _to_image_size(raw, image.size)
-        return Attribution(method, target, heatmap, entry.how_to_read if heatmap.max() > 0 else NO_EVIDENCE)
+            return entry.attribute(self, x, target, **accepted)
+
+    def evidence(self, image: Image.Image, attribution: Attribution, seed: int = 0) -> faithfulness.Evidence:
+        """What removing the image regions this map marks does to the class probability (one batched pass)."""
+        x = self.pixels(image)[0].numpy()
+        return faithfulness.evidence(self._logits, x, attribution.target, attribution.heatmap, temperature=self.temperature, seed=seed)
 
     def methods(self) -> tuple[str, ...]:
         """Names of the methods available for this architecture, in the order the app offers them."""
@@ -118,9 +124,11 @@ class Explainer:
         noise_tunnel: bool = False,
         nt_samples: int = 4,
         internal_batch_size: int = IG_STEPS,
+        baseline: str = "blur",
     ) -> np.ndarray:
         ig = IntegratedGradients(self._logits)
-        baseline = torch.zeros_like(x)  # the normalised mean colour: an empty slide, not black
+        # the cell without its detail: in distribution, unlike the flat mean colour ("zero", kept to compare)
+        start = blurred(x) if baseline == "blur" else torch.zeros_like(x)
         if noise_tunnel:
             attr = NoiseTunnel(ig).attribute(
                 x,
@@ -128,51 +136,36 @@ class Explainer:
                 nt_samples=nt_samples,
                 stdevs=0.15,
                 target=target,
-                baselines=baseline,
+                baselines=start,
                 n_steps=n_steps,
                 internal_batch_size=internal_batch_size,
                 nt_samples_batch_size=1,
             )
         else:
-            attr = ig.attribute(x, baselines=baseline, target=target, n_steps=n_steps, internal_batch_size=internal_batch_size)
-        heat = attr.detach()[0].abs().sum(0).numpy()
+            attr = ig.attribute(x, baselines=start, target=target, n_steps=n_steps, internal_batch_size=internal_batch_size)
+        heat = attr.detach()[0].sum(0).numpy()  # signed: evidence for the class, not any change
         return cv2.GaussianBlur(heat, (0, 0), sigmaX=max(1.0, self.size / 112))  # IG is speckled: smooth a little
 
-    def grad_cam(self, x: torch.Tensor, target: int) -> np.ndarray:
+    def grad_cam(self, x: torch.Tensor, target: int, layer: int | None = None) -> np.ndarray:
         if is_vit(self.model):
-            with self._vit_grid_hook(layer_index=GRADCAM_VIT_LAYER):
+            with self._vit_grid_hook(layer_index=GRADCAM_VIT_LAYER if layer is None else layer):
                 attr = LayerGradCam(self._logits, self._grid).attribute(x, target=target, relu_attributions=True)
         else:
             attr = LayerGradCam(self._logits, self._last_conv_stage()).attribute(x, target=target, relu_attributions=True)
         return attr.detach()[0, 0].numpy()
 
-    def occlusion(
-        self, x: torch.Tensor, target: int, window_fraction: float = 1 / 7, stride_fraction: float = 1 / 10, batch: int = 32
-    ) -> np.ndarray:
-        win = max(2, int(round(self.size * window_fraction)))
-        stride = max(1, int(round(self.size * stride_fraction)))
-        attr = Occlusion(self._logits).attribute(
-            x, sliding_window_shapes=(3, win, win), strides=(3, stride, stride), target=target, baselines=0.0, perturbations_per_eval=batch
-        )
-        return np.clip(attr.detach()[0].mean(0).numpy(), 0, None)
+    def occlusion(self, x: torch.Tensor, target: int) -> np.ndarray:
+        return np.clip(faithfulness.patch_drops(self._logits, x[0].numpy(), target), 0, None)
 
-    def attention_rollout(self, x: torch.Tensor, target: int | None = None, discard_ratio: float = 0.0) -> np.ndarray:
+    def attention_rollout(
+        self, x: torch.Tensor, target: int | None = None, discard_ratio: float = 0.0, skip_sinks: bool = True
+    ) -> np.ndarray:
         if not is_vit(self.model):
             raise ValueError("attention rollout needs a vision transformer (ViT/DINOv2)")
-        with _eager_attention(self.model), torch.inference_mode():
-            attentions = self.model(pixel_values=x, output_attentions=True).attentions
-        tokens = attentions[0].shape[-1]
-        rollout = torch.eye(tokens)
-        for att in attentions:
-            a = att[0].mean(0)  # average heads
-            if discard_ratio:
-                flat = a.flatten()
-                flat[flat.argsort()[: int(flat.numel() * discard_ratio)]] = 0
-            a = a + torch.eye(tokens)
-            rollout = (a / a.sum(-1, keepdim=True)) @ rollout
-        cls_to_patches = rollout[0, 1:]
-        side = int(round(cls_to_patches.numel() ** 0.5))
-        return cls_to_patches.reshape(side, side).numpy()
+        return vit_maps.attention_rollout(self.model, x, discard_ratio, skip_sinks)
+
+    def gradient_rollout(self, x: torch.Tensor, target: int) -> np.ndarray:
+        return vit_maps.gradient_rollout(self.model, x.clone().requires_grad_(True), target)
 
     # ----------------------------------------------------------------- helpers
 
@@ -190,7 +183,7 @@ class Explainer:
             hidden = torch.cat([cls, grid.reshape(n, c, t).transpose(1, 2)], dim=1)
             return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-        layers = _vit_layers(self.model)
+        layers = vit_layers(self.model)
         layer = layers[max(layer_index, -len(layers))]  # a shallow model: its first block
         handle = layer.register_forward_hook(hook)
         try:
@@ -224,24 +217,31 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method(
+            "Gradient-weighted rollout",
+            Explainer.gradient_rollout,
+            "Warm patches are where the attention that raised the chosen class's score flows from, block by block "
+            "(attention weighted by its gradient); coarse, one value per 14-px patch.",
+            vit_only=True,
+        ),
+        Method(
             "Grad-CAM",
             Explainer.grad_cam,
             "Warm regions are the parts of the cell whose late-layer features raised the score of the chosen class; "
             "coarse (one value per image patch).",
+            options=("layer",),
         ),
         Method(
             "Integrated Gradients",
             Explainer.integrated_gradients,
-            "Bright pixels are those whose colour most increased the chosen class's score compared with a blank image; "
-            "fine-grained but speckled.",
-            options=("noise_tunnel", "n_steps"),
+            "Bright pixels are those whose colour most raised the chosen class's score compared with a blurred copy "
+            "of the cell; fine-grained but speckled.",
+            options=("noise_tunnel", "n_steps", "baseline"),
         ),
         Method(
             "Occlusion",
             Explainer.occlusion,
-            "Warm regions are where covering the image with a grey square lowers the chosen class's score the most: "
-            "the evidence the model cannot do without.",
-            options=("window_fraction", "stride_fraction"),
+            "Warm patches are those whose removal (filled in from their surroundings) lowers the chosen class's score "
+            "the most: the evidence the model cannot do without. One pass per 14-px patch: slow.",
         ),
         Method(
             "Attention rollout",
@@ -250,11 +250,26 @@ METHODS: dict[str, Method] = {
             "where the model looks, not why.",
             vit_only=True,
             class_independent=True,
-            options=("discard_ratio",),
+            options=("discard_ratio", "skip_sinks"),
         ),
     )
 }
 """The one table of attribution methods: the app, the benchmark and the tests read it (name → entry)."""
+DEFAULT_METHOD = "Gradient-weighted rollout"
+"""The app's first choice: the method that passes the randomisation check, beats the centre prior on
+faithfulness and takes under a second (docs/explanations.md); a non-ViT model falls back to Grad-CAM."""
+
+
+def default_method(explainer: Explainer) -> str:
+    """:data:`DEFAULT_METHOD` where the model offers it, else the first method it offers."""
+    methods = explainer.methods()
+    return DEFAULT_METHOD if DEFAULT_METHOD in methods else methods[0]
+
+
+def blurred(x: torch.Tensor, patch: int = faithfulness.PATCH) -> torch.Tensor:
+    """The input with its detail blurred away (sigma of one patch): colours and layout kept, morphology gone."""
+    img = x[0].permute(1, 2, 0).numpy()
+    return torch.from_numpy(cv2.GaussianBlur(img, (0, 0), float(patch)).transpose(2, 0, 1).copy())[None]
 
 
 def get_method(name: str) -> Method:
@@ -276,20 +291,6 @@ def parameters_frozen(model: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-
-
-@contextmanager
-def _eager_attention(model: nn.Module) -> Iterator[None]:
-    """Attention weights are only returned by the eager implementation; switch for one call."""
-    model = cast("PreTrainedModel", model)  # a transformers classifier: it has a config and attention implementations
-    previous = model.config._attn_implementation
-    if previous != "eager":
-        model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        if previous != "eager":
-            model.set_attn_implementation(previous)
 
 
 def _to_image_size(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:

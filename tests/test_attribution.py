@@ -1,0 +1,166 @@
+"""Faithfulness measures (bmc.serve.faithfulness) and the attribution benchmark (bench/attribution.py), on toy inputs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench import attribution as bench
+from bmc.serve import faithfulness as F
+
+SIZE = 56  # a 4×4 grid of 14-px patches
+
+
+def bright_patch_image(patch: int = 5) -> np.ndarray:
+    """A C×H×W input that is 0 everywhere except one bright patch (the evidence the toy model reads)."""
+    x = np.zeros((3, SIZE, SIZE), np.float32)
+    x[:, F.patch_mask([patch], SIZE)] = 3.0
+    return x
+
+
+def toy_logits(patch: int = 5):
+    """Class 0's logit is the mean brightness of one patch, class 1's is constant."""
+    mask = torch.from_numpy(F.patch_mask([patch], SIZE))
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        evidence = x[:, :, mask].mean((1, 2)) * 4
+        return torch.stack([evidence, torch.ones_like(evidence)], dim=1)
+
+    return logits
+
+
+def map_on(patch: int) -> np.ndarray:
+    heat = np.zeros((SIZE, SIZE), np.float32)
+    heat[F.patch_mask([patch], SIZE)] = 1
+    return heat
+
+
+def test_patch_scores_sum_the_map_per_patch():
+    scores = F.patch_scores(map_on(6), SIZE)
+    assert scores.shape == (4, 4) and scores.argmax() == 6
+    assert scores.sum() == pytest.approx(14 * 14) and np.count_nonzero(scores) == 1
+    assert F.patch_scores(np.ones((100, 100)), SIZE).std() == pytest.approx(0, abs=1e-3)  # any resolution, resized
+
+
+def test_impute_fills_from_the_surroundings_and_keeps_the_rest():
+    x = bright_patch_image(5)
+    removed = F.patch_mask([5], SIZE)
+    filled = F.impute(x, removed, rng=None)
+    assert np.abs(filled[:, removed]).max() < 0.5  # the bright patch is gone, filled with its dark surroundings
+    assert np.array_equal(filled[:, ~removed], x[:, ~removed])
+    flat = np.full((3, SIZE, SIZE), 0.7, np.float32)
+    assert np.allclose(F.impute(flat, removed, rng=None), 0.7)  # a uniform slide stays uniform
+    everything = F.impute(x, np.ones((SIZE, SIZE), bool), rng=None)
+    assert np.allclose(everything, x.mean())  # nothing kept: the mean colour
+    noisy = F.impute(flat, removed, np.random.default_rng(0))
+    assert noisy[:, removed].std() > 0.01 and np.array_equal(noisy[:, ~removed], flat[:, ~removed])
+
+
+def test_abpc_is_positive_for_the_right_map_and_negative_for_the_reverse():
+    x, logits = bright_patch_image(5), toy_logits(5)
+    right = F.abpc(*F.deletion_insertion(logits, x, 0, F.patch_scores(map_on(5), SIZE)))
+    wrong = F.abpc(*F.deletion_insertion(logits, x, 0, -F.patch_scores(map_on(5), SIZE)))
+    elsewhere = F.abpc(*F.deletion_insertion(logits, x, 0, F.patch_scores(map_on(10), SIZE)))
+    assert right > 0.5 and wrong < -0.5 and right > elsewhere
+    assert F.abpc(np.zeros(3), np.ones(3), (0, 0.5, 1)) == pytest.approx(1.0)
+
+
+def test_patch_drops_find_the_one_patch_the_model_reads():
+    drops = F.patch_drops(toy_logits(5), bright_patch_image(5), 0)
+    assert drops.shape == (4, 4) and drops.argmax() == 5
+    assert drops.ravel()[5] > 5 * np.abs(np.delete(drops.ravel(), 5)).max()
+
+
+def test_evidence_line_compares_the_map_with_a_random_removal():
+    ev = F.evidence(toy_logits(5), bright_patch_image(5), 0, map_on(5), fraction=1 / 16)
+    assert ev.p_removed < ev.p_random and ev.p_full > ev.p_removed
+    assert len(ev.curve) == len(ev.curve_fractions) and ev.curve[0] == pytest.approx(ev.p_full)
+    line = ev.line("PMO")
+    assert line.startswith("Removing the 6% of the image this map marks lowers P(PMO) from ")
+    assert f"{ev.p_removed:.2f}" in line and f"random 6% lowers it to {ev.p_random:.2f}" in line
+    picture = F.curve_image(ev, "PMO")
+    assert picture.size == (360, 220) and np.asarray(picture).std() > 0
+
+
+def test_ranked_breaks_ties_at_random_not_by_position():
+    firsts = {int(F.ranked(np.zeros(16), np.random.default_rng(s))[0]) for s in range(20)}
+    assert len(firsts) > 5
+    assert F.ranked(np.arange(16.0), np.random.default_rng(0))[0] == 15
+
+
+def test_summary_confidence_intervals_and_targets():
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(40):
+        methods = {
+            "good": {"abpc": 0.6 + 0.05 * rng.standard_normal(), "single_patch": 0.5, "rand_head": 0.1, "rand_top_half": 0.05},
+            "centre": {"abpc": 0.3 + 0.05 * rng.standard_normal(), "single_patch": 0.1, "rand_head": 1.0, "rand_top_half": 1.0},
+            "random": {"abpc": 0.0 + 0.05 * rng.standard_normal(), "single_patch": 0.0, "rand_head": 0.0, "rand_top_half": 0.0},
+        }
+        for row in methods.values():
+            row |= {"mass_cell": 0.9, "mass_nucleus": 0.5, "pointing": 1.0, "mass_stain": 0.4, "seconds": 0.2}
+        records.append({"file": f"{i}.png", "true": "LYT" if i % 2 else "NGS", "predicted": "LYT", "methods": methods})
+    out = bench.summarise(records, default="good")
+    good = out["methods"]["good"]
+    assert out["n"] == 40 and good["n"] == 40
+    assert good["abpc_ci"][0] < good["abpc"] < good["abpc_ci"][1]
+    assert good["abpc_vs_centre_ci"][0] > 0 and out["methods"]["random"]["abpc_vs_centre_ci"][1] < 0
+    assert all(out["targets"].values()), out["targets"]
+    assert set(out["per_class"]) == {"LYT", "NGS"} and out["per_class"]["LYT"]["n"] == 20
+
+
+def test_centre_prior_sits_on_the_centre_and_scales_with_the_cell():
+    rgb = np.full((100, 100, 3), 220, np.uint8)
+    small, large = rgb.copy(), rgb.copy()
+    yy, xx = np.mgrid[:100, :100]
+    small[(yy - 50) ** 2 + (xx - 50) ** 2 < 10**2] = (90, 40, 160)  # a violet nucleus
+    large[(yy - 50) ** 2 + (xx - 50) ** 2 < 30**2] = (90, 40, 160)
+    a, b = bench.centre_prior(small, SIZE), bench.centre_prior(large, SIZE)
+    assert np.unravel_index(a.argmax(), a.shape) in {(27, 27), (27, 28), (28, 27), (28, 28)}
+    assert b.sum() > a.sum()
+
+
+def test_randomised_copies_change_the_head_then_the_top_blocks(tiny_model_dir):
+    from bmc.model import load_classifier
+
+    model, _ = load_classifier(str(tiny_model_dir))
+    head, top = bench.randomised(model, False), bench.randomised(model, True)
+    assert not torch.equal(head.classifier.weight, model.classifier.weight)
+    last = lambda m: m.dinov2.encoder.layer[-1].mlp.fc1.weight  # noqa: E731
+    first = lambda m: m.dinov2.encoder.layer[0].mlp.fc1.weight  # noqa: E731
+    assert torch.equal(last(head), last(model)) and not torch.equal(last(top), last(model))
+    assert torch.equal(first(top), first(model))
+
+
+def test_the_benchmark_writes_the_issue_json(tiny_model_dir, tmp_path):
+    cells, masks = tmp_path / "images", tmp_path / "masks"
+    cells.mkdir()
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    (tmp_path / "labels.csv").write_text("image ID,class\n1,2\n2,1\n")
+    for stem in ("001", "002"):
+        Image.fromarray(rng.integers(0, 255, (60, 60, 3), dtype=np.uint8)).save(cells / f"{stem}.png")
+        mask = np.zeros((60, 60), np.uint8)
+        mask[15:45, 15:45], mask[25:35, 25:35] = 128, 255
+        Image.fromarray(mask).save(masks / f"{stem}.png")
+    out = tmp_path / "a.json"
+    bench.main(["--model", str(tiny_model_dir), "--cells", str(cells), "--masks", str(masks), "--n", "2", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["n"] == 2 and {"random", "centre", "Grad-CAM", "Occlusion", result["default"]} <= set(result["methods"])
+    for name, d in result["methods"].items():
+        assert {"abpc", "abpc_ci", "single_patch_spearman", "randomisation_spearman", "mass_on_cell", "pointing", "seconds"} <= set(d)
+        assert set(d["randomisation_spearman"]) >= {"head", "top_half"}
+        assert 0 <= d["mass_on_cell"] <= 1 and d["mass_on_nucleus"] <= d["mass_on_cell"] + 1e-6, name
+    assert result["methods"]["centre"]["randomisation_spearman"]["top_half"] == pytest.approx(1.0)
+    assert set(result["per_class"]) == {"LYT", "NGS"}
+    merged = tmp_path / "m.json"
+    bench.main(["--merge", str(out), str(out), "--out", str(merged)])
+    assert json.loads(merged.read_text())["n"] == 4
+
+
+def test_bad_folder_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--model", str(tmp_path / "none"), "--cells", str(tmp_path), "--out", str(tmp_path / "x.json")])
+    assert "not a folder" in capsys.readouterr().err

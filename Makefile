@@ -31,11 +31,13 @@ test: install browser lint
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
-## ruff: lint rules and formatting as written in pyproject.toml; mypy on bmc/, app.py and train_hf.py.
+## ruff: lint rules and formatting as written in pyproject.toml; mypy on bmc/, app.py and train_hf.py;
+## import-linter: the layers of bmc/ (pyproject.toml [tool.importlinter]: no import from a lower layer to a higher one).
 lint: install
 	$(BIN)/ruff check bmc app.py train_hf.py bench tests
 	$(BIN)/ruff format --check bmc app.py train_hf.py bench tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 ## mypy on bmc/, app.py and train_hf.py (clean: zero errors; part of `make test` and `make lint`).
 typecheck: install

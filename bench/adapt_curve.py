@@ -26,6 +26,7 @@ the model is adapted on the reviewed cells alone and on them plus the cells whos
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -46,9 +47,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench.review import cached_forward, load_set, review_order  # noqa: E402
 from bmc.calibration import softmax  # noqa: E402
 from bmc.count.learning import LEARNT_WEIGHT, SOURCE_LEARNT, SOURCE_REVIEWED, relabel  # noqa: E402
-from bmc.lab import tuning as lab_tuning  # noqa: E402
-from bmc.lab.adapt import HEAD_LAB_WEIGHT, PULL, REPLAY_PER_CLASS, adapt_head, replay_records  # noqa: E402
-from bmc.lab.tuning import as_given, block_inputs, lab_inputs, tune  # noqa: E402
+from bmc.lab.cells import REPLAY_PER_CLASS, replay_records  # noqa: E402
+from bmc.lab.fitting import HEAD_LAB_WEIGHT, PULL, adapt_head  # noqa: E402
+from bmc.lab.tuning import RECIPE, TuningConfig, as_given, block_inputs, first_tuned, lab_inputs, tune  # noqa: E402
 from bmc.metrics import classification_metrics  # noqa: E402
 from bmc.train.evaluation import counts_right  # noqa: E402
 
@@ -113,9 +114,8 @@ def draws(lab_codes: np.ndarray, per_class: list[int], n_draws: int, folds: int)
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     from bmc.constants import DEFAULT_MODEL
-    from bmc.serve.predictor import Predictor
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=[],
         metavar="NAME=VALUE",
-        help="--method blocks: override a setting of bmc.lab.tuning for this run (e.g. DISTILL_WEIGHT=10 EPOCHS=3), to compare settings",
+        help="--method blocks: a setting of bmc.lab.tuning.TuningConfig for this run (e.g. distill_weight=10 epochs=3)",
     )
     parser.add_argument(
         "--from-review",
@@ -163,125 +163,123 @@ def main(argv: list[str] | None = None) -> int:
         "--learnt-weight", type=float, default=LEARNT_WEIGHT, help="--from-review: weight of a learnt cell against a reviewed one"
     )
     parser.add_argument("--time-cli", type=Path, default=None, metavar="DIR", help="also time the whole bmc adapt command")
-    args = parser.parse_args(argv)
-    settings = {}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        if not hasattr(lab_tuning, name) or not name.isupper():
-            parser.error(f"--set {item}: bmc.lab.tuning has no setting {name}")
-        settings[name] = type(getattr(lab_tuning, name))(value)
-        setattr(lab_tuning, name, settings[name])
+    return parser
 
-    predictor = Predictor(args.model, backend="torch")
+
+def tuning_config(items: list[str]) -> tuple[TuningConfig, dict[str, Any]]:
+    """``--set NAME=VALUE`` items as a :class:`TuningConfig` (names of its fields, any case) and the settings given."""
+    fields = {f.name: f for f in dataclasses.fields(TuningConfig)}
+    settings: dict[str, Any] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name.lower() not in fields:
+            raise ValueError(f"--set {item}: TuningConfig has no setting {name} (one of {', '.join(fields)})")
+        settings[name.lower()] = type(getattr(RECIPE, name.lower()))(value)
+    return dataclasses.replace(RECIPE, **settings), settings
+
+
+def set_passes(args: argparse.Namespace, predictor: Any, config: TuningConfig) -> tuple[dict[str, tuple], str, dict]:
+    """The cached passes of the lab, the replay and the Matek split: (logits, features, truth, equivalents) per set,
+    features being the tokens entering the tuned blocks (``--method blocks``) or the embeddings (``head``)."""
     codes = predictor.codes
-    manifest = Path(args.model) / "split_manifest.csv"
     replay = replay_records(Path(args.model), codes, args.replay_per_class)
     replay_set = "replay" if args.replay_per_class == REPLAY_PER_CLASS else f"replay{args.replay_per_class}"  # its own cache
     loaders = {
         "lab": lambda: load_set(args.lab, codes, None, None),
         replay_set: lambda: ([Image.open(p).convert("RGB") for p, _ in replay], np.array([codes.index(c) for _, c in replay]), None),
-        f"matek-{args.split}": lambda: load_set(manifest, codes, args.split, "bone-marrow-cells"),
+        f"matek-{args.split}": lambda: load_set(Path(args.model) / "split_manifest.csv", codes, args.split, "bone-marrow-cells"),
     }
 
     def block_pass(images: list) -> tuple[np.ndarray, np.ndarray]:
         """The model's logits and the tokens entering its tuned blocks (float16), in place of the embeddings."""
-        hidden, logits = block_inputs(predictor.model, predictor.processor, images, predictor.use_denoise)
+        hidden, logits = block_inputs(predictor.model, predictor.processor, images, predictor.use_denoise, config=config)
         return logits, hidden.numpy()
 
     def lab_pass(images: list) -> tuple[np.ndarray, np.ndarray]:
-        """The tokens of the lab's cells in lab_tuning.LAB_VIEWS orientations (no logits needed)."""
-        views = lab_inputs(predictor.model, predictor.processor, images, predictor.use_denoise)
+        """The tokens of the lab's cells in ``config.lab_views`` orientations (no logits needed)."""
+        views = lab_inputs(predictor.model, predictor.processor, images, predictor.use_denoise, config)
         return np.zeros((len(images), 0), np.float32), views.numpy()
 
-    suffix = "" if args.method == "head" else f"-block{lab_tuning.first_tuned(predictor.model)}"
+    suffix = "" if args.method == "head" else f"-block{first_tuned(predictor.model, config)}"
     forward = None if args.method == "head" else block_pass
     passes = {
         name: cached_forward(predictor, args.features / f"{name}{suffix}.npz", load, forward)
         for name, load in loaders.items()
-        if name != "lab" or args.method == "head" or lab_tuning.LAB_VIEWS == 1
+        if name != "lab" or args.method == "head" or config.lab_views == 1
     }
     if "lab" not in passes:  # the lab's cells in several orientations, cached apart
-        passes["lab"] = cached_forward(predictor, args.features / f"lab{suffix}-views{lab_tuning.LAB_VIEWS}.npz", loaders["lab"], lab_pass)
-    _, lab_x, lab_y, lab_eq = passes["lab"]
-    replay_logits, replay_x, replay_y, _ = passes[replay_set]
-    test_logits, test_x, test_y, _ = passes[f"matek-{args.split}"]
-    if args.method == "blocks":
-        lab_x, replay_x, test_x = (torch.from_numpy(x) for x in (lab_x, replay_x, test_x))
-    lab_codes = np.array([codes[i] for i in lab_y])
-    before = classification_metrics(softmax(test_logits), test_y, num_classes=len(codes))["macro_f1"]
-    results: dict = {
-        "model": str(args.model),
-        "lab": str(args.lab),
-        "method": args.method,
-        "n_lab": len(lab_codes),
-        "forgetting_split": args.split,
-        "matek_macro_f1_before": before,
-        "settings": settings,
-        "replay_per_class": args.replay_per_class,
-        "runs": [],
-    }
-    if args.method == "head":
-        results.update(pull=args.pull, lab_weight=args.lab_weight)
-    if args.from_review is not None:
-        if args.method != "blocks":
-            parser.error("--from-review measures bmc adapt's fine-tuning: --method blocks")
-        count_logits, count_emb, _, _ = cached_forward(predictor, args.features / "lab-embeddings.npz", loaders["lab"])
-        results.update(from_review=args.from_review, learnt_weight=args.learnt_weight)
-        timed = None
-        for seed in range(args.draws):
-            order = np.random.default_rng(100 + seed).permutation(len(lab_codes))
-            count, other = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
-            n_reviews = int(round(args.from_review * len(count) / 100))
-            labels, source = reviewed_count(count_logits[count], count_emb[count], lab_y[count], predictor, n_reviews)
-            is_reviewed = np.array([s == SOURCE_REVIEWED for s in source])
-            is_learnt = np.array([s == SOURCE_LEARNT for s in source])
-            if timed is None:  # the first draw's count times the command
-                timed = (count, labels, is_reviewed, is_learnt)
-            drawn: dict[str, Any] = {"seed": seed, "count": len(count), "reviewed": int(is_reviewed.sum()), "learnt": int(is_learnt.sum())}
-            drawn["count_accuracy"] = float(counts_right(np.array(codes)[labels], lab_codes[count], lab_eq).mean())
-            for name, use in (("reviewed_only", is_reviewed), ("with_learnt", is_reviewed | is_learnt)):
-                weights = np.where(is_reviewed[use], 1.0, args.learnt_weight)
-                tail = tune(predictor.model, len(codes), lab_x[count[use]], labels[use], replay_x, replay_logits, seed, lab_weights=weights)
-                called = np.array(codes)[tail.logits(as_given(lab_x[other])).argmax(axis=1)]
-                after = classification_metrics(softmax(tail.logits(test_x)), test_y, num_classes=len(codes))
-                drawn[name] = {
-                    "lab_other_accuracy": float(counts_right(called, lab_codes[other], lab_eq).mean()),
-                    "matek_macro_f1_after": after["macro_f1"],
-                }
-            results["runs"].append(drawn)
-            print(json.dumps(drawn), flush=True)
-        if args.time_cli and timed:
-            count, labels, is_reviewed, is_learnt = timed
-            images, names = loaders["lab"]()[0], np.array(codes)[labels]
-            shutil.rmtree(args.time_cli, ignore_errors=True)
-            folders = [
-                class_folders(args.time_cli / sub, [images[i] for i in count[mask]], list(names[mask]))
-                for sub, mask in (("reviewed-cells", is_reviewed), ("learnt-cells", is_learnt))
-            ]
-            seconds = time_cli(args.model, [str(folders[0]), "--learnt", str(folders[1])], args.time_cli)
-            results["bmc_adapt_s"] = {"reviewed": int(is_reviewed.sum()), "learnt": int(is_learnt.sum()), "seconds": seconds}
-            print(f"bmc adapt --learnt, whole command, first draw's count: {seconds:.0f} s", flush=True)
-        results["summary"] = {
-            name: {
-                key: [float(np.mean([r[name][key] for r in results["runs"]])), float(np.std([r[name][key] for r in results["runs"]]))]
-                for key in ("lab_other_accuracy", "matek_macro_f1_after")
+        passes["lab"] = cached_forward(predictor, args.features / f"lab{suffix}-views{config.lab_views}.npz", loaders["lab"], lab_pass)
+    return passes, replay_set, loaders
+
+
+def from_review_runs(args: argparse.Namespace, predictor: Any, sets: dict, loaders: dict, config: TuningConfig, results: dict) -> None:
+    """``--from-review``: per draw, half the lab reviewed P % by the learning review, the model adapted on the reviewed
+    cells alone and with the learnt ones, both measured on the other half (and the Matek split)."""
+    codes = predictor.codes
+    lab_x, lab_y, lab_eq, lab_codes = sets["lab"]
+    replay_x, replay_logits, test_x, test_y = sets["replay"]
+    count_logits, count_emb, _, _ = cached_forward(predictor, args.features / "lab-embeddings.npz", loaders["lab"])
+    results.update(from_review=args.from_review, learnt_weight=args.learnt_weight)
+    timed = None
+    for seed in range(args.draws):
+        order = np.random.default_rng(100 + seed).permutation(len(lab_codes))
+        count, other = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
+        n_reviews = int(round(args.from_review * len(count) / 100))
+        labels, source = reviewed_count(count_logits[count], count_emb[count], lab_y[count], predictor, n_reviews)
+        is_reviewed = np.array([s == SOURCE_REVIEWED for s in source])
+        is_learnt = np.array([s == SOURCE_LEARNT for s in source])
+        if timed is None:  # the first draw's count times the command
+            timed = (count, labels, is_reviewed, is_learnt)
+        drawn: dict[str, Any] = {"seed": seed, "count": len(count), "reviewed": int(is_reviewed.sum()), "learnt": int(is_learnt.sum())}
+        drawn["count_accuracy"] = float(counts_right(np.array(codes)[labels], lab_codes[count], lab_eq).mean())
+        for name, use in (("reviewed_only", is_reviewed), ("with_learnt", is_reviewed | is_learnt)):
+            weights = np.where(is_reviewed[use], 1.0, args.learnt_weight)
+            tail = tune(predictor.model, len(codes), lab_x[count[use]], labels[use], replay_x, replay_logits, seed, weights, config)
+            called = np.array(codes)[tail.logits(as_given(lab_x[other])).argmax(axis=1)]
+            after = classification_metrics(softmax(tail.logits(test_x)), test_y, num_classes=len(codes))
+            drawn[name] = {
+                "lab_other_accuracy": float(counts_right(called, lab_codes[other], lab_eq).mean()),
+                "matek_macro_f1_after": after["macro_f1"],
             }
-            for name in ("reviewed_only", "with_learnt")
+        results["runs"].append(drawn)
+        print(json.dumps(drawn), flush=True)
+    if args.time_cli and timed:
+        count, labels, is_reviewed, is_learnt = timed
+        images, names = loaders["lab"]()[0], np.array(codes)[labels]
+        shutil.rmtree(args.time_cli, ignore_errors=True)
+        folders = [
+            class_folders(args.time_cli / sub, [images[i] for i in count[mask]], list(names[mask]))
+            for sub, mask in (("reviewed-cells", is_reviewed), ("learnt-cells", is_learnt))
+        ]
+        seconds = time_cli(args.model, [str(folders[0]), "--learnt", str(folders[1])], args.time_cli)
+        results["bmc_adapt_s"] = {"reviewed": int(is_reviewed.sum()), "learnt": int(is_learnt.sum()), "seconds": seconds}
+        print(f"bmc adapt --learnt, whole command, first draw's count: {seconds:.0f} s", flush=True)
+    results["summary"] = {
+        name: {
+            key: [float(np.mean([r[name][key] for r in results["runs"]])), float(np.std([r[name][key] for r in results["runs"]]))]
+            for key in ("lab_other_accuracy", "matek_macro_f1_after")
         }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-        print(json.dumps(results["summary"], indent=1))
-        return 0
+        for name in ("reviewed_only", "with_learnt")
+    }
+
+
+def draw_runs(args: argparse.Namespace, predictor: Any, sets: dict, config: TuningConfig, results: dict) -> None:
+    """k labelled cells per class (or folds), adapted and measured on the lab's other cells and the Matek split."""
+    codes = predictor.codes
+    lab_x, lab_y, lab_eq, lab_codes = sets["lab"]
+    replay_x, replay_logits, test_x, test_y = sets["replay"]
+    replay_y = sets["replay_y"]
     for k, seed, picked in draws(lab_codes, args.per_class, args.draws, args.folds):
         rest = np.setdiff1d(np.arange(len(lab_codes)), picked)
         t0 = time.perf_counter()
         run: dict[str, Any] = {"per_class": k, "seed": seed, "n_labelled": len(picked)}
         if args.method == "head":
             head = predictor.model.classifier
+            w, b = head.weight.detach().numpy(), head.bias.detach().numpy()
             result = adapt_head(
                 codes,
-                head.weight.detach().numpy(),
-                head.bias.detach().numpy(),
+                w,
+                b,
                 lab_x[picked],
                 list(lab_codes[picked]),
                 replay_x,
@@ -293,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             after_logits = test_x @ result.weight.T + result.bias
             run["lab_out_of_fold_accuracy"] = result.lab_figures["accuracy"]
         else:
-            tail = tune(predictor.model, len(codes), lab_x[picked], lab_y[picked], replay_x, replay_logits, seed)
+            tail = tune(predictor.model, len(codes), lab_x[picked], lab_y[picked], replay_x, replay_logits, seed, config=config)
             lab_logits, after_logits = tail.logits(as_given(lab_x[rest])), tail.logits(test_x)
         run["fit_s"] = time.perf_counter() - t0
         called = np.array(codes)[lab_logits.argmax(axis=1)]
@@ -318,9 +316,49 @@ def main(argv: list[str] | None = None) -> int:
             key: [float(np.mean([r[key] for r in runs])), float(np.std([r[key] for r in runs]))] for key in keys if key in runs[0]
         }
     results["summary"] = summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bmc.serve.predictor import Predictor
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config, settings = tuning_config(args.set)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.from_review is not None and args.method != "blocks":
+        parser.error("--from-review measures bmc adapt's fine-tuning: --method blocks")
+    predictor = Predictor(args.model, backend="torch")
+    codes = predictor.codes
+    passes, replay_set, loaders = set_passes(args, predictor, config)
+    _, lab_x, lab_y, lab_eq = passes["lab"]
+    replay_logits, replay_x, replay_y, _ = passes[replay_set]
+    test_logits, test_x, test_y, _ = passes[f"matek-{args.split}"]
+    if args.method == "blocks":
+        lab_x, replay_x, test_x = (torch.from_numpy(x) for x in (lab_x, replay_x, test_x))
+    lab_codes = np.array([codes[i] for i in lab_y])
+    sets = {"lab": (lab_x, lab_y, lab_eq, lab_codes), "replay": (replay_x, replay_logits, test_x, test_y), "replay_y": replay_y}
+    results: dict = {
+        "model": str(args.model),
+        "lab": str(args.lab),
+        "method": args.method,
+        "n_lab": len(lab_codes),
+        "forgetting_split": args.split,
+        "matek_macro_f1_before": classification_metrics(softmax(test_logits), test_y, num_classes=len(codes))["macro_f1"],
+        "settings": settings,
+        "replay_per_class": args.replay_per_class,
+        "runs": [],
+    }
+    if args.method == "head":
+        results.update(pull=args.pull, lab_weight=args.lab_weight)
+    if args.from_review is not None:
+        from_review_runs(args, predictor, sets, loaders, config, results)
+    else:
+        draw_runs(args, predictor, sets, config, results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(summary, indent=1))
+    print(json.dumps(results["summary"], indent=1))
     return 0
 
 

@@ -47,10 +47,22 @@ def _not_found(name_or_path: str, exc: Exception, hint: str = TRAINING_HINT) -> 
     return ModelNotFoundError(f"{name_or_path} is not a local folder and could not be fetched from the Hugging Face Hub ({why}). {hint}")
 
 
-def check_safetensors(name_or_path: str, allow_pickle: bool = False) -> None:
-    """Refuse a local folder that has pickle weights but no safetensors, with a clear message."""
-    path = Path(name_or_path)
+def looks_local(name_or_path: str) -> bool:
+    """Whether a model name can only mean a local path: it starts with ``.``, ``/`` or ``~``, has more than one ``/``,
+    or its first part is a folder here (``models/typo``). A Hub id is ``owner/name``, and ``models/`` is no owner."""
+    first = name_or_path.split("/", 1)[0]
+    return (
+        name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or (name_or_path.count("/") == 1 and Path(first).is_dir())
+    )
+
+
+def check_safetensors(name_or_path: str, allow_pickle: bool = False, hint: str = SERVING_HINT) -> None:
+    """Refuse a local folder that has pickle weights but no safetensors, and a local path that does not exist,
+    at once with a clear message (no Hub lookup, which spends close to a minute on retries without a network)."""
+    path = Path(name_or_path).expanduser()
     if not path.is_dir():
+        if looks_local(name_or_path):
+            raise ModelNotFoundError(f"{name_or_path}: no such folder. {hint}")
         return  # a Hub id: from_pretrained(use_safetensors=True) refuses pickle-only repos itself
     if any(path.glob("*.safetensors")):
         return
@@ -94,7 +106,7 @@ def load_for_training(
     ``ignore_mismatched_sizes`` lets a classifier trained on other classes be re-headed;
     ``revision`` pins a Hub model to a branch, tag or commit.
     """
-    check_safetensors(name_or_path, allow_pickle)
+    check_safetensors(name_or_path, allow_pickle, TRAINING_HINT)
     try:
         config = AutoConfig.from_pretrained(name_or_path, id2label=id2label, label2id=label2id, revision=revision or "main")
     except OSError as exc:

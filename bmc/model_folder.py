@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 MODEL_FOLDER_FILES = (
     "model.safetensors",
@@ -22,6 +24,52 @@ MODEL_FOLDER_FILES = (
     "split_manifest.csv",
 )
 """What every finished bmc model folder holds (and what is published): weights, configs, card, figures, manifest."""
+
+
+@dataclass(frozen=True)
+class FolderSettings:
+    """bmc's own keys in a model folder's ``config.json``, read and written here only: the calibration (temperature,
+    review threshold, the validation share it flags) and the preprocessing serving must repeat (denoising).
+    ``pipeline()`` ignores them; :class:`bmc.serve.predictor.Predictor` applies them."""
+
+    temperature: float = 1.0
+    review_threshold: float = 0.5
+    validation_flagged: float | None = None
+    """Share of validation images the threshold flags: the baseline a count is compared with."""
+    denoise: bool = False
+    adapted_from: str | None = None
+    """The model folder ``bmc adapt`` started from, if any."""
+
+    KEYS = {
+        "temperature": "bmc_temperature",
+        "review_threshold": "bmc_review_threshold",
+        "validation_flagged": "bmc_validation_flagged",
+        "denoise": "bmc_denoise",
+        "adapted_from": "bmc_adapted_from",
+    }
+
+    @classmethod
+    def from_config(cls, config: Any) -> FolderSettings:
+        """From a loaded ``PretrainedConfig`` (or anything with the keys as attributes); missing keys take the defaults."""
+        share = getattr(config, cls.KEYS["validation_flagged"], None)
+        return cls(
+            temperature=float(getattr(config, cls.KEYS["temperature"], 1.0) or 1.0),
+            review_threshold=float(getattr(config, cls.KEYS["review_threshold"], 0.5) or 0.5),
+            validation_flagged=None if share is None else float(share),
+            denoise=bool(getattr(config, cls.KEYS["denoise"], False)),
+            adapted_from=getattr(config, cls.KEYS["adapted_from"], None),
+        )
+
+    @classmethod
+    def from_calibration(cls, calib: Mapping[str, float], denoise: bool = False, adapted_from: str | None = None) -> FolderSettings:
+        """From :func:`bmc.calibration.calibrate`'s result."""
+        flagged = 1.0 - calib["validation_coverage"]
+        return cls(float(calib["temperature"]), float(calib["review_threshold"]), flagged, denoise, adapted_from)
+
+    def config_keys(self) -> dict[str, Any]:
+        """The ``config.json`` keys and values to write (``adapted_from`` only when set)."""
+        values = {self.KEYS[name]: getattr(self, name) for name in self.KEYS}
+        return {k: v for k, v in values.items() if v is not None or k != self.KEYS["adapted_from"]}
 
 
 def read_manifest(path: str | Path) -> list[dict[str, str]]:

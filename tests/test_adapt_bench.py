@@ -40,3 +40,16 @@ def test_a_simulated_review_checks_the_asked_number_of_cells_and_learns_the_rest
     assert reviewed.sum() == 16 and (labels[reviewed] == truth[reviewed]).all()
     assert set(np.array(source)[~reviewed]) == {"learnt"}  # the gate adopted the head for this unfamiliar count
     assert (labels[~reviewed] == truth[~reviewed]).mean() > 0.8
+
+
+def test_settings_are_a_tuning_config_not_module_globals():
+    import pytest
+
+    from bench.adapt_curve import tuning_config
+    from bmc.lab import tuning
+
+    config, settings = tuning_config(["DISTILL_WEIGHT=10", "epochs=3"])
+    assert (config.distill_weight, config.epochs, settings) == (10.0, 3, {"distill_weight": 10.0, "epochs": 3})
+    assert tuning.RECIPE.distill_weight == 30.0 and tuning.RECIPE.epochs == 5  # the recipe itself is untouched
+    with pytest.raises(ValueError, match="no setting SOUPS"):
+        tuning_config(["SOUPS=3"])

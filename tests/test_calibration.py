@@ -41,3 +41,21 @@ def test_the_threshold_holds_at_the_lower_confidence_bound_not_just_on_average()
     order = np.argsort(-probs.max(1))
     running = np.cumsum((probs.argmax(1) == labels)[order]) / np.arange(1, 901)
     assert above.sum() < np.nonzero(running >= 0.95)[0].max() + 1
+
+
+def test_the_folder_settings_round_trip_through_config_json(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from bmc.model import update_config
+    from bmc.model_folder import FolderSettings
+
+    (tmp_path / "config.json").write_text("{}")
+    calib = {"temperature": 1.7, "review_threshold": 0.62, "validation_coverage": 0.6}
+    update_config(tmp_path, **FolderSettings.from_calibration(calib, denoise=True).config_keys())
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written == {"bmc_temperature": 1.7, "bmc_review_threshold": 0.62, "bmc_validation_flagged": 0.4, "bmc_denoise": True}
+    read = FolderSettings.from_config(SimpleNamespace(**written))
+    assert (read.temperature, read.review_threshold, read.denoise, read.adapted_from) == (1.7, 0.62, True, None)
+    assert abs(read.validation_flagged - 0.4) < 1e-12
+    assert FolderSettings.from_config(SimpleNamespace()) == FolderSettings()  # a plain transformers folder: the defaults

@@ -189,3 +189,16 @@ def test_every_command_exits_2_when_nothing_is_usable(tmp_path, tiny_model_dir, 
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 2 and "not a trained model folder" in capsys.readouterr().err
+
+
+def test_a_local_model_path_that_does_not_exist_fails_at_once_without_a_hub_lookup(monkeypatch):
+    import pytest
+
+    from bmc.model import ModelNotFoundError, check_safetensors, looks_local
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # as a direct bmc call without make's environment
+    for name in ("models/typo", "./typo", "runs/a/export", "~/m"):
+        assert looks_local(name), name
+        with pytest.raises(ModelNotFoundError, match="no such folder"):
+            check_safetensors(name)
+    assert not looks_local("facebook/dinov2-small")  # a Hub id still goes to the Hub

@@ -102,7 +102,7 @@ def test_a_model_without_tunable_blocks_gets_a_new_head(tmp_path, tiny_model_dir
     from bmc.lab import adapt as lab_model
     from bmc.serve.predictor import Predictor
 
-    monkeypatch.setattr(lab_model, "supports", lambda model: False)  # as for a ConvNeXt
+    monkeypatch.setattr(lab_model, "supports", lambda model, config=None: False)  # as for a ConvNeXt
     lab = _lab(tmp_path / "lab", {"BLA": 6, "LYT": 6})
     out, summary = lab_model.adapt_model(str(tiny_model_dir), lab, tmp_path / "adapted", progress=False)
     assert summary["method"] == "the last layer (head) refitted" and summary["lab_out_of_fold"]["n"] == 12
@@ -132,23 +132,24 @@ def test_learnt_labels_of_a_count_are_read_only_when_asked(tmp_path):
 
 def test_learnt_cells_are_trained_on_but_never_measured_on(tmp_path, tiny_model_dir, monkeypatch):
     from bmc.lab import adapt as lab_model
+    from bmc.lab import fitting
 
     reviewed = _lab(tmp_path / "reviewed", {"BLA": 6, "LYT": 6})
     learnt = _lab(tmp_path / "learnt", {"BLA": 5, "NGS": 4})
     seen = []
-    tune = lab_model.tune
+    tune = fitting.tune
 
     def spy(model, n_classes, lab_hidden, lab_y, *args, lab_weights=None, **kwargs):
         seen.append(sorted(np.round(lab_weights, 2).tolist()))
         return tune(model, n_classes, lab_hidden, lab_y, *args, lab_weights=lab_weights, **kwargs)
 
-    monkeypatch.setattr(lab_model, "tune", spy)
+    monkeypatch.setattr(fitting, "tune", spy)
     _, summary = lab_model.adapt_model(
         str(tiny_model_dir), reviewed, tmp_path / "adapted", learnt=learnt, progress=False, measure_forgetting=False
     )
     assert summary["learnt_cells"] == 9 and summary["lab_out_of_fold"]["n"] == 12  # measured on the reviewed cells only
-    assert seen[-1] == [lab_model.LEARNT_WEIGHT] * 9 + [1.0] * 12  # the final fit: every cell, learnt ones lighter
-    assert all(w.count(lab_model.LEARNT_WEIGHT) == 9 for w in seen)  # every fold keeps all the learnt cells
+    assert seen[-1] == [fitting.LEARNT_WEIGHT] * 9 + [1.0] * 12  # the final fit: every cell, learnt ones lighter
+    assert all(w.count(fitting.LEARNT_WEIGHT) == 9 for w in seen)  # every fold keeps all the learnt cells
     assert "9 of them were labelled by the learning review" in (tmp_path / "adapted" / "README.md").read_text()
     (tmp_path / "none").mkdir()
     with pytest.raises(ValueError, match="no reviewed cell"):  # learnt labels alone: nothing a person checked to measure on

@@ -13,6 +13,7 @@ from PIL import Image
 
 from bmc.calibration import flagged, softmax
 from bmc.model import class_codes, load_classifier
+from bmc.model_folder import FolderSettings
 from bmc.serve.backends import Runner, describe, make_runner, torch_runner
 from bmc.serve.guard import load_guard
 from bmc.transforms import preprocess, processor_size
@@ -94,11 +95,11 @@ class Predictor:
         self.model, self.processor = load_classifier(name_or_path, allow_pickle, revision)
         cfg = self.model.config
         self.codes = class_codes(self.model)
-        self.temperature = float(getattr(cfg, "bmc_temperature", 1.0) or 1.0)
-        self.threshold = float(getattr(cfg, "bmc_review_threshold", 0.5) or 0.5)
-        self.use_denoise = bool(getattr(cfg, "bmc_denoise", False))
-        share = getattr(cfg, "bmc_validation_flagged", None)
-        self.validation_flagged = None if share is None else float(share)
+        settings = FolderSettings.from_config(cfg)
+        self.temperature = settings.temperature
+        self.threshold = settings.review_threshold
+        self.use_denoise = settings.denoise
+        self.validation_flagged = settings.validation_flagged
         """Share of validation images the threshold flags: the baseline a count is compared with (:mod:`bmc.count.learning`)."""
         self.version = model_version(name_or_path, cfg)
         self.backend, self.runner = make_runner(backend, self.model, processor_size(self.processor), self.version)

@@ -28,6 +28,7 @@ from bmc.images import IMAGE_SUFFIXES, open_image
 from bmc.labels import sort_codes, wbc_code
 from bmc.metrics import classification_metrics, per_class_rows
 from bmc.model import update_config
+from bmc.model_folder import FolderSettings
 from bmc.serve.predictor import dataset_logits, predict_logits
 
 UNSPLIT_NEUTROPHIL = {"NGB": "NGS"}
@@ -267,7 +268,7 @@ def calibrate_on_validation(
 
     logits, labels = dataset_logits(model, processor, validation, use_denoise=denoise)
     calib = calibrate(logits, labels, target_accuracy)
-    update_config(model_dir, **calibration_config(calib), bmc_denoise=denoise)
+    update_config(model_dir, **FolderSettings.from_calibration(calib, denoise).config_keys())
     t, thr = calib["temperature"], calib["review_threshold"]
     figures = metrics_from_logits(logits, labels, codes, t, threshold=thr)
     per_domain = by_domain(logits, labels, validation["domain"], codes, t, thr)
@@ -275,15 +276,6 @@ def calibrate_on_validation(
         figures["by_domain"] = per_domain
     write_predictions(Path(model_dir) / VALIDATION_PREDICTIONS, validation["source"], labels, softmax(logits, t), codes)
     return calib, figures
-
-
-def calibration_config(calib: dict) -> dict:
-    """The config.json keys a calibration sets (read by :class:`bmc.serve.predictor.Predictor`)."""
-    return {
-        "bmc_temperature": calib["temperature"],
-        "bmc_review_threshold": calib["review_threshold"],
-        "bmc_validation_flagged": 1.0 - calib["validation_coverage"],
-    }
 
 
 def confusion_figure(set_name: str) -> str:

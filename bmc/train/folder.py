@@ -20,7 +20,7 @@ from bmc.calibration import softmax
 from bmc.figures import plot_confusion_matrix, plot_training_curves
 from bmc.images import SkippedFile
 from bmc.model import load_classifier
-from bmc.model_folder import read_manifest
+from bmc.model_folder import FolderSettings, read_manifest
 from bmc.splits import write_manifest, write_skipped
 from bmc.train.evaluation import (
     VALIDATION_PREDICTIONS,
@@ -138,7 +138,7 @@ def evaluate_model_dir(
     if "shared_classes" not in metrics and rows:
         metrics["shared_classes"] = shared_classes(rows)
     model, processor = load_classifier(str(model_dir))
-    denoise = bool(getattr(model.config, "bmc_denoise", False))
+    denoise = FolderSettings.from_config(model.config).denoise
     if recalibrate:
         recalibrate_model_dir(model_dir, metrics, rows, model, processor, denoise)
     if rows and (recalibrate or "review" not in metrics.get("test", {})):

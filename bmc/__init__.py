@@ -1,11 +1,10 @@
 """bmc: fine-tune, evaluate, explain and serve a bone marrow cell classifier.
 
-One module per concern (the README's "Layout" table says which is which): ``labels``, ``images``, ``data`` and
-``splits``, ``transforms`` and ``augmentation``, ``model`` and ``base_weights``, ``arguments``,
-``training_data``, ``trainer`` and ``training``, ``calibration``, ``metrics``, ``evaluation``, ``export`` and
-``model_folder``, ``model_card``, ``hub``, ``inference`` and ``backends``, ``explain``, ``uploads``, ``count``
-and ``report``, ``adaptation`` and ``lab_model``, ``locate`` and ``locate_fields``. ``app.py`` and
-``train_hf.py`` only wire these together.
+A ground floor of shared modules (``labels``, ``images``, ``transforms``, ``calibration``, ``metrics``, ``model``,
+``model_folder``, ``splits``, ``data``, ``figures``, ``constants``) under six wings: ``serve`` (running a model
+folder), ``locate`` (cells in whole fields), ``count`` (the differential count and its review), ``train``
+(training, measuring, publishing), ``lab`` (``bmc adapt``) and ``cli`` (the ``bmc`` command). docs/architecture.md
+has the layers and where each thing lives; ``app.py`` and ``train_hf.py`` only wire these together.
 """
 
 __version__ = "0.1.0"

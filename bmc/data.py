@@ -20,6 +20,7 @@ are skipped and listed with the reason, never fatal.
 
 from __future__ import annotations
 
+import csv
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ def scan_folder(root: str | Path, map_names: bool = True) -> tuple[list[tuple[st
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
+    if (root / LABELS_CSV).is_file() and (root / "images").is_dir():
+        return scan_labels_csv(root)
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     # Kaggle's archive wraps the class folders in one more folder; step into it.
     if len(class_dirs) == 1 and not _has_images(class_dirs[0], direct=True):
@@ -98,6 +101,39 @@ PBC_PREFIX_TO_CODE: dict[str, str | None] = {
     "ERB": "EBO",
     "PLATELET": None,
 }
+LABELS_CSV = "labels.csv"
+NUMBERED_CLASSES = {"1": "neutrophil", "2": "lymphocyte", "3": "monocyte", "4": "eosinophil", "5": "basophil"}
+"""Class numbers of the ``images/`` + ``labels.csv`` layout of Zheng et al. 2018 (white-cell segmentation data)."""
+
+
+def scan_labels_csv(root: str | Path) -> tuple[list[tuple[str, str]], list[SkippedFile]]:
+    """``(path, label)`` for a folder of ``images/`` and a ``labels.csv`` of (image id, class) rows, as Zheng et al.
+    2018 publish theirs: the id is the file's stem, with or without leading zeros; the class a name, a Matek code or
+    one of :data:`NUMBERED_CLASSES`. Rows whose image is missing are reported as skipped."""
+    root = Path(root)
+    stems: dict[str, Path] = {}
+    for path in sorted((root / "images").iterdir()):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            stems[path.stem] = stems[path.stem.lstrip("0") or "0"] = path
+    records: list[tuple[str, str]] = []
+    skipped: list[SkippedFile] = []
+    with open(root / LABELS_CSV, newline="") as fh:
+        for row in list(csv.reader(fh))[1:]:
+            if len(row) < 2:
+                continue
+            image_id, label = row[0].strip(), row[1].strip()
+            path = stems.get(image_id) or stems.get(image_id.lstrip("0") or "0")
+            if path is None:
+                skipped.append(SkippedFile(str(root / "images" / image_id), f"listed in {LABELS_CSV}, no such image"))
+                continue
+            name = NUMBERED_CLASSES.get(label, label)
+            try:
+                records.append((str(path), to_code(name)))
+            except KeyError:
+                records.append((str(path), name))
+    return records, skipped
+
+
 PBC_FOLDERS = {"basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"}
 """The PBC data set's folder names; a folder holding only these is read in the PBC layout."""
 

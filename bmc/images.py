@@ -21,7 +21,7 @@ MAX_PIXELS = 40_000_000
 """Refuse images larger than this *before* decoding them (decompression-bomb guard)."""
 MIN_SIDE = 16
 """A cell image smaller than this on either side carries no usable morphology."""
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
 
 class ImageError(ValueError):

@@ -56,6 +56,21 @@ def denoise(rgb: np.ndarray) -> np.ndarray:
     return cv2.fastNlMeansDenoisingColored(rgb, None, 3, 3, 7, 21)
 
 
+def lab_statistics(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and spread of an RGB image in OpenCV's 8-bit CIE-Lab."""
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float32)
+    return lab.mean(axis=0), lab.std(axis=0) + 1e-3
+
+
+def lab_standardise(rgb: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The image with its CIE-Lab mean and spread mapped onto ``mean``/``std`` (Reinhard et al. 2001, per image):
+    a laboratory's overall stain and brightness replaced, shapes and relative colours kept."""
+    own_mean, own_std = lab_statistics(rgb)
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    out = (lab - own_mean) / own_std * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
 def preprocess(images: list[Image.Image], processor: Any, use_denoise: bool = False) -> np.ndarray:
     """Evaluation/serving preprocessing: exactly the image processor (plus optional denoising)."""
     if use_denoise:

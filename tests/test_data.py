@@ -189,3 +189,17 @@ def test_pbc_external_maps_prefixes_not_folders(shared_data):
     counts = Counter(codes[i] for i in ds["label"])
     assert counts == {"NGS": 100, "EOS": 100, "PMO": 100}  # band neutrophils (BNE) are not NGS
     assert excluded["NGB"] == 30 and excluded["unmapped"] == 30  # platelets
+
+
+def test_an_images_folder_with_a_labels_csv_is_read_by_image_id(tmp_path):
+    from PIL import Image
+
+    from bmc.data import scan_folder
+
+    (tmp_path / "images").mkdir()
+    for stem in ("001", "002", "003"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / f"{stem}.webp")
+    (tmp_path / "labels.csv").write_text("image ID,class\n1,2\n2,1\n3,Monocyte\n9,4\n")
+    records, skipped = scan_folder(tmp_path)
+    assert [(p.split("/")[-1], c) for p, c in records] == [("001.webp", "LYT"), ("002.webp", "neutrophil"), ("003.webp", "MON")]
+    assert len(skipped) == 1 and "no such image" in skipped[0].reason

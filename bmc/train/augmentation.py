@@ -35,7 +35,7 @@ import numpy as np
 
 from bmc.constants import ROBUSTNESS_AUGMENTATIONS
 from bmc.images import open_image
-from bmc.transforms import denoise, processor_size
+from bmc.transforms import denoise, lab_standardise, processor_size
 
 ZOOM_OUT_P = 0.5
 ZOOM_OUT_MIN_SCALE = 0.45
@@ -74,12 +74,9 @@ def lab_restyle(rgb: np.ndarray, rng: np.random.Generator, p: float = LAB_RESTYL
     lab's overall stain and brightness change."""
     if rng.random() >= p:
         return rgb
-    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
-    mean, std = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0) + 1e-3
     target_mean = np.array([rng.uniform(lo, hi) for lo, hi in LAB_TARGET_MEAN], np.float32)
     target_std = np.array([rng.uniform(lo, hi) for lo, hi in LAB_TARGET_STD], np.float32)
-    out = (lab - mean) / std * target_std + target_mean
-    return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    return lab_standardise(rgb, target_mean, target_std)
 
 
 def train_augmentation(size: int, seed: int | None = None, robust: tuple[str, ...] = ROBUSTNESS_AUGMENTATIONS) -> albumentations.Compose:

@@ -1,0 +1,136 @@
+"""Zero-shot accuracy per laboratory, before any review, for models and input colour views (issue 33).
+
+    python bench/colour.py --models models/bmc-dinov2s-matek-pbc13 runs/experiment-pbc13-colour/export \\
+        --out docs/colour/zero-shot.json
+
+For each model and each *view* of the input it measures, on sets of four laboratories:
+
+* ``matek-test``: the model's own Matek test split (its split manifest), macro-F1 and accuracy;
+* ``pbc-external``: PBC's external test set (CellaVision, Barcelona), accuracy;
+* ``bccd``: BCCD's white-cell crops (a low-end camera, another stain), accuracy;
+* ``zheng2018-ds2``: Zheng et al. 2018's 60 white cells (another CellaVision lab), accuracy.
+
+A neutrophil of a set that does not split band from segmented counts as right either way (as ``bmc evaluate``).
+Views: ``plain`` (the image as given: what ``pipeline()`` sees) and ``reinhard`` (each image's CIE-Lab mean and
+spread mapped onto the model's marrow training images' average, :func:`bmc.transforms.lab_standardise`, at test
+time only). Every figure has a 95 % bootstrap interval (1,000 resamples of the set's images). These are reporting
+sets: the recipe is chosen on validation (``bmc compare --validation``), never by this table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from bench.review import load_set  # noqa: E402
+from bmc.metrics import classification_metrics  # noqa: E402
+from bmc.splits import read_resolved_manifest  # noqa: E402
+from bmc.train.evaluation import counts_right  # noqa: E402
+from bmc.transforms import lab_standardise, lab_statistics  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+SETS = {
+    "pbc-external": SHARED / "pbc-external",
+    "bccd": SHARED / "external-wbc" / "bccd",
+    "zheng2018-ds2": SHARED / "external-wbc" / "zheng2018-ds2",
+}
+VIEWS = ("plain", "reinhard")
+REFERENCE_IMAGES = 300
+"""Marrow training images whose average Lab statistics are the ``reinhard`` view's target."""
+
+
+def reference_statistics(model_dir: Path, n: int = REFERENCE_IMAGES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Average per-image Lab mean and spread of ``n`` of the model's marrow *training* images (its split manifest)."""
+    rows = [r for r in read_resolved_manifest(model_dir / "split_manifest.csv") if r["split"] == "train"]
+    marrow = [r for r in rows if r.get("domain") == rows[0].get("domain")]
+    picked = np.random.default_rng(seed).choice(len(marrow), min(n, len(marrow)), replace=False)
+    stats = [lab_statistics(np.asarray(Image.open(marrow[i]["source"]).convert("RGB"))) for i in picked]
+    return np.mean([m for m, _ in stats], axis=0), np.mean([s for _, s in stats], axis=0)
+
+
+def bootstrap(right: np.ndarray, n: int = 1000, seed: int = 0) -> list[float]:
+    """95 % percentile interval of the mean of ``right`` over ``n`` resamples."""
+    rng = np.random.default_rng(seed)
+    means = [right[rng.integers(0, len(right), len(right))].mean() for _ in range(n)]
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def measure(predictor: object, images: list, truth: np.ndarray, equivalents: dict | None) -> dict:
+    """Accuracy (with its interval) and macro-F1 of one set."""
+    logits = predictor.logits(images)  # type: ignore[attr-defined]
+    codes = predictor.codes  # type: ignore[attr-defined]
+    called = np.array(codes)[logits.argmax(axis=1)]
+    right = counts_right(called, np.array(codes)[truth], equivalents)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    macro_f1 = classification_metrics(probs / probs.sum(axis=1, keepdims=True), truth, num_classes=len(codes))["macro_f1"]
+    return {"n": len(truth), "accuracy": float(right.mean()), "accuracy_ci": bootstrap(right), "macro_f1": float(macro_f1)}
+
+
+def measure_model(model_dir: Path, sets: list[str], views: list[str]) -> dict:
+    """Every set in every view for one model folder."""
+    from bmc.serve.predictor import Predictor
+
+    predictor = Predictor(str(model_dir), backend="torch")
+    reference = reference_statistics(model_dir)
+    out: dict = {"reference_lab_mean": reference[0].tolist(), "reference_lab_std": reference[1].tolist(), "sets": {}}
+    for name in sets:
+        if name == "matek-test":
+            images, truth, eq = load_set(model_dir / "split_manifest.csv", predictor.codes, "test", "bone-marrow-cells")
+        else:
+            images, truth, eq = load_set(SETS[name], predictor.codes, None, None)
+        out["sets"][name] = {}
+        for view in views:
+            shown = images if view == "plain" else [Image.fromarray(lab_standardise(np.asarray(im), *reference)) for im in images]
+            out["sets"][name][view] = measure(predictor, shown, truth, eq)
+            print(f"{model_dir.name} {name} {view}: {out['sets'][name][view]}", flush=True)
+    return out
+
+
+def markdown(results: dict) -> str:
+    """One row per model and view, one column per set (accuracy; Matek test also macro-F1)."""
+    sets = list(next(iter(results.values()))["sets"])
+    head = "| model | view | " + " | ".join(sets) + " |\n|---|---|" + "---|" * len(sets) + "\n"
+    rows = []
+    for model, res in results.items():
+        for view in next(iter(res["sets"].values())):
+            cells = []
+            for set_name in sets:
+                m = res["sets"][set_name][view]
+                lo, hi = m["accuracy_ci"]
+                extra = f", macro-F1 {m['macro_f1']:.3f}" if set_name == "matek-test" else ""
+                cells.append(f"{m['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] ({m['n']}){extra}")
+            name = Path(model).parent.name if Path(model).name == "export" else Path(model).name
+            rows.append(f"| `{name}` | {view} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", type=Path, required=True, help="model folders (with their split_manifest.csv)")
+    parser.add_argument("--sets", nargs="+", default=["matek-test", *SETS], choices=["matek-test", *SETS])
+    parser.add_argument("--views", nargs="+", default=list(VIEWS), choices=VIEWS)
+    parser.add_argument("--out", type=Path, required=True, help="JSON of every figure; the markdown table is printed")
+    args = parser.parse_args(argv)
+    missing = [str(m) for m in args.models if not (m / "split_manifest.csv").is_file()]
+    if missing:
+        parser.error(f"not a trained model folder with its split manifest: {', '.join(missing)}")
+    results = {str(m): measure_model(m, args.sets, args.views) for m in args.models}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

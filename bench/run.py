@@ -14,12 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,13 +32,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import torch  # noqa: E402
 
+from bench.cost import _model_gflops, bench_cost  # noqa: E402
+from bench.train_speed import _train_child, bench_train, machine  # noqa: E402
 from bmc.constants import DEFAULT_MODEL  # noqa: E402
-from bmc.data import from_records  # noqa: E402
 from bmc.images import open_image  # noqa: E402
 from bmc.model_folder import read_manifest  # noqa: E402
 from bmc.serve.predictor import Predictor  # noqa: E402
 
-CONVNEXT_METRICS = ROOT / "docs" / "comparison" / "convnext-scratch-128"
 SECTIONS = ("inference", "latency", "attribution", "train", "app", "cost", "review")
 REVIEW_CELLS, REVIEWED = 2000, 200
 """The learning review's goal: a refit plus re-label of a 2,000-cell count with 200 reviewed cells in <= 1 s."""
@@ -123,26 +119,6 @@ def _inference_evidence(classify: Any, paths: list[str], out: dict) -> dict:
         "matmul_gflop_s": 2 * 2048**3 / t_mm / 1e9,
         "achieved_gflop_s": {k.removeprefix("bmc_").removesuffix("_img_s"): v * gflop for k, v in out.items() if k.endswith("_img_s")},
     }
-
-
-def _pbc_accuracy(metrics: dict) -> float | None:
-    """Accuracy on the PBC external set, whichever metrics.json layout the model folder has."""
-    from bmc.train.evaluation import external_results
-
-    pbc = external_results(metrics).get("pbc-external")
-    return pbc["accuracy"] if pbc else None
-
-
-def _model_gflops(net: torch.nn.Module, processor: Any) -> float:
-    """Forward FLOPs of one image (torch's FLOP counter: 2 per multiply-add)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from bmc.transforms import processor_size
-
-    size = processor_size(processor)
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        net(pixel_values=torch.zeros(1, 3, size, size))
-    return counter.get_total_flops() / 1e9
 
 
 def _predict_files(predictor: Predictor, paths: list[str], batch_size: int = 32) -> list[str]:
@@ -239,160 +215,6 @@ def _ig_breakdown(model: torch.nn.Module, x: torch.Tensor, forward: float) -> di
     }
 
 
-def bench_train(model: Path, steps: int = 6, batch: int = 32) -> dict:
-    """``train_hf``'s Trainer vs a minimal PyTorch loop: same model, batch, augmentation, loss, steps.
-
-    Run in a child process so that its peak memory is the training's alone."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out_json = Path(tmp) / "train.json"
-        subprocess.run(
-            [sys.executable, __file__, "--train-child", str(out_json), "--model", str(model), "--steps", str(steps), "--batch", str(batch)],
-            check=True,
-        )
-        return json.loads(out_json.read_text())
-
-
-def _train_child(model: Path, steps: int, batch: int, out_json: Path) -> None:
-    """Time the same training steps twice, as a minimal PyTorch loop and as train_hf.py's Trainer."""
-    from bmc.train.run import use_all_cores_when_alone
-
-    use_all_cores_when_alone()
-    ds, transform, label_maps, image_size = _train_data(model, steps, batch)
-    plain_s, data_s = _time_plain_loop(model, ds, transform, label_maps, steps, batch)
-    t_train, begin, end = _time_trainer(model, ds, transform, label_maps, steps, batch)
-    _, begin_bf16, end_bf16 = _time_trainer(model, ds, transform, label_maps, steps, batch, bf16=True)
-    gaps = [b - e for e, b in zip(end[:-1], begin[1:])]  # next batch fetched + collated in the gap
-    step_wall = (end[-1] - begin[0]) if end else float("nan")
-    result = {
-        "steps": steps,
-        "batch": batch,
-        "image_size": image_size,
-        "plain_loop_img_s": steps * batch / plain_s,
-        "trainer_img_s": steps * batch / t_train,
-        "trainer_steady_img_s": _steady_img_s(begin, end, batch),
-        "plain_loop_data_share": data_s / plain_s,
-        "trainer_data_share": sum(gaps) / step_wall if gaps else None,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        # the same Trainer steps in bf16 autocast (the configs' "bf16": true)
-        "trainer_bf16_steady_img_s": _steady_img_s(begin_bf16, end_bf16, batch),
-        "cpu_bf16_instructions": _cpu_bf16_flags(),
-    }
-    if result["trainer_bf16_steady_img_s"] and result["trainer_steady_img_s"]:
-        result["bf16_speedup_vs_fp32"] = result["trainer_bf16_steady_img_s"] / result["trainer_steady_img_s"]
-    result["train_throughput_ratio_vs_plain_loop"] = result["trainer_img_s"] / result["plain_loop_img_s"]
-    out_json.write_text(json.dumps(result))
-
-
-def _steady_img_s(begin: list[float], end: list[float], batch: int) -> float | None:
-    """Images per second from the second step's start to the last step's end (the first step warms up)."""
-    return (len(begin) - 1) * batch / (end[-1] - begin[1]) if len(begin) > 1 else None
-
-
-def _cpuinfo(field: str) -> str | None:
-    """The first ``field`` line of /proc/cpuinfo (None where there is no such file or line)."""
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == field), None)
-
-
-def _cpu_bf16_flags() -> list[str]:
-    """The CPU's bfloat16 instructions (AMX, AVX512-BF16): bf16 training is only faster where they exist."""
-    return sorted(f for f in (_cpuinfo("flags") or "").split() if f in {"amx_bf16", "avx512_bf16", "amx_tile"})
-
-
-def _train_data(model: Path, steps: int, batch: int) -> tuple[Any, Any, tuple[dict, dict], int]:
-    """Enough of the model's own training images for ``steps`` batches (twice over), weighted and augmented as in training."""
-    from bmc.labels import label_maps as maps_of
-    from bmc.train.augmentation import TrainTransform
-    from bmc.train.trainer import sample_weights
-    from bmc.transforms import processor_size
-
-    codes = json.loads((model / "metrics.json").read_text())["classes"]
-    rows = [r for r in read_manifest(model / "split_manifest.csv") if r["split"] == "train"][: steps * batch * 2]
-    ds = from_records([(r["source"], r["label"]) for r in rows], codes)
-    ds = ds.add_column("weight", sample_weights(ds["label"], [r.get("domain", "") for r in rows]))
-    predictor = Predictor(str(model), "torch")
-    transform = TrainTransform(predictor.processor, predictor.use_denoise, seed=0)
-    return ds, transform, maps_of(codes), processor_size(predictor.processor)
-
-
-def _time_plain_loop(model: Path, ds: Any, transform: Any, label_maps: tuple[dict, dict], steps: int, batch: int) -> tuple[float, float]:
-    """A minimal PyTorch loop with timers around the data fetch; returns (total, data) seconds."""
-    from torch.utils.data import DataLoader
-
-    from bmc.model import load_for_training
-    from bmc.train.trainer import cell_loss, collate
-
-    torch.manual_seed(0)
-    net = load_for_training(str(model), *label_maps).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
-    loader = DataLoader(ds.with_transform(transform), batch_size=batch, shuffle=True, collate_fn=collate)
-    data_s = 0.0
-    it = iter(loader)
-    start = time.perf_counter()
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        inputs = next(it)
-        data_s += time.perf_counter() - t0
-        loss = cell_loss(
-            net(pixel_values=inputs["pixel_values"]).logits, inputs["labels"], "weighted_ce", inputs["sample_weight"], label_smoothing=0.1
-        )
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    return time.perf_counter() - start, data_s
-
-
-def _time_trainer(
-    model: Path, ds: Any, transform: Any, label_maps: tuple[dict, dict], steps: int, batch: int, bf16: bool = False
-) -> tuple[float, list[float], list[float]]:
-    """The Trainer as train_hf.py builds it (in float32, or bf16 autocast as with ``--bf16``); returns
-    total seconds and each step's begin and end times."""
-    from transformers import TrainerCallback, TrainingArguments
-
-    from bmc.model import load_for_training
-    from bmc.train.trainer import CellTrainer, collate
-
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.begin: list[float] = []
-            self.end: list[float] = []
-
-        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001 - Trainer callback signature
-            self.begin.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
-            self.end.append(time.perf_counter())
-
-    timer = StepTimer()
-    with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(
-            output_dir=tmp,
-            max_steps=steps,
-            per_device_train_batch_size=batch,
-            learning_rate=1e-5,
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            logging_steps=1000,
-            label_smoothing_factor=0.1,
-            disable_tqdm=True,
-            seed=0,
-            remove_unused_columns=False,
-            bf16=bf16,
-            use_cpu=bf16 and not torch.cuda.is_available(),
-        )
-        trainer = CellTrainer(
-            model=load_for_training(str(model), *label_maps),
-            args=args,
-            train_dataset=ds.with_transform(transform),
-            data_collator=collate,
-            callbacks=[timer],
-        )
-        t_train, _ = timed(trainer.train)
-    return t_train, timer.begin, timer.end
-
-
 def bench_app(model: Path, images: list[tuple[str, str]]) -> dict:
     """Peak RSS of the real app serving the model, after classify, Grad-CAM and a 32-cell count."""
     from gradio_client import Client, handle_file
@@ -441,63 +263,7 @@ def bench_review(model: Path, images: list[tuple[str, str]], repeats: int = 5) -
     }
 
 
-def bench_cost(model: Path) -> dict:
-    """Accuracy per cost: test macro-F1 beside forward FLOPs (one image) and parameters, per route."""
-    from bmc.model import load_classifier
-    from bmc.transforms import build_image_processor
-
-    def flops(net: torch.nn.Module, size: int) -> float:
-        return _model_gflops(net, build_image_processor(size)) * 1e9
-
-    routes = {}
-    m = json.loads((model / "metrics.json").read_text())
-    net, _processor = load_classifier(str(model))
-    size = m["model_args"]["image_size"]
-    routes[m["model_name"]] = {
-        "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
-        "image_size": size,
-        "gflops": flops(net, size) / 1e9,
-        "test_macro_f1": m["test"]["macro_f1"],
-        "external_accuracy": _pbc_accuracy(m),
-    }
-    if (CONVNEXT_METRICS / "metrics.json").is_file():
-        from transformers import AutoConfig, AutoModelForImageClassification
-
-        c = json.loads((CONVNEXT_METRICS / "metrics.json").read_text())
-        config = AutoConfig.from_pretrained(CONVNEXT_METRICS)  # nosec B615 # a folder in this repository
-        cnet = AutoModelForImageClassification.from_config(config).eval()  # FLOPs depend on the architecture only
-        csize = c["model_args"]["image_size"]
-        routes[c["model_name"]] = {
-            "params_m": sum(p.numel() for p in cnet.parameters()) / 1e6,
-            "image_size": csize,
-            "gflops": flops(cnet, csize) / 1e9,
-            "test_macro_f1": c["test"]["macro_f1"],
-            "external_accuracy": _pbc_accuracy(c),
-        }
-    for r in routes.values():
-        r["macro_f1_per_gflop"] = r["test_macro_f1"] / r["gflops"]
-    return routes
-
-
 # ------------------------------------------------------------------------------------------- report
-
-
-def machine() -> dict:
-    cpu = _cpuinfo("model name") or platform.processor()
-    import onnxruntime
-    import transformers
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "load_average_at_start": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
 
 
 def headline(r: dict) -> dict:

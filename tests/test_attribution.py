@@ -164,3 +164,23 @@ def test_bad_folder_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--model", str(tmp_path / "none"), "--cells", str(tmp_path), "--out", str(tmp_path / "x.json")])
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_the_model_card_shows_the_faithfulness_table_only_when_measured(tmp_path):
+    from test_model_card import _metrics
+
+    from bmc.train.model_card import ATTRIBUTION_FILE, render_card
+
+    (tmp_path / "metrics.json").write_text(json.dumps(_metrics()))
+    without = render_card(tmp_path).read_text()
+    assert "### Explanations (attribution maps)" in without and "single-patch Spearman" not in without
+    rows = {"abpc": 0.412, "abpc_ci": [0.3, 0.5], "single_patch_spearman": 0.25, "randomisation_spearman": {"head": 0.5, "top_half": 0.1}}
+    table = {
+        "n": 7,
+        "cells": "cells",
+        "split": "test",
+        "methods": {"Grad-CAM": rows | {"seconds": 0.3}, "centre": rows | {"seconds": None}},
+    }
+    (tmp_path / ATTRIBUTION_FILE).write_text(json.dumps(table))
+    text = render_card(tmp_path).read_text()
+    assert "| Grad-CAM | 0.412 [0.300, 0.500] | 0.250 | 0.100 | 0.3 |" in text and "On 7 cells of `cells` (test split)" in text

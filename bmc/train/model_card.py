@@ -114,6 +114,18 @@ def _training_sources(metrics: dict, model_dir: Path) -> list[dict]:
     return out
 
 
+ATTRIBUTION_FILE = "attribution.json"
+"""bench/attribution.py's summary for this model, if its folder has one: the card's faithfulness table (optional)."""
+
+
+def _attribution(model_dir: Path) -> dict[str, Any] | None:
+    path = model_dir / ATTRIBUTION_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return data if isinstance(data.get("methods"), dict) and data["methods"] else None
+
+
 def card_context(metrics: dict, model_dir: Path) -> dict[str, Any]:
     """Everything the template needs, derived from ``metrics.json`` and the label module."""
     codes = metrics["classes"]
@@ -152,6 +164,7 @@ def card_context(metrics: dict, model_dir: Path) -> dict[str, Any]:
         "secondary_only": secondary_only,
         "externals": externals,
         "citations": list(dict.fromkeys(x["citation"] for x in sources + externals if x["citation"])),
+        "attribution": _attribution(model_dir),
         "review_target_met": review["validation_coverage"] > 0
         and review["validation_accuracy_above_threshold"] >= review["target_accuracy"] - 1e-9,
         "pct": lambda x: f"{100 * float(x):.1f}",

@@ -126,12 +126,15 @@ def _stain(rgb: np.ndarray) -> np.ndarray:
 
 
 def method_options(spec: str) -> tuple[str, dict[str, Any]]:
-    """``Grad-CAM@-6`` → Grad-CAM at block -6; ``Attention rollout@keep-sinks``; ``Integrated Gradients@zero``."""
+    """``Grad-CAM@-6`` → Grad-CAM at block -6; ``Gradient-weighted rollout@6`` → over the last 6 blocks;
+    ``Attention rollout@keep-sinks``; ``Integrated Gradients@zero``."""
     name, _, variant = spec.partition("@")
     if not variant:
         return name, {}
     if name == "Grad-CAM":
         return name, {"layer": int(variant)}
+    if name == "Gradient-weighted rollout":
+        return name, {"last_blocks": int(variant)}
     if name == "Attention rollout" and variant == "keep-sinks":
         return name, {"skip_sinks": False}
     if name == "Integrated Gradients" and variant == "zero":
@@ -370,6 +373,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--n-sanity", type=int, default=50, help="cells with the model-randomisation check")
     ap.add_argument("--shard", default="1/1", help="I/K: measure every K-th cell from the I-th (merge the parts with --merge)")
     ap.add_argument("--merge", nargs="+", type=Path, help="JSON files of shards to merge (their per-cell records)")
+    ap.add_argument("--resume", action="store_true", help="keep the cells already in --out and measure the rest (runs in pieces)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -394,9 +398,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not cells:
         raise SystemExit(f"error: no images of split {args.split!r} in {args.cells}")
     i, k = (int(v) for v in args.shard.split("/"))
-    records = []
+    records = json.loads(args.out.read_text())["records"] if args.resume and args.out.is_file() else []
+    done = {r["file"] for r in records}
     for index in range(i - 1, len(cells), k):
         path, code = cells[index]
+        if path.name in done:
+            continue
         todo = {"slow": index < args.n_slow, "patch": index < args.n_patch, "sanity": index < args.n_sanity}
         records.append(measure_cell(ex, sanity, path, code, args.masks, methods, todo, args.seed + index))
         _write(args.out, summarise(records) | {"cells": str(args.cells), "partial": True, "records": records})

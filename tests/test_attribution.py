@@ -155,6 +155,9 @@ def test_the_benchmark_writes_the_issue_json(tiny_model_dir, tmp_path):
         assert 0 <= d["mass_on_cell"] <= 1 and d["mass_on_nucleus"] <= d["mass_on_cell"] + 1e-6, name
     assert result["methods"]["centre"]["randomisation_spearman"]["top_half"] == pytest.approx(1.0)
     assert set(result["per_class"]) == {"LYT", "NGS"}
+    records = result["records"]
+    bench.main(["--model", str(tiny_model_dir), "--cells", str(cells), "--masks", str(masks), "--n", "2", "--out", str(out), "--resume"])
+    assert json.loads(out.read_text())["records"] == records  # nothing left to measure: the cells measured are kept
     merged = tmp_path / "m.json"
     bench.main(["--merge", str(out), str(out), "--out", str(merged)])
     assert json.loads(merged.read_text())["n"] == 4

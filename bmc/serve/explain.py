@@ -36,6 +36,7 @@ from torch import nn
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+from bmc.model_folder import FolderSettings
 from bmc.serve import faithfulness, vit_maps
 from bmc.serve.vit_maps import is_vit, vit_layers
 from bmc.transforms import preprocess, processor_size
@@ -78,7 +79,7 @@ class Explainer:
         self.processor = processor
         self.use_denoise = use_denoise
         self.size = processor_size(processor)
-        self.temperature = float(getattr(getattr(model, "config", None), "bmc_temperature", 1.0) or 1.0)
+        self.temperature = FolderSettings.from_config(getattr(model, "config", None)).temperature
         self._grid = _Grid()
 
     def _logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -164,8 +165,8 @@ class Explainer:
             raise ValueError("attention rollout needs a vision transformer (ViT/DINOv2)")
         return vit_maps.attention_rollout(self.model, x, discard_ratio, skip_sinks)
 
-    def gradient_rollout(self, x: torch.Tensor, target: int) -> np.ndarray:
-        return vit_maps.gradient_rollout(self.model, x.clone().requires_grad_(True), target)
+    def gradient_rollout(self, x: torch.Tensor, target: int, last_blocks: int | None = None) -> np.ndarray:
+        return vit_maps.gradient_rollout(self.model, x.clone().requires_grad_(True), target, last_blocks)
 
     # ----------------------------------------------------------------- helpers
 
@@ -222,6 +223,7 @@ METHODS: dict[str, Method] = {
             "Warm patches are where the attention that raised the chosen class's score flows from, block by block "
             "(attention weighted by its gradient); coarse, one value per 14-px patch.",
             vit_only=True,
+            options=("last_blocks",),
         ),
         Method(
             "Grad-CAM",

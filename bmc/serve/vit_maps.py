@@ -84,15 +84,18 @@ def attention_rollout(model: nn.Module, x: torch.Tensor, discard_ratio: float = 
     return _to_grid(rollout[0, 1:])
 
 
-def gradient_rollout(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
-    """Chefer et al.'s rule 6: R = I; for each block R ← R + E_h[(∇A ⊙ A)⁺]·R; the CLS row over the patches."""
+def gradient_rollout(model: nn.Module, x: torch.Tensor, target: int, last_blocks: int | None = None) -> np.ndarray:
+    """Chefer et al.'s rule 6: R = I; for each block R ← R + E_h[(∇A ⊙ A)⁺]·R; the CLS row over the patches.
+    ``last_blocks``: accumulate over the last blocks only (the early blocks' attention is mostly local mixing
+    that any image gets, whatever the model learnt)."""
     with eager_attention(model), torch.enable_grad():
         out = model(pixel_values=x, output_attentions=True)
         attentions = out.attentions
         grads = torch.autograd.grad(out.logits[0, target], attentions)
     tokens = attentions[0].shape[-1]
     r = torch.eye(tokens)
-    for att, grad in zip(attentions, grads):
+    first = 0 if last_blocks is None else max(0, len(attentions) - last_blocks)
+    for att, grad in zip(attentions[first:], grads[first:]):
         cam = (grad[0] * att[0]).clamp_min(0).mean(0).detach()
         r = r + cam @ r
     return _to_grid(r[0, 1:])

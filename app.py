@@ -35,7 +35,7 @@ from bmc.count.report import TABLE_HEADERS, table, write_all
 from bmc.images import IMAGE_SUFFIXES, ImageError, open_image
 from bmc.labels import CELL_CLASSES, display_name, sort_codes
 from bmc.locate.fields import cell_at, field_overlays, iter_field_cells
-from bmc.locate.finder import no_cell, several_cells
+from bmc.locate.screening import SEVERAL, screen
 from bmc.model_folder import single_source_classes, unseen_marrow_score
 from bmc.serve.explain import Explainer, get_method, overlay
 from bmc.serve.flags import add_model_arguments, predictor_from_args
@@ -85,28 +85,15 @@ class CellApp:
             raise user_error(str(exc)) from None
 
     def classify(self, path: str | None, k: float) -> tuple[dict[str, float] | None, str]:
-        """Top-k calibrated classes and a verdict that says when to review; a picture of several cells is not
-        classified (:func:`bmc.locate.finder.several_cells`, then the model's own check, :mod:`bmc.serve.guard`), nor one
-        without any cell (:func:`bmc.locate.finder.no_cell`)."""
+        """Top-k calibrated classes and a verdict that says when to review; a picture the screening refuses (several
+        cells, no cell, not a microscope picture: :mod:`bmc.locate.screening`, as in a count) gets no class."""
         image = self.load(path)
-        if no_cell(image):
-            return None, (
-                "⚠️ **No cell found** in this picture: it shows hardly any nuclear stain (a blank, a field of red cells "
-                "only, or not a stained smear). Upload a picture of one white or nucleated cell."
-            )
-        n_cells = several_cells(image)
-        if n_cells >= 2:
-            return None, (
-                f"⚠️ **{n_cells} cells in this picture**: this tab classifies one cell. Count them in "
-                "*Differential count*, or crop one cell and upload it."
-            )
-        pred = self.predictor.predict([image])[0]
-        guard = self.predictor.guard
-        if guard is not None and pred.embedding is not None and guard.refuses(pred.embedding[None])[0]:
-            return None, (
-                "⚠️ **Several cells in this picture**, by the model's own check (it does not look like one centred "
-                "cell): this tab classifies one cell. Count them in *Differential count*, or crop one cell and upload it."
-            )
+        screened = screen(self.predictor, [image])[0]
+        if screened.prediction is None or not screened.verdict.ok:
+            v = screened.verdict
+            todo = "Count them in *Differential count*, or crop one cell and upload it." if v.kind == SEVERAL else ""
+            return None, f"⚠️ {v.headline}: {v.reason}. {todo or 'Upload a picture of one white or nucleated cell.'}"
+        pred = screened.prediction
         top = {display_name(c): p for c, p in pred.top_k(int(k))}
         name, threshold = display_name(pred.top_code), self.predictor.threshold
         if pred.flagged:

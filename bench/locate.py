@@ -79,13 +79,16 @@ def crop_labels() -> dict[tuple[str, int], str]:
 
 
 def bench_locator(predictor) -> dict:
+    from bmc.labels import NOT_COUNTED
+    from bmc.locate.screening import found_cell_prediction
     from bmc.train.evaluation import UNSPLIT_NEUTROPHIL, counts_right
 
     ids = (FIELDS / "trainval.txt").read_text().split()
     labels = crop_labels()
     tp = fp = fn = 0
     by_count: dict[str, list[int]] = {}
-    right = labelled = 0
+    right = right_after = labelled = 0
+    uncounted = {k: {"boxes": 0, "before": 0, "after": 0} for k in ("white cells found", "false boxes")}
     for field_id in ids:
         image = Image.open(FIELDS / "JPEGImages" / f"{field_id}.jpg").convert("RGB")
         truth, found = wbc_boxes(field_id), find_cells(image).boxes
@@ -98,12 +101,19 @@ def bench_locator(predictor) -> dict:
         stat[3] += len(found)
         keys = [(field_id, i + 1) for i in range(len(truth))]
         labelled += sum(k in labels for k in keys)
-        if predictor is not None and m:
-            crops = [crop(image, found[j]) for i, j in m.items()]
-            preds = predictor.predict(crops)
-            for (i, _j), p in zip(m.items(), preds):
+        if predictor is not None and found:
+            preds = predictor.predict([crop(image, box) for box in found])  # the model's own labels: "before"
+            shares = [box.nucleus_area / (image.width * image.height) for box in found]
+            after = [found_cell_prediction(predictor, p, share) for p, share in zip(preds, shares)]  # as bmc locate gives them
+            for j, (before, now) in enumerate(zip(preds, after)):
+                tally = uncounted["white cells found" if j in m.values() else "false boxes"]
+                tally["boxes"] += 1
+                tally["before"] += before.top_code in NOT_COUNTED
+                tally["after"] += now.top_code in NOT_COUNTED
+            for i, j in m.items():
                 want = labels.get(keys[i])
-                right += want is not None and bool(counts_right([p.top_code], [want], UNSPLIT_NEUTROPHIL)[0])
+                right += want is not None and bool(counts_right([preds[j].top_code], [want], UNSPLIT_NEUTROPHIL)[0])
+                right_after += want is not None and bool(counts_right([after[j].top_code], [want], UNSPLIT_NEUTROPHIL)[0])
     out = {
         "fields": len(ids),
         "white_cells": tp + fn,
@@ -119,7 +129,14 @@ def bench_locator(predictor) -> dict:
         "field_size": "640x480 (all trainval fields)",
     }
     if predictor is not None:
-        out["end_to_end"] = {"labelled_white_cells": labelled, "found_and_right": right, "share": right / labelled if labelled else None}
+        out["end_to_end"] = {
+            "labelled_white_cells": labelled,
+            "found_and_right": right,
+            "share": right / labelled if labelled else None,
+            "found_and_right_as_found_cells": right_after,
+            "share_as_found_cells": right_after / labelled if labelled else None,
+        }
+        out["called_artefact_or_not_identifiable"] = uncounted  # before: the model's label; after: a found cell is a cell
     return out
 
 
@@ -196,10 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "locate.json")
     parser.add_argument("--no-classify", action="store_true", help="locator and guard only")
     parser.add_argument("--guard-only", action="store_true", help="the single-cell guards only (the locator figures in --out are kept)")
+    parser.add_argument("--fields-only", action="store_true", help="the locator and its end-to-end figures only (the guards' are kept)")
     args = parser.parse_args(argv)
     predictor = None if args.no_classify or args.guard_only else Predictor(args.model)
+    kept = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if args.fields_only:
+        args.out.write_text(json.dumps({**kept, "locator": bench_locator(predictor), "model": str(args.model)}, indent=2) + "\n")
+        print(args.out.read_text())
+        return 0
     if args.guard_only:  # the locator's figures already written stay as they are
-        result = {**(json.loads(args.out.read_text()) if args.out.is_file() else {}), "guard": bench_guard()}
+        result = {**kept, "guard": bench_guard()}
     else:
         result = {"locator": bench_locator(predictor), "guard": bench_guard(), "model": None if args.no_classify else str(args.model)}
     if predictor is not None and predictor.guard is not None:

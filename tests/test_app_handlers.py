@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from helpers import image_bytes
+from corpus import _img
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def cells(tmp_path):
     paths = []
     for i in range(4):
         path = tmp_path / f"cell{i}.png"
-        path.write_bytes(image_bytes("PNG", size=(60 + i, 60)))
+        _img(size=(60 + i, 60)).save(path)  # drawn stained cells: random pixels would be screened out as noise
         paths.append(str(path))
     return paths
 
@@ -109,7 +109,7 @@ def test_one_cell_defers_to_the_models_own_check_of_several_cells(handlers, tmp_
     from bmc.serve.guard import LearntGuard
 
     path = tmp_path / "cell.png"
-    path.write_bytes(image_bytes("PNG", size=(64, 64)))
+    _img(size=(64, 64)).save(path)
     from PIL import Image
 
     width = handlers.predictor.forward([Image.open(path).convert("RGB")])[1].shape[1]
@@ -120,3 +120,22 @@ def test_one_cell_defers_to_the_models_own_check_of_several_cells(handlers, tmp_
     monkeypatch.setattr(handlers.predictor, "guard", None)  # a model without the check classifies as before
     label, verdict = handlers.classify(str(path), 3)
     assert label and "calibrated confidence" in verdict
+
+
+@pytest.mark.parametrize("kind", ["blank", "circuit board", "text", "mask"])
+def test_one_cell_names_no_class_for_a_blank_or_a_picture_that_is_no_micrograph(handlers, tmp_path, kind):
+    import numpy as np
+    from PIL import Image
+
+    from bench.screening import GENERATED
+
+    if kind == "mask":  # a segmentation mask: nucleus 255, cytoplasm 128, background 0
+        yy, xx = np.mgrid[0:200, 0:200]
+        r = np.hypot(xx - 100, yy - 100)
+        picture = Image.fromarray(np.where(r < 40, 255, np.where(r < 70, 128, 0)).astype(np.uint8))
+    else:
+        picture = next(GENERATED[kind](np.random.default_rng(3), 1))
+    path = tmp_path / f"{kind}.png"
+    picture.save(path)
+    label, verdict = handlers.classify(str(path), 3)
+    assert label is None and "No cell found" in verdict, verdict

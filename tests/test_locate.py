@@ -108,6 +108,8 @@ def test_no_cell_in_a_blank_or_red_cell_only_picture_but_a_cell_in_a_stained_one
     assert no_cell(Image.fromarray(pink))  # red cells only: red above blue everywhere
     assert not no_cell(_img(size=(120, 120)))  # a violet nucleus
     assert not no_cell(Image.new("L", (100, 100), 128))  # greyscale: nothing to go by, so classified (with a note)
+    navy = np.clip(np.array([30, 60, 150]) + rng.normal(0, 8, (200, 200, 3)), 0, 255).astype(np.uint8)
+    assert no_cell(Image.fromarray(navy))  # blue well above red, but not violet: a uniform, a circuit board
 
 
 @pytest.mark.integration

@@ -138,11 +138,11 @@ def test_report_files_keep_both_labels_and_are_self_contained(tmp_path):
 
 
 def test_cells_with_the_same_file_name_stay_apart(tiny_model_dir):
-    from PIL import Image
+    from corpus import _img
 
     from bmc.count.differential import predict_stream
     from bmc.serve.predictor import Predictor
 
-    items = [("cell.jpg", Image.new("RGB", (64, 64), (200, 100, 200))), ("cell.jpg", Image.new("RGB", (64, 64), (90, 90, 200)))]
+    items = [("cell.jpg", _img(size=(64, 64))), ("cell.jpg", _img(size=(72, 64)))]  # drawn cells: a flat colour is screened out
     done, _ = predict_stream(Predictor(str(tiny_model_dir), "torch"), iter(items))
     assert [c.name for c in done] == ["cell.jpg", "cell.jpg (2)"]

@@ -38,6 +38,7 @@ from bmc.labels import (
     not_counted_text,
     sort_codes,
 )
+from bmc.locate.screening import ScreenedOut, screen
 from bmc.serve.predictor import Prediction, Predictor
 
 MIN_CELLS_WARNING = 200
@@ -380,7 +381,11 @@ def predict_stream(
 
     def flush() -> None:
         if batch:
-            for (name, image), pred in zip(batch, predictor.predict([im for _, im in batch], batch_size)):
+            for (name, image), screened in zip(batch, screen(predictor, [im for _, im in batch], batch_size)):
+                pred = screened.prediction
+                if pred is None or not screened.verdict.ok:  # several cells, no cell: listed, never a class
+                    skipped.append(ScreenedOut(name, screened.verdict.not_counted, screened.verdict))
+                    continue
                 keep = thumbnails == "all" or (thumbnails == "flagged" and pred.flagged)
                 full = thumbnail(image, REVIEW_PX) if thumbnails == "all" else None
                 done.append(Cell(name, pred, thumbnail(image) if keep else None, full))

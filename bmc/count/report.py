@@ -131,7 +131,7 @@ def write_csv(report: CountReport, path: Path) -> Path:
                 ]
             )
         for s in report.skipped:
-            w.writerow([s.source, "", "", "", "", "", "", "", "", "", s.reason])
+            w.writerow([s.source, "", "", "", "", "", "", "", "", "no", s.reason])  # screened out or unreadable: never a class
     return path
 
 
@@ -224,7 +224,7 @@ def write_html(report: CountReport, path: Path, chart_png: bytes | None = None) 
 <p class="warn"><strong>{esc(DISCLAIMER)}</strong></p>
 <p class="head">Nucleated cells counted: <b>{report.n_counted}</b> &nbsp; Blasts: <b>{blast}</b> &nbsp;
 M:E ratio: <b>{esc(report.me_ratio_text)}</b></p>
-<p>{esc(report.review_status)}; files skipped: {len(report.skipped)}.</p><p>{esc(report.sources_text)}</p>{warnings}
+<p>{esc(report.review_status)}; not counted or skipped: {len(report.skipped)}.</p><p>{esc(report.sources_text)}</p>{warnings}
 <table><tr><th>cell type</th><th>count</th><th>% of nucleated cells</th><th>95 % CI (exact binomial)</th><th>flagged</th>
 <th>labels: model · learnt · reviewed</th></tr>{"".join(body)}</table>
 <p>{esc(table_note(report))}</p>
@@ -232,7 +232,7 @@ M:E ratio: <b>{esc(report.me_ratio_text)}</b></p>
 {report.threshold:.3f}; bmc {__version__}; created {esc(report.created)}.</p></div>
 <p class="chart"><img alt="counts per class" src="data:image/png;base64,{base64.b64encode(chart_png).decode()}"></p>
 <h2>Flagged and reviewed cells (top-3 classes of the model)</h2><div class="cells">{"".join(cells) or "none"}</div>
-<h2>Skipped files</h2><ul>{skipped}</ul></body></html>"""
+<h2>Not counted (several cells, no cell, not a micrograph) and skipped files</h2><ul>{skipped}</ul></body></html>"""
     Path(path).write_text(page, encoding="utf-8")
     return Path(path)
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from bmc.images import SkippedFile
 from bmc.locate.finder import Box, crop, draw, find_cells
+from bmc.locate.screening import FOUND_CELL, ScreenedOut, picture_verdict, screen
 from bmc.serve.predictor import Predictor
 
 
@@ -54,13 +55,25 @@ def iter_field_cells(
             yield item
             continue
         name, image = item
+        verdict = picture_verdict(image, single=False)
+        if not verdict.ok:
+            yield ScreenedOut(name, verdict.not_counted, verdict)
+            continue
         field = find_cells(image)
         if fields is not None:
             fields[name] = image
         if not field.boxes:
             yield SkippedFile(name, "no cell found in this field" + (f" ({field.note})" if field.note else ""))
         for number, box in enumerate(field.boxes, start=1):
-            yield field_cell_name(name, number, box), crop(image, box)
+            yield field_cell_name(name, number, box), found_crop(image, box)
+
+
+def found_crop(image: Image.Image, box: Box) -> Image.Image:
+    """The crop of a cell the locator found (:func:`bmc.locate.finder.crop`), marked as such for the screening
+    (:data:`bmc.locate.screening.FOUND_CELL`, with the share of the field its nucleus covers): a found cell is a cell."""
+    out = crop(image, box)
+    out.info[FOUND_CELL] = box.nucleus_area / (image.width * image.height)
+    return out
 
 
 def field_overlays(fields: Mapping[str, Image.Image], labels: Mapping[str, str]) -> dict[str, Image.Image]:
@@ -97,10 +110,14 @@ def locate_fields(predictor: Predictor, items: Iterable[tuple[str, Image.Image] 
                 lines.append(f"skipped {item.source}: {item.reason}")
                 continue
             name, image = item
+            verdict = picture_verdict(image, single=False)
+            if not verdict.ok:
+                lines.append(f"{name}: {verdict.not_counted}")
+                continue
             field = find_cells(image)
             stem = Path(name).stem.replace("/", "_")
-            crops = [crop(image, b) for b in field.boxes]
-            preds = predictor.predict(crops) if crops else []
+            crops = [found_crop(image, b) for b in field.boxes]
+            preds = [s.prediction for s in screen(predictor, crops) if s.prediction is not None]
             for i, (box, c, p) in enumerate(zip(field.boxes, crops, preds), start=1):
                 path = out_dir / "crops" / f"{stem}_{i}.jpg"
                 c.save(path, quality=92)

@@ -61,8 +61,9 @@ WORK_SIDE = 640
 NO_CELL_BLUE_MINUS_RED = 15.0
 """For the no-cell check: a lower stain level than the locator's, so that the pale nuclei of some blood smears count."""
 NO_CELL_STAIN_SHARE = 0.005
-"""A colour picture with less of its area stained than this holds no nucleated cell (a blank, a field of red cells only,
-a photo that is not a smear). On 800 real single-cell crops of four labs the least stained had 1.8 % (bench/locate.py)."""
+"""A colour picture with less of its area stained violet than this holds no nucleated cell (a blank, a field of red cells
+only, a photo that is not a smear). On 800 real single-cell crops of four labs the least stained had 1.8 %
+(bench/locate.py); of the model's training images, 1.9 % (bench/screening.py's exploration, docs/performance.md)."""
 GREY_TOLERANCE = 2.0
 """Mean channel difference below which a picture counts as greyscale: it has no stain colour to check."""
 GUARD_MIN_AREA_FRACTION = 0.02
@@ -234,7 +235,7 @@ def crop(image: Image.Image, box: Box) -> Image.Image:
     return Image.fromarray(padded[y0 : y0 + side, x0 : x0 + side])
 
 
-def _at_work_size(image: Image.Image) -> np.ndarray:
+def at_work_size(image: Image.Image) -> np.ndarray:
     """The picture as RGB, downscaled to :data:`WORK_SIDE` when larger: the guards' constants refer to that size."""
     rgb = np.asarray(image.convert("RGB"))
     h, w = rgb.shape[:2]
@@ -244,14 +245,23 @@ def _at_work_size(image: Image.Image) -> np.ndarray:
     return rgb
 
 
+def is_greyscale(image: Image.Image) -> bool:
+    """Whether a picture has no colour to go by (its channels differ by less than :data:`GREY_TOLERANCE` on average)."""
+    f = at_work_size(image).astype(np.float32)
+    return float(np.abs(f[:, :, 0] - f[:, :, 2]).mean() + np.abs(f[:, :, 1] - f[:, :, 2]).mean()) < GREY_TOLERANCE
+
+
 def no_cell(image: Image.Image) -> bool:
     """Whether a colour picture holds no nucleated cell at all: less than :data:`NO_CELL_STAIN_SHARE` of it shows
-    nuclear stain (blue minus red above :data:`NO_CELL_BLUE_MINUS_RED`). A greyscale picture cannot be checked
-    (False): it is classified, with a note that it was converted."""
-    f = _at_work_size(image).astype(np.float32)
-    if float(np.abs(f[:, :, 0] - f[:, :, 2]).mean() + np.abs(f[:, :, 1] - f[:, :, 2]).mean()) < GREY_TOLERANCE:
+    violet nuclear stain (blue minus red above :data:`NO_CELL_BLUE_MINUS_RED`, and red above green: a Romanowsky
+    nucleus is violet, never the cyan or navy of a circuit board or a uniform). A greyscale picture cannot be
+    checked (False): it is classified, with a note that it was converted."""
+    if is_greyscale(image):
         return False
-    return float((_stain_map(f) > NO_CELL_BLUE_MINUS_RED).mean()) < NO_CELL_STAIN_SHARE
+    f = at_work_size(image).astype(np.float32)
+    red, green = (cv2.GaussianBlur(f[:, :, c], (0, 0), SMOOTH_SIGMA) for c in (0, 1))
+    violet = (_stain_map(f) > NO_CELL_BLUE_MINUS_RED) & (red > green)
+    return float(violet.mean()) < NO_CELL_STAIN_SHARE
 
 
 def several_cells(image: Image.Image) -> int:
@@ -260,7 +270,7 @@ def several_cells(image: Image.Image) -> int:
     picture whose centres lie :data:`GUARD_MIN_DISTANCE` of its side apart count, none touching the picture's edge
     and none within :data:`GUARD_CUT_DISTANCE` of a blob that does, so a lobed nucleus, a neighbour cut by the edge
     of a single-cell crop, or a lobe of that neighbour does not."""
-    rgb = _at_work_size(image)
+    rgb = at_work_size(image)
     h, w = rgb.shape[:2]
     blue = _stain_map(rgb)
     stats, centroids, _strength, _labels, _opened = _blobs(blue, _nuclei_by_picture(rgb, blue))

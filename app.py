@@ -37,7 +37,8 @@ from bmc.labels import CELL_CLASSES, display_name, sort_codes
 from bmc.locate.fields import cell_at, field_overlays, iter_field_cells
 from bmc.locate.screening import SEVERAL, screen
 from bmc.model_folder import single_source_classes, unseen_marrow_score
-from bmc.serve.explain import Explainer, get_method, overlay
+from bmc.serve.explain import Explainer, default_method, get_method, overlay
+from bmc.serve.faithfulness import curve_image
 from bmc.serve.flags import add_model_arguments, predictor_from_args
 from bmc.serve.predictor import Predictor
 from bmc.serve.uploads import ARCHIVE_SUFFIXES, UploadError, iter_images
@@ -122,20 +123,27 @@ class CellApp:
 
     def explain(
         self, path: str | None, method: str, target_name: str, opacity: float, noise_tunnel: bool, progress: gr.Progress = gr.Progress()
-    ) -> tuple[Image.Image, str]:
-        """An attribution overlay for the predicted (or a chosen) class."""
+    ) -> tuple[Image.Image, str, Image.Image]:
+        """An attribution overlay for the predicted (or a chosen) class, the prediction's calibrated confidence and
+        flag, and the map's evidence: what removing the regions it marks does to the class probability
+        (:func:`bmc.serve.faithfulness.evidence`, one extra batched pass), as a line and a deletion curve."""
         image = self.load(path)
         if method not in self.explainer.methods():
             raise user_error(f"{method} is not available for this model; choose one of {', '.join(self.explainer.methods())}.")
         progress(0.1, desc=f"{method}…")
         target = None if target_name in (None, "", "predicted class") else self.predictor.codes.index(self.names[target_name])
         attribution = self.explainer.explain(image, method, target, noise_tunnel=noise_tunnel)
-        progress(0.9, desc="overlay")
-        if get_method(method).class_independent:
-            note = f"**{method}** (class-independent). {attribution.how_to_read}"
-        else:
-            note = f"**{method}** for **{display_name(self.predictor.codes[attribution.target])}**. {attribution.how_to_read}"
-        return overlay(image, attribution.heatmap, opacity), note
+        progress(0.7, desc="evidence")
+        evidence, pred = self.explainer.evidence(image, attribution), self.predictor.predict([image])[0]
+        name = display_name(self.predictor.codes[attribution.target])
+        flag = "⚠️ flagged: review manually" if pred.flagged else "not flagged"
+        note = (
+            f"Prediction: **{display_name(pred.top_code)}**, {pred.confidence:.1%} calibrated confidence ({flag}; review "
+            f"threshold {self.predictor.threshold:.1%}).\n\n"
+            + (f"**{method}** (class-independent). " if get_method(method).class_independent else f"**{method}** for **{name}**. ")
+            + f"{attribution.how_to_read}\n\n**Evidence:** {evidence.line(self.predictor.codes[attribution.target])}"
+        )
+        return overlay(image, attribution.heatmap, opacity), note, curve_image(evidence, self.predictor.codes[attribution.target])
 
     # ------------------------------------------------------------------ differential count and review
     def count(self, files: list[str] | None, progress: gr.Progress = gr.Progress(track_tqdm=True)):
@@ -382,7 +390,7 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
             with gr.Row():
                 with gr.Column():
                     x_image = cell_image_input("Single-cell image")
-                    method = gr.Radio(list(h.explainer.methods()), value="Grad-CAM", label="method")
+                    method = gr.Radio(list(h.explainer.methods()), value=default_method(h.explainer), label="method")
                     target = gr.Dropdown(["predicted class", *h.names], value="predicted class", label="explain which class")
                     opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="map opacity")
                     nt = gr.Checkbox(False, label="smooth Integrated Gradients with NoiseTunnel (4× slower)")
@@ -390,12 +398,17 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
                 with gr.Column():
                     x_out = gr.Image(type="pil", label="attribution overlay", format="png")
                     x_note = gr.Markdown()
+                    x_curve = gr.Image(type="pil", label="deletion curve: P(class) as the map's top patches are removed", height=220)
             if examples:
                 gr.Examples(
                     examples=[[e] for e in examples], inputs=[x_image], label=examples_label, examples_per_page=20, example_labels=captions
                 )
             x_go.click(
-                h.explain, [x_image, method, target, opacity, nt], [x_out, x_note], api_name="explain", concurrency_limit=HEAVY_CONCURRENCY
+                h.explain,
+                [x_image, method, target, opacity, nt],
+                [x_out, x_note, x_curve],
+                api_name="explain",
+                concurrency_limit=HEAVY_CONCURRENCY,
             )
         with gr.Tab("Differential count"):
             report = gr.State(None, time_to_live=SESSION_TTL_S)  # this session's count and review; dropped with the session

@@ -91,16 +91,19 @@ def test_explain_every_method(client, method):
     from gradio_client import handle_file
     from PIL import Image
 
-    path, note = client.predict(handle_file(str(matek_images("EOS", 1)[0])), method, "predicted class", 0.5, False, api_name="/explain")
+    cell = handle_file(str(matek_images("EOS", 1)[0]))
+    path, note, curve = client.predict(cell, method, "predicted class", 0.5, False, api_name="/explain")
     assert Image.open(path).size == (250, 250)
     assert method in note
+    assert "calibrated confidence" in note and "Evidence:** Removing the 10% of the image this map marks lowers P(" in note
+    assert Image.open(curve).size[0] > 100  # the deletion curve beside the map
 
 
 def test_explain_a_chosen_class(client):
     from gradio_client import handle_file
 
-    _, note = client.predict(handle_file(str(matek_images("EOS", 1)[0])), "Grad-CAM", "Monocyte (MON)", 0.3, False, api_name="/explain")
-    assert "Monocyte (MON)" in note
+    _, note, _ = client.predict(handle_file(str(matek_images("EOS", 1)[0])), "Grad-CAM", "Monocyte (MON)", 0.3, False, api_name="/explain")
+    assert "Monocyte (MON)" in note and "lowers P(MON) from" in note  # the evidence is for the class explained
 
 
 def _row(table: dict, code: str) -> list:
@@ -330,7 +333,9 @@ def test_browser_upload_label_and_attribution(app_url, tmp_path, shared_data):
         page.get_by_role("tab", name="Why (attribution)").click()
         page.locator("input[type=file]").nth(1).set_input_files(cell)
         page.get_by_role("button", name="Explain").click()
-        page.locator("text=Warm regions").first.wait_for(timeout=120_000)  # the how-to-read sentence
+        page.locator("text=Removing the 10%").first.wait_for(timeout=120_000)  # the evidence line beside the map
+        body = page.locator("body").inner_text()
+        assert "lowers P(EOS) from" in body and "calibrated confidence" in body
         overlays = page.locator("img[src*='image.png']")
         overlays.first.wait_for(timeout=30_000)  # the attribution overlay itself
         for d in shots:

@@ -1,6 +1,7 @@
 """The screening of every image before it is classified (:mod:`bmc.locate.screening`), measured (docs/performance.md).
 
     python bench/screening.py --out bench/screening.json
+    python bench/screening.py --tuning 1000     # the training/validation figures the constants were chosen from
 
 Single cells must pass: of each source, the share screened out (goal <= 1 %), on sets the rule was not tuned on
 (the model's test split, ``pbc-external``, BCCD crops, ``zheng2018-ds2`` images), each as given and shrunk to
@@ -172,6 +173,35 @@ def tally(predictor, images: list[Image.Image]) -> dict:
     return out
 
 
+def tuning_figures(predictor, per_split: int, rng: np.random.Generator) -> dict:
+    """What the constants of :mod:`bmc.locate.screening` were chosen from: on the model's training and validation
+    images (as given and shrunk to :data:`SMALL_SIDE`), the most flat share and noise grain, the least grey spread
+    and violet stain share any of them has."""
+    import cv2 as _cv2
+
+    from bmc.images import open_image
+    from bmc.locate import finder
+    from bmc.locate.screening import _flat_share
+    from bmc.splits import read_resolved_manifest
+
+    rows = read_resolved_manifest(Path(predictor.name) / "split_manifest.csv")
+    paths = [r["source"] for r in rows if r["split"] in ("train", "validation")]
+    figures: dict[str, list[float]] = {"flat share": [], "grey spread": [], "noise grain": [], "violet stain share": []}
+    for i in rng.choice(len(paths), min(per_split, len(paths)), replace=False):
+        image = open_image(paths[i])
+        for im in (image, image.resize((SMALL_SIDE, SMALL_SIDE), Image.Resampling.LANCZOS)):
+            rgb = finder.at_work_size(im)
+            grey = rgb.astype(np.float32).mean(axis=2)
+            f = rgb.astype(np.float32)
+            red, green = (_cv2.GaussianBlur(f[:, :, c], (0, 0), finder.SMOOTH_SIGMA) for c in (0, 1))
+            figures["flat share"].append(_flat_share(rgb))
+            figures["grey spread"].append(float(grey.std()))
+            figures["noise grain"].append(float(np.abs(grey - _cv2.GaussianBlur(grey, (0, 0), 1.0)).mean()))
+            violet = (finder._stain_map(f) > finder.NO_CELL_BLUE_MINUS_RED) & (red > green)
+            figures["violet stain share"].append(float(violet.mean()))
+    return {"images": len(figures["flat share"]) // 2, **{k: {"min": min(v), "max": max(v)} for k, v in figures.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     from bmc.constants import DEFAULT_MODEL
     from bmc.serve.predictor import Predictor
@@ -181,9 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "screening.json")
     parser.add_argument("--small", type=int, default=300, help="single cells per source shrunk to 120 px")
     parser.add_argument("--generated", type=int, default=20, help="pictures of each generated kind")
+    parser.add_argument("--tuning", type=int, default=0, help="only the figures the constants were chosen from (N train/validation images)")
     args = parser.parse_args(argv)
     predictor = Predictor(args.model)
     rng = np.random.default_rng(0)
+    if args.tuning:
+        print(json.dumps(tuning_figures(predictor, args.tuning, rng), indent=1))
+        return 0
     result: dict = {"model": str(args.model), "learnt_check": predictor.guard is not None, "single_cells": {}, "not_single_cells": {}}
     for name, images in single_cells(predictor, args.small, rng).items():
         result["single_cells"][name] = tally(predictor, images)

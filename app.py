@@ -225,7 +225,17 @@ class CellApp:
         report = report.reviewed({name: self.names[label_name]})
         queue = report.review_queue()
         following = queue[0] if queue and queue[0] not in report.corrections else name
+        report = report.offering(following)  # left without a decision for another cell, it pauses learning (bmc.count.reviewing)
         return (*self.render(report), gr.update(choices=queue, value=following), report)
+
+    def undo(self, report: CountReport | None):
+        """Undo the last saved review: the count, its learnt labels and the queue as they were, the cell reopened."""
+        before = report.undo() if report is not None else None
+        if report is None or before is None:
+            raise user_error("Nothing to undo: no review has been saved since the count (one review can be undone).")
+        undone = next((n for n, code in report.corrections.items() if before.corrections.get(n) != code), None)
+        before = before.offering(undone)
+        return (*self.render(before), gr.update(choices=before.review_queue(), value=undone), before)
 
     def render(self, report: CountReport) -> tuple[list[list[object]], str, str, list[tuple[Image.Image, str]], list[str]]:
         """Table, summary, chart, review-queue gallery and downloads of a (reviewed) count."""
@@ -449,6 +459,7 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
                     )  # bmc names an unknown cell itself
                     r_label = gr.Dropdown(choices=list(h.names), label="label")
                     r_save = gr.Button("Save review (confirm or relabel)", variant="primary")
+                    r_undo = gr.Button("Undo the last review", size="sm")
                 with gr.Column():
                     r_image = gr.Image(type="pil", label="cell (full resolution)", height=REVIEW_IMAGE_HEIGHT)
                     r_info = gr.Markdown()
@@ -472,6 +483,9 @@ def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blo
             c_flagged.select(h.pick_from_gallery, [report], [r_cell], api_visibility="private")
             r_cell.change(h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_name="open_cell")
             r_save.click(h.review, [r_cell, r_label, report], [*rendered, r_cell, report], api_name="review").then(
+                h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_visibility="private"
+            )
+            r_undo.click(h.undo, [report], [*rendered, r_cell, report], api_name="undo_review").then(
                 h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_visibility="private"
             )
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CLASSIFY_CONCURRENCY)

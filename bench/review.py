@@ -1,23 +1,36 @@
-"""Simulated review of a labelled set: how right is the whole count after a reviewer checks N % of its cells?
+"""Simulated review of a labelled set: how right is the whole count after a reviewer goes through N % of its cells?
 
     python bench/review.py --model models/bmc-dinov2s-matek-pbc13 --cells ../shared/data/external-wbc/bccd --out bccd.json
     python bench/review.py --cells models/bmc-dinov2s-matek-pbc13/split_manifest.csv --split test \\
         --domain bone-marrow-cells --out matek-test.json                  # a split of the model's own manifest
+    python bench/review.py --cells … --reviewer corrections-only --features cache.npz --out F.json   # another reviewer
     python bench/review.py --plot docs/review/curves.png docs/review/*.json   # the curves of several runs in one figure
+    python bench/review.py --table docs/review/reviewers/*.json               # their figures as a markdown table
     python bench/review.py --cells … --out F.json --wrong-at 20 --gallery wrong.png   # and the cells still wrong at 20 %
 
-The reviewer checks the least confident cell first and always gives the true class; ``--step`` cells are
-reviewed between two refits. Two curves, both counting reviewed cells as right:
+The reviewer (``--reviewer``) always gives the true class of a cell it decides on:
 
-* ``static``: plain review, the model's labels stand for every cell nobody checked;
-* ``adaptive``: after every ``--step`` reviews the learning review (:func:`bmc.count.learning.relabel`)
-  re-labels the unreviewed cells and the queue is re-ordered by the new labels' confidence.
+* ``queue`` (default): the least sure cell under the count's current labels first, every cell it opens
+  confirmed or relabelled (what the app's review queue asks for);
+* ``corrections-only``: goes through the least sure cells in the same order but writes down only the cells whose
+  label is wrong, and skips the right ones (a corrections CSV: its rows carry no ``reviewed`` marker, so the
+  count holds them as corrections, not as cells seen; ``--corrections-as-seen`` measures the other choice);
+* ``random``: opens the cells in a random order (``--seed``), confirming or relabelling each;
+* ``by-class``: one predicted class at a time (the model's largest class first), least sure first within it.
 
-Writes ``{"n", "static": {"0": acc, "5": …, "30": …}, "adaptive": {…}, "reviews_to_95": {…}}`` plus the
-set, model and timing. ``--cells`` is a labelled folder (class folders named by Matek code or name, or by
-white-cell name in any case, singular or plural, or shortened as LISC's ``neut``; or the PBC layout) or a
-``split_manifest.csv`` with ``--split``. For sets whose neutrophils are not split (BCCD), a band call counts as
-right for a neutrophil, as in ``bmc evaluate``.
+``--step`` cells are gone through between two refits. Two curves, both counting reviewed cells as right:
+
+* ``static``: plain review, the model's labels stand for every cell nobody reviewed;
+* ``adaptive``: after every ``--step`` cells the learning review (:func:`bmc.count.learning.relabel`)
+  re-labels the unreviewed cells (the queue reviewers then take the least sure cell under the new labels).
+
+Writes ``{"n", "reviewer", "static": {"0": acc, "5": …, "30": …}, "adaptive": {…}, "reviews_to_95": {…}}`` plus
+the set, model and timing; the levels are the share of the set the reviewer has gone through, and
+``reviews_to_95`` the cells gone through until 95 % of the count is right (the learning review's is null when that
+is not reached by the last level: it is simulated only that far). ``--cells`` is a
+labelled folder (class folders named by Matek code or name, or by white-cell name in any case, singular or plural,
+or shortened as LISC's ``neut``; or the PBC layout) or a ``split_manifest.csv`` with ``--split``. For sets whose
+neutrophils are not split (BCCD), a band call counts as right for a neutrophil, as in ``bmc evaluate``.
 """
 
 from __future__ import annotations
@@ -28,7 +41,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,17 +121,59 @@ def at_levels(n: int) -> dict[str, int]:
     return {str(p): int(round(p * n / 100)) for p in LEVELS}
 
 
-def review_order(confidence: np.ndarray, reviewed: dict[int, int]) -> list[int]:
+REVIEWERS = ("queue", "corrections-only", "random", "by-class")
+"""The simulated reviewers (module docstring)."""
+
+
+def review_order(confidence: np.ndarray, reviewed: Collection[int]) -> list[int]:
     """The cells a reviewer has not checked yet, least sure (under the count's current labels) first."""
     return [int(i) for i in np.argsort(confidence, kind="stable") if int(i) not in reviewed]
 
 
-def simulate_static(probs: np.ndarray, truth: np.ndarray, ok: np.ndarray) -> tuple[dict[str, float], int]:
-    """Plain review, least confident first: accuracy at each level and reviews until ``TARGET``."""
+@dataclass
+class Reviewer:
+    """Who a simulated reviewer opens next and what it writes down (the kinds of :data:`REVIEWERS`)."""
+
+    kind: str
+    model_probs: np.ndarray
+    seed: int = 0
+    corrections_as_seen: bool = False
+    """corrections-only: hand its corrections to the count as cells seen (an app that cannot tell a skip)."""
+
+    @functools.cached_property
+    def fixed_order(self) -> np.ndarray | None:
+        """The order of the reviewers that do not follow the queue (random, by-class); None for the others."""
+        if self.kind == "random":
+            return np.random.default_rng(self.seed).permutation(len(self.model_probs))
+        if self.kind == "by-class":
+            said = self.model_probs.argmax(axis=1)
+            rank = np.argsort(np.argsort(-np.bincount(said, minlength=self.model_probs.shape[1]), kind="stable"), kind="stable")
+            return np.lexsort((self.model_probs.max(axis=1), rank[said]))
+        return None
+
+    def order(self, confidence: np.ndarray, visited: Collection[int]) -> list[int]:
+        """The cells not gone through yet, in the order this reviewer takes them (``confidence``: current labels')."""
+        if self.fixed_order is None:
+            return review_order(confidence, visited)
+        return [int(i) for i in self.fixed_order if int(i) not in visited]
+
+    @property
+    def writes_confirmations(self) -> bool:
+        return self.kind != "corrections-only"
+
+    @property
+    def seen_evidence(self) -> bool:
+        """Whether what it writes down is evidence the count may learn from (cells seen, not only corrected)."""
+        return self.writes_confirmations or self.corrections_as_seen
+
+
+def simulate_static(probs: np.ndarray, truth: np.ndarray, ok: np.ndarray, order: np.ndarray | None = None) -> tuple[dict[str, float], int]:
+    """Plain review in ``order`` (default least confident first): accuracy at each level and cells gone through
+    until ``TARGET``. Any reviewer leaves the cells it went through right (a right one confirmed or skipped)."""
     n = len(truth)
-    order = np.argsort(probs.max(axis=1), kind="stable")
+    order = np.argsort(probs.max(axis=1), kind="stable") if order is None else order
     wrong_left = (~ok[order])[::-1].cumsum()[::-1]  # wrong cells among those from position i on
-    acc_after = np.append(1.0 - wrong_left / n, 1.0)  # accuracy after reviewing i cells, i = 0..n
+    acc_after = np.append(1.0 - wrong_left / n, 1.0)  # accuracy after going through i cells, i = 0..n
     curve = {level: float(acc_after[k]) for level, k in at_levels(n).items()}
     return curve, int(np.nonzero(acc_after >= TARGET)[0][0])
 
@@ -131,37 +187,43 @@ def simulate_adaptive(
     equivalents: dict[str, str] | None,
     step: int,
     wrong_at: str | None = None,
+    reviewer: Reviewer | None = None,
 ) -> tuple[dict[str, float], int | None, list[float], list[dict[str, Any]]]:
-    """Learning review: refit after every ``step`` reviews (and at each reported level); returns the curve,
-    the reviews until ``TARGET`` (None if never; counted review by review, as a review between two refits
-    makes its own cell right), the refit times in seconds and the cells still wrong when ``wrong_at`` (a
-    reported level, e.g. "20") per cent of the set is reviewed: index, true class, label and its confidence."""
+    """Learning review: refit after every ``step`` cells gone through (and at each reported level); returns the
+    curve, the cells gone through until ``TARGET`` (None if not by the last level; counted cell by cell, as a review
+    between two refits makes its own cell right), the refit times in seconds and the cells still wrong when ``wrong_at`` (a
+    reported level, e.g. "20") per cent of the set is gone through: index, true class, label and its confidence."""
     n = len(truth)
+    reviewer = reviewer or Reviewer("queue", softmax(logits, predictor.temperature))
     targets = sorted(set(at_levels(n).values()))
     reviewed: dict[int, int] = {}
+    visited: set[int] = set()
     curve: dict[int, float] = {}
     to_95, times, wrong = None, [], []
     while True:
         t0 = time.perf_counter()
-        state = relabel(logits, embeddings, reviewed, predictor.temperature, predictor.threshold, predictor.validation_flagged)
+        seen = None if reviewer.seen_evidence else ()
+        state = relabel(logits, embeddings, reviewed, predictor.temperature, predictor.threshold, predictor.validation_flagged, seen=seen)
         times.append(time.perf_counter() - t0)
         ok = right(state.labels, truth, codes, equivalents)
-        curve[len(reviewed)] = float(ok.mean())
-        if wrong_at is not None and len(reviewed) == at_levels(n)[wrong_at]:
+        curve[len(visited)] = float(ok.mean())
+        if wrong_at is not None and len(visited) == at_levels(n)[wrong_at]:
             wrong = [
                 {"index": int(i), "truth": codes[truth[i]], "label": codes[state.labels[i]], "confidence": float(state.confidence[i])}
                 for i in np.nonzero(~ok)[0]
             ]
-        if len(reviewed) >= n or (to_95 is not None and len(reviewed) >= targets[-1]):
+        if len(visited) >= targets[-1]:  # the last level: past it a refit per step costs minutes on a large set
             break
-        nxt = min([t for t in targets if t > len(reviewed)] + [len(reviewed) + step])
-        for i in review_order(state.confidence, reviewed)[: nxt - len(reviewed)]:
+        nxt = min([t for t in targets if t > len(visited)] + [len(visited) + step])
+        for i in reviewer.order(state.confidence, visited)[: nxt - len(visited)]:
             if to_95 is None and ok.mean() >= TARGET:
-                to_95 = len(reviewed)
-            reviewed[i] = int(truth[i])
+                to_95 = len(visited)
+            visited.add(i)
+            if reviewer.writes_confirmations or not ok[i]:
+                reviewed[i] = int(truth[i])
             ok[i] = True
         if to_95 is None and ok.mean() >= TARGET:
-            to_95 = len(reviewed)
+            to_95 = len(visited)
     return {level: curve[k] for level, k in at_levels(n).items()}, to_95, times, wrong
 
 
@@ -182,44 +244,58 @@ def gallery(out: Path, images: list, wrong: list[dict[str, Any]], columns: int =
     return out
 
 
+COLOURS = {"queue": "tab:blue", "corrections-only": "tab:red", "random": "tab:green", "by-class": "tab:purple"}
+
+
 def plot(out: Path, results: list[Path]) -> Path:
-    """Static and adaptive curves of each result file, one panel per set."""
+    """Plain (dashed) and learning (solid) curves of each result file, one panel per set, one colour per reviewer."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
-    for ax, path in zip(axes[0], results):
-        r = json.loads(path.read_text())
-        for kind, style in (("static", "o--"), ("adaptive", "s-")):
-            levels = sorted(r[kind], key=int)
-            ax.plot(
-                [int(k) for k in levels],
-                [100 * r[kind][k] for k in levels],
-                style,
-                label={"static": "plain review", "adaptive": "learning review"}[kind],
-            )
+    runs = [(path, json.loads(path.read_text())) for path in results]
+    sets = list(dict.fromkeys((r["cells"], r.get("split"), r.get("domain")) for _, r in runs))
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.6 * len(sets), 3.9), squeeze=False)
+    for ax, key in zip(axes[0], sets):
+        mine = [(p, r) for p, r in runs if (r["cells"], r.get("split"), r.get("domain")) == key]
+        for _, r in mine:
+            who = r.get("reviewer", "queue")
+            for kind, style in (("static", "--"), ("adaptive", "-")):
+                levels = sorted(r[kind], key=int)
+                review = "plain review" if kind == "static" else "learning review"
+                label = f"{who}: {review}" if len(mine) > 1 else review
+                ax.plot(
+                    [int(k) for k in levels], [100 * r[kind][k] for k in levels], style, marker=".", color=COLOURS.get(who), label=label
+                )
         ax.axhline(95, color="grey", lw=0.8, ls=":")
-        ax.set_title(f"{path.stem} ({r['n']} cells)")
-        ax.set_xlabel("% of cells reviewed (least sure first)")
+        ax.set_title(f"{mine[0][0].stem.split('.')[0]} ({mine[0][1]['n']} cells)")
+        ax.set_xlabel("% of cells gone through")
         ax.set_ylabel("% of the count right")
         ax.set_ylim(30, 100)
-        ax.legend(loc="lower right")
+        ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    from bmc.constants import DEFAULT_MODEL
+def table(results: list[Path]) -> str:
+    """A markdown table of result files: per set and reviewer, plain and learning review at each level."""
+    lines = ["| set (cells) | reviewer | review | " + " | ".join(f"{p} %" for p in LEVELS) + " | reviews to 95 % |"]
+    lines.append("|---" * (4 + len(LEVELS)) + "|")
+    for path in results:
+        r = json.loads(path.read_text())
+        who = r.get("reviewer", "queue") + (" (as seen)" if r.get("corrections_as_seen") else "")
+        for kind, name in (("static", "plain"), ("adaptive", "learning")):
+            cells = " | ".join(f"{100 * r[kind][str(p)]:.1f} %" for p in LEVELS)
+            to_95 = r["reviews_to_95"][kind]
+            lines.append(f"| {path.stem} ({r['n']}) | {who} | {name} | {cells} | {'> 30 %' if to_95 is None else to_95} |")
+    return "\n".join(lines)
 
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv and argv[0] == "--plot":
-        print(plot(Path(argv[1]), [Path(p) for p in argv[2:]]))
-        return 0
+
+def _parser() -> argparse.ArgumentParser:
+    from bmc.constants import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
@@ -227,7 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default=None, help="with a manifest: the split to review")
     parser.add_argument("--domain", default=None, help="with a manifest: only this source (e.g. bone-marrow-cells)")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--step", type=int, default=10, help="cells reviewed between two refits")
+    parser.add_argument("--step", type=int, default=10, help="cells gone through between two refits")
+    parser.add_argument("--reviewer", choices=REVIEWERS, default="queue", help="who reviews (module docstring)")
+    parser.add_argument("--seed", type=int, default=0, help="--reviewer random: the order's seed")
+    parser.add_argument(
+        "--corrections-as-seen",
+        action="store_true",
+        help="--reviewer corrections-only: hand the corrections to the count as cells seen (the choice not made; to measure it)",
+    )
     parser.add_argument(
         "--features",
         type=Path,
@@ -238,6 +321,19 @@ def main(argv: list[str] | None = None) -> int:
         "--wrong-at", choices=[str(p) for p in LEVELS], default=None, help="also list the cells still wrong at this %% reviewed"
     )
     parser.add_argument("--gallery", type=Path, default=None, help="with --wrong-at: a contact sheet of those cells (.png)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--plot":
+        print(plot(Path(argv[1]), [Path(p) for p in argv[2:]]))
+        return 0
+    if argv and argv[0] == "--table":
+        print(table([Path(p) for p in argv[1:]]))
+        return 0
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.gallery and not args.wrong_at:
         parser.error("--gallery needs --wrong-at")
@@ -250,12 +346,14 @@ def main(argv: list[str] | None = None) -> int:
     logits, embeddings, truth, equivalents = cached_forward(predictor, args.features, loaded)
     probs = softmax(logits, predictor.temperature)
     ok = right(probs.argmax(axis=1), truth, codes, equivalents)
-    static, static_95 = simulate_static(probs, truth, ok)
+    reviewer = Reviewer(args.reviewer, probs, args.seed, args.corrections_as_seen)
+    static, static_95 = simulate_static(probs, truth, ok, reviewer.fixed_order)
     adaptive, adaptive_95, times, wrong = simulate_adaptive(
-        logits, embeddings, truth, predictor, codes, equivalents, args.step, args.wrong_at
+        logits, embeddings, truth, predictor, codes, equivalents, args.step, args.wrong_at, reviewer
     )
     result = {
         "n": int(len(truth)),
+        "reviewer": args.reviewer,
         "static": static,
         "adaptive": adaptive,
         "reviews_to_95": {"static": static_95, "adaptive": adaptive_95},
@@ -264,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         "domain": args.domain,
         "model": str(args.model),
         "step": args.step,
+        "seed": args.seed if args.reviewer == "random" else None,
+        "corrections_as_seen": args.corrections_as_seen if args.reviewer == "corrections-only" else None,
         "refit_s_median": float(np.median(times)),
         "refits": len(times),
         "model_version": predictor.version,
@@ -274,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         print(gallery(args.gallery, loaded()[0], wrong))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("n", "static", "adaptive", "reviews_to_95")}))
+    print(json.dumps({k: result[k] for k in ("n", "reviewer", "static", "adaptive", "reviews_to_95")}))
     return 0
 
 

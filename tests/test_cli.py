@@ -68,15 +68,23 @@ def test_count_a_folder_and_a_zip(tmp_path, tiny_model_dir, shared_data):
     assert reviewed[first["file"]]["reviewed_label"] == new_label and reviewed[first["file"]]["reviewed"] == "yes"
     assert reviewed[second["file"]]["reviewed_label"] == second["model_label"]
 
-    review.write_text(f"image,label\n{first['file']},Hairy cell\n")  # not a class of this model
-    result = subprocess.run(
-        [sys.executable, "-m", "bmc", "count", str(folder), "--model", str(tiny_model_dir), "--out", str(out), "--review", str(review)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 2 and "line 2" in result.stderr and "not a class of this model" in result.stderr
+    kept = (out / "predictions.csv").read_bytes()  # the reviewed count: a bad review file after it must not lose it
+    bad_files = {
+        f"image,label\n{first['file']},Hairy cell\n": ["line 2", "not a class of this model (BLA"],  # and its classes
+        f"image,label\n{first['file']},BLA\nnope.jpg,BLA\nnix.jpg,LYT\n": ["2 of the 3 reviewed images", "nope.jpg, nix.jpg"],
+    }
+    for text, said in bad_files.items():
+        review.write_text(text)
+        result = subprocess.run(
+            [sys.executable, "-m", "bmc", "count", str(folder), "--model", str(tiny_model_dir), "--out", str(out), "--review", str(review)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2 and len(lines) == 1 and all(s in lines[0] for s in said), result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and (out / "predictions.csv").read_bytes() == kept
 
 
 def test_missing_input_is_named(tmp_path, tiny_model_dir):

@@ -9,7 +9,7 @@ import pytest
 from bmc.calibration import proportion_ci
 from bmc.constants import DISCLAIMER
 from bmc.count.differential import Cell, build_report, thumbnail
-from bmc.count.report import read_corrections, table, write_all
+from bmc.count.report import ReviewFile, read_corrections, table, write_all
 from bmc.serve.predictor import Prediction
 
 CODES = ["BLA", "PMO", "NGS", "EOS", "EBO", "LYT", "NIF", "ART"]
@@ -92,29 +92,52 @@ def test_review_relabels_and_confirms_and_every_figure_follows():
     assert report.n_reviewed == 0  # the unreviewed count is unchanged
     with pytest.raises(ValueError, match="not classes of this model"):
         report.reviewed({"BLA_0.jpg": "HAC"})
-    with pytest.raises(ValueError, match="for another count"):
+    with pytest.raises(ValueError, match=r"none of the 1 reviewed image\(s\) is in this count .*none was applied: nope.jpg"):
         report.reviewed({"nope.jpg": "BLA"})
-    with pytest.raises(ValueError, match="1 reviewed image.s. are not in this count"):
-        report.reviewed({"nope.jpg": "BLA", "BLA_1.jpg": "BLA"})
+    with pytest.raises(ValueError, match="2 of the 3 reviewed images are not in this count, none applied: nope.jpg, nix.jpg"):
+        report.reviewed({"nope.jpg": "BLA", "BLA_1.jpg": "BLA", "nix.jpg": "LYT"})
 
 
-def test_review_file_accepts_codes_and_names_and_names_a_bad_line(tmp_path):
-    report = build_report(_cells({"BLA": 2}), CODES, "m", "v", 0.8)
-    good = tmp_path / "good.csv"
+def test_review_file_accepts_codes_and_names_and_says_which_cells_were_seen(tmp_path):
+    report = build_report(_cells({"BLA": 3}), CODES, "m", "v", 0.8)
+    good = tmp_path / "good.csv"  # corrections only: no seen marker
     good.write_text("image,label\nBLA_0.jpg,Promyelocyte\nBLA_1.jpg,bla\n")
-    assert read_corrections(good, report) == ({"BLA_0.jpg": "PMO", "BLA_1.jpg": "BLA"}, [])
+    assert read_corrections(good, report) == ReviewFile({"BLA_0.jpg": "PMO", "BLA_1.jpg": "BLA"}, frozenset(), [])
+    marked = tmp_path / "marked.csv"
+    marked.write_text("image,label,Reviewed\nBLA_0.jpg,PMO,no\nBLA_1.jpg,BLA,yes\nBLA_2.jpg,LYT,\n")
+    assert read_corrections(marked, report).seen == {"BLA_1.jpg"}
+    every = tmp_path / "every.csv"
+    every.write_text("# every cell seen\nimage,label\nBLA_0.jpg,PMO\nBLA_1.jpg,BLA\n")
+    assert read_corrections(every, report).seen == {"BLA_0.jpg", "BLA_1.jpg"}
+    seen = report.reviewed(*_applied(read_corrections(marked, report)))
+    assert seen.corrected_only == {"BLA_0.jpg", "BLA_2.jpg"} and "2 reviewed cell(s) are corrections only" in seen.sources_text
+
+
+def _applied(review):
+    return review.labels, review.seen
+
+
+def test_a_bad_review_file_is_one_line_and_nothing_is_applied(tmp_path):
+    report = build_report(_cells({"BLA": 2}), CODES, "m", "v", 0.8)
     shown = tmp_path / "shown.csv"  # the app's display names, and one cell reviewed twice: the last line stands, said
     shown.write_text("image,label\nBLA_0.jpg,Myelocyte (MYB)\nBLA_0.jpg,Eosinophil (EOS)\n")
     report_myb = build_report(_cells({"BLA": 2}), [*CODES, "MYB"], "m", "v", 0.8)
-    corrections, notes = read_corrections(shown, report_myb)
-    assert corrections == {"BLA_0.jpg": "EOS"} and len(notes) == 1 and "the last review (EOS) stands" in notes[0]
-    bad = tmp_path / "bad.csv"
-    bad.write_text("image,label\nBLA_0.jpg,BLA\nBLA_1.jpg,Hairy cell\n")
-    with pytest.raises(ValueError, match="line 3: 'Hairy cell' is not a class of this model"):
-        read_corrections(bad, report)
-    (tmp_path / "cols.csv").write_text("file,code\nBLA_0.jpg,BLA\n")
-    with pytest.raises(ValueError, match="columns 'image' and 'label'"):
-        read_corrections(tmp_path / "cols.csv", report)
+    review = read_corrections(shown, report_myb)
+    assert review.labels == {"BLA_0.jpg": "EOS"} and len(review.notes) == 1
+    assert "line 3: BLA_0.jpg was reviewed before (line 2, as MYB); the last line (EOS) stands" in review.notes[0]
+    cases = {
+        "image,label\nBLA_0.jpg,BLA\nBLA_1.jpg,Hairy cell\n": r"line 3 'Hairy cell': not a class of this model \(BLA, PMO, .*ART\)",
+        "image,label\nBLA_0.jpg,BLA\nnope.jpg,BLA\nnix.jpg,LYT\n": "2 of the 3 reviewed images are not in this count.*: nope.jpg, nix.jpg",
+        "": "empty, no review in it",
+        "image,label\n": "empty, no review in it",
+        "file,code\nBLA_0.jpg,BLA\n": "needs the columns 'image' and 'label'",
+    }
+    for text, message in cases.items():
+        bad = tmp_path / "bad.csv"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message) as raised:
+            read_corrections(bad, report)
+        assert "\n" not in str(raised.value) and str(raised.value).startswith(str(bad))
 
 
 def test_report_files_keep_both_labels_and_are_self_contained(tmp_path):

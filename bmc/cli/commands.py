@@ -57,12 +57,12 @@ def count(args: argparse.Namespace) -> int:
     report = report_for(predictor, done, skipped, learn=not args.no_learning)
     if args.review:
         try:
-            corrections, notes = read_corrections(args.review, report)
-            report = report.reviewed(corrections)
+            review = read_corrections(args.review, report)  # a bad file: one line, nothing applied, nothing written
+            report = report.reviewed(review.labels, seen=review.seen)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        for note in notes:
+        for note in review.notes:
             print(f"note: {note}")
     paths = write_all(report, args.out)
     print(report.headline(), f"{len(skipped)} files skipped.")

@@ -9,24 +9,26 @@ cells gets a warning (ICSH asks for 500 in marrow).
 
 A count is *reviewed* by confirming or relabelling cells (``corrections``: image name → code); every figure
 is then computed from the reviewed labels. Each review also teaches the count (:mod:`bmc.count.learning`): where
-the model is out of its depth, a head learnt from the reviewed cells re-labels the unreviewed ones, and every
-cell says where its label comes from (:data:`bmc.count.learning.SOURCES`). On paper: :mod:`bmc.count.report`.
+the model is out of its depth, a correction learnt from the cells the reviewer *saw* re-labels the unreviewed
+ones, and every cell says where its label comes from (:data:`bmc.count.learning.SOURCES`). A correction alone (a
+corrections-only file) is not a cell seen, and a cell the app opened but the reviewer left without a decision
+pauses learning: either would make the model look worse than it is. The last review can be undone. On paper:
+:mod:`bmc.count.report`.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Sequence, Sized
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
 
-import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from bmc.calibration import proportion_ci
-from bmc.count.learning import SOURCE_LEARNT, SOURCE_MODEL, SOURCE_REVIEWED, SOURCES, relabel
+from bmc.count.learning import SOURCES
+from bmc.count.reviewing import Reviewing
 from bmc.images import SkippedFile
 from bmc.labels import (
     COUNT_GROUPS,
@@ -79,7 +81,7 @@ class CountRow:
 
 
 @dataclass
-class CountReport:
+class CountReport(Reviewing):
     """A differential count: the cells, the model's labels and the reviewer's corrections."""
 
     model_name: str
@@ -98,82 +100,15 @@ class CountReport:
     learnt: dict[str, tuple[str, float]] = field(default_factory=dict)
     """Unreviewed cells re-labelled by this review: name → (code, the head's probability of it)."""
     learning_note: str = "no cell reviewed yet: the model's labels stand"
-
-    @cached_property
-    def _by_name(self) -> dict[str, Cell]:
-        return {c.name: c for c in self.cells}
-
-    def cell(self, name: str) -> Cell | None:
-        """The counted image of that name (names are unique within a count); a dict lookup, as the review
-        queue and the gallery look up every cell of a count on each render."""
-        return self._by_name.get(name)
-
-    def label(self, cell: Cell) -> str:
-        """A cell's label now: the reviewer's, else the one learnt from this review, else the model's."""
-        if cell.name in self.corrections:
-            return self.corrections[cell.name]
-        return self.learnt[cell.name][0] if cell.name in self.learnt else cell.prediction.top_code
-
-    def source(self, cell: Cell) -> str:
-        """Where a cell's label comes from: one of :data:`bmc.count.learning.SOURCES`."""
-        if cell.name in self.corrections:
-            return SOURCE_REVIEWED
-        return SOURCE_LEARNT if cell.name in self.learnt else SOURCE_MODEL
-
-    def confidence(self, cell: Cell) -> float:
-        """How sure the current label is (1 for a reviewed cell): the review queue's order."""
-        if cell.name in self.corrections:
-            return 1.0
-        return self.learnt[cell.name][1] if cell.name in self.learnt else cell.prediction.confidence
-
-    def review_queue(self) -> list[str]:
-        """Unreviewed cells, least confident under the current labels first, then the reviewed ones."""
-        open_ = sorted((c for c in self.cells if c.name not in self.corrections), key=self.confidence)
-        return [c.name for c in open_] + [c.name for c in self.cells if c.name in self.corrections]
-
-    def reviewed(self, corrections: dict[str, str]) -> CountReport:
-        """The same count with more review decisions (image name → code; the model's code confirms),
-        and the unreviewed cells re-labelled by what the reviewed ones teach (:meth:`relearn`)."""
-        unknown = sorted(set(corrections.values()) - set(self.codes))
-        if unknown:
-            raise ValueError(
-                f"labels {unknown} are not classes of this model ({', '.join(self.codes)}); a class the model "
-                "lacks can be added with bmc adapt"
-            )
-        missing = sorted(n for n in corrections if n not in self._by_name)
-        if missing and len(missing) == len(corrections):
-            raise ValueError(
-                f"none of the {len(corrections)} reviewed image(s) is in this count (e.g. {missing[0]}): the review is for another count"
-            )
-        if missing:
-            raise ValueError(f"{len(missing)} reviewed image(s) are not in this count, e.g. {missing[0]}")
-        return replace(self, corrections={**self.corrections, **corrections}).relearn()
-
-    def relearn(self) -> CountReport:
-        """Refit the learning review on the reviewed cells and re-label the others (model labels if off,
-        or if the cells carry no logits and embeddings, e.g. a count read back from a CSV)."""
-        usable = self.learn and all(c.prediction.logits is not None and c.prediction.embedding is not None for c in self.cells)
-        if not usable:
-            note = "learning is off: the model's labels stand" if not self.learn else self.learning_note
-            return replace(self, learnt={}, learning_note=note)
-        model_codes = list(self.cells[0].prediction.probs)  # the model's own class order (logits' columns)
-        index = {c.name: i for i, c in enumerate(self.cells)}
-        logits = [c.prediction.logits for c in self.cells if c.prediction.logits is not None]
-        embeddings = [c.prediction.embedding for c in self.cells if c.prediction.embedding is not None]
-        state = relabel(
-            np.stack(logits),
-            np.stack(embeddings),
-            {index[n]: model_codes.index(code) for n, code in self.corrections.items()},
-            self.temperature,
-            self.threshold,
-            self.validation_flagged,
-        )
-        learnt = {
-            c.name: (model_codes[state.labels[i]], float(state.confidence[i]))
-            for i, c in enumerate(self.cells)
-            if state.source[i] == SOURCE_LEARNT
-        }
-        return replace(self, learnt=learnt, learning_note=state.reason)
+    corrected_only: frozenset[str] = frozenset()
+    """Reviewed cells that are corrections only (a file's rows without a seen marker): their labels stand, but
+    they teach nothing, as nothing is known of the cells the reviewer passed over (:mod:`bmc.count.learning`)."""
+    offered: str | None = None
+    """The cell the app opened for review next (the head of the queue)."""
+    passed_over: frozenset[str] = frozenset()
+    """Cells the app opened that the reviewer left without a decision: while any is open, learning pauses."""
+    previous: CountReport | None = field(default=None, repr=False)
+    """The count before the last review (one level: :meth:`undo`)."""
 
     @property
     def n_images(self) -> int:
@@ -187,27 +122,6 @@ class CountReport:
     @property
     def n_flagged(self) -> int:
         return sum(c.prediction.flagged for c in self.cells)
-
-    @property
-    def n_reviewed(self) -> int:
-        return len(self.corrections)
-
-    @property
-    def n_changed(self) -> int:
-        return sum(1 for c in self.cells if c.name in self.corrections and self.corrections[c.name] != c.prediction.top_code)
-
-    @property
-    def n_learnt_changed(self) -> int:
-        """Unreviewed cells whose learnt label differs from the model's."""
-        return sum(1 for c in self.cells if c.name in self.learnt and self.learnt[c.name][0] != c.prediction.top_code)
-
-    @property
-    def source_counts(self) -> dict[str, int]:
-        """How many cells have their label from each source."""
-        out = dict.fromkeys(SOURCES, 0)
-        for c in self.cells:
-            out[self.source(c)] += 1
-        return out
 
     @property
     def n_flagged_open(self) -> int:
@@ -302,14 +216,6 @@ class CountReport:
             f"{self.n_reviewed} reviewed, {self.n_changed} relabelled"
         )
 
-    @property
-    def sources_text(self) -> str:
-        """Where the labels come from, and what the learning review decided, in one sentence."""
-        n = self.source_counts
-        return (
-            f"Labels: {n[SOURCE_MODEL]} from the model, {n[SOURCE_LEARNT]} learnt from this review "
-            f"({self.n_learnt_changed} of them changed), {n[SOURCE_REVIEWED]} reviewed; {self.learning_note}."
-        )
 
 
 def thumbnail(image: Image.Image, size: int = THUMBNAIL_PX) -> bytes:

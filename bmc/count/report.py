@@ -10,6 +10,7 @@ import base64
 import csv
 import html
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,25 +72,69 @@ def table(report: CountReport) -> list[list[object]]:
     return rows
 
 
-def read_corrections(path: str | Path, report: CountReport) -> tuple[dict[str, str], list[str]]:
-    """A review file (CSV with columns ``image`` and ``label``; a label is a code, a full name or the app's
-    display name such as "Myelocyte (MYB)"), and notes on what was odd but not wrong (an image reviewed
-    twice: the last line stands)."""
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"image", "label"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: a review file needs the columns 'image' and 'label' (found {reader.fieldnames})")
-        out: dict[str, str] = {}
-        notes: list[str] = []
-        for line, row in enumerate(reader, start=2):
-            code = code_of(row["label"] or "", report.codes)
-            if code not in report.codes:
-                raise ValueError(f"{path}, line {line}: {row['label']!r} is not a class of this model ({', '.join(report.codes)})")
-            name = (row["image"] or "").strip()
-            if name in out and out[name] != code:
-                notes.append(f"{path}, line {line}: {name} was reviewed before as {out[name]}; the last review ({code}) stands")
-            out[name] = code
-    return out, notes
+SEEN_COLUMNS = ("reviewed", "seen", "confirmed")
+"""A review file's optional column marking the rows of cells the reviewer saw (opened and confirmed or relabelled)."""
+YES = frozenset({"yes", "y", "true", "1", "x", "seen", "confirmed", "reviewed"})
+EVERY_CELL_SEEN = "every cell seen"
+"""Said in a comment line (``# ...``) at the top of a review file: its rows are every cell the reviewer saw."""
+
+
+@dataclass
+class ReviewFile:
+    """A review file read against a count: labels by image name, the names of the cells seen, and notes."""
+
+    labels: dict[str, str]
+    seen: frozenset[str]
+    notes: list[str]
+
+
+def read_corrections(path: str | Path, report: CountReport) -> ReviewFile:
+    """A review file: a CSV with columns ``image`` and ``label`` (a code, a full name or the app's display name such
+    as "Myelocyte (MYB)"). A row is a cell *seen* when its ``reviewed`` (or ``seen``, ``confirmed``) column says yes,
+    or when a comment line at the top says ``# every cell seen``; the other rows are corrections only, which stand
+    but teach the learning review nothing (:mod:`bmc.count.learning`). Raises ValueError, in one line and before
+    anything is applied, for an empty file, a label the model lacks (its classes listed) or names not in the
+    count (listed); an image reviewed twice is a note: the last line stands."""
+    lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    top = 0
+    while top < len(lines) and lines[top].lstrip().startswith("#"):
+        top += 1
+    every_seen = any(EVERY_CELL_SEEN in line.lower() for line in lines[:top])
+    reader = csv.DictReader(lines[top:])
+    columns = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
+    if not columns:
+        raise ValueError(f"{path}: empty, no review in it (a CSV with columns image and label): nothing applied")
+    if not {"image", "label"} <= set(columns):
+        raise ValueError(f"{path}: a review file needs the columns 'image' and 'label' (found {', '.join(reader.fieldnames or [])})")
+    marker = next((columns[c] for c in SEEN_COLUMNS if c in columns), None)
+    labels: dict[str, str] = {}
+    seen: set[str] = set()
+    first: dict[str, int] = {}
+    notes, bad = [], []
+    for line, row in enumerate(reader, start=top + 2):
+        name, label = (row[columns["image"]] or "").strip(), (row[columns["label"]] or "").strip()
+        if not name and not label:
+            continue
+        code = code_of(label, report.codes)
+        if not name or code not in report.codes:
+            bad.append(f"line {line} {label!r}" if name else f"line {line} (no image name)")
+            continue
+        if name in labels:
+            before = f"line {first[name]}, as {labels[name]}"
+            notes.append(f"{path}, line {line}: {name} was reviewed before ({before}); the last line ({code}) stands")
+        labels[name], first[name] = code, line
+        seen.discard(name)
+        if every_seen or (marker and (row[marker] or "").strip().lower() in YES):
+            seen.add(name)
+    if bad:
+        raise ValueError(f"{path}: {', '.join(bad[:10])}: not a class of this model ({', '.join(report.codes)}); nothing applied")
+    if not labels:
+        raise ValueError(f"{path}: empty, no review in it (a header and no rows): nothing applied")
+    try:
+        report.check_review(labels)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return ReviewFile(labels, frozenset(seen), notes)
 
 
 def write_csv(report: CountReport, path: Path) -> Path:

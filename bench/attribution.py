@@ -34,7 +34,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -147,7 +147,7 @@ def randomised(model: torch.nn.Module, top_half: bool, seed: int = 0) -> torch.n
     weight matrices drawn N(0, 0.02), biases zeroed, norms and layer scales kept (Adebayo et al.'s cascade)."""
     torch.manual_seed(seed)
     model = copy.deepcopy(model)
-    modules: list[torch.nn.Module] = [model.classifier]
+    modules: list[torch.nn.Module] = [cast(torch.nn.Module, model.classifier)]
     if top_half:
         layers = vit_layers(model)
         modules += list(layers[len(layers) // 2 :])
@@ -235,7 +235,7 @@ def measure_cell(
     scores = {k: F.patch_scores(v, size) for k, v in maps.items()}
     abpc = curves(ex, x[0].numpy(), target, scores, seed)
     drops = F.patch_drops(ex._logits, x[0].numpy(), target, seed=seed) if todo["patch"] else None
-    record: dict[str, Any] = {"file": path.name, "true": code, "predicted": ex.model.config.id2label[target], "methods": {}}
+    record: dict[str, Any] = {"file": path.name, "true": code, "predicted": cast(Any, ex.model).config.id2label[target], "methods": {}}
     for k, raw in maps.items():
         heat = _to_image_size(raw, image.size)
         row: dict[str, Any] = {"abpc": abpc[k], "seconds": seconds.get(k)} | _where(heat, mask, stain)

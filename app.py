@@ -21,27 +21,31 @@ import shutil
 import sys
 import tempfile
 import time
-import zipfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from PIL import Image
 
-from bmc.constants import DISCLAIMER, SESSION_TTL_S
+from bmc.constants import SESSION_TTL_S
 from bmc.count.differential import CountReport, predict_stream, report_for
-from bmc.count.learning import LEARNT_WEIGHT, SOURCE_LEARNT
-from bmc.count.report import TABLE_HEADERS, table, write_all
-from bmc.images import IMAGE_SUFFIXES, ImageError, open_image
-from bmc.labels import CELL_CLASSES, display_name, sort_codes
+from bmc.count.export import adapt_note, write_reviewed_zip
+from bmc.count.report import TABLE_HEADERS, table, table_note, write_all
+from bmc.count.summary import cell_line, queue_caption, summary_markdown, zoomed_html
+from bmc.images import ImageError, open_image
+from bmc.labels import display_name
 from bmc.locate.fields import cell_at, field_overlays, iter_field_cells
 from bmc.locate.screening import SEVERAL, screen
-from bmc.model_folder import single_source_classes, unseen_marrow_score
+from bmc.model_folder import single_source_classes
+from bmc.serve.about import HEADER, about_model
+from bmc.serve.examples import Example, example_cells
 from bmc.serve.explain import Explainer, default_method, get_method, overlay
 from bmc.serve.faithfulness import curve_image
 from bmc.serve.flags import add_model_arguments, predictor_from_args
 from bmc.serve.predictor import Predictor
 from bmc.serve.uploads import ARCHIVE_SUFFIXES, UploadError, iter_images
+from bmc.serve.verdict import one_cell_verdict
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "examples"  # shipped, cited in examples/README.md: a Space has no ../shared
@@ -49,11 +53,14 @@ HEAVY_CONCURRENCY = 1  # attribution and counting: many forward/backward passes,
 CLASSIFY_CONCURRENCY = 2
 QUEUE_SIZE = 64  # beyond this many waiting requests, new ones are told the server is busy
 TABLE_MAX_HEIGHT = 900  # px: every row of a 21-class count and its total row without scrolling inside the table
-REVIEW_IMAGE_HEIGHT = 420  # px: a 250-400 px cell shown at its own resolution
 MAX_GALLERY = 120  # the head of the review queue shown as thumbnails; every cell can still be opened by name
 REVIEW_NOTE = (
     "Review decisions live only in this browser session's memory: nothing about them is kept on the server "
     "after you close the page. Download the CSV and report to keep them."
+)
+REVIEW_HELP = (
+    "### Review a cell\nConfirm its label or choose another and save; each saved review re-labels the cells nobody reviewed "
+    f"where the model is out of its depth (*learnt*), and the queue moves to the least sure cell. {REVIEW_NOTE}"
 )
 log = logging.getLogger("bmc.app")
 
@@ -96,30 +103,8 @@ class CellApp:
             return None, f"⚠️ {v.headline}: {v.reason}. {todo or 'Upload a picture of one white or nucleated cell.'}"
         pred = screened.prediction
         top = {display_name(c): p for c, p in pred.top_k(int(k))}
-        name, threshold = display_name(pred.top_code), self.predictor.threshold
-        if pred.flagged:
-            verdict = (
-                f"⚠️ **Uncertain — review manually.** Best guess {name} at {pred.confidence:.1%} calibrated confidence, "
-                f"below the review threshold of {threshold:.1%}. The cell may be of a type this model was not "
-                f"trained on ({len(CELL_CLASSES) - len(self.predictor.codes)} of the 21 Matek classes are unknown to it)."
-            )
-        else:
-            verdict = (
-                f"**{name}** at {pred.confidence:.1%} calibrated confidence (review threshold {threshold:.1%}). "
-                "A suggestion for review, not a diagnosis."
-            )
-        if pred.top_code in self.secondary_only:
-            verdict += (
-                f"\n\nNote: this model learnt {name} only from images of "
-                f"{', '.join(self.secondary_only[pred.top_code])} (peripheral blood), not marrow; on marrow cells of "
-                "these classes it is unreliable (see the model card)."
-            )
-        if image.info.get("bmc_converted"):
-            verdict += (
-                f"\n\nNote: the upload was {image.info['bmc_converted']}; it was converted to 8-bit RGB, "
-                "the kind of image the model was trained on."
-            )
-        return top, verdict
+        converted = image.info.get("bmc_converted")
+        return top, one_cell_verdict(pred, self.predictor.threshold, len(self.predictor.codes), self.secondary_only, converted)
 
     def explain(
         self, path: str | None, method: str, target_name: str, opacity: float, noise_tunnel: bool, progress: gr.Progress = gr.Progress()
@@ -200,18 +185,9 @@ class CellApp:
         cell = report.cell(name)
         if cell is None:
             raise user_error(f"{name} is not in this count: count again, then choose a cell.")
-        pred = cell.prediction
-        top3 = ", ".join(f"{display_name(c)} {s:.0%}" for c, s in pred.top_k(3))
-        source = report.source(cell)
-        status = {
-            "reviewed": f"reviewed as **{display_name(report.label(cell))}**",
-            "learnt": f"not reviewed; learnt from this review: **{display_name(report.label(cell))}** ({report.confidence(cell):.0%})",
-            "model": "flagged, not reviewed yet" if pred.flagged else "not flagged, not reviewed",
-        }[source]
-        info = f"**{name}** — model: {top3}. {status[0].upper()}{status[1:]}."
         data = cell.image or cell.thumbnail
         image = Image.open(io.BytesIO(data)) if data else None
-        return image, info, display_name(report.label(cell))
+        return image, cell_line(report, cell), display_name(report.label(cell))
 
     def review(self, name: str | None, label_name: str | None, report: CountReport | None):
         """Confirm (the current label) or relabel one cell; the unreviewed cells are re-labelled by what the
@@ -225,37 +201,17 @@ class CellApp:
         report = report.reviewed({name: self.names[label_name]})
         queue = report.review_queue()
         following = queue[0] if queue and queue[0] not in report.corrections else name
-        report = report.offering(following)  # left without a decision for another cell, it pauses learning (bmc.count.reviewing)
         return (*self.render(report), gr.update(choices=queue, value=following), report)
-
-    def undo(self, report: CountReport | None):
-        """Undo the last saved review: the count, its learnt labels and the queue as they were, the cell reopened."""
-        before = report.undo() if report is not None else None
-        if report is None or before is None:
-            raise user_error("Nothing to undo: no review has been saved since the count (one review can be undone).")
-        undone = next((n for n, code in report.corrections.items() if before.corrections.get(n) != code), None)
-        before = before.offering(undone)
-        return (*self.render(before), gr.update(choices=before.review_queue(), value=undone), before)
 
     def render(self, report: CountReport) -> tuple[list[list[object]], str, str, list[tuple[Image.Image, str]], list[str]]:
         """Table, summary, chart, review-queue gallery and downloads of a (reviewed) count."""
         out = write_all(report, _request_dir())
-        lines = [
-            f"**{report.n_counted} nucleated cells counted** ({report.n_images} images; {len(report.skipped)} files skipped). "
-            f"**Blasts {report.blast_text}.** M:E ratio {report.me_ratio_text}.",
-            f"{report.review_status}.",
-            report.sources_text,
+        gallery: list[tuple[Image.Image, str]] = [
+            (Image.open(io.BytesIO(cell.thumbnail)), queue_caption(report, cell))
+            for cell in filter(None, map(report.cell, gallery_names(report)))
+            if cell.thumbnail
         ]
-        lines += [f"⚠️ {w}" for w in report.warnings]
-        if report.skipped:
-            lines.append("Skipped: " + "; ".join(f"`{s.source}` ({s.reason})" for s in report.skipped[:20]))
-        lines.append(f"_{REVIEW_NOTE}_")
-        gallery: list[tuple[Image.Image, str]] = []
-        for cell in filter(None, map(report.cell, gallery_names(report))):
-            caption = f"{cell.name} — {display_name(report.label(cell))} {report.confidence(cell):.0%} ({report.source(cell)})"
-            if cell.thumbnail:
-                gallery.append((Image.open(io.BytesIO(cell.thumbnail)), caption))
-        return table(report), "\n\n".join(lines), str(out["chart"]), gallery, [str(out["csv"]), str(out["html"])]
+        return table(report), summary_markdown(report), str(out["chart"]), gallery, [str(out["csv"]), str(out["html"])]
 
     def export_reviewed(self, report: CountReport | None) -> tuple[str, str]:
         """The reviewed cells as a zip of class folders, and the ``bmc adapt`` command that makes a model for
@@ -264,33 +220,8 @@ class CellApp:
         server; on the lab's own machine it takes a few minutes and the lab keeps its cells."""
         if report is None or not report.corrections:
             raise user_error("No reviewed cells yet: review some cells of a count first (at least two classes).")
-        folder = _request_dir()
-        path = folder / "reviewed-cells.zip"
-        learnt = [cell for cell in report.cells if report.source(cell) == SOURCE_LEARNT]
-        with zipfile.ZipFile(path, "w") as zf:
-            for name, code in report.corrections.items():
-                cell = report.cell(name)
-                data = cell.image or cell.thumbnail if cell else None
-                if data:
-                    zf.writestr(f"reviewed-cells/{code}/{Path(name).stem}.jpg", data)
-            for cell in learnt:
-                if data := cell.image or cell.thumbnail:
-                    zf.writestr(f"learnt-cells/{report.label(cell)}/{Path(cell.name).stem}.jpg", data)
-        held, also, weighed = f"**{report.n_reviewed} reviewed cells** in class folders", "", ""
-        if learnt:
-            held += f", and the **{len(learnt)} cells whose labels the review learnt** (`learnt-cells/`)"
-            also = " --learnt learnt-cells/"
-            weighed = (
-                f"The learnt cells count {LEARNT_WEIGHT} of a reviewed cell each and are never used to measure the model; "
-                "leave out `--learnt` to adapt on the reviewed cells only. "
-            )
-        note = (
-            f"{held}. To make a model for your lab from them, unzip and run\n\n"
-            f"```\nbmc adapt {self.predictor.name} reviewed-cells/{also} --out models/my-lab\n```\n\n{weighed}"
-            "It fine-tunes the model's last blocks on your cells while replaying its training images, so it keeps what "
-            "it knew (about four minutes on 2 CPU cores); it is not run on this server because it would hold up everyone "
-            "else's counts for that long. More reviewed cells per class give a better model."
-        )
+        path = _request_dir() / "reviewed-cells.zip"
+        note = adapt_note(report, self.predictor.name, write_reviewed_zip(report, path))
         return str(path), note
 
     @staticmethod
@@ -306,36 +237,6 @@ def gallery_names(report: CountReport) -> list[str]:
     """The cells the gallery shows: the unreviewed head of the review queue (least sure first) that have thumbnails."""
     cells = (report.cell(n) for n in report.review_queue() if n not in report.corrections)
     return [c.name for c in cells if c is not None and c.thumbnail][:MAX_GALLERY]
-
-
-def example_images(folder: Path, known: list[str], secondary_only: dict[str, list[str]] | None = None) -> tuple[list[str], list[str], str]:
-    """The example cells in ``folder`` (file names start with their Matek code and source): the types the model
-    knows first, in haematologists' order, then the unfamiliar ones; a caption per example with its true class
-    and where it comes from; and a label that says which are which."""
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    code = {p: p.name.split("_")[0].upper() for p in files}
-    order = {c: i for i, c in enumerate(sort_codes(code.values()))}
-    files.sort(key=lambda p: (code[p] not in known, order[code[p]], p.name))
-    unknown = sorted({code[p] for p in files if code[p] not in known}, key=lambda c: order[c])
-    captions = []
-    for p in files:
-        source = {"matek": "marrow", "pbc": "blood"}.get(p.name.split("_")[1].lower() if "_" in p.name else "", "")
-        caption = f"true: {display_name(code[p])}" + (f", {source}" if source else "")
-        if code[p] not in known:
-            caption += " · a type this model never saw"
-        elif code[p] in (secondary_only or {}):
-            caption += " · learnt from blood only"
-        captions.append(caption)
-    label = "Example cells with their true class (Matek marrow; BAS from peripheral blood)"
-    if unknown:
-        label += f"; the last {sum(code[p] in unknown for p in files)} are types this model never saw ({', '.join(unknown)})"
-    return [str(p) for p in files], captions, label
-
-
-def _marrow_score(model: str, codes: dict[str, list[str]]) -> str:
-    """ ", naming N of M marrow images of them right (model card)" when the card measured it."""
-    score = unseen_marrow_score(model, list(codes))
-    return f": of {score[1]} marrow images of them the model card checks, it names {score[0]} right" if score else ""
 
 
 class UploadedImage(gr.Image):
@@ -355,141 +256,176 @@ class UploadedImage(gr.Image):
 
 def cell_image_input(label: str) -> gr.Image:
     """The single-cell upload (file, webcam or clipboard), handed to the handler as a path."""
-    return UploadedImage(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label=label)
+    return UploadedImage(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label=label, height=280)
+
+
+CSS = """.bmc-zoom {overflow: auto; max-height: 560px; border: 1px solid #ddd} .bmc-zoom img {max-width: none; display: block}
+#bmc-table .body-cell, #bmc-table .body-cell .cell-wrap, #bmc-table .virtual-row {padding-top: 1px !important;
+padding-bottom: 1px !important; min-height: 0 !important} #bmc-table .header-row {display: none}
+#bmc-table th .header {word-break: keep-all !important; overflow-wrap: normal !important} #bmc-note {font-size: 0.9em}"""
+"""The app's few style rules (passed to ``launch``): the count's table as dense as a printed one, with whole words in
+its header; the zoomed cell scrolls inside its box at any magnification."""
+EXAMPLES, FIELDS = "bmc-examples", "bmc-fields"  # the example galleries' class, the field overlays' id (tests find them)
+SCROLL_TO = "() => document.getElementById('{}')?.scrollIntoView({{block: 'start'}})"
+"""A browser-side step that brings a part of the page into view (the results after a count, the opened cell)."""
+
+
+def zoomed(name: str | None, zoom: str, report: CountReport | None) -> str:
+    """The cell under review as HTML, magnified ``zoom`` ("2×") by the browser, in a box that scrolls."""
+    cell = report.cell(name) if report is not None and name else None
+    data = (cell.image or cell.thumbnail) if cell else None
+    return zoomed_html(data, float(zoom.rstrip("×")), cell.name) if cell and data else ""
+
+
+def uploads_line(files: list[str] | None) -> gr.Accordion:
+    """The upload list folded to one line once it has been read, naming the first few files."""
+    names = [Path(f).name for f in files or []]
+    shown = ", ".join(names[:3]) + (f", … ({len(names) - 3} more)" if len(names) > 3 else "")
+    return gr.Accordion(label=f"Uploaded: {len(names)} files ({shown}); open to change them", open=False)
 
 
 def build_app(predictor: Predictor, examples_dir: Path = EXAMPLES_DIR) -> gr.Blocks:
-    """The interface: three tabs wired to a :class:`CellApp`'s handlers, each with a named API endpoint."""
+    """The interface: a header, three tabs wired to a :class:`CellApp`'s handlers, each with a named API endpoint."""
     h = CellApp(predictor)
-    examples, captions, examples_label = (
-        example_images(examples_dir, predictor.codes, h.secondary_only) if examples_dir.is_dir() else ([], [], "")
-    )
-    model_name = Path(predictor.name).name if Path(predictor.name).is_dir() else predictor.name
+    examples, examples_label = example_cells(examples_dir, predictor.codes, h.secondary_only) if examples_dir.is_dir() else ([], "")
     with gr.Blocks(title="bmc — bone marrow cell classifier", delete_cache=(SESSION_TTL_S, SESSION_TTL_S)) as demo:
-        gr.Markdown(
-            f"# Bone marrow cell classifier\n**Research tool — not for diagnosis.** {DISCLAIMER}\n\n"
-            f"Model `{model_name}` ({predictor.version}, {predictor.backend_description}); classes: "
-            + ", ".join(display_name(c) for c in sort_codes(predictor.codes))
-            + "."
-            + (
-                "\n\n**Learnt from peripheral-blood images only:** "
-                + ", ".join(display_name(c) for c in sort_codes(h.secondary_only))
-                + ". "
-                "On marrow cells of these types the model is unreliable"
-                + _marrow_score(predictor.name, h.secondary_only)
-                + "; treat such labels with extra care."
-                if h.secondary_only
-                else ""
-            )
-        )
+        gr.Markdown(HEADER)
+        with gr.Accordion("About this model", open=False):
+            gr.Markdown(about_model(predictor.name, predictor.version, predictor.backend_description, predictor.codes, h.secondary_only))
         with gr.Tab("One cell"):
-            with gr.Row():
-                with gr.Column():
-                    image = cell_image_input("Single-cell image")
-                    k = gr.Slider(1, len(predictor.codes), value=min(3, len(predictor.codes)), step=1, label="classes shown (top-k)")
-                    go = gr.Button("Classify", variant="primary")
-                with gr.Column():
-                    label = gr.Label(label="Calibrated confidence")
-                    verdict = gr.Markdown()
-            if examples:
-                gr.Examples(
-                    examples=[[e] for e in examples], inputs=[image], label=examples_label, examples_per_page=20, example_labels=captions
-                )
-            go.click(h.classify, [image, k], [label, verdict], api_name="classify", concurrency_limit=CLASSIFY_CONCURRENCY)
+            _one_cell_tab(h, examples, examples_label)
         with gr.Tab("Why (attribution)"):
-            with gr.Row():
-                with gr.Column():
-                    x_image = cell_image_input("Single-cell image")
-                    method = gr.Radio(list(h.explainer.methods()), value=default_method(h.explainer), label="method")
-                    target = gr.Dropdown(["predicted class", *h.names], value="predicted class", label="explain which class")
-                    opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="map opacity")
-                    nt = gr.Checkbox(False, label="smooth Integrated Gradients with NoiseTunnel (4× slower)")
-                    x_go = gr.Button("Explain", variant="primary")
-                with gr.Column():
-                    x_out = gr.Image(type="pil", label="attribution overlay", format="png")
-                    x_note = gr.Markdown()
-                    x_curve = gr.Image(type="pil", label="deletion curve: P(class) as the map's top patches are removed", height=220)
-            if examples:
-                gr.Examples(
-                    examples=[[e] for e in examples], inputs=[x_image], label=examples_label, examples_per_page=20, example_labels=captions
-                )
-            x_go.click(
-                h.explain,
-                [x_image, method, target, opacity, nt],
-                [x_out, x_note, x_curve],
-                api_name="explain",
-                concurrency_limit=HEAVY_CONCURRENCY,
-            )
+            _why_tab(h, examples, examples_label)
         with gr.Tab("Differential count"):
-            report = gr.State(None, time_to_live=SESSION_TTL_S)  # this session's count and review; dropped with the session
-            files = gr.File(
-                file_count="multiple",
-                file_types=["image", ".tif", ".tiff", ".bmp", *ARCHIVE_SUFFIXES],
-                label="Many single-cell images or microscope fields, or a zip / tar archive of them",
-            )
-            with gr.Row():
-                c_go = gr.Button("Count (single-cell images)", variant="primary")
-                f_go = gr.Button("Count whole microscope fields (find the cells first)")
-            with gr.Row():
-                f_overlays = gr.Gallery(label="fields: the cells found, numbered as in the count (click one)", columns=3, height=260)
-                f_field = gr.Image(type="pil", label="field: click a box to review that cell", interactive=False, height=260)
-            f_state = gr.State(None, time_to_live=SESSION_TTL_S)  # this session's field overlays
-            f_name = gr.State(None, time_to_live=SESSION_TTL_S)
-            c_summary = gr.Markdown()
-            c_table = gr.Dataframe(
-                headers=TABLE_HEADERS,
-                label="Differential count (percent of nucleated cells, 95 % CI)",
-                interactive=False,
-                max_height=TABLE_MAX_HEIGHT,
-            )
-            with gr.Row():
-                c_chart = gr.Image(type="filepath", label="% of nucleated cells per class, by where the labels come from")
-                c_flagged = gr.Gallery(
-                    label="review queue, least sure first (label, confidence, where it comes from): click one", columns=6, height=300
-                )
-            gr.Markdown(
-                "### Review a cell\nOpen a cell from the queue (or any cell by name), then confirm its label or choose "
-                "another and save. Each saved review re-labels the cells nobody reviewed where the model is out of "
-                "its depth (labels marked *learnt*), and the queue moves to the least sure cell. " + REVIEW_NOTE
-            )
-            with gr.Row():
-                with gr.Column():
-                    r_cell = gr.Dropdown(
-                        choices=[], label="cell (review queue: least sure first)", filterable=True, allow_custom_value=True
-                    )  # bmc names an unknown cell itself
-                    r_label = gr.Dropdown(choices=list(h.names), label="label")
-                    r_save = gr.Button("Save review (confirm or relabel)", variant="primary")
-                    r_undo = gr.Button("Undo the last review", size="sm")
-                with gr.Column():
-                    r_image = gr.Image(type="pil", label="cell (full resolution)", height=REVIEW_IMAGE_HEIGHT)
-                    r_info = gr.Markdown()
-            c_files = gr.File(label="downloads: per-image CSV (model and reviewed labels) and HTML report", file_count="multiple")
-            with gr.Row():
-                a_go = gr.Button("Download the reviewed cells for a model of your lab (bmc adapt)")
-                a_file = gr.File(label="reviewed and learnt cells (zip of class folders)")
-            a_note = gr.Markdown()
-            rendered = [c_table, c_summary, c_chart, c_flagged, c_files]
-            c_go.click(h.count, [files], [*rendered, r_cell, report], api_name="count", concurrency_limit=HEAVY_CONCURRENCY)
-            f_go.click(
-                h.count_fields,
-                [files],
-                [*rendered, r_cell, report, f_overlays, f_state],
-                api_name="count_fields",
-                concurrency_limit=HEAVY_CONCURRENCY,
-            )
-            f_overlays.select(h.show_field, [f_state], [f_field, f_name], api_visibility="private")
-            f_field.select(h.pick_box, [f_name, report], [r_cell], api_visibility="private")
-            a_go.click(h.export_reviewed, [report], [a_file, a_note], api_name="export_reviewed")
-            c_flagged.select(h.pick_from_gallery, [report], [r_cell], api_visibility="private")
-            r_cell.change(h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_name="open_cell")
-            r_save.click(h.review, [r_cell, r_label, report], [*rendered, r_cell, report], api_name="review").then(
-                h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_visibility="private"
-            )
-            r_undo.click(h.undo, [report], [*rendered, r_cell, report], api_name="undo_review").then(
-                h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_visibility="private"
-            )
+            _count_tab(h)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CLASSIFY_CONCURRENCY)
     return demo
+
+
+def _examples_gallery(examples: list[Example], label: str, target: gr.Image) -> Any:
+    """Thumbnails of the example cells with their true class; a click puts that cell into ``target`` (the caller
+    chains what it runs next)."""
+    if not examples:
+        return None
+    gallery = gr.Gallery(
+        [(str(e.path), e.caption) for e in examples], label=label, columns=10, height="auto", allow_preview=False, elem_classes=EXAMPLES
+    )
+
+    def pick(evt: gr.SelectData) -> str | None:
+        return str(examples[evt.index].path) if isinstance(evt.index, int) and 0 <= evt.index < len(examples) else None
+
+    return gallery.select(pick, None, [target], api_visibility="private")
+
+
+def _one_cell_tab(h: CellApp, examples: list[Example], examples_label: str) -> None:
+    """One cell: the verdict (confident or review manually, with the calibrated %) above the top-k bars."""
+    with gr.Row():
+        with gr.Column():
+            image = cell_image_input("Single-cell image")
+            k = gr.Slider(1, len(h.predictor.codes), value=min(3, len(h.predictor.codes)), step=1, label="classes shown (top-k)")
+            go = gr.Button("Classify", variant="primary")
+        with gr.Column():
+            verdict = gr.Markdown(elem_id="bmc-verdict")
+            label = gr.Label(label="calibrated confidence, top classes", show_heading=False, elem_id="bmc-label")
+    go.click(h.classify, [image, k], [label, verdict], api_name="classify", concurrency_limit=CLASSIFY_CONCURRENCY)
+    picked = _examples_gallery(examples, examples_label, image)
+    if picked is not None:
+        picked.then(h.classify, [image, k], [label, verdict], api_visibility="private", concurrency_limit=CLASSIFY_CONCURRENCY)
+
+
+def _why_tab(h: CellApp, examples: list[Example], examples_label: str) -> None:
+    """Why: the prediction, confidence and flag repeated above the attribution map, with how to read it and its evidence."""
+    with gr.Row():
+        with gr.Column():
+            image = cell_image_input("Single-cell image")
+            method = gr.Radio(list(h.explainer.methods()), value=default_method(h.explainer), label="method")
+            target = gr.Dropdown(["predicted class", *h.names], value="predicted class", label="explain which class")
+            opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="map opacity")
+            nt = gr.Checkbox(False, label="smooth Integrated Gradients with NoiseTunnel (4× slower)")
+            go = gr.Button("Explain", variant="primary")
+        with gr.Column():
+            note = gr.Markdown(elem_id="bmc-why-note")
+            out = gr.Image(type="pil", label="attribution overlay", format="png")
+            curve = gr.Image(type="pil", label="deletion curve: P(class) as the map's top patches are removed", height=220)
+    inputs = [image, method, target, opacity, nt]
+    go.click(h.explain, inputs, [out, note, curve], api_name="explain", concurrency_limit=HEAVY_CONCURRENCY)
+    picked = _examples_gallery(examples, examples_label, image)
+    if picked is not None:
+        picked.then(h.explain, inputs, [out, note, curve], api_visibility="private", concurrency_limit=HEAVY_CONCURRENCY)
+
+
+def _count_tab(h: CellApp) -> None:
+    """Differential count: uploads (folded once read), then the results first — summary, table, review queue and
+    chart — the field overlays when fields were counted, then the review of one cell."""
+    report = gr.State(None, time_to_live=SESSION_TTL_S)  # this session's count and review; dropped with the session
+    with gr.Accordion("Upload", open=True) as fold:
+        kinds = ["image", ".tif", ".tiff", ".bmp", *ARCHIVE_SUFFIXES]
+        what = "Single-cell images or microscope fields, or a zip / tar of them"
+        files = gr.File(file_count="multiple", file_types=kinds, label=what, height=150)
+    with gr.Row():
+        c_go = gr.Button("Count (single-cell images)", variant="primary")
+        f_go = gr.Button("Count whole microscope fields (find the cells first)")
+    with gr.Column(elem_id="bmc-results"):
+        c_summary = gr.Markdown()
+        c_table = gr.Dataframe(
+            headers=TABLE_HEADERS, show_label=False, interactive=False, max_height=TABLE_MAX_HEIGHT, wrap=True, elem_id="bmc-table"
+        )
+        c_note = gr.Markdown(elem_id="bmc-note")
+        with gr.Row():
+            c_flagged = gr.Gallery(label="review queue, least sure first: click a cell to review it", columns=5, height=330)
+            c_chart = gr.Image(type="filepath", label="% of nucleated cells, by where the labels come from", height=330)
+    with gr.Row(visible=False) as f_row:
+        f_overlays = gr.Gallery(label="fields: the cells found, numbered as in the count: click one", columns=3, height=300, elem_id=FIELDS)
+        f_field = gr.Image(type="pil", label="field: click a box to review that cell", interactive=False, height=300, elem_id="bmc-field")
+    f_state, f_name = gr.State(None, time_to_live=SESSION_TTL_S), gr.State(None, time_to_live=SESSION_TTL_S)  # the field overlays
+    r_cell, rendered = _review_panel(h, report, [c_table, c_summary, c_chart, c_flagged])
+    for button, handler, extra, fields in ((c_go, h.count, [], False), (f_go, h.count_fields, [f_overlays, f_state], True)):
+        outputs = [*rendered, r_cell, report, *extra]
+        button.click(handler, [files], outputs, api_name=handler.__name__, concurrency_limit=HEAVY_CONCURRENCY).success(
+            partial(_after_count, fields), [files, report], [fold, c_note, f_row], api_visibility="private"
+        ).then(None, js=SCROLL_TO.format("bmc-results"))
+    f_overlays.select(h.show_field, [f_state], [f_field, f_name], api_visibility="private")
+    f_field.select(h.pick_box, [f_name, report], [r_cell], api_visibility="private").then(None, js=SCROLL_TO.format("bmc-review"))
+    c_flagged.select(h.pick_from_gallery, [report], [r_cell], api_visibility="private").then(None, js=SCROLL_TO.format("bmc-review"))
+
+
+def _after_count(fields: bool, files: list[str] | None, report: CountReport | None) -> tuple[gr.Accordion, str, gr.Row]:
+    """Once a count is in: the uploads folded to one line, the table's note, the field overlays shown only for fields."""
+    return uploads_line(files), table_note(report) if report is not None else "", gr.Row(visible=fields)
+
+
+def _review_panel(h: CellApp, report: gr.State, above: list[gr.components.Component]) -> tuple[gr.Dropdown, list[Any]]:
+    """The review of one cell — name, the model's top-3, label, save and undo beside the cell magnified 1×–4× — and
+    the downloads; returns the cell chooser and every output a (re)count or review renders (``above`` first)."""
+    with gr.Column(elem_id="bmc-review"):
+        gr.Markdown(REVIEW_HELP)
+        with gr.Row():
+            with gr.Column(scale=2):
+                r_cell = gr.Dropdown(choices=[], label="cell (review queue: least sure first)", filterable=True, allow_custom_value=True)
+                r_info = gr.Markdown()
+                r_label = gr.Dropdown(choices=list(h.names), label="label")
+                r_save = gr.Button("Save review (confirm or relabel)", variant="primary")
+            with gr.Column(scale=3):
+                r_zoom = gr.Radio(["1×", "2×", "3×", "4×"], value="2×", label="magnification", container=False)
+                r_view = gr.HTML()
+                r_image = gr.Image(type="pil", visible=False)  # the /open_cell API's picture; the page shows r_view
+    with gr.Row():
+        c_files = gr.File(label="downloads: per-image CSV (model and reviewed labels) and HTML report", file_count="multiple")
+        with gr.Column():
+            a_go = gr.Button("Download the reviewed cells for a model of your lab (bmc adapt)")
+            a_file = gr.File(label="reviewed and learnt cells (zip of class folders)")
+    a_note = gr.Markdown()
+    rendered = [*above, c_files]
+    a_go.click(h.export_reviewed, [report], [a_file, a_note], api_name="export_reviewed")
+    shown: dict[str, Any] = dict(fn=zoomed, inputs=[r_cell, r_zoom, report], outputs=[r_view], api_visibility="private")
+    r_cell.change(h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_name="open_cell").then(**shown)
+    r_zoom.change(**shown)
+    for button, handler, name in ((r_save, h.review, "review"),):
+        inputs = [r_cell, r_label, report] if name == "review" else [report]
+        button.click(handler, inputs, [*rendered, r_cell, report], api_name=name).then(
+            h.open_cell, [r_cell, report], [r_image, r_info, r_label], api_visibility="private"
+        ).then(**shown)
+    return r_cell, rendered
 
 
 _WORK = tempfile.TemporaryDirectory(prefix="bmc-app-")  # removed when the server exits
@@ -516,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     examples_dir = Path(os.environ.get("BMC_EXAMPLES") or EXAMPLES_DIR)
     demo = build_app(predictor_from_args(args), examples_dir)
     try:
-        demo.launch(server_name=args.host, server_port=args.port, show_error=False, allowed_paths=[str(examples_dir)])
+        demo.launch(server_name=args.host, server_port=args.port, show_error=False, allowed_paths=[str(examples_dir)], css=CSS)
     except OSError as exc:  # e.g. the port is taken: one line and how to choose another, not Gradio's traceback
         print(
             f"error: cannot serve on {args.host}:{args.port} ({str(exc).splitlines()[0]}); choose another port with "

@@ -67,7 +67,7 @@ COUNT_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lymphocytes and plasma cells", ("LYI", "LYT", "HAC", "PLM")),
     ("erythroid precursors", ("PEB", "EBO")),
     ("other", ("OTH",)),
-    ("not counted (not nucleated cells, or not assessable)", ("KSC", "NIF", "ART")),
+    ("not counted in the %", ("KSC", "NIF", "ART")),
 )
 _GROUP_PARTS: dict[str, tuple[tuple[str, frozenset[str]], ...]] = {
     "eosinophils and basophils": (("eosinophils", frozenset({"EOS", "ABE"})), ("basophils", frozenset({"BAS"}))),

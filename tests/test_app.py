@@ -1,7 +1,6 @@
 """The real app, started on a free localhost port and driven through gradio_client and Chromium."""
 
 import os
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -289,69 +288,34 @@ def test_concurrent_users_all_get_answers(app_url, shared_data):
 
 
 def test_browser_upload_label_and_attribution(app_url, tmp_path, shared_data):
-    """Headless Chromium (Debian's, driven by Playwright): upload a cell, read the label, draw a map."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        pytest.fail("chromium not installed: `make test` installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
+    """Headless Chromium (Debian's, driven by Playwright): upload a cell, read the label, draw a map, count and review."""
+    from bench.screenshots import browser_page, chromium, classify, count, explain
 
-    shots = [tmp_path]
-    if os.environ.get("BMC_DOCS_SCREENSHOTS"):
-        shots.append(ROOT / "docs")
+    if not chromium():
+        pytest.fail("chromium not installed: `make test` installs Debian's chromium")
     cell = str(matek_images("EOS", 1)[0])
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-quic",
-            ],
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(app_url)
-        page.locator("input[type=file]").first.set_input_files(cell)
-        page.get_by_role("button", name="Classify").click()
-        page.get_by_text("review threshold", exact=False).first.wait_for(timeout=60_000)  # the verdict has arrived
-        assert "Eosinophil (EOS) at" in page.locator("body").inner_text()  # "<name> at <confidence>" of the verdict
+    with browser_page(app_url) as page:
+        assert "Eosinophil (EOS) at" in classify(page, cell)  # "Confident: <name> at <confidence>"
         page.locator("input[type=file]").first.set_input_files(_stained_cells(0, tmp_path / "blank.png"))
         page.get_by_role("button", name="Classify").click()
         page.get_by_text("No cell found", exact=False).first.wait_for(timeout=60_000)
         page.locator("input[type=file]").first.set_input_files(_marrow_sheet(tmp_path / "four.png"))
         page.get_by_role("button", name="Classify").click()
         page.get_by_text("cells in this picture", exact=False).first.wait_for(timeout=60_000)
-        page.locator("input[type=file]").first.set_input_files(cell)
-        page.get_by_role("button", name="Classify").click()
-        page.get_by_text("Eosinophil (EOS) at", exact=False).first.wait_for(timeout=60_000)
-        for d in shots:
-            page.screenshot(path=str(d / "app-one-cell.png"), full_page=True)
 
-        page.get_by_role("tab", name="Why (attribution)").click()
-        page.locator("input[type=file]").nth(1).set_input_files(cell)
-        page.get_by_role("button", name="Explain").click()
+        explain(page, cell)
         page.locator("text=Removing the 10%").first.wait_for(timeout=120_000)  # the evidence line beside the map
         body = page.locator("body").inner_text()
         assert "lowers P(EOS) from" in body and "calibrated confidence" in body
-        overlays = page.locator("img[src*='image.png']")
-        overlays.first.wait_for(timeout=30_000)  # the attribution overlay itself
-        for d in shots:
-            page.screenshot(path=str(d / "app-why.png"), full_page=True)
+        page.locator("img[src*='image.png']").first.wait_for(timeout=30_000)  # the attribution overlay itself
 
-        page.get_by_role("tab", name="Differential count").click()
         batch = matek_images("NGS", 2) + matek_images("LYT", 2) + sorted(UNSEEN.glob("*.jpg"))[:3]  # + 3 unfamiliar types
-        page.locator("input[type=file][multiple]").first.set_input_files([str(p) for p in batch])
-        page.get_by_role("button", name="Count (single-cell images)").click()
-        page.get_by_text("7 images", exact=False).first.wait_for(timeout=120_000)
-        for d in shots:
-            page.screenshot(path=str(d / "app-count.png"), full_page=True)
+        count(page, batch)
+        assert "7 images" in page.locator("#bmc-results").inner_text()
 
         # review: open the first flagged cell from the gallery, relabel it, and see the count follow
         before = page.locator("body").inner_text()
-        page.locator(".thumbnail-item").first.click()
+        page.locator("#bmc-results .thumbnail-item").first.click()
         page.get_by_text("model:", exact=False).first.wait_for(timeout=30_000)
         current = page.get_by_label("label", exact=True).input_value()
         new = "Monocyte (MON)" if current != "Monocyte (MON)" else "Lymphocyte (LYT)"
@@ -361,10 +325,54 @@ def test_browser_upload_label_and_attribution(app_url, tmp_path, shared_data):
         page.get_by_text("1 reviewed, 1 relabelled", exact=False).first.wait_for(timeout=60_000)
         assert "0 reviewed, 0 relabelled" in before
         page.get_by_text("1 reviewed; ", exact=False).first.wait_for(timeout=30_000)  # label sources in the summary
-        for d in shots:
-            page.screenshot(path=str(d / "app-review.png"), full_page=True)
-        browser.close()
-    assert (tmp_path / "app-one-cell.png").stat().st_size > 10_000
+
+
+def test_browser_a_count_leads_with_its_results(app_url, shared_data):
+    """After a 60-cell upload the summary, the whole table header and the first cell of the review queue are in
+    view at 1,280 x 800 without scrolling past the upload list (folded to one line); no field overlay without fields."""
+    from bench.screenshots import browser_page, count, count_cells, first_queue_cell, in_view
+
+    cells = count_cells()
+    assert len(cells) == 60
+    with browser_page(app_url) as page:
+        count(page, cells)
+        results = page.locator("#bmc-results")
+        assert "60 images" in results.inner_text()
+        assert in_view(results.get_by_text("nucleated cells counted").first)
+        headers = page.locator("#bmc-table th")
+        assert headers.count() >= 7 and all(in_view(headers.nth(i)) for i in range(headers.count()))
+        assert in_view(first_queue_cell(page))
+        assert "Uploaded: 60 files" in page.locator("body").inner_text()  # the upload list, folded
+        assert not page.locator("#bmc-fields").is_visible()
+
+
+def test_browser_one_cell_says_review_before_the_class_and_examples_classify(app_url, shared_data):
+    """A flagged answer shows the review verdict above the classes and no headline class; a click on an example
+    thumbnail classifies it, its caption naming the true class."""
+    from bench.screenshots import browser_page, classify, click_example, flagged_cell
+
+    with browser_page(app_url) as page:
+        verdict = classify(page, flagged_cell())
+        assert verdict.startswith("⚠️ Uncertain — review manually") and "Best guess:" in verdict
+        classes = page.locator("#bmc-label")
+        assert page.locator("#bmc-verdict").bounding_box()["y"] < classes.bounding_box()["y"]
+        assert not classes.locator("h2").is_visible()  # no large class name over a flagged answer
+        caption, verdict = click_example(page, 0)
+        assert caption.startswith("true: Blast (BLA)") and "calibrated confidence" in verdict
+
+
+def test_browser_a_box_on_a_field_brings_its_cell_into_view(app_url, shared_data):
+    """Three BCCD blood fields counted as fields: clicking a cell's box on the overlay opens that cell in view."""
+    from bench.screenshots import browser_page, click_box, count, field_images, first_box, in_view
+
+    fields = field_images()
+    with browser_page(app_url) as page:
+        count(page, fields, fields=True)
+        assert page.locator("#bmc-fields").is_visible()
+        click_box(page, fields[0].name, first_box(fields[0]))
+        review = page.locator("#bmc-review")
+        assert in_view(review.locator(".bmc-zoom img").first)
+        assert f"{fields[0].name}#1" in review.inner_text()
 
 
 def test_a_space_like_start_without_shared_data_offers_the_shipped_examples(tmp_path):
@@ -379,7 +387,8 @@ def test_a_space_like_start_without_shared_data_offers_the_shipped_examples(tmp_
     assert not (space.parent / "shared").exists()
     with running_app(root=space, extra_env={"PYTHONPATH": str(space)}) as (url, _proc):
         config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())  # nosec B310 # loopback
-    samples = [c["props"]["samples"] for c in config["components"] if c.get("type") == "dataset"]
-    assert samples and min(len(s) for s in samples) >= 8
-    shown = [Path(str(s[0].get("path") if isinstance(s[0], dict) else s[0])).name for s in samples[0]]
+    galleries = [c["props"]["value"] for c in config["components"] if "bmc-examples" in (c["props"].get("elem_classes") or [])]
+    assert len(galleries) == 2 and min(len(g) for g in galleries) >= 8  # One cell and Why
+    shown = {Path(item["image"]["path"]).name: item["caption"] for item in galleries[0]}
     assert "BLA_matek_00001.jpg" in shown and "PLM_matek_00009.jpg" in shown
+    assert shown["PLM_matek_00009.jpg"].startswith("true: Plasma cell (PLM)")

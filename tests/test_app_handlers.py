@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 from corpus import _img
+from helpers import image_bytes
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +121,30 @@ def test_one_cell_defers_to_the_models_own_check_of_several_cells(handlers, tmp_
     monkeypatch.setattr(handlers.predictor, "guard", None)  # a model without the check classifies as before
     label, verdict = handlers.classify(str(path), 3)
     assert label and "calibrated confidence" in verdict
+
+
+def test_examples_are_captioned_with_their_true_class_known_ones_first(tmp_path):
+    from bmc.serve.examples import example_cells
+
+    for name in ("PLM_matek_00009.jpg", "BAS_pbc_1.jpg", "BLA_matek_00001.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(image_bytes())
+    examples, label = example_cells(tmp_path, ["BLA", "BAS"], {"BAS": ["pbc"]})
+    assert [e.code for e in examples] == ["BLA", "BAS", "PLM"]
+    assert [e.caption for e in examples] == [
+        "true: Blast (BLA), marrow",
+        "true: Basophil (BAS), blood · learnt from blood only",
+        "true: Plasma cell (PLM), marrow · a type this model never saw",
+    ]
+    assert "click one to classify it" in label and "the last 1 are types this model never saw (PLM)" in label
+
+
+def test_the_cell_under_review_is_shown_magnified(handlers, cells):
+    from app import zoomed
+
+    *_, report = handlers.count(cells)
+    name = report.cells[0].name
+    assert 'width="180" height="180"' in zoomed(name, "3×", report)  # a 60 px cell at 3x
+    assert 'width="60"' in zoomed(name, "1×", report) and zoomed(None, "2×", report) == ""
 
 
 @pytest.mark.parametrize("kind", ["blank", "circuit board", "text", "mask"])

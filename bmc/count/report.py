@@ -54,9 +54,13 @@ def table_note(report: CountReport) -> str:
 
 
 def table(report: CountReport) -> list[list[object]]:
-    """Rows for a UI table (see :data:`TABLE_HEADERS`), ending with the total row."""
+    """Rows for a UI table (see :data:`TABLE_HEADERS`), ending with the total row; a group is named on its first
+    row only, as on a printed differential."""
+    groups = [r.group for r in report.rows]
     rows: list[list[object]] = [
-        [r.group, display_name(r.code), r.count, _pct(r), _ci(r), r.flagged, _sources(r.sources)] for r in report.rows
+        [r.group if i == 0 or groups[i - 1] != r.group else "", display_name(r.code), r.count, _pct(r), _ci(r), r.flagged]
+        + [_sources(r.sources)]
+        for i, r in enumerate(report.rows)
     ]
     rows.append(
         [

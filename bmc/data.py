@@ -122,15 +122,15 @@ def scan_labels_csv(root: str | Path) -> tuple[list[tuple[str, str]], list[Skipp
             if len(row) < 2:
                 continue
             image_id, label = row[0].strip(), row[1].strip()
-            path = stems.get(image_id) or stems.get(image_id.lstrip("0") or "0")
-            if path is None:
+            found = stems.get(image_id) or stems.get(image_id.lstrip("0") or "0")
+            if found is None:
                 skipped.append(SkippedFile(str(root / "images" / image_id), f"listed in {LABELS_CSV}, no such image"))
                 continue
             name = NUMBERED_CLASSES.get(label, label)
             try:
-                records.append((str(path), to_code(name)))
+                records.append((str(found), to_code(name)))
             except KeyError:
-                records.append((str(path), name))
+                records.append((str(found), name))
     return records, skipped
 
 

@@ -79,8 +79,12 @@ def browser_page(url: str) -> Iterator[Any]:
 def in_view(locator: Any) -> bool:
     """Whether an element lies wholly inside the viewport as the page is scrolled now."""
     box = locator.bounding_box()
-    return bool(box) and box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= VIEWPORT["width"] + 1 and (
-        box["y"] + box["height"] <= VIEWPORT["height"] + 1
+    return (
+        bool(box)
+        and box["x"] >= 0
+        and box["y"] >= 0
+        and box["x"] + box["width"] <= VIEWPORT["width"] + 1
+        and (box["y"] + box["height"] <= VIEWPORT["height"] + 1)
     )
 
 

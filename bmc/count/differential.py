@@ -217,7 +217,6 @@ class CountReport(Reviewing):
         )
 
 
-
 def thumbnail(image: Image.Image, size: int = THUMBNAIL_PX) -> bytes:
     """A small JPEG of a cell for review galleries and the HTML report."""
     small = image.copy()

@@ -25,12 +25,11 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 SHARED = ROOT.parent / "shared" / "data"
 BCCD = SHARED / "external-wbc" / "bccd"
 ZHENG = SHARED / "external-wbc" / "zheng2018-ds2"
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SMALL_SIDE = 120
 """Side the single cells are also shrunk to: another lab's crops of this size were refused before (issue 31)."""
 

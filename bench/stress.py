@@ -48,7 +48,7 @@ def client_loop(
         error = None
         try:
             if attribution:
-                image, note = client.predict(handle_file(path), kind, "predicted class", 0.5, False, api_name="/explain")
+                image, note, _curve = client.predict(handle_file(path), kind, "predicted class", 0.5, False, api_name="/explain")
                 ok = bool(image) and kind in note
             else:
                 label, verdict = client.predict(handle_file(path), 3, api_name="/classify")

@@ -34,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from bench.review import load_set  # noqa: E402
+from bmc.calibration import softmax  # noqa: E402
 from bmc.metrics import classification_metrics  # noqa: E402
 from bmc.splits import read_resolved_manifest  # noqa: E402
 from bmc.train.evaluation import counts_right  # noqa: E402
@@ -72,8 +73,7 @@ def measure(predictor: object, images: list, truth: np.ndarray, equivalents: dic
     codes = predictor.codes  # type: ignore[attr-defined]
     called = np.array(codes)[logits.argmax(axis=1)]
     right = counts_right(called, np.array(codes)[truth], equivalents)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    macro_f1 = classification_metrics(probs / probs.sum(axis=1, keepdims=True), truth, num_classes=len(codes))["macro_f1"]
+    macro_f1 = classification_metrics(softmax(logits), truth, num_classes=len(codes))["macro_f1"]
     return {"n": len(truth), "accuracy": float(right.mean()), "accuracy_ci": bootstrap(right), "macro_f1": float(macro_f1)}
 
 

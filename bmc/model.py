@@ -40,7 +40,7 @@ SERVING_HINT = "Give --model a bmc model folder (e.g. models/bmc-dinov2s-matek-p
 
 def _not_found(name_or_path: str, exc: Exception, hint: str = TRAINING_HINT) -> ModelNotFoundError:
     """A message that says why a model could not be had and what to do, instead of transformers' generic one."""
-    if Path(name_or_path).exists() or name_or_path.startswith((".", "/", "~")):
+    if Path(name_or_path).exists() or looks_local(name_or_path):
         return ModelNotFoundError(f"{name_or_path}: not a model folder ({str(exc).splitlines()[0][:160]}). {hint}")
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     why = "HF_HUB_OFFLINE=1 is set" if offline else "the Hub is unreachable from here, or there is no such repository"

@@ -78,21 +78,7 @@ def test_unfamiliar_means_far_more_flagged_than_on_validation():
 def test_the_count_shows_learnt_labels_and_their_sources(tmp_path):
     logits, emb, truth = _count(n=120, wrong=True)
     codes = ["BLA", "LYT", "NGS"]
-    probs = softmax(logits)
-    cells = [
-        Cell(
-            f"c{i}.jpg",
-            Prediction(
-                {c: float(p) for c, p in zip(codes, probs[i])},
-                codes[int(probs[i].argmax())],
-                float(probs[i].max()),
-                bool(probs[i].max() < 0.8),
-                logits[i],
-                emb[i],
-            ),
-        )
-        for i in range(len(truth))
-    ]
+    cells = _cells(logits, emb, codes)
     report = build_report(cells, codes, "m", "v", 0.8, validation_flagged=0.3)
     queue = report.review_queue()
     reviewed = report.reviewed({name: codes[truth[int(name[1:-4])]] for name in queue[:20]})

@@ -11,10 +11,13 @@ For each model and each *view* of the input it measures, on sets of four laborat
 * ``zheng2018-ds2``: Zheng et al. 2018's 60 white cells (another CellaVision lab), accuracy.
 
 A neutrophil of a set that does not split band from segmented counts as right either way (as ``bmc evaluate``).
-Views: ``plain`` (the image as given: what ``pipeline()`` sees) and ``reinhard`` (each image's CIE-Lab mean and
-spread mapped onto the model's marrow training images' average, :func:`bmc.transforms.lab_standardise`, at test
-time only). Every figure has a 95 % bootstrap interval (1,000 resamples of the set's images). These are reporting
-sets: the recipe is chosen on validation (``bmc compare --validation``), never by this table.
+Views: ``plain`` (the image as given to bmc's predictor, which applies the model folder's own colour
+canonicalisation when it has one, ``--colour_standardise``), ``reinhard`` (each image's CIE-Lab mean and spread
+mapped onto the model's marrow training images' average, :func:`bmc.transforms.lab_standardise`, at test time only)
+and ``raw-pipeline`` (a model with a stored colour reference run without it: what a plain ``pipeline()`` that is not
+given :class:`bmc.transforms.CanonicalColourProcessor` sees). Every figure has a 95 % bootstrap interval (1,000
+resamples of the set's images). These are reporting sets: the recipe is chosen on validation
+(``bmc compare --validation``), never by this table.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from bmc.calibration import softmax  # noqa: E402
 from bmc.metrics import classification_metrics  # noqa: E402
 from bmc.splits import read_resolved_manifest  # noqa: E402
 from bmc.train.evaluation import counts_right  # noqa: E402
-from bmc.transforms import lab_standardise, lab_statistics  # noqa: E402
+from bmc.transforms import LAB_REFERENCE_KEYS, colour_reference, lab_standardise, lab_statistics  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 SETS = {
@@ -46,7 +49,7 @@ SETS = {
     "bccd": SHARED / "external-wbc" / "bccd",
     "zheng2018-ds2": SHARED / "external-wbc" / "zheng2018-ds2",
 }
-VIEWS = ("plain", "reinhard")
+VIEWS = ("plain", "reinhard", "raw-pipeline")
 REFERENCE_IMAGES = 300
 """Marrow training images whose average Lab statistics are the ``reinhard`` view's target."""
 
@@ -93,8 +96,18 @@ def measure_model(model_dir: Path, sets: list[str], views: list[str]) -> dict:
             images, truth, eq = load_set(SETS[name], predictor.codes, None, None)
         out["sets"][name] = {}
         for view in views:
-            shown = images if view == "plain" else [Image.fromarray(lab_standardise(np.asarray(im), *reference)) for im in images]
-            out["sets"][name][view] = measure(predictor, shown, truth, eq)
+            if view == "raw-pipeline" and colour_reference(predictor.processor) is None:
+                continue  # the same as plain for a model that takes colours as given
+            shown = images if view != "reinhard" else [Image.fromarray(lab_standardise(np.asarray(im), *reference)) for im in images]
+            stored = [getattr(predictor.processor, key, None) for key in LAB_REFERENCE_KEYS]
+            if view == "raw-pipeline":
+                for key in LAB_REFERENCE_KEYS:
+                    setattr(predictor.processor, key, None)
+            try:
+                out["sets"][name][view] = measure(predictor, shown, truth, eq)
+            finally:
+                for key, value in zip(LAB_REFERENCE_KEYS, stored):
+                    setattr(predictor.processor, key, value)
             print(f"{model_dir.name} {name} {view}: {out['sets'][name][view]}", flush=True)
     return out
 
@@ -108,7 +121,10 @@ def markdown(results: dict) -> str:
         for view in next(iter(res["sets"].values())):
             cells = []
             for set_name in sets:
-                m = res["sets"][set_name][view]
+                m = res["sets"][set_name].get(view)
+                if m is None:
+                    cells.append("—")
+                    continue
                 lo, hi = m["accuracy_ci"]
                 extra = f", macro-F1 {m['macro_f1']:.3f}" if set_name == "matek-test" else ""
                 cells.append(f"{m['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] ({m['n']}){extra}")

@@ -74,7 +74,18 @@ def _args(folder, out, model, *extra):
 def trained(tmp_path_factory, small_kaggle_folder, tiny_model_dir):
     out = tmp_path_factory.mktemp("run")
     code = train_hf.main(
-        _args(small_kaggle_folder, out, tiny_model_dir, "--num_train_epochs", "2", "--loss", "focal", "--external_dir", str(PBC))
+        _args(
+            small_kaggle_folder,
+            out,
+            tiny_model_dir,
+            "--num_train_epochs",
+            "2",
+            "--loss",
+            "focal",
+            "--external_dir",
+            str(PBC),
+            "--colour_standardise",
+        )
     )
     assert code == 0
     return out
@@ -112,11 +123,19 @@ def test_run_writes_a_complete_hub_model_folder(trained):
 def test_pipeline_loads_the_result_offline(trained, shared_data):
     from transformers import pipeline
 
+    from bmc.transforms import CanonicalColourProcessor, colour_reference
+
     classify = pipeline("image-classification", model=str(trained))
     assert classify.model.dtype == torch.float32
     out = classify(str(matek_images("LYT", 1)[0]), top_k=4)
     assert {o["label"] for o in out} == set(CLASSES)
     assert sum(o["score"] for o in out) == pytest.approx(1.0, abs=1e-4)
+    # --colour_standardise: the reference lies in preprocessor_config.json, and bmc's processor applies it in pipeline()
+    processor = CanonicalColourProcessor.from_pretrained(str(trained))
+    mean, std = colour_reference(processor)
+    assert 100 < mean[0] < 220 and 10 < std[0] < 90  # the marrow training images' Lab lightness, mean and spread
+    canonical = pipeline("image-classification", model=str(trained), image_processor=processor)
+    assert {o["label"] for o in canonical(str(matek_images("LYT", 1)[0]), top_k=4)} == set(CLASSES)
 
 
 def test_metrics_json_matches_a_fresh_evaluation_of_the_saved_model(trained):

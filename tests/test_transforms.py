@@ -124,3 +124,43 @@ def test_colour_augmentation_moves_the_lab_statistics_and_keeps_the_shapes():
         lum = cv2.cvtColor(m, cv2.COLOR_RGB2GRAY).astype(float)
         assert lum[20, 20] < lum[2, 2]  # ... the dark cell on a pale background stays one
     assert lab_restyle(rgb, rng, p=0.0) is rgb
+
+
+def _tinted_cell(tint: tuple[int, int, int]) -> np.ndarray:
+    """A dark round cell on a pale background, the whole picture shifted by ``tint`` (another lab's stain)."""
+    import cv2
+
+    rgb = np.zeros((64, 64, 3), np.int16)
+    rgb[:] = (225, 205, 215)
+    cv2.circle(rgb, (32, 32), 14, (95, 45, 140), -1)
+    return np.clip(rgb + np.asarray(tint, np.int16), 0, 255).astype(np.uint8)
+
+
+def test_colour_reference_is_stored_with_the_processor_and_makes_two_stains_alike(tmp_path):
+    from transformers import AutoImageProcessor
+
+    from bmc.transforms import CanonicalColourProcessor, colour_reference, set_colour_reference
+
+    processor = build_image_processor(56)
+    a, b = Image.fromarray(_tinted_cell((0, 0, 0))), Image.fromarray(_tinted_cell((-40, 10, 30)))
+    plain_gap = np.abs(preprocess([a], processor) - preprocess([b], processor)).mean()
+    assert colour_reference(processor) is None
+    set_colour_reference(processor, np.array([150.0, 150.0, 100.0]), np.array([50.0, 17.0, 21.0]))
+    processor.save_pretrained(tmp_path)
+    loaded = AutoImageProcessor.from_pretrained(tmp_path)  # what bmc's predictor and a plain pipeline() load
+    np.testing.assert_allclose(colour_reference(loaded)[0], [150.0, 150.0, 100.0])
+    canonical_gap = np.abs(preprocess([a], loaded) - preprocess([b], loaded)).mean()
+    assert canonical_gap < plain_gap / 4  # the lab's tint is taken out, the cell kept
+    for_pipeline = CanonicalColourProcessor.from_pretrained(tmp_path)
+    np.testing.assert_allclose(for_pipeline(images=[b], return_tensors="np")["pixel_values"], preprocess([b], loaded), atol=1e-6)
+
+
+def test_train_transform_applies_the_colour_reference_before_augmenting():
+    from bmc.transforms import set_colour_reference
+
+    processor = build_image_processor(56)
+    batch = {"image": [Image.fromarray(_tinted_cell(t)) for t in [(0, 0, 0), (-40, 10, 30)]], "label": [0, 0], "source": ["x.png"] * 2}
+    plain = np.stack(TrainTransform(processor, seed=0, robust=())(batch)["pixel_values"])
+    set_colour_reference(processor, np.array([150.0, 150.0, 100.0]), np.array([50.0, 17.0, 21.0]))
+    canonical = np.stack(TrainTransform(processor, seed=0, robust=())(batch)["pixel_values"])
+    assert np.abs(canonical[0] - canonical[1]).mean() < np.abs(plain[0] - plain[1]).mean() / 4

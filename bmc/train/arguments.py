@@ -98,6 +98,13 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(default=False, metadata={"help": "Re-head a classifier trained on other classes"})
     image_size: int = field(default=112, metadata={"help": "Square input side in pixels (DINOv2: a multiple of 14)"})
     denoise: bool = field(default=False, metadata={"help": "OpenCV non-local-means denoising before the model"})
+    colour_standardise: bool = field(
+        default=False,
+        metadata={
+            "help": "Map each image's CIE-Lab mean and spread onto the marrow training images' average, in training and "
+            "(stored in preprocessor_config.json) at inference"
+        },
+    )
     augment: list[str] = field(
         default_factory=lambda: list(ROBUSTNESS_AUGMENTATIONS),
         metadata={

@@ -35,7 +35,7 @@ import numpy as np
 
 from bmc.constants import ROBUSTNESS_AUGMENTATIONS
 from bmc.images import open_image
-from bmc.transforms import denoise, lab_standardise, processor_size
+from bmc.transforms import canonical_colours, denoise, lab_standardise, processor_size
 
 ZOOM_OUT_P = 0.5
 ZOOM_OUT_MIN_SCALE = 0.45
@@ -149,6 +149,7 @@ class TrainTransform:
             rgb = np.asarray(open_image(image))
             if self.use_denoise:
                 rgb = denoise(rgb)
+            rgb = canonical_colours(rgb, self.processor)  # as serving does, before any augmentation
             seed = self.sample_seed(source)
             rng = np.random.default_rng(seed)
             if self.colour:

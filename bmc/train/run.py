@@ -17,10 +17,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import torch
 from transformers import AutoImageProcessor, EarlyStoppingCallback, TrainerCallback, TrainingArguments, set_seed
 
 from bmc import labels
+from bmc.images import open_image
 from bmc.model import class_codes, load_classifier, load_for_training, save_classifier
 from bmc.train import evaluation
 from bmc.train.arguments import DataArguments, ExportArguments, ModelArguments
@@ -28,7 +30,14 @@ from bmc.train.augmentation import TrainTransform
 from bmc.train.dataset import check_no_held_out_leak, distill_mask, prepare_data
 from bmc.train.folder import base_hub_id, base_source, write_model_folder
 from bmc.train.trainer import AugmentationEpoch, CellTrainer, Teacher, collate, compute_metrics, sample_weights
-from bmc.transforms import build_image_processor, make_eval_transform, processor_size
+from bmc.transforms import (
+    build_image_processor,
+    colour_reference,
+    lab_statistics,
+    make_eval_transform,
+    processor_size,
+    set_colour_reference,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -130,6 +139,9 @@ def build_trainer(
     )
     base_processor = _base_processor(model_args.model_name_or_path, model_args.model_revision)
     processor = build_image_processor(model_args.image_size, tuple(base_processor.image_mean), tuple(base_processor.image_std))
+    if model_args.colour_standardise:
+        set_colour_reference(processor, *training_colour_reference(dsd["train"]))
+        log.info("colour reference (Lab mean, spread): %s", colour_reference(processor))
     train_transform = TrainTransform(processor, model_args.denoise, training_args.seed, tuple(model_args.augment))
     weights = sample_weights(dsd["train"]["label"], dsd["train"]["domain"], model_args.balance, model_args.domain_weighting)
     train_ds = dsd["train"].add_column("weight", weights)
@@ -251,6 +263,20 @@ def describe_write_error(exc: OSError) -> str | None:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"no permission to write{path}. Choose an --output_dir (and --export_dir) you can write to."
     return None
+
+
+COLOUR_REFERENCE_IMAGES = 300
+"""Training images of the first source (the marrow set) whose average Lab statistics become the colour reference."""
+
+
+def training_colour_reference(train: Any, n: int = COLOUR_REFERENCE_IMAGES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Average per-image CIE-Lab mean and spread of ``n`` training images of the first domain (the marrow set):
+    the reference every image's colours are mapped onto with ``--colour_standardise``."""
+    domains = list(train["domain"])
+    first = [i for i, d in enumerate(domains) if d == domains[0]]
+    picked = np.random.default_rng(seed).choice(len(first), min(n, len(first)), replace=False)
+    stats = [lab_statistics(np.asarray(open_image(train[int(first[i])]["image"]))) for i in picked]
+    return np.mean([m for m, _ in stats], axis=0), np.mean([s for _, s in stats], axis=0)
 
 
 def _base_processor(name_or_path: str, revision: str | None = None) -> Any:

@@ -317,3 +317,19 @@ def test_validation_table_compares_the_marrow_images_apart(tmp_path):
     (tmp_path / "first" / "split_manifest.csv").unlink()
     header = validation_table([tmp_path / "first", tmp_path / "other"]).splitlines()[0]
     assert header.endswith("same images [95 % interval] |")  # no manifest, no marrow column
+
+
+def test_card_shows_the_attribution_measurements_with_how_many_cells_each_rests_on(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps(_metrics()))
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 1000)
+    assert "single-patch Spearman" not in render_card(tmp_path).read_text()  # no attribution.json: no table
+    method = {"n": 200, "abpc": 0.4451, "abpc_ci": [0.409, 0.479], "single_patch_spearman": 0.0465, "single_patch_n": 40}
+    methods = {
+        "Gradient-weighted rollout": {**method, "randomisation_spearman": {"top_half": 0.0386, "n": 30}, "seconds": 0.086},
+        "centre": {**method, "abpc": 0.3216, "randomisation_spearman": {"top_half": 1.0, "n": 30}, "seconds": None},
+    }
+    (tmp_path / "attribution.json").write_text(json.dumps({"n": 200, "cells": "bone-marrow-cells", "split": "test", "methods": methods}))
+    text = render_card(tmp_path).read_text()
+    assert "On 200 cells of `bone-marrow-cells` (test split)" in text
+    assert "| Gradient-weighted rollout | 0.445 [0.409, 0.479] | 0.046 | 0.039 | 0.086 | 200 / 40 / 30 |" in text
+    assert "| centre | 0.322 [0.409, 0.479] | 0.046 | 1.000 | — | 200 / 40 / 30 |" in text

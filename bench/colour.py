@@ -13,10 +13,12 @@ For each model and each *view* of the input it measures, on sets of four laborat
 A neutrophil of a set that does not split band from segmented counts as right either way (as ``bmc evaluate``).
 Views: ``plain`` (the image as given to bmc's predictor, which applies the model folder's own colour
 canonicalisation when it has one, ``--colour_standardise``), ``reinhard`` (each image's CIE-Lab mean and spread
-mapped onto the model's marrow training images' average, :func:`bmc.transforms.lab_standardise`, at test time only)
-and ``raw-pipeline`` (a model with a stored colour reference run without it: what a plain ``pipeline()`` that is not
-given :class:`bmc.transforms.CanonicalColourProcessor` sees). Every figure has a 95 % bootstrap interval (1,000
-resamples of the set's images). These are reporting sets: the recipe is chosen on validation
+mapped onto the model's marrow training images' average, :func:`bmc.transforms.lab_standardise`, at test time
+only), ``background`` (each image white-balanced so that its background, the lightest quarter of its pixels, has
+the marrow training images' background colour: one shift for the whole image, whatever share of the frame the cell
+fills) and ``raw-pipeline`` (a model with a stored colour reference run without it: what a plain ``pipeline()``
+that is not given :class:`bmc.transforms.CanonicalColourProcessor` sees). Every figure has a 95 % bootstrap
+interval (1,000 resamples of the set's images). These are reporting sets: the recipe is chosen on validation
 (``bmc compare --validation``), never by this table.
 """
 
@@ -28,6 +30,7 @@ import os
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -49,18 +52,42 @@ SETS = {
     "bccd": SHARED / "external-wbc" / "bccd",
     "zheng2018-ds2": SHARED / "external-wbc" / "zheng2018-ds2",
 }
-VIEWS = ("plain", "reinhard", "raw-pipeline")
+VIEWS = ("plain", "reinhard", "background", "raw-pipeline")
+BACKGROUND_PERCENTILE = 75
+"""The ``background`` view reads the lightest quarter of an image's pixels (by Lab lightness) as its slide
+background: plasma and glass, present in every crop however much of it the cell fills."""
 REFERENCE_IMAGES = 300
 """Marrow training images whose average Lab statistics are the ``reinhard`` view's target."""
 
 
-def reference_statistics(model_dir: Path, n: int = REFERENCE_IMAGES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Average per-image Lab mean and spread of ``n`` of the model's marrow *training* images (its split manifest)."""
+def marrow_training_images(model_dir: Path, n: int = REFERENCE_IMAGES, seed: int = 0) -> list[Image.Image]:
+    """``n`` of the model's marrow *training* images (its split manifest), drawn with ``seed``."""
     rows = [r for r in read_resolved_manifest(model_dir / "split_manifest.csv") if r["split"] == "train"]
     marrow = [r for r in rows if r.get("domain") == rows[0].get("domain")]
     picked = np.random.default_rng(seed).choice(len(marrow), min(n, len(marrow)), replace=False)
-    stats = [lab_statistics(np.asarray(Image.open(marrow[i]["source"]).convert("RGB"))) for i in picked]
+    return [Image.open(marrow[i]["source"]).convert("RGB") for i in picked]
+
+
+def reference_statistics(model_dir: Path, n: int = REFERENCE_IMAGES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Average per-image Lab mean and spread of ``n`` of the model's marrow training images."""
+    stats = [lab_statistics(np.asarray(im)) for im in marrow_training_images(model_dir, n, seed)]
     return np.mean([m for m, _ in stats], axis=0), np.mean([s for _, s in stats], axis=0)
+
+
+def background_statistics(rgb: np.ndarray) -> np.ndarray:
+    """Lab mean of the lightest pixels of an image (:data:`BACKGROUND_PERCENTILE`): the colour of its background."""
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float32)
+    return lab[lab[:, 0] >= np.percentile(lab[:, 0], BACKGROUND_PERCENTILE)].mean(axis=0)
+
+
+def white_balance(rgb: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The image with its background brought to ``reference`` (Lab): lightness scaled, a and b shifted, the same
+    for every pixel, so a cell keeps its colours relative to its own slide whatever share of the frame it fills."""
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    own = background_statistics(rgb)
+    lab[..., 0] *= reference[0] / max(float(own[0]), 1.0)
+    lab[..., 1:] += reference[1:] - own[1:]
+    return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
 def bootstrap(right: np.ndarray, n: int = 1000, seed: int = 0) -> list[float]:
@@ -89,6 +116,9 @@ def measure_model(model_dir: Path, sets: list[str], views: list[str]) -> dict:
     if "reinhard" in views:
         reference = reference_statistics(model_dir)
         out.update(reference_lab_mean=reference[0].tolist(), reference_lab_std=reference[1].tolist())
+    if "background" in views:
+        backdrop = np.mean([background_statistics(np.asarray(im)) for im in marrow_training_images(model_dir)], axis=0)
+        out.update(reference_background_lab=backdrop.tolist())
     for name in sets:
         if name == "matek-test":
             images, truth, eq = load_set(model_dir / "split_manifest.csv", predictor.codes, "test", "bone-marrow-cells")
@@ -98,7 +128,11 @@ def measure_model(model_dir: Path, sets: list[str], views: list[str]) -> dict:
         for view in views:
             if view == "raw-pipeline" and colour_reference(predictor.processor) is None:
                 continue  # the same as plain for a model that takes colours as given
-            shown = images if view != "reinhard" else [Image.fromarray(lab_standardise(np.asarray(im), *reference)) for im in images]
+            shown = images
+            if view == "reinhard":
+                shown = [Image.fromarray(lab_standardise(np.asarray(im), *reference)) for im in images]
+            elif view == "background":
+                shown = [Image.fromarray(white_balance(np.asarray(im), backdrop)) for im in images]
             stored = [getattr(predictor.processor, key, None) for key in LAB_REFERENCE_KEYS]
             if view == "raw-pipeline":
                 for key in LAB_REFERENCE_KEYS:

@@ -7,6 +7,7 @@
     python bench/review.py --plot docs/review/curves.png docs/review/*.json   # the curves of several runs in one figure
     python bench/review.py --table docs/review/reviewers/*.json               # their figures as a markdown table
     python bench/review.py --cells … --out F.json --wrong-at 20 --gallery wrong.png   # and the cells still wrong at 20 %
+    python bench/review.py --cells … --half first --keep-sure 0.8 --out F.json   # a setting tried on one half of a set
 
 The reviewer (``--reviewer``) always gives the true class of a cell it decides on:
 
@@ -321,6 +322,16 @@ def _parser() -> argparse.ArgumentParser:
         "--wrong-at", choices=[str(p) for p in LEVELS], default=None, help="also list the cells still wrong at this %% reviewed"
     )
     parser.add_argument("--gallery", type=Path, default=None, help="with --wrong-at: a contact sheet of those cells (.png)")
+    parser.add_argument(
+        "--half",
+        choices=("first", "second"),
+        default=None,
+        help="review only one half of the set, drawn with --half-seed (to choose a setting on one half and judge it on the other)",
+    )
+    parser.add_argument("--half-seed", type=int, default=33)
+    parser.add_argument(
+        "--keep-sure", type=float, default=None, help="bmc.count.learning.KEEP_SURE for this run (to measure other settings)"
+    )
     return parser
 
 
@@ -337,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.gallery and not args.wrong_at:
         parser.error("--gallery needs --wrong-at")
+    if args.gallery and args.half:
+        parser.error("--gallery shows cells of the whole set: leave out --half")
+    if args.keep_sure is not None:
+        import bmc.count.learning
+
+        bmc.count.learning.KEEP_SURE = args.keep_sure
 
     from bmc.serve.predictor import Predictor
 
@@ -344,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     codes = predictor.codes
     loaded = functools.cache(lambda: load_set(args.cells, codes, args.split, args.domain))  # read once, for the pass and the gallery
     logits, embeddings, truth, equivalents = cached_forward(predictor, args.features, loaded)
+    if args.half:
+        order = np.random.default_rng(args.half_seed).permutation(len(truth))
+        keep = order[: len(order) // 2] if args.half == "first" else order[len(order) // 2 :]
+        logits, embeddings, truth = logits[keep], embeddings[keep], truth[keep]
     probs = softmax(logits, predictor.temperature)
     ok = right(probs.argmax(axis=1), truth, codes, equivalents)
     reviewer = Reviewer(args.reviewer, probs, args.seed, args.corrections_as_seen)
@@ -367,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         "refit_s_median": float(np.median(times)),
         "refits": len(times),
         "model_version": predictor.version,
+        "half": None if args.half is None else {"half": args.half, "seed": args.half_seed},
+        "keep_sure": args.keep_sure,
     }
     if args.wrong_at:
         result["wrong_at"] = {"level": int(args.wrong_at), "cells": wrong}

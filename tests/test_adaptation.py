@@ -208,3 +208,32 @@ def test_a_cell_passed_over_pauses_learning_until_it_is_decided():
     assert skipped.passed_over == {queue[20]} and not skipped.learnt and queue[20] in skipped.learning_note
     resumed = skipped.reviewed({queue[20]: truth_of[queue[20]]})
     assert not resumed.passed_over and resumed.learnt
+
+
+def test_a_learnt_label_replaces_a_surer_model_label_only_when_as_sure(monkeypatch):
+    """A by-class reviewer sees a class's least sure cells, mostly of another class: what they teach must not
+    carry over onto that class's sure cells unless the correction is about as sure as the model was."""
+    import bmc.count.learning as learning
+
+    rng = np.random.default_rng(0)
+    truth = np.r_[np.where(rng.random(40) < 0.75, 1, 0), np.zeros(40, int), np.full(40, 2)]
+    logits = np.zeros((120, 3), np.float32)
+    logits[:40, 0] = 0.4 + rng.normal(0, 0.1, 40)  # the least sure cells the model calls 0: mostly 1 in truth
+    logits[40:80, 0] = 2.2 + rng.normal(0, 0.1, 40)  # its sure cells called 0: all 0 in truth
+    logits[80:, 2] = 3.0
+    embeddings = rng.normal(0, 1, (120, 8)).astype(np.float32)
+    reviewed = {i: int(truth[i]) for i in range(40)}  # the reviewer went through class 0's least sure cells
+    model = softmax(logits)
+
+    def changed(state):
+        return [i for i in range(120) if state.source[i] == SOURCE_LEARNT and state.labels[i] != model[i].argmax()]
+
+    state = relabel(logits, embeddings, reviewed)
+    assert state.learnt
+    for i in changed(state):
+        assert state.confidence[i] >= learning.KEEP_SURE * model[i].max()
+    monkeypatch.setattr(learning, "KEEP_SURE", 0.0)
+    unguarded = relabel(logits, embeddings, reviewed)
+    assert len(changed(unguarded)) > len(changed(state))  # without the rule more sure cells are moved
+    right = lambda s: int((s.labels[40:80] == 0).sum())  # noqa: E731
+    assert right(state) > right(unguarded)

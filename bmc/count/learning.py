@@ -270,6 +270,8 @@ def relabel(
             learnt = True
             if kept := int((~np.isin(said, said[idx])).sum()):
                 reason += f"; {kept} cells keep the model's labels: the reviewer has seen no cell it gave their label"
+            if surer := int(unsure.sum()):
+                reason += f"; {surer} cells keep the model's labels: the learnt one was less sure than the model's"
     elif not learn:
         reason = "learning is off: the model's labels stand"
     for cell, code in reviewed.items():

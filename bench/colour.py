@@ -44,7 +44,14 @@ from bmc.calibration import softmax  # noqa: E402
 from bmc.metrics import classification_metrics  # noqa: E402
 from bmc.splits import read_resolved_manifest  # noqa: E402
 from bmc.train.evaluation import counts_right  # noqa: E402
-from bmc.transforms import LAB_REFERENCE_KEYS, colour_reference, lab_standardise, lab_statistics  # noqa: E402
+from bmc.transforms import (  # noqa: E402
+    anchored_standardise,
+    clear_colour_reference,
+    colour_reference,
+    lab_anchors,
+    lab_standardise,
+    lab_statistics,
+)
 
 SHARED = ROOT.parent / "shared" / "data"
 SETS = {
@@ -52,7 +59,7 @@ SETS = {
     "bccd": SHARED / "external-wbc" / "bccd",
     "zheng2018-ds2": SHARED / "external-wbc" / "zheng2018-ds2",
 }
-VIEWS = ("plain", "reinhard", "background", "raw-pipeline")
+VIEWS = ("plain", "reinhard", "background", "anchored", "raw-pipeline")
 BACKGROUND_PERCENTILE = 75
 """The ``background`` view reads the lightest quarter of an image's pixels (by Lab lightness) as its slide
 background: plasma and glass, present in every crop however much of it the cell fills."""
@@ -119,6 +126,10 @@ def measure_model(model_dir: Path, sets: list[str], views: list[str]) -> dict:
     if "background" in views:
         backdrop = np.mean([background_statistics(np.asarray(im)) for im in marrow_training_images(model_dir)], axis=0)
         out.update(reference_background_lab=backdrop.tolist())
+    if "anchored" in views:
+        pairs = [lab_anchors(np.asarray(im)) for im in marrow_training_images(model_dir)]
+        anchors = np.mean([d for d, _ in pairs], axis=0), np.mean([b for _, b in pairs], axis=0)
+        out.update(reference_dark_lab=anchors[0].tolist(), reference_bright_lab=anchors[1].tolist())
     for name in sets:
         if name == "matek-test":
             images, truth, eq = load_set(model_dir / "split_manifest.csv", predictor.codes, "test", "bone-marrow-cells")
@@ -131,16 +142,15 @@ def measure_model(model_dir: Path, sets: list[str], views: list[str]) -> dict:
             shown = images
             if view == "reinhard":
                 shown = [Image.fromarray(lab_standardise(np.asarray(im), *reference)) for im in images]
+            elif view == "anchored":
+                shown = [Image.fromarray(anchored_standardise(np.asarray(im), *anchors)) for im in images]
             elif view == "background":
                 shown = [Image.fromarray(white_balance(np.asarray(im), backdrop)) for im in images]
-            stored = [getattr(predictor.processor, key, None) for key in LAB_REFERENCE_KEYS]
-            if view == "raw-pipeline":
-                for key in LAB_REFERENCE_KEYS:
-                    setattr(predictor.processor, key, None)
+            stored = clear_colour_reference(predictor.processor) if view == "raw-pipeline" else {}
             try:
                 out["sets"][name][view] = measure(predictor, shown, truth, eq)
             finally:
-                for key, value in zip(LAB_REFERENCE_KEYS, stored):
+                for key, value in stored.items():
                     setattr(predictor.processor, key, value)
             print(f"{model_dir.name} {name} {view}: {out['sets'][name][view]}", flush=True)
     return out

@@ -6,10 +6,10 @@ the model card are the figures a pipeline user gets. Train-time augmentation liv
 :mod:`bmc.train.augmentation` (albumentations), which serving never imports.
 
 Optional OpenCV non-local-means denoising is recorded in the model config (``bmc_denoise``) so
-that bmc's predictor applies it at inference too. Optional colour canonicalisation (issue 33: each image's
-CIE-Lab mean and spread mapped onto a stored reference) is recorded in ``preprocessor_config.json``
-(``bmc_lab_mean`` / ``bmc_lab_std``, which transformers keeps as processor attributes) and applied by
-:func:`preprocess` and the training transform alike.
+that bmc's predictor applies it at inference too. Optional colour canonicalisation (issue 33, :data:`COLOUR_MAPS`:
+each image's CIE-Lab mean and spread, or its chromatin and slide colours, mapped onto a stored reference) is recorded
+in ``preprocessor_config.json`` (``bmc_lab_mean`` / ``bmc_lab_std`` or ``bmc_lab_dark`` / ``bmc_lab_bright``, which
+transformers keeps as processor attributes) and applied by :func:`preprocess` and the training transform alike.
 """
 
 from __future__ import annotations
@@ -74,28 +74,98 @@ def lab_standardise(rgb: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nd
     return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
+DARK_PERCENTILE = 3
+"""The darkest 3 % of an image's pixels (by Lab lightness) are its stain anchor: nucleus chromatin, which a white
+cell shows whether it fills the frame (marrow crops) or a fifth of it (CellaVision crops)."""
+BRIGHT_PERCENTILE = 90
+"""The lightest 10 % of an image's pixels are its slide anchor: plasma and glass, in every crop."""
+
+
+def lab_anchors(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean CIE-Lab colour of an image's darkest (:data:`DARK_PERCENTILE`) and lightest
+    (:data:`BRIGHT_PERCENTILE`) pixels: two statistics that depend on the stain, not on how much of the frame the
+    cell fills (unlike the image's mean and spread)."""
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float32)
+    lightness = lab[:, 0]
+    dark = lab[lightness <= np.percentile(lightness, DARK_PERCENTILE)].mean(axis=0)
+    bright = lab[lightness >= np.percentile(lightness, BRIGHT_PERCENTILE)].mean(axis=0)
+    return dark, bright
+
+
+ANCHOR_SCALE_LIMITS = (0.4, 2.5)
+"""How far :func:`anchored_standardise` may stretch or shrink a channel: a blank or one-colour image is left
+nearly as it is rather than blown up."""
+
+
+def anchored_standardise(rgb: np.ndarray, dark: np.ndarray, bright: np.ndarray) -> np.ndarray:
+    """The image with its chromatin and slide colours (:func:`lab_anchors`) mapped onto ``dark``/``bright``, one
+    linear map per Lab channel through the two anchors' midpoint: a lab's stain and contrast replaced, framing-
+    independent, and colours between the anchors (granules, cytoplasm) kept in their place relative to both."""
+    own_dark, own_bright = lab_anchors(rgb)
+    own_span, span = own_bright - own_dark, np.asarray(bright, np.float32) - np.asarray(dark, np.float32)
+    usable = (np.abs(own_span) >= 3) & (own_span * span > 0)
+    scale = np.clip(np.where(usable, span / np.where(usable, own_span, 1.0), 1.0), *ANCHOR_SCALE_LIMITS)
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    mid, own_mid = (np.asarray(dark, np.float32) + np.asarray(bright, np.float32)) / 2, (own_dark + own_bright) / 2
+    out = (lab - own_mid) * scale + mid
+    return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
 LAB_REFERENCE_KEYS = ("bmc_lab_mean", "bmc_lab_std")
-"""The processor attributes (and ``preprocessor_config.json`` keys) holding the colour reference."""
+"""The processor attributes (and ``preprocessor_config.json`` keys) holding the ``reinhard`` colour reference."""
+ANCHOR_REFERENCE_KEYS = ("bmc_lab_dark", "bmc_lab_bright")
+"""The processor attributes holding the ``anchored`` colour reference (chromatin and slide colour, Lab)."""
+COLOUR_MAPS: dict[str, tuple[tuple[str, str], Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]]] = {
+    "reinhard": (LAB_REFERENCE_KEYS, lab_standardise),
+    "anchored": (ANCHOR_REFERENCE_KEYS, anchored_standardise),
+}
+"""Colour canonicalisations by name (``--colour_standardise``): the keys their reference is stored under and the map."""
+COLOUR_STATISTICS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
+    "reinhard": lab_statistics,
+    "anchored": lab_anchors,
+}
+"""Per image, the two statistics each canonicalisation maps; their average over training images is its reference."""
+
+
+def colour_method(processor: Any) -> str | None:
+    """Which canonicalisation the processor stores a reference for, or None when the model takes colours as given."""
+    for name, (keys, _) in COLOUR_MAPS.items():
+        if all(getattr(processor, key, None) is not None for key in keys):
+            return name
+    return None
 
 
 def colour_reference(processor: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """The processor's stored CIE-Lab reference (mean, spread), or None when the model takes colours as given."""
-    mean, std = (getattr(processor, key, None) for key in LAB_REFERENCE_KEYS)
-    if mean is None or std is None:
+    """The processor's stored colour reference (Lab mean and spread, or chromatin and slide colour), or None."""
+    method = colour_method(processor)
+    if method is None:
         return None
-    return np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    first, second = (getattr(processor, key) for key in COLOUR_MAPS[method][0])
+    return np.asarray(first, np.float32), np.asarray(second, np.float32)
 
 
-def set_colour_reference(processor: Any, mean: np.ndarray, std: np.ndarray) -> None:
-    """Store a colour reference on ``processor`` (saved with it by ``save_pretrained``)."""
-    for key, value in zip(LAB_REFERENCE_KEYS, (mean, std)):
+def set_colour_reference(processor: Any, first: np.ndarray, second: np.ndarray, method: str = "reinhard") -> None:
+    """Store a ``method`` colour reference on ``processor`` (saved with it by ``save_pretrained``)."""
+    for key, value in zip(COLOUR_MAPS[method][0], (first, second)):
         setattr(processor, key, [round(float(v), 3) for v in value])
 
 
+def clear_colour_reference(processor: Any) -> dict[str, Any]:
+    """Remove every stored colour reference (what a plain ``pipeline()`` sees); returns what was there, to restore."""
+    stored = {key: getattr(processor, key, None) for keys, _ in COLOUR_MAPS.values() for key in keys}
+    for key in stored:
+        setattr(processor, key, None)
+    return stored
+
+
 def canonical_colours(rgb: np.ndarray, processor: Any) -> np.ndarray:
-    """``rgb`` with its Lab statistics mapped onto the processor's reference; unchanged when it has none."""
+    """``rgb`` with its colours mapped onto the processor's stored reference; unchanged when it has none."""
+    method = colour_method(processor)
+    if method is None:
+        return rgb
     reference = colour_reference(processor)
-    return rgb if reference is None else lab_standardise(rgb, *reference)
+    assert reference is not None
+    return COLOUR_MAPS[method][1](rgb, *reference)
 
 
 class CanonicalColourProcessor(ViTImageProcessorPil):

@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 from helpers import matek_images
@@ -128,8 +129,6 @@ def test_colour_augmentation_moves_the_lab_statistics_and_keeps_the_shapes():
 
 def _tinted_cell(tint: tuple[int, int, int]) -> np.ndarray:
     """A dark round cell on a pale background, the whole picture shifted by ``tint`` (another lab's stain)."""
-    import cv2
-
     rgb = np.zeros((64, 64, 3), np.int16)
     rgb[:] = (225, 205, 215)
     cv2.circle(rgb, (32, 32), 14, (95, 45, 140), -1)
@@ -164,3 +163,47 @@ def test_train_transform_applies_the_colour_reference_before_augmenting():
     set_colour_reference(processor, np.array([150.0, 150.0, 100.0]), np.array([50.0, 17.0, 21.0]))
     canonical = np.stack(TrainTransform(processor, seed=0, robust=())(batch)["pixel_values"])
     assert np.abs(canonical[0] - canonical[1]).mean() < np.abs(plain[0] - plain[1]).mean() / 4
+
+
+def _framed_cell(side: int, radius: int, tint: tuple[int, int, int], contrast: float = 1.0) -> np.ndarray:
+    """A violet nucleus in pink cytoplasm on a pale slide, the cell filling more or less of a ``side``-px frame."""
+    rgb = np.full((side, side, 3), (235, 215, 220), np.float32)
+    cv2.circle(rgb, (side // 2, side // 2), radius, (190, 140, 170), -1)
+    cv2.circle(rgb, (side // 2, side // 2), radius // 2, (90, 40, 130), -1)
+    rgb = 235 - (235 - rgb) * contrast  # a paler or stronger stain
+    return np.clip(rgb + np.asarray(tint, np.float32), 0, 255).astype(np.uint8)
+
+
+def test_anchored_canonicalisation_does_not_depend_on_framing_and_reinhard_does():
+    from bmc.transforms import anchored_standardise, lab_anchors, lab_standardise, lab_statistics
+
+    tight = _framed_cell(64, 30, (0, 0, 0))  # a marrow crop: the cell fills the frame
+    wide = _framed_cell(120, 30, (-10, 5, 20), contrast=0.6)  # another lab's crop: paler, bluer, mostly slide
+    dark, bright = lab_anchors(tight)
+    mean, std = lab_statistics(tight)
+
+    def nucleus(rgb: np.ndarray) -> np.ndarray:
+        return rgb[rgb.shape[0] // 2, rgb.shape[1] // 2].astype(float)
+
+    anchored_gap = np.abs(nucleus(anchored_standardise(wide, dark, bright)) - nucleus(tight)).max()
+    reinhard_gap = np.abs(nucleus(lab_standardise(wide, mean, std)) - nucleus(tight)).max()
+    assert anchored_gap < 12 < reinhard_gap  # the same nucleus colour whatever share of the frame the cell fills
+    grain = np.random.default_rng(0).integers(-2, 3, (32, 32, 3))
+    blank = (200 + grain).astype(np.uint8)  # no anchors to go by: a small spread must not be stretched into a pattern
+    assert anchored_standardise(blank, dark, bright).astype(float).std(axis=(0, 1)).max() < 3 * blank.std(axis=(0, 1)).max()
+
+
+def test_colour_canonicalisations_are_stored_by_name(tmp_path):
+    from transformers import AutoImageProcessor
+
+    from bmc.transforms import colour_method, colour_reference, set_colour_reference
+
+    processor = build_image_processor(56)
+    set_colour_reference(processor, np.array([42.0, 171.0, 72.0]), np.array([212.0, 131.0, 121.0]), method="anchored")
+    processor.save_pretrained(tmp_path)
+    loaded = AutoImageProcessor.from_pretrained(tmp_path)
+    assert colour_method(loaded) == "anchored"
+    np.testing.assert_allclose(colour_reference(loaded)[1], [212.0, 131.0, 121.0])
+    cell = Image.fromarray(_framed_cell(64, 20, (0, 0, 0), contrast=0.6))
+    assert np.abs(preprocess([cell], loaded) - preprocess([cell], processor)).max() < 1e-6
+    assert np.abs(preprocess([cell], loaded) - preprocess([cell], build_image_processor(56))).mean() > 0.05

@@ -98,11 +98,12 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(default=False, metadata={"help": "Re-head a classifier trained on other classes"})
     image_size: int = field(default=112, metadata={"help": "Square input side in pixels (DINOv2: a multiple of 14)"})
     denoise: bool = field(default=False, metadata={"help": "OpenCV non-local-means denoising before the model"})
-    colour_standardise: bool = field(
-        default=False,
+    colour_standardise: Literal["none", "reinhard", "anchored"] = field(
+        default="none",
         metadata={
-            "help": "Map each image's CIE-Lab mean and spread onto the marrow training images' average, in training and "
-            "(stored in preprocessor_config.json) at inference"
+            "help": "Map each image's colours onto the marrow training images' average, in training and (stored in "
+            "preprocessor_config.json) at inference: `reinhard`, its CIE-Lab mean and spread; `anchored`, its chromatin "
+            "and slide colours (darkest 3 %, lightest 10 % of pixels: independent of how much of the frame the cell fills)"
         },
     )
     augment: list[str] = field(
@@ -178,6 +179,8 @@ class ModelArguments:
             raise ValueError("--distill_weight must be >= 0 and --distill_temperature > 0")
         augment = split_list(self.augment) or []
         self.augment = [] if augment == ["none"] else augment
+        if isinstance(self.colour_standardise, bool):  # configs of 2026-12-03 wrote true/false
+            self.colour_standardise = "reinhard" if self.colour_standardise else "none"
         known = ROBUSTNESS_AUGMENTATIONS + OPTIONAL_AUGMENTATIONS
         unknown = sorted(set(self.augment) - set(known))
         if unknown:

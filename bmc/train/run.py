@@ -31,9 +31,9 @@ from bmc.train.dataset import check_no_held_out_leak, distill_mask, prepare_data
 from bmc.train.folder import base_hub_id, base_source, write_model_folder
 from bmc.train.trainer import AugmentationEpoch, CellTrainer, Teacher, collate, compute_metrics, sample_weights
 from bmc.transforms import (
+    COLOUR_STATISTICS,
     build_image_processor,
     colour_reference,
-    lab_statistics,
     make_eval_transform,
     processor_size,
     set_colour_reference,
@@ -139,9 +139,10 @@ def build_trainer(
     )
     base_processor = _base_processor(model_args.model_name_or_path, model_args.model_revision)
     processor = build_image_processor(model_args.image_size, tuple(base_processor.image_mean), tuple(base_processor.image_std))
-    if model_args.colour_standardise:
-        set_colour_reference(processor, *training_colour_reference(dsd["train"]))
-        log.info("colour reference (Lab mean, spread): %s", colour_reference(processor))
+    if model_args.colour_standardise != "none":
+        method = model_args.colour_standardise
+        set_colour_reference(processor, *training_colour_reference(dsd["train"], method), method=method)
+        log.info("colour reference (%s): %s", method, colour_reference(processor))
     train_transform = TrainTransform(processor, model_args.denoise, training_args.seed, tuple(model_args.augment))
     weights = sample_weights(dsd["train"]["label"], dsd["train"]["domain"], model_args.balance, model_args.domain_weighting)
     train_ds = dsd["train"].add_column("weight", weights)
@@ -269,13 +270,17 @@ COLOUR_REFERENCE_IMAGES = 300
 """Training images of the first source (the marrow set) whose average Lab statistics become the colour reference."""
 
 
-def training_colour_reference(train: Any, n: int = COLOUR_REFERENCE_IMAGES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Average per-image CIE-Lab mean and spread of ``n`` training images of the first domain (the marrow set):
-    the reference every image's colours are mapped onto with ``--colour_standardise``."""
+def training_colour_reference(
+    train: Any, method: str = "reinhard", n: int = COLOUR_REFERENCE_IMAGES, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Average per-image statistics of ``method`` (:data:`bmc.transforms.COLOUR_STATISTICS`: Lab mean and spread,
+    or chromatin and slide colour) over ``n`` training images of the first domain (the marrow set): the reference
+    every image's colours are mapped onto with ``--colour_standardise``."""
     domains = list(train["domain"])
     first = [i for i, d in enumerate(domains) if d == domains[0]]
     picked = np.random.default_rng(seed).choice(len(first), min(n, len(first)), replace=False)
-    stats = [lab_statistics(np.asarray(open_image(train[int(first[i])]["image"]))) for i in picked]
+    statistics = COLOUR_STATISTICS[method]
+    stats = [statistics(np.asarray(open_image(train[int(first[i])]["image"]))) for i in picked]
     return np.mean([m for m, _ in stats], axis=0), np.mean([s for _, s in stats], axis=0)
 
 

@@ -131,3 +131,12 @@ def test_bmc_count_counts_the_single_cells_only(tmp_path, shared_data):
     assert refused["sheet.png"].startswith("not counted: several cells")
     assert all(refused[n].startswith("not counted: not a microscope image") for n in refused if n.startswith("mask_"))
     assert "not counted" in (out / "report.html").read_text()
+
+
+@pytest.mark.integration
+def test_small_crops_of_a_pale_lab_are_still_cells(shared_data):
+    """zheng2018-ds2's 046 (a monocyte whose nucleus is barely bluer than red) shrunk to 120 px: the no-cell check's
+    blur scales with the picture, so it is not taken for no cell (it was, with a 640-px field's blur)."""
+    cell = Image.open(SHARED / "external-wbc" / "zheng2018-ds2" / "images" / "046.webp").convert("RGB")
+    for side in (300, 160, 120):
+        assert picture_verdict(cell.resize((side, side), Image.Resampling.LANCZOS)).kind == OK, side

@@ -64,6 +64,10 @@ NO_CELL_STAIN_SHARE = 0.005
 """A colour picture with less of its area stained violet than this holds no nucleated cell (a blank, a field of red cells
 only, a photo that is not a smear). On 800 real single-cell crops of four labs the least stained had 1.8 %
 (bench/locate.py); of the model's training images, 1.9 % (bench/screening.py's exploration, docs/performance.md)."""
+NO_CELL_SMOOTH_SIDE = 300
+"""Below this side the no-cell check blurs less, in proportion: 1 % of a single-cell picture's side, so a 120-px crop
+is not blurred 2.5 times more, relative to its cell, than a 300-px one (a pale 120-px monocyte of
+``zheng2018-ds2`` was taken for no cell; on the training and validation images shrunk to 120 px nothing changes)."""
 GREY_TOLERANCE = 2.0
 """Mean channel difference below which a picture counts as greyscale: it has no stain colour to check."""
 GUARD_MIN_AREA_FRACTION = 0.02
@@ -259,8 +263,9 @@ def no_cell(image: Image.Image) -> bool:
     if is_greyscale(image):
         return False
     f = at_work_size(image).astype(np.float32)
-    red, green = (cv2.GaussianBlur(f[:, :, c], (0, 0), SMOOTH_SIGMA) for c in (0, 1))
-    violet = (_stain_map(f) > NO_CELL_BLUE_MINUS_RED) & (red > green)
+    sigma = SMOOTH_SIGMA * min(1.0, max(f.shape[:2]) / NO_CELL_SMOOTH_SIDE)
+    red, green, stain = (cv2.GaussianBlur(c, (0, 0), sigma) for c in (f[:, :, 0], f[:, :, 1], f[:, :, 2] - f[:, :, 0]))
+    violet = (stain > NO_CELL_BLUE_MINUS_RED) & (red > green)
     return float(violet.mean()) < NO_CELL_STAIN_SHARE
 
 

@@ -174,30 +174,29 @@ def tally(predictor, images: list[Image.Image]) -> dict:
 
 def tuning_figures(predictor, per_split: int, rng: np.random.Generator) -> dict:
     """What the constants of :mod:`bmc.locate.screening` were chosen from: on the model's training and validation
-    images (as given and shrunk to :data:`SMALL_SIDE`), the most flat share and noise grain, the least grey spread
-    and violet stain share any of them has."""
+    images (as given and shrunk to :data:`SMALL_SIDE`), the most flat share and noise grain, the least grey spread,
+    violet stain share and dark-region thickness any of them has."""
     import cv2 as _cv2
 
     from bmc.images import open_image
     from bmc.locate import finder
-    from bmc.locate.screening import _flat_share
+    from bmc.locate.screening import _dark_thickness, _flat_share
     from bmc.splits import read_resolved_manifest
 
     rows = read_resolved_manifest(Path(predictor.name) / "split_manifest.csv")
     paths = [r["source"] for r in rows if r["split"] in ("train", "validation")]
-    figures: dict[str, list[float]] = {"flat share": [], "grey spread": [], "noise grain": [], "violet stain share": []}
+    names = ("flat share", "grey spread", "noise grain", "violet stain share", "dark thickness")
+    figures: dict[str, list[float]] = {name: [] for name in names}
     for i in rng.choice(len(paths), min(per_split, len(paths)), replace=False):
         image = open_image(paths[i])
         for im in (image, image.resize((SMALL_SIDE, SMALL_SIDE), Image.Resampling.LANCZOS)):
             rgb = finder.at_work_size(im)
             grey = rgb.astype(np.float32).mean(axis=2)
-            f = rgb.astype(np.float32)
-            red, green = (_cv2.GaussianBlur(f[:, :, c], (0, 0), finder.SMOOTH_SIGMA) for c in (0, 1))
             figures["flat share"].append(_flat_share(rgb))
             figures["grey spread"].append(float(grey.std()))
             figures["noise grain"].append(float(np.abs(grey - _cv2.GaussianBlur(grey, (0, 0), 1.0)).mean()))
-            violet = (finder._stain_map(f) > finder.NO_CELL_BLUE_MINUS_RED) & (red > green)
-            figures["violet stain share"].append(float(violet.mean()))
+            figures["violet stain share"].append(finder.violet_share(rgb))
+            figures["dark thickness"].append(_dark_thickness(rgb))
     return {"images": len(figures["flat share"]) // 2, **{k: {"min": min(v), "max": max(v)} for k, v in figures.items()}}
 
 

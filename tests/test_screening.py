@@ -58,6 +58,18 @@ def test_generated_pictures_that_are_no_micrographs_are_screened_out():
     assert picture_verdict(Image.fromarray(navy)).kind == NO_CELL  # blue, but not the violet of a stained nucleus
 
 
+def test_photographed_text_is_screened_out_whatever_its_ink():
+    """Sensor noise and JPEG make text no longer flat, and violet ink or black-on-white (no colour to check) passed
+    the stain checks: the thin-lines check catches it, while a drawn cell and a grey one pass."""
+    from bench.screening import photographed
+
+    pages = list(photographed(text(np.random.default_rng(1), 20), np.random.default_rng(2)))
+    verdicts = [picture_verdict(p) for p in pages]
+    assert all(v.kind in (NOT_MICROSCOPE, NO_CELL) for v in verdicts)
+    assert sum("thin lines" in v.reason for v in verdicts) >= 10
+    assert picture_verdict(_cells(1)).kind == OK and picture_verdict(_img("L").convert("RGB")).kind == OK
+
+
 def test_a_greyscale_cell_is_classified_but_a_field_is_not_counted_as_several():
     assert picture_verdict(_img("L").convert("RGB")).kind == OK  # no colour to check: classified, with a note
     assert picture_verdict(_cells(3), single=False).kind == OK  # a field holds several cells by nature

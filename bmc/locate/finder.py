@@ -262,11 +262,16 @@ def no_cell(image: Image.Image) -> bool:
     checked (False): it is classified, with a note that it was converted."""
     if is_greyscale(image):
         return False
-    f = at_work_size(image).astype(np.float32)
+    return violet_share(at_work_size(image)) < NO_CELL_STAIN_SHARE
+
+
+def violet_share(rgb: np.ndarray) -> float:
+    """Share of a picture (RGB at work size) stained violet: blue minus red above :data:`NO_CELL_BLUE_MINUS_RED` and
+    red above green, after a blur of :data:`SMOOTH_SIGMA` that shrinks in proportion below :data:`NO_CELL_SMOOTH_SIDE`."""
+    f = rgb.astype(np.float32)
     sigma = SMOOTH_SIGMA * min(1.0, max(f.shape[:2]) / NO_CELL_SMOOTH_SIDE)
     red, green, stain = (cv2.GaussianBlur(c, (0, 0), sigma) for c in (f[:, :, 0], f[:, :, 1], f[:, :, 2] - f[:, :, 0]))
-    violet = (stain > NO_CELL_BLUE_MINUS_RED) & (red > green)
-    return float(violet.mean()) < NO_CELL_STAIN_SHARE
+    return float(((stain > NO_CELL_BLUE_MINUS_RED) & (red > green)).mean())
 
 
 def several_cells(image: Image.Image) -> int:

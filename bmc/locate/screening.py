@@ -9,13 +9,15 @@ The checks, cheapest first (figures: docs/performance.md, ``bench/screening.py``
 1. Not a camera picture: most of it flat (:data:`FLAT_SHARE`; a mask, a drawing, a screenshot, a blank file).
 2. A blank: hardly any contrast (:data:`BLANK_STD`).
 3. Noise: grain far finer than any micrograph's (:data:`NOISE_GRAIN`; colour pictures only).
-4. No cell: hardly any violet nuclear stain (:func:`bmc.locate.finder.no_cell`; a blank slide, red cells only, a
+4. Lines only: the darkest region nowhere thick enough for a nucleus (:data:`THIN_DARK`; text, a form, a drawing;
+   single pictures only, colour or grey).
+5. No cell: hardly any violet nuclear stain (:func:`bmc.locate.finder.no_cell`; a blank slide, red cells only, a
    photo that is not a smear; colour pictures only).
-5. Several cells by the stain: separate, whole, cell-sized nuclei (:func:`bmc.locate.finder.several_cells`).
-6. Several cells by the model's own check on its embedding (:mod:`bmc.serve.guard`, when one was fitted for the
+6. Several cells by the stain: separate, whole, cell-sized nuclei (:func:`bmc.locate.finder.several_cells`).
+7. Several cells by the model's own check on its embedding (:mod:`bmc.serve.guard`, when one was fitted for the
    weights), from the same forward pass as the classification.
 
-A greyscale picture has no stain colour to check: only 1, 2, 5 and 6 apply, and it is classified with the note
+A greyscale picture has no stain colour to check: only 1, 2, 4, 6 and 7 apply, and it is classified with the note
 that it was converted. A cell the locator found in a field (:data:`FOUND_CELL` in the crop's ``info``) has a
 nucleus by construction: its crop is not screened again, and when that nucleus is of a white cell's size it is
 not called artefact or not identifiable because of its crop (:func:`found_cell_prediction`).
@@ -35,7 +37,7 @@ from PIL import Image
 
 from bmc.images import SkippedFile
 from bmc.labels import NOT_COUNTED
-from bmc.locate.finder import at_work_size, is_greyscale, no_cell, several_cells
+from bmc.locate.finder import NO_CELL_SMOOTH_SIDE, SMOOTH_SIGMA, at_work_size, is_greyscale, no_cell, several_cells
 from bmc.serve.predictor import Prediction, Predictor
 
 OK, SEVERAL, NO_CELL, NOT_MICROSCOPE = "ok", "several cells", "no cell", "not a microscope image"
@@ -58,6 +60,11 @@ images is 10."""
 NOISE_GRAIN = 12.0
 """Mean distance of the grey levels from a 1-px blur above which a picture is noise: the most in the training and
 validation images, even shrunk to 120 px, is 5.8; twice that here (random pixels: 17 and more)."""
+THIN_DARK = 0.029
+"""Thickness of the picture's darkest region (radius of the largest disc inside it, as a share of the picture's side;
+:func:`_dark_thickness`) below which a single picture holds no nucleus, only lines: text, a form, a drawing. A
+nucleus is at least 0.058 in the training and validation images (as given and shrunk to 120 px); half that here
+(photographed text: 0.019-0.020)."""
 
 
 @dataclass(frozen=True)
@@ -111,9 +118,19 @@ def _flat_share(rgb: np.ndarray) -> float:
     return float((right & below).mean())
 
 
+def _dark_thickness(rgb: np.ndarray) -> float:
+    """Radius of the largest disc inside the picture's darkest region (Otsu on grey, after the no-cell check's blur),
+    as a share of its side: a nucleus is a compact dark blob, the strokes of text are thin however many there are."""
+    side = max(rgb.shape[:2])
+    sigma = SMOOTH_SIGMA * min(1.0, side / NO_CELL_SMOOTH_SIDE)
+    grey = cv2.GaussianBlur(rgb.astype(np.float32).mean(axis=2), (0, 0), sigma).astype(np.uint8)
+    _, dark = cv2.threshold(grey, 0, 1, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+    return float(cv2.distanceTransform(dark, cv2.DIST_L2, 3).max()) / side
+
+
 def picture_verdict(image: Image.Image, single: bool = True) -> Verdict:
-    """Checks 1-5 of the module's list, on the picture alone (no model); for a field (``single`` False) 1-4, as a
-    field holds several cells by nature."""
+    """Checks 1-6 of the module's list, on the picture alone (no model); for a field (``single`` False) 1-3 and 5,
+    as a field holds several cells by nature, each small beside the field."""
     rgb = at_work_size(image)
     if _flat_share(rgb) > FLAT_SHARE:
         return Verdict(NOT_MICROSCOPE, "most of it is flat colour: a mask, a drawing, a screenshot or an empty file")
@@ -123,6 +140,8 @@ def picture_verdict(image: Image.Image, single: bool = True) -> Verdict:
     colour = not is_greyscale(image)
     if colour and float(np.abs(grey - cv2.GaussianBlur(grey, (0, 0), 1.0)).mean()) > NOISE_GRAIN:
         return Verdict(NOT_MICROSCOPE, "grainy noise, finer than any picture of a smear")
+    if single and _dark_thickness(rgb) < THIN_DARK:
+        return Verdict(NOT_MICROSCOPE, "no compact dark region, only thin lines: text, a form or a drawing, not a cell")
     if colour and no_cell(image):
         return Verdict(NO_CELL, "hardly any violet nuclear stain: a blank slide, red cells only, or not a stained smear")
     n = several_cells(image) if single else 0
@@ -135,7 +154,7 @@ OK_VERDICT = Verdict()
 
 
 def model_verdict(predictor: Predictor, prediction: Prediction) -> Verdict:
-    """Check 6: the model's own single-cell check on the prediction's embedding (ok when the model has none)."""
+    """Check 7: the model's own single-cell check on the prediction's embedding (ok when the model has none)."""
     guard, embedding = predictor.guard, prediction.embedding
     if guard is not None and embedding is not None and bool(guard.refuses(embedding[None])[0]):
         return Verdict(SEVERAL, "by the model's own check: it does not look like one centred cell")

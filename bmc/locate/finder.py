@@ -63,7 +63,8 @@ NO_CELL_BLUE_MINUS_RED = 15.0
 NO_CELL_STAIN_SHARE = 0.005
 """A colour picture with less of its area stained violet than this holds no nucleated cell (a blank, a field of red cells
 only, a photo that is not a smear). On 800 real single-cell crops of four labs the least stained had 1.8 %
-(bench/locate.py); of the model's training images, 1.9 % (bench/screening.py's exploration, docs/performance.md)."""
+(bench/locate.py); of 1,000 training and validation images, as given and shrunk to 120 px, 1.4 %
+(``bench/screening.py --tuning 1000``, docs/performance.md)."""
 NO_CELL_SMOOTH_SIDE = 300
 """Below this side the no-cell check blurs less, in proportion: 1 % of a single-cell picture's side, so a 120-px crop
 is not blurred 2.5 times more, relative to its cell, than a 300-px one (a pale 120-px monocyte of

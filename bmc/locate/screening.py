@@ -60,11 +60,11 @@ images is 10."""
 NOISE_GRAIN = 12.0
 """Mean distance of the grey levels from a 1-px blur above which a picture is noise: the most in the training and
 validation images, even shrunk to 120 px, is 5.8; twice that here (random pixels: 17 and more)."""
-THIN_DARK = 0.029
+THIN_DARK = 0.03
 """Thickness of the picture's darkest region (radius of the largest disc inside it, as a share of the picture's side;
 :func:`_dark_thickness`) below which a single picture holds no nucleus, only lines: text, a form, a drawing. A
-nucleus is at least 0.058 in the training and validation images (as given and shrunk to 120 px); half that here
-(photographed text: 0.019-0.020)."""
+nucleus is at least 0.061 in 1,000 training and validation images, as given and shrunk to 120 px
+(``bench/screening.py --tuning 1000``); half that here (photographed text: 0.019-0.020)."""
 
 
 @dataclass(frozen=True)

@@ -160,11 +160,9 @@ def clear_colour_reference(processor: Any) -> dict[str, Any]:
 
 def canonical_colours(rgb: np.ndarray, processor: Any) -> np.ndarray:
     """``rgb`` with its colours mapped onto the processor's stored reference; unchanged when it has none."""
-    method = colour_method(processor)
-    if method is None:
+    method, reference = colour_method(processor), colour_reference(processor)
+    if method is None or reference is None:
         return rgb
-    reference = colour_reference(processor)
-    assert reference is not None
     return COLOUR_MAPS[method][1](rgb, *reference)
 
 

@@ -196,7 +196,7 @@ def tuning_figures(predictor, per_split: int, rng: np.random.Generator) -> dict:
             figures["grey spread"].append(float(grey.std()))
             figures["noise grain"].append(float(np.abs(grey - _cv2.GaussianBlur(grey, (0, 0), 1.0)).mean()))
             figures["violet stain share"].append(finder.violet_share(rgb))
-            figures["dark thickness"].append(_dark_thickness(rgb))
+            figures["dark thickness"].append(_dark_thickness(grey))
     return {"images": len(figures["flat share"]) // 2, **{k: {"min": min(v), "max": max(v)} for k, v in figures.items()}}
 
 

@@ -266,11 +266,16 @@ def no_cell(image: Image.Image) -> bool:
     return violet_share(at_work_size(image)) < NO_CELL_STAIN_SHARE
 
 
+def picture_sigma(picture: np.ndarray) -> float:
+    """The single-picture checks' blur: :data:`SMOOTH_SIGMA`, shrunk in proportion below :data:`NO_CELL_SMOOTH_SIDE`."""
+    return SMOOTH_SIGMA * min(1.0, max(picture.shape[:2]) / NO_CELL_SMOOTH_SIDE)
+
+
 def violet_share(rgb: np.ndarray) -> float:
     """Share of a picture (RGB at work size) stained violet: blue minus red above :data:`NO_CELL_BLUE_MINUS_RED` and
     red above green, after a blur of :data:`SMOOTH_SIGMA` that shrinks in proportion below :data:`NO_CELL_SMOOTH_SIDE`."""
     f = rgb.astype(np.float32)
-    sigma = SMOOTH_SIGMA * min(1.0, max(f.shape[:2]) / NO_CELL_SMOOTH_SIDE)
+    sigma = picture_sigma(f)
     red, green, stain = (cv2.GaussianBlur(c, (0, 0), sigma) for c in (f[:, :, 0], f[:, :, 1], f[:, :, 2] - f[:, :, 0]))
     return float(((stain > NO_CELL_BLUE_MINUS_RED) & (red > green)).mean())
 

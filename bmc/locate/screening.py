@@ -37,7 +37,7 @@ from PIL import Image
 
 from bmc.images import SkippedFile
 from bmc.labels import NOT_COUNTED
-from bmc.locate.finder import NO_CELL_SMOOTH_SIDE, SMOOTH_SIGMA, at_work_size, is_greyscale, no_cell, several_cells
+from bmc.locate.finder import at_work_size, is_greyscale, no_cell, picture_sigma, several_cells
 from bmc.serve.predictor import Prediction, Predictor
 
 OK, SEVERAL, NO_CELL, NOT_MICROSCOPE = "ok", "several cells", "no cell", "not a microscope image"
@@ -118,14 +118,13 @@ def _flat_share(rgb: np.ndarray) -> float:
     return float((right & below).mean())
 
 
-def _dark_thickness(rgb: np.ndarray) -> float:
-    """Radius of the largest disc inside the picture's darkest region (Otsu on grey, after the no-cell check's blur),
-    as a share of its side: a nucleus is a compact dark blob, the strokes of text are thin however many there are."""
-    side = max(rgb.shape[:2])
-    sigma = SMOOTH_SIGMA * min(1.0, side / NO_CELL_SMOOTH_SIDE)
-    grey = cv2.GaussianBlur(rgb.astype(np.float32).mean(axis=2), (0, 0), sigma).astype(np.uint8)
-    _, dark = cv2.threshold(grey, 0, 1, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
-    return float(cv2.distanceTransform(dark, cv2.DIST_L2, 3).max()) / side
+def _dark_thickness(grey: np.ndarray) -> float:
+    """Radius of the largest disc inside the picture's darkest region (Otsu on its ``grey`` levels, after the no-cell
+    check's blur), as a share of its side: a nucleus is a compact dark blob, the strokes of text are thin however many
+    there are."""
+    blurred = cv2.GaussianBlur(grey.astype(np.float32), (0, 0), picture_sigma(grey)).astype(np.uint8)
+    _, dark = cv2.threshold(blurred, 0, 1, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+    return float(cv2.distanceTransform(dark, cv2.DIST_L2, 3).max()) / max(grey.shape[:2])
 
 
 def picture_verdict(image: Image.Image, single: bool = True) -> Verdict:
@@ -140,7 +139,7 @@ def picture_verdict(image: Image.Image, single: bool = True) -> Verdict:
     colour = not is_greyscale(image)
     if colour and float(np.abs(grey - cv2.GaussianBlur(grey, (0, 0), 1.0)).mean()) > NOISE_GRAIN:
         return Verdict(NOT_MICROSCOPE, "grainy noise, finer than any picture of a smear")
-    if single and _dark_thickness(rgb) < THIN_DARK:
+    if single and _dark_thickness(grey) < THIN_DARK:
         return Verdict(NOT_MICROSCOPE, "no compact dark region, only thin lines: text, a form or a drawing, not a cell")
     if colour and no_cell(image):
         return Verdict(NO_CELL, "hardly any violet nuclear stain: a blank slide, red cells only, or not a stained smear")

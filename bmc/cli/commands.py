@@ -154,7 +154,7 @@ def base_weights(args: argparse.Namespace) -> int:
 
 def compare(args: argparse.Namespace) -> int:
     """``bmc compare``."""
-    from bmc.train.model_card import comparison_table, validation_table
+    from bmc.train.comparison import comparison_table, validation_table
 
     if args.heldout and not args.validation:
         raise UsageError("--heldout goes with --validation")
@@ -198,4 +198,22 @@ def card(args: argparse.Namespace) -> int:
         print(render_card(args.model_dir))
     except FileNotFoundError as exc:
         raise UsageError(_not_a_model(exc)) from None
+    return 0
+
+
+def soup(args: argparse.Namespace) -> int:
+    """``bmc soup``: write the weight average, then calibrate and measure it like ``bmc evaluate --recalibrate``."""
+    from bmc.train.folder import evaluate_model_dir
+    from bmc.train.soup import SoupError, write_soup
+
+    missing = [str(p) for p in [*args.members, *args.external, *([args.unseen] if args.unseen else [])] if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"not found: {', '.join(missing)}")
+    weights = args.weights or [1.0 / len(args.members)] * len(args.members)
+    try:
+        folder = write_soup(args.members, weights, args.out)
+    except SoupError as exc:
+        raise UsageError(str(exc)) from exc
+    metrics = evaluate_model_dir(folder, args.external, args.unseen, recalibrate=True)
+    print(f"validation macro-F1 {metrics['validation']['macro_f1']:.4f}; model folder: {folder}")
     return 0

@@ -183,7 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", nargs="+", default=["matek-test", *SETS], choices=["matek-test", *SETS])
     parser.add_argument("--views", nargs="+", default=list(VIEWS), choices=VIEWS)
     parser.add_argument("--out", type=Path, required=True, help="JSON of every figure; the markdown table is printed")
+    parser.add_argument(
+        "--card-before",
+        type=Path,
+        default=None,
+        help="an earlier --out JSON of the model this one replaces: also write the model folder's zero_shot_labs.json "
+        "(plain view, before and after), which its card shows (one model only)",
+    )
     args = parser.parse_args(argv)
+    if args.card_before and (len(args.models) != 1 or not args.card_before.is_file()):
+        parser.error("--card-before needs one model and an existing JSON written by this script")
     needs_manifest = "matek-test" in args.sets or "reinhard" in args.views
     missing = [str(m) for m in args.models if not (m / ("split_manifest.csv" if needs_manifest else "config.json")).is_file()]
     if missing:
@@ -193,7 +202,21 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))
+    if args.card_before:
+        write_card_file(args.models[0], results[str(args.models[0])], json.loads(args.card_before.read_text()))
     return 0
+
+
+def write_card_file(model: Path, after: dict, earlier: dict) -> None:
+    """The model folder's ``zero_shot_labs.json``: per set, the plain view of the model it replaces and its own."""
+    before_name, before = next(iter(earlier.items()))
+    rows = {
+        name: {"before": before["sets"].get(name, {}).get("plain"), "after": views["plain"]}
+        for name, views in after["sets"].items()
+        if "plain" in views
+    }
+    card = {"before_model": before_name, "sets": rows, "measured_by": "bench/colour.py (views: plain)"}
+    (model / "zero_shot_labs.json").write_text(json.dumps(card, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ bmc evaluate models/NAME --external ../shared/data/external-wbc/bccd   # add an 
 bmc compare models/A runs/B/export                   # side-by-side table of trained models
 bmc compare --validation models/A runs/B/export      # ... validation figures only, to choose between runs
 bmc compare --validation --heldout pbc-train runs/A/export runs/B/export   # ... and on a lab those runs never saw
+bmc soup runs/A/export runs/B/export --weights 0.5 0.5 --out runs/AB   # weight average of two runs, measured afresh
 
 Exit status, the same for every command: 0 done; 2 nothing usable, said in one line (a path that does not exist,
 no readable image, no cell found, not a model folder, a bad option); anything else is a bug.
@@ -145,6 +146,15 @@ def _add_evaluate(sub: Any) -> None:
     )
 
 
+def _add_soup(sub: Any) -> None:
+    soup = sub.add_parser("soup", help="average the weights of fine-tuned models of one split (model soup), then measure the average")
+    soup.add_argument("members", nargs="+", type=Path, help="model folders of the same architecture, classes, processing and split")
+    soup.add_argument("--weights", nargs="*", type=float, default=None, help="one weight per model, summing to 1 (default: equal)")
+    soup.add_argument("--out", type=Path, required=True, help="new model folder (must not exist or be empty)")
+    soup.add_argument("--external", nargs="*", default=[], help="other laboratories' folders to measure it on, as bmc evaluate")
+    soup.add_argument("--unseen", default=None, help="marrow images of types the training data lacks, as bmc evaluate")
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "count": commands.count,
     "adapt": commands.adapt,
@@ -154,6 +164,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "compare": commands.compare,
     "evaluate": commands.evaluate,
     "card": commands.card,
+    "soup": commands.soup,
 }
 """Subcommand name -> its function in :mod:`bmc.cli.commands`."""
 
@@ -169,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_card(sub)
     _add_evaluate(sub)
+    _add_soup(sub)
     return parser
 
 

@@ -16,7 +16,7 @@ out (``--augment``, :data:`bmc.constants.ROBUSTNESS_AUGMENTATIONS`) to measure w
 (:data:`bmc.constants.OPTIONAL_AUGMENTATIONS`, off unless named) adds a low-end camera's look: BCCD's cells
 come from a 640×480 JPEG camera, blurred and noisy beside either training lab's images.
 
-``colour`` (also optional) moves each image's CIE-Lab mean and spread to a random target drawn over a range
+``colour`` (optional; ``colour_mild``: fewer images) moves each image's CIE-Lab mean and spread to a random target drawn over a range
 that spans both training laboratories and beyond (:func:`lab_restyle`, Reinhard et al. 2001 with a random
 reference): a lab's overall stain and illumination become noise the model must ignore.
 
@@ -65,6 +65,10 @@ LAB_TARGET_STD = ((25.0, 65.0), (5.0, 24.0), (8.0, 30.0))
 training labs' per-image statistics (Matek: mean 143/150/99, spread 51/17/21; PBC: 201/139/135, 42/10/15),
 widened on each side so that no lab's look is the edge of what the model has seen."""
 LAB_RESTYLE_P = 0.7
+RESTYLE_P = {"colour": LAB_RESTYLE_P, "colour_mild": 0.3}
+"""Share of training images :func:`lab_restyle` gives a random lab's colours, by ``--augment`` name: ``colour``
+restyles most images; ``colour_mild`` fewer, so that most images keep the canonical colours (``--colour_standardise``)
+the model meets at inference while it still learns that a lab's overall colour is not the class."""
 
 
 def lab_restyle(rgb: np.ndarray, rng: np.random.Generator, p: float = LAB_RESTYLE_P) -> np.ndarray:
@@ -136,7 +140,7 @@ class TrainTransform:
         self.seed = seed
         self.epoch = 0
         self.zoom_out = "zoom_out" in robust
-        self.colour = "colour" in robust
+        self.restyle_p = max((p for name, p in RESTYLE_P.items() if name in robust), default=0.0)
         self.augment = train_augmentation(processor_size(processor), seed, robust)
 
     def sample_seed(self, source: str) -> int:
@@ -152,8 +156,8 @@ class TrainTransform:
             rgb = canonical_colours(rgb, self.processor)  # as serving does, before any augmentation
             seed = self.sample_seed(source)
             rng = np.random.default_rng(seed)
-            if self.colour:
-                rgb = lab_restyle(rgb, rng)
+            if self.restyle_p:
+                rgb = lab_restyle(rgb, rng, self.restyle_p)
             if self.zoom_out:
                 rgb = zoom_out(rgb, rng)
             self.augment.set_random_seed(seed)

@@ -127,12 +127,15 @@ def _stain(rgb: np.ndarray) -> np.ndarray:
 
 def method_options(spec: str) -> tuple[str, dict[str, Any]]:
     """``Grad-CAM@-6`` → Grad-CAM at block -6; ``Gradient-weighted rollout@6`` → over the last 6 blocks;
+    ``Gradient-weighted rollout@half-patch`` → averaged over half-patch shifts;
     ``Attention rollout@keep-sinks``; ``Integrated Gradients@zero``."""
     name, _, variant = spec.partition("@")
     if not variant:
         return name, {}
     if name == "Grad-CAM":
         return name, {"layer": int(variant)}
+    if name == "Gradient-weighted rollout" and variant == "half-patch":
+        return name, {"half_patch": True}
     if name == "Gradient-weighted rollout":
         return name, {"last_blocks": int(variant)}
     if name == "Attention rollout" and variant == "keep-sinks":

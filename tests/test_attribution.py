@@ -187,3 +187,28 @@ def test_the_model_card_shows_the_faithfulness_table_only_when_measured(tmp_path
     (tmp_path / ATTRIBUTION_FILE).write_text(json.dumps(table))
     text = render_card(tmp_path).read_text()
     assert "| Grad-CAM | 0.412 [0.300, 0.500] | 0.250 | 0.100 | 0.3 |" in text and "On 7 cells of `cells` (test split)" in text
+
+
+def test_half_patch_shifts_follow_an_edge_inside_a_patch():
+    """A square that straddles four 14-px patches: one value per patch spreads it over all four; the average over
+    half-patch shifts (7-px detail) puts most of the map on the square itself."""
+    from bmc.serve.vit_maps import shifted
+
+    x = torch.zeros(1, 3, 56, 56)
+    x[..., 21:35, 21:35] = 1.0
+
+    def patch_mean(pixels: torch.Tensor) -> np.ndarray:  # a stand-in for a model's one-value-per-patch map
+        return pixels[0, 0].reshape(4, 14, 4, 14).mean(axis=(1, 3)).numpy()
+
+    inside = np.zeros((56, 56), bool)
+    inside[21:35, 21:35] = True
+
+    def mass_inside(grid: np.ndarray) -> float:
+        heat = np.kron(grid, np.ones((56 // grid.shape[0],) * 2))
+        return float(heat[inside].sum() / heat.sum())
+
+    plain, fine = patch_mean(x), shifted(patch_mean, x, 14)
+    assert fine.shape == (8, 8)
+    assert mass_inside(plain) == pytest.approx(0.25)
+    assert mass_inside(fine) > 0.5
+    assert np.unravel_index(fine.argmax(), fine.shape) in {(3, 3), (3, 4), (4, 3), (4, 4)}

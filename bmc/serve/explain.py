@@ -165,8 +165,14 @@ class Explainer:
             raise ValueError("attention rollout needs a vision transformer (ViT/DINOv2)")
         return vit_maps.attention_rollout(self.model, x, discard_ratio, skip_sinks)
 
-    def gradient_rollout(self, x: torch.Tensor, target: int, last_blocks: int | None = None) -> np.ndarray:
-        return vit_maps.gradient_rollout(self.model, x.clone().requires_grad_(True), target, last_blocks)
+    def gradient_rollout(self, x: torch.Tensor, target: int, last_blocks: int | None = None, half_patch: bool = False) -> np.ndarray:
+        """Chefer et al.'s rollout (:func:`bmc.serve.vit_maps.gradient_rollout`); ``half_patch``: averaged over
+        half-patch shifts of the input (:func:`bmc.serve.vit_maps.shifted`), 7-px detail for four passes."""
+
+        def one(pixels: torch.Tensor) -> np.ndarray:
+            return vit_maps.gradient_rollout(self.model, pixels.clone().requires_grad_(True), target, last_blocks)
+
+        return vit_maps.shifted(one, x, faithfulness.PATCH) if half_patch else one(x)
 
     # ----------------------------------------------------------------- helpers
 
@@ -223,7 +229,7 @@ METHODS: dict[str, Method] = {
             "Warm patches are where the attention that raised the chosen class's score flows from, block by block "
             "(attention weighted by its gradient); coarse, one value per 14-px patch.",
             vit_only=True,
-            options=("last_blocks",),
+            options=("last_blocks", "half_patch"),
         ),
         Method(
             "Grad-CAM",

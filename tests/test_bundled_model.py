@@ -91,7 +91,11 @@ def test_card_warns_about_classes_learnt_from_one_source_and_shows_the_external_
 def test_pipeline_loads_offline_in_float32_and_agrees_with_bmc(predictor):
     from transformers import pipeline
 
-    classify = pipeline("image-classification", model=str(BUNDLED))
+    from bmc.transforms import CanonicalColourProcessor, colour_reference
+
+    processor = CanonicalColourProcessor.from_pretrained(str(BUNDLED))  # as the card says: the stored colour canonicalisation
+    assert colour_reference(processor) is not None
+    classify = pipeline("image-classification", model=str(BUNDLED), image_processor=processor)
     assert classify.model.dtype == torch.float32
     rows = [r for r in read_manifest(BUNDLED / "split_manifest.csv") if r["split"] == "test" and r["label"] in ("EOS", "NGS", "LYT")]
     rows = rows[:: max(1, len(rows) // 9)][:9]

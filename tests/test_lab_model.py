@@ -154,3 +154,24 @@ def test_learnt_cells_are_trained_on_but_never_measured_on(tmp_path, tiny_model_
     (tmp_path / "none").mkdir()
     with pytest.raises(ValueError, match="no reviewed cell"):  # learnt labels alone: nothing a person checked to measure on
         lab_model.read_lab_cells(tmp_path / "none", learnt=learnt)
+
+
+def test_an_adapted_model_keeps_the_colour_canonicalisation_it_was_trained_with(tmp_path, tiny_model_dir):
+    """The bundled model reads anchored colours; a lab's model made from it must read them the same way."""
+    import shutil
+
+    from bmc.cli.main import main
+    from bmc.transforms import colour_reference
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    config = json.loads((base / "preprocessor_config.json").read_text())
+    config |= {"bmc_lab_dark": [40.0, 170.0, 70.0], "bmc_lab_bright": [210.0, 130.0, 120.0]}
+    (base / "preprocessor_config.json").write_text(json.dumps(config))
+    lab = _lab(tmp_path / "lab", {"BLA": 6, "LYT": 6, "NGS": 6})
+    assert main(["adapt", str(base), str(lab), "--out", str(tmp_path / "adapted")]) == 0
+    adapted = json.loads((tmp_path / "adapted" / "preprocessor_config.json").read_text())
+    assert adapted["bmc_lab_dark"] == config["bmc_lab_dark"] and adapted["bmc_lab_bright"] == config["bmc_lab_bright"]
+    from transformers import AutoImageProcessor
+
+    assert colour_reference(AutoImageProcessor.from_pretrained(str(tmp_path / "adapted"))) is not None

@@ -127,17 +127,19 @@ def _stain(rgb: np.ndarray) -> np.ndarray:
 
 def method_options(spec: str) -> tuple[str, dict[str, Any]]:
     """``Grad-CAM@-6`` → Grad-CAM at block -6; ``Gradient-weighted rollout@6`` → over the last 6 blocks;
-    ``Gradient-weighted rollout@half-patch`` → averaged over half-patch shifts;
+    ``Gradient-weighted rollout@12,14px`` → over all 12 blocks, one value per 14-px patch (the default until
+    2026-12-07; now the last 6 blocks, averaged over half-patch shifts, which ``@12`` or ``@14px`` each undo);
     ``Attention rollout@keep-sinks``; ``Integrated Gradients@zero``."""
     name, _, variant = spec.partition("@")
     if not variant:
         return name, {}
     if name == "Grad-CAM":
         return name, {"layer": int(variant)}
-    if name == "Gradient-weighted rollout" and variant == "half-patch":
-        return name, {"half_patch": True}
-    if name == "Gradient-weighted rollout":
-        return name, {"last_blocks": int(variant)}
+    if name == "Gradient-weighted rollout":  # @12 (blocks), @14px (no half-patch shifts), @half-patch, or e.g. @12,14px
+        parts = variant.split(",")
+        options: dict[str, Any] = {"half_patch": "14px" not in parts}
+        depth = [p for p in parts if p not in ("14px", "half-patch")]
+        return name, options | ({"last_blocks": int(depth[0])} if depth else {})
     if name == "Attention rollout" and variant == "keep-sinks":
         return name, {"skip_sinks": False}
     if name == "Integrated Gradients" and variant == "zero":
@@ -285,6 +287,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--merge", nargs="+", type=Path, help="JSON files of shards to merge (their per-cell records)")
     ap.add_argument("--resume", action="store_true", help="keep the cells already in --out and measure the rest (runs in pieces)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--grid-limit",
+        action="store_true",
+        help="with --masks: only the mass on the cell that a perfect one-value-per-patch map could reach (14 and 7 px)",
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if not args.merge and not (args.model and args.cells):
@@ -321,8 +328,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"cells": str(args.cells), "model": str(args.model), "split": args.split, "records": records}
 
 
+def grid_limit(masks: Path, size: int) -> dict[str, float]:
+    """The mean mass on the cell of the best map a grid allows: each patch's value is the share of it that is cell
+    (the expert mask), drawn at image size as every map is. What no map of that grid can exceed, model or not."""
+    out: dict[str, list[float]] = {"14px": [], "7px": []}
+    for path in sorted(masks.glob("*.png")):
+        cell = (np.asarray(Image.open(path).convert("L")) > 0).astype(np.float32)
+        for name, side in (("14px", F.grid_side(size)), ("7px", 2 * F.grid_side(size))):
+            small = cv2.resize(cell, (side, side), interpolation=cv2.INTER_AREA)
+            heat = _to_image_size(small, (cell.shape[1], cell.shape[0]))
+            out[name].append(float(heat[cell > 0].sum() / heat.sum()))
+    return {k: round(float(np.mean(v)), 4) for k, v in out.items()} | {"n": len(out["14px"])}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.grid_limit:
+        if not args.masks or not args.model:
+            raise SystemExit("error: --grid-limit needs --model (its input size) and --masks")
+        from transformers import AutoImageProcessor
+
+        from bmc.transforms import processor_size
+
+        limit = grid_limit(args.masks, processor_size(AutoImageProcessor.from_pretrained(str(args.model))))
+        _write(args.out, {"mask_grid_limit": limit, "masks": str(args.masks)})
+        print(json.dumps(limit))
+        return
     if args.merge:
         parts = [json.loads(p.read_text()) for p in args.merge]
         base = {k: v for k, v in parts[0].items() if k in ("cells", "model", "split")}

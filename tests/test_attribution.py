@@ -212,3 +212,21 @@ def test_half_patch_shifts_follow_an_edge_inside_a_patch():
     assert mass_inside(plain) == pytest.approx(0.25)
     assert mass_inside(fine) > 0.5
     assert np.unravel_index(fine.argmax(), fine.shape) in {(3, 3), (3, 4), (4, 3), (4, 4)}
+
+
+def test_the_grid_limit_is_what_a_perfect_patch_map_reaches(tmp_path):
+    """A cell whose edges fall on the patch edges loses less to the grid than one cut in the middle of its patches,
+    and the finer grid loses less than the coarse one."""
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    aligned = np.zeros((168, 168), np.uint8)
+    aligned[42:126, 42:126] = 255
+    Image.fromarray(aligned).save(masks / "cell.png")
+    on_edges = bench.grid_limit(masks, 168)
+    cut = np.zeros((168, 168), np.uint8)
+    cut[49:119, 49:119] = 128
+    Image.fromarray(cut).save(masks / "cell.png")
+    inside = bench.grid_limit(masks, 168)
+    assert on_edges["n"] == inside["n"] == 1
+    assert on_edges["14px"] > inside["14px"] and inside["7px"] > inside["14px"]
+    assert 0.5 < inside["14px"] < 1 and 0.5 < on_edges["7px"] < 1

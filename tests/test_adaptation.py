@@ -216,7 +216,7 @@ def test_a_learnt_label_replaces_a_surer_model_label_only_when_as_sure(monkeypat
     import bmc.count.learning as learning
 
     rng = np.random.default_rng(0)
-    truth = np.r_[np.where(rng.random(40) < 0.75, 1, 0), np.zeros(40, int), np.full(40, 2)]
+    truth = np.r_[np.where(rng.random(40) < 0.9, 1, 0), np.zeros(40, int), np.full(40, 2)]
     logits = np.zeros((120, 3), np.float32)
     logits[:40, 0] = 0.4 + rng.normal(0, 0.1, 40)  # the least sure cells the model calls 0: mostly 1 in truth
     logits[40:80, 0] = 2.2 + rng.normal(0, 0.1, 40)  # its sure cells called 0: all 0 in truth

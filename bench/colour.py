@@ -203,13 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))
     if args.card_before:
-        write_card_file(args.models[0], results[str(args.models[0])], json.loads(args.card_before.read_text()))
+        write_card_file(args.models[0], results[str(args.models[0])], json.loads(args.card_before.read_text()), args.card_before)
     return 0
 
 
-def write_card_file(model: Path, after: dict, earlier: dict) -> None:
+def write_card_file(model: Path, after: dict, earlier: dict, earlier_file: Path) -> None:
     """The model folder's ``zero_shot_labs.json``: per set, the plain view of the model it replaces and its own."""
-    before_name, before = next(iter(earlier.items()))
+    before_path, before = next(iter(earlier.items()))
+    before_name = f"{Path(before_path).name} as measured in {earlier_file}"
     rows = {
         name: {"before": before["sets"].get(name, {}).get("plain"), "after": views["plain"]}
         for name, views in after["sets"].items()

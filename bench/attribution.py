@@ -346,11 +346,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.grid_limit:
         if not args.masks or not args.model:
             raise SystemExit("error: --grid-limit needs --model (its input size) and --masks")
-        from transformers import AutoImageProcessor
+        from types import SimpleNamespace
 
         from bmc.transforms import processor_size
 
-        limit = grid_limit(args.masks, processor_size(AutoImageProcessor.from_pretrained(str(args.model))))
+        stored = json.loads((args.model / "preprocessor_config.json").read_text())  # the input side, no model loaded
+        limit = grid_limit(args.masks, processor_size(SimpleNamespace(size=stored["size"], crop_size=stored.get("crop_size"))))
         _write(args.out, {"mask_grid_limit": limit, "masks": str(args.masks)})
         print(json.dumps(limit))
         return

@@ -292,6 +292,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="with --masks: only the mass on the cell that a perfect one-value-per-patch map could reach (14 and 7 px)",
     )
+    ap.add_argument(
+        "--card",
+        action="store_true",
+        help="also write the summary (without per-cell records) to the model folder's attribution.json, the card's table",
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if not args.merge and not (args.model and args.cells):
@@ -365,6 +370,10 @@ def main(argv: list[str] | None = None) -> None:
         base["wall_s"] = round(time.time() - start, 1)
     result = summarise(base["records"]) | base
     _write(args.out, result)
+    if args.card:
+        from bmc.train.model_card import ATTRIBUTION_FILE
+
+        _write(Path(result.get("model") or args.model) / ATTRIBUTION_FILE, {k: v for k, v in result.items() if k != "records"})
     print(json.dumps({k: result[k] for k in ("n", "default", "targets")} | {"methods": _table(result)}, indent=1))
 
 

@@ -117,24 +117,17 @@ ATTRIBUTION_FILE = "attribution.json"
 """bench/attribution.py's summary for this model, if its folder has one: the card's faithfulness table (optional)."""
 
 
-def _attribution(model_dir: Path) -> dict[str, Any] | None:
-    path = model_dir / ATTRIBUTION_FILE
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    return data if isinstance(data.get("methods"), dict) and data["methods"] else None
-
-
 ZERO_SHOT_FILE = "zero_shot_labs.json"
 """bench/colour.py's before/after zero-shot accuracy per laboratory (``--card-before``), if the folder has one."""
 
 
-def _zero_shot(model_dir: Path) -> dict[str, Any] | None:
-    path = model_dir / ZERO_SHOT_FILE
+def _optional_table(model_dir: Path, name: str, key: str) -> dict[str, Any] | None:
+    """A benchmark's JSON beside the model (``name``), when it holds a non-empty ``key`` table; else None."""
+    path = model_dir / name
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    return data if isinstance(data.get("sets"), dict) and data["sets"] else None
+    return data if isinstance(data.get(key), dict) and data[key] else None
 
 
 def colour_method_name(model_args: dict) -> str | None:
@@ -183,8 +176,8 @@ def card_context(metrics: dict, model_dir: Path) -> dict[str, Any]:
         "secondary_only": secondary_only,
         "externals": externals,
         "citations": list(dict.fromkeys(x["citation"] for x in sources + externals if x["citation"])),
-        "attribution": _attribution(model_dir),
-        "zero_shot": _zero_shot(model_dir),
+        "attribution": _optional_table(model_dir, ATTRIBUTION_FILE, "methods"),
+        "zero_shot": _optional_table(model_dir, ZERO_SHOT_FILE, "sets"),
         "colour": colour_method_name(metrics["model_args"]),
         "review_target_met": review["validation_coverage"] > 0
         and review["validation_accuracy_above_threshold"] >= review["target_accuracy"] - 1e-9,

@@ -175,17 +175,17 @@ def tally(predictor, images: list[Image.Image]) -> dict:
 def tuning_figures(predictor, per_split: int, rng: np.random.Generator) -> dict:
     """What the constants of :mod:`bmc.locate.screening` were chosen from: on the model's training and validation
     images (as given and shrunk to :data:`SMALL_SIDE`), the most flat share and noise grain, the least grey spread,
-    violet stain share and dark-region thickness any of them has."""
+    violet stain share, dark-region thickness and redness of the darkest pixels any of them has."""
     import cv2 as _cv2
 
     from bmc.images import open_image
     from bmc.locate import finder
-    from bmc.locate.screening import _dark_thickness, _flat_share
+    from bmc.locate.screening import _dark_redness, _dark_thickness, _flat_share
     from bmc.splits import read_resolved_manifest
 
     rows = read_resolved_manifest(Path(predictor.name) / "split_manifest.csv")
     paths = [r["source"] for r in rows if r["split"] in ("train", "validation")]
-    names = ("flat share", "grey spread", "noise grain", "violet stain share", "dark thickness")
+    names = ("flat share", "grey spread", "noise grain", "violet stain share", "dark thickness", "dark redness")
     figures: dict[str, list[float]] = {name: [] for name in names}
     for i in rng.choice(len(paths), min(per_split, len(paths)), replace=False):
         image = open_image(paths[i])
@@ -197,6 +197,7 @@ def tuning_figures(predictor, per_split: int, rng: np.random.Generator) -> dict:
             figures["noise grain"].append(float(np.abs(grey - _cv2.GaussianBlur(grey, (0, 0), 1.0)).mean()))
             figures["violet stain share"].append(finder.violet_share(rgb))
             figures["dark thickness"].append(_dark_thickness(grey))
+            figures["dark redness"].append(_dark_redness(rgb))
     return {"images": len(figures["flat share"]) // 2, **{k: {"min": min(v), "max": max(v)} for k, v in figures.items()}}
 
 

@@ -58,6 +58,21 @@ def test_generated_pictures_that_are_no_micrographs_are_screened_out():
     assert picture_verdict(Image.fromarray(navy)).kind == NO_CELL  # blue, but not the violet of a stained nucleus
 
 
+def test_a_picture_whose_darkest_parts_have_no_red_is_no_smear():
+    """Stained chromatin is the darkest thing in a smear and it is violet; a photograph's darkest parts (hair, a navy
+    uniform) are black or navy. A violet cell beside a black region is refused, the cell alone is not, and so are
+    the crops of matplotlib's sample portrait that passed every other check."""
+    from bench.screening import photographs
+
+    cell = np.asarray(_cells(1), np.float32).copy()
+    cell[:, :60] = np.random.default_rng(3).normal(25, 4, (300, 60, 3))  # a dark, colourless band (hair, a shadow)
+    verdict = picture_verdict(Image.fromarray(np.clip(cell, 0, 255).astype(np.uint8)))
+    assert verdict.kind == NOT_MICROSCOPE and "not stained violet" in verdict.reason
+    assert picture_verdict(_cells(1)).kind == OK
+    portrait = list(photographs())
+    assert len(portrait) == 5 and all(picture_verdict(p).kind != OK for p in portrait)
+
+
 def test_photographed_text_is_screened_out_whatever_its_ink():
     """Sensor noise and JPEG make text no longer flat, and violet ink or black-on-white (no colour to check) passed
     the stain checks: the thin-lines check catches it, while a drawn cell and a grey one pass."""

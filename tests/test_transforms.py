@@ -104,7 +104,7 @@ def test_augment_argument_takes_names_or_none_and_refuses_others():
     assert ModelArguments(model_name_or_path="facebook/dinov2-small").augment == ["zoom_out", "stain", "blur"]
     assert ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["stain,blur"]).augment == ["stain", "blur"]
     assert ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["none"]).augment == []
-    known = "zoom_out, stain, blur, camera, colour, colour_mild"
+    known = "zoom_out, stain, blur, camera, colour, colour_mild, colour_half"
     with pytest.raises(ValueError, match=f"--augment zoom: unknown; choose from {known} or 'none'"):
         ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["zoom", "stain"])
 

@@ -65,9 +65,9 @@ LAB_TARGET_STD = ((25.0, 65.0), (5.0, 24.0), (8.0, 30.0))
 training labs' per-image statistics (Matek: mean 143/150/99, spread 51/17/21; PBC: 201/139/135, 42/10/15),
 widened on each side so that no lab's look is the edge of what the model has seen."""
 LAB_RESTYLE_P = 0.7
-RESTYLE_P = {"colour": LAB_RESTYLE_P, "colour_mild": 0.3}
+RESTYLE_P = {"colour": LAB_RESTYLE_P, "colour_half": 0.5, "colour_mild": 0.3}
 """Share of training images :func:`lab_restyle` gives a random lab's colours, by ``--augment`` name: ``colour``
-restyles most images; ``colour_mild`` fewer, so that most images keep the canonical colours (``--colour_standardise``)
+restyles most images; ``colour_half`` half; ``colour_mild`` fewer, so that most images keep the canonical colours (``--colour_standardise``)
 the model meets at inference while it still learns that a lab's overall colour is not the class."""
 
 

@@ -3,6 +3,7 @@
 import csv
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 from corpus import _img
@@ -54,6 +55,8 @@ def test_generated_pictures_that_are_no_micrographs_are_screened_out():
     grainy = next(noise(rng, 2))  # Gaussian pixels around a random colour
     assert picture_verdict(Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8))).kind == NOT_MICROSCOPE
     assert picture_verdict(grainy).kind != OK or np.asarray(grainy).std() < 20
+    smooth = cv2.GaussianBlur(rng.integers(0, 256, (300, 300, 3)).astype(np.float32), (0, 0), 6.0)
+    assert picture_verdict(Image.fromarray(smooth.astype(np.uint8))).kind == NO_CELL  # grey, a trace of violet (0.5 %)
     navy = np.clip(np.array([30, 60, 150]) + np.random.default_rng(0).normal(0, 8, (300, 300, 3)), 0, 255).astype(np.uint8)
     assert picture_verdict(Image.fromarray(navy)).kind == NO_CELL  # blue, but not the violet of a stained nucleus
 

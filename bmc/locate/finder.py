@@ -256,14 +256,14 @@ def is_greyscale(image: Image.Image) -> bool:
     return float(np.abs(f[:, :, 0] - f[:, :, 2]).mean() + np.abs(f[:, :, 1] - f[:, :, 2]).mean()) < GREY_TOLERANCE
 
 
-def no_cell(image: Image.Image) -> bool:
-    """Whether a colour picture holds no nucleated cell at all: less than :data:`NO_CELL_STAIN_SHARE` of it shows
+def no_cell(image: Image.Image, least: float = NO_CELL_STAIN_SHARE) -> bool:
+    """Whether a colour picture holds no nucleated cell at all: less than ``least`` (:data:`NO_CELL_STAIN_SHARE`) of it shows
     violet nuclear stain (blue minus red above :data:`NO_CELL_BLUE_MINUS_RED`, and red above green: a Romanowsky
     nucleus is violet, never the cyan or navy of a circuit board or a uniform). A greyscale picture cannot be
     checked (False): it is classified, with a note that it was converted."""
     if is_greyscale(image):
         return False
-    return violet_share(at_work_size(image)) < NO_CELL_STAIN_SHARE
+    return violet_share(at_work_size(image)) < least
 
 
 def picture_sigma(picture: np.ndarray) -> float:

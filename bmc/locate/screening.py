@@ -39,7 +39,7 @@ from PIL import Image
 
 from bmc.images import SkippedFile
 from bmc.labels import NOT_COUNTED
-from bmc.locate.finder import at_work_size, is_greyscale, no_cell, picture_sigma, several_cells
+from bmc.locate.finder import NO_CELL_STAIN_SHARE, at_work_size, is_greyscale, no_cell, picture_sigma, several_cells
 from bmc.serve.predictor import Prediction, Predictor
 
 OK, SEVERAL, NO_CELL, NOT_MICROSCOPE = "ok", "several cells", "no cell", "not a microscope image"
@@ -76,6 +76,10 @@ shadow) are black, grey or navy, with no red. At least 8.6 in 1,000 training and
 shrunk to 120 px (``bench/screening.py --tuning 1000``); two thirds of that here. (The check was devised after a
 portrait photograph passed the others, so the portrait's figure in ``bench/screening.json`` does not judge it; the
 single-cell sets do.)"""
+SINGLE_STAIN_SHARE = 0.007
+"""Share of a single picture that must be stained violet (:func:`bmc.locate.finder.no_cell`): half the least of 1,000
+training and validation pictures, as given and shrunk to 120 px (1.4 %, ``bench/screening.py --tuning 1000``). A
+field keeps the finder's lower :data:`bmc.locate.finder.NO_CELL_STAIN_SHARE`, as its one white cell may be small."""
 DARKEST_SHARE = 0.1
 """Share of a picture's pixels, the darkest, whose colour :func:`_dark_redness` reads: a tenth, so that a few
 near-black pixels (an inclusion, a granule, a clipped nucleus centre, all colourless) do not decide."""
@@ -165,7 +169,7 @@ def picture_verdict(image: Image.Image, single: bool = True) -> Verdict:
         return Verdict(NOT_MICROSCOPE, "no compact dark region, only thin lines: text, a form or a drawing, not a cell")
     if single and colour and _dark_redness(rgb) < UNSTAINED_DARK:
         return Verdict(NOT_MICROSCOPE, "its darkest parts are black, grey or navy, not stained violet: a photograph, not a stained smear")
-    if colour and no_cell(image):
+    if colour and no_cell(image, SINGLE_STAIN_SHARE if single else NO_CELL_STAIN_SHARE):
         return Verdict(NO_CELL, "hardly any violet nuclear stain: a blank slide, red cells only, or not a stained smear")
     n = several_cells(image) if single else 0
     if n >= 2:

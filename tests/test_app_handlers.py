@@ -150,7 +150,7 @@ def test_the_cell_under_review_is_shown_magnified(handlers, cells):
     assert 'width="60"' in zoomed(name, "1×", report) and zoomed(None, "2×", report) == ""
 
 
-@pytest.mark.parametrize("kind", ["blank", "circuit board", "text", "mask"])
+@pytest.mark.parametrize("kind", ["blank", "circuit board", "text", "mask", "noise", "portrait"])
 def test_one_cell_names_no_class_for_a_blank_or_a_picture_that_is_no_micrograph(handlers, tmp_path, kind):
     import numpy as np
     from PIL import Image
@@ -161,6 +161,10 @@ def test_one_cell_names_no_class_for_a_blank_or_a_picture_that_is_no_micrograph(
         yy, xx = np.mgrid[0:200, 0:200]
         r = np.hypot(xx - 100, yy - 100)
         picture = Image.fromarray(np.where(r < 40, 255, np.where(r < 70, 128, 0)).astype(np.uint8))
+    elif kind == "portrait":  # matplotlib's sample photograph, its top left quarter (only the darkest-parts check)
+        from bench.screening import photographs
+
+        picture = list(photographs())[1]
     else:
         picture = next(GENERATED[kind](np.random.default_rng(3), 1))
     path = tmp_path / f"{kind}.png"

@@ -13,8 +13,8 @@ The checks, cheapest first (figures: docs/performance.md, ``bench/screening.py``
    single pictures only, colour or grey).
 5. Not stained: the darkest pixels have no red in them (:data:`UNSTAINED_DARK`; a photograph, dark clothing, a shadow:
    in a Romanowsky smear the darkest thing is stained chromatin; colour single pictures only).
-6. No cell: hardly any violet nuclear stain (:func:`bmc.locate.finder.no_cell`; a blank slide, red cells only, a
-   photo that is not a smear; colour pictures only).
+6. No cell: hardly any violet nuclear stain (:func:`bmc.locate.finder.no_cell`, :data:`SINGLE_STAIN_SHARE` of a single
+   picture; a blank slide, red cells only, a photo that is not a smear; colour pictures only).
 7. Several cells by the stain: separate, whole, cell-sized nuclei (:func:`bmc.locate.finder.several_cells`).
 8. Several cells by the model's own check on its embedding (:mod:`bmc.serve.guard`, when one was fitted for the
    weights), from the same forward pass as the classification.

@@ -252,18 +252,22 @@ def at_work_size(image: Image.Image) -> np.ndarray:
 
 def is_greyscale(image: Image.Image) -> bool:
     """Whether a picture has no colour to go by (its channels differ by less than :data:`GREY_TOLERANCE` on average)."""
-    f = at_work_size(image).astype(np.float32)
+    return is_grey_rgb(at_work_size(image))
+
+
+def is_grey_rgb(rgb: np.ndarray) -> bool:
+    """:func:`is_greyscale` of a picture already at work size (:func:`at_work_size`), so that it is not resized again."""
+    f = rgb.astype(np.float32)
     return float(np.abs(f[:, :, 0] - f[:, :, 2]).mean() + np.abs(f[:, :, 1] - f[:, :, 2]).mean()) < GREY_TOLERANCE
 
 
-def no_cell(image: Image.Image, least: float = NO_CELL_STAIN_SHARE) -> bool:
-    """Whether a colour picture holds no nucleated cell at all: less than ``least`` (:data:`NO_CELL_STAIN_SHARE`) of it shows
+def no_cell(image: Image.Image) -> bool:
+    """Whether a colour picture holds no nucleated cell at all: less than :data:`NO_CELL_STAIN_SHARE` of it shows
     violet nuclear stain (blue minus red above :data:`NO_CELL_BLUE_MINUS_RED`, and red above green: a Romanowsky
     nucleus is violet, never the cyan or navy of a circuit board or a uniform). A greyscale picture cannot be
     checked (False): it is classified, with a note that it was converted."""
-    if is_greyscale(image):
-        return False
-    return violet_share(at_work_size(image)) < least
+    rgb = at_work_size(image)
+    return not is_grey_rgb(rgb) and violet_share(rgb) < NO_CELL_STAIN_SHARE
 
 
 def picture_sigma(picture: np.ndarray) -> float:

@@ -13,7 +13,7 @@ The checks, cheapest first (figures: docs/performance.md, ``bench/screening.py``
    single pictures only, colour or grey).
 5. Not stained: the darkest pixels have no red in them (:data:`UNSTAINED_DARK`; a photograph, dark clothing, a shadow:
    in a Romanowsky smear the darkest thing is stained chromatin; colour single pictures only).
-6. No cell: hardly any violet nuclear stain (:func:`bmc.locate.finder.no_cell`, :data:`SINGLE_STAIN_SHARE` of a single
+6. No cell: hardly any violet nuclear stain (:func:`bmc.locate.finder.no_cell`'s rule, :data:`SINGLE_STAIN_SHARE` of a single
    picture; a blank slide, red cells only, a photo that is not a smear; colour pictures only).
 7. Several cells by the stain: separate, whole, cell-sized nuclei (:func:`bmc.locate.finder.several_cells`).
 8. Several cells by the model's own check on its embedding (:mod:`bmc.serve.guard`, when one was fitted for the
@@ -39,7 +39,7 @@ from PIL import Image
 
 from bmc.images import SkippedFile
 from bmc.labels import NOT_COUNTED
-from bmc.locate.finder import NO_CELL_STAIN_SHARE, at_work_size, is_greyscale, no_cell, picture_sigma, several_cells
+from bmc.locate.finder import NO_CELL_STAIN_SHARE, at_work_size, is_grey_rgb, picture_sigma, several_cells, violet_share
 from bmc.serve.predictor import Prediction, Predictor
 
 OK, SEVERAL, NO_CELL, NOT_MICROSCOPE = "ok", "several cells", "no cell", "not a microscope image"
@@ -77,7 +77,7 @@ shrunk to 120 px (``bench/screening.py --tuning 1000``); two thirds of that here
 portrait photograph passed the others, so the portrait's figure in ``bench/screening.json`` does not judge it; the
 single-cell sets do.)"""
 SINGLE_STAIN_SHARE = 0.007
-"""Share of a single picture that must be stained violet (:func:`bmc.locate.finder.no_cell`): half the least of 1,000
+"""Share of a single picture that must be stained violet (:func:`bmc.locate.finder.violet_share`): half the least of 1,000
 training and validation pictures, as given and shrunk to 120 px (1.4 %, ``bench/screening.py --tuning 1000``). A
 field keeps the finder's lower :data:`bmc.locate.finder.NO_CELL_STAIN_SHARE`, as its one white cell may be small."""
 DARKEST_SHARE = 0.1
@@ -162,14 +162,14 @@ def picture_verdict(image: Image.Image, single: bool = True) -> Verdict:
     grey = rgb.astype(np.float32).mean(axis=2)
     if float(grey.std()) < BLANK_STD:
         return Verdict(NO_CELL, "a blank picture: hardly any contrast")
-    colour = not is_greyscale(image)
+    colour = not is_grey_rgb(rgb)
     if colour and float(np.abs(grey - cv2.GaussianBlur(grey, (0, 0), 1.0)).mean()) > NOISE_GRAIN:
         return Verdict(NOT_MICROSCOPE, "grainy noise, finer than any picture of a smear")
     if single and _dark_thickness(grey) < THIN_DARK:
         return Verdict(NOT_MICROSCOPE, "no compact dark region, only thin lines: text, a form or a drawing, not a cell")
     if single and colour and _dark_redness(rgb) < UNSTAINED_DARK:
         return Verdict(NOT_MICROSCOPE, "its darkest parts are black, grey or navy, not stained violet: a photograph, not a stained smear")
-    if colour and no_cell(image, SINGLE_STAIN_SHARE if single else NO_CELL_STAIN_SHARE):
+    if colour and violet_share(rgb) < (SINGLE_STAIN_SHARE if single else NO_CELL_STAIN_SHARE):
         return Verdict(NO_CELL, "hardly any violet nuclear stain: a blank slide, red cells only, or not a stained smear")
     n = several_cells(image) if single else 0
     if n >= 2:

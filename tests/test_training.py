@@ -409,6 +409,8 @@ def test_image_size_is_rounded_to_whole_patches_with_a_warning(tmp_path, caplog)
     assert ModelArguments(model_name_or_path="facebook/dinov2-small", image_size=112).image_size == 112
     with pytest.raises(ValueError, match="too small"):
         ModelArguments(model_name_or_path=str(tmp_path), image_size=10)
+    with pytest.raises(ValueError, match="--colour_consistency -1.0: a weight"):
+        ModelArguments(model_name_or_path=str(tmp_path), colour_consistency=-1.0)
 
 
 def test_an_unreachable_hub_model_says_what_to_do_offline(small_kaggle_folder, tmp_path, caplog, monkeypatch):

@@ -208,3 +208,31 @@ def test_colour_canonicalisations_are_stored_by_name(tmp_path):
     cell = Image.fromarray(_framed_cell(64, 20, (0, 0, 0), contrast=0.6))
     assert np.abs(preprocess([cell], loaded) - preprocess([cell], processor)).max() < 1e-6
     assert np.abs(preprocess([cell], loaded) - preprocess([cell], build_image_processor(56))).mean() > 0.05
+
+
+def test_the_colour_view_is_the_same_crop_in_another_labs_colours(cells):
+    processor = build_image_processor(112)
+    batch = {"image": cells, "label": [1] * 4, "source": [f"c{i}.jpg" for i in range(4)]}
+    plain = np.stack(TrainTransform(processor, seed=0)(batch)["pixel_values"])
+    out = TrainTransform(processor, seed=0, colour_view=True)(batch)
+    main, view = np.stack(out["pixel_values"]), np.stack(out["pixel_values_view"])
+    np.testing.assert_array_equal(main, plain)  # the image itself is drawn exactly as without the view
+    assert view.shape == main.shape and not np.allclose(view, main)
+    for m, v in zip(main, view):  # the same geometry: where one is dark the other is dark
+        assert np.corrcoef(m.mean(0).ravel(), v.mean(0).ravel())[0, 1] > 0.8
+    assert "pixel_values_view" not in TrainTransform(processor, seed=0)(batch)
+
+
+def test_the_colour_consistency_loss_is_zero_only_when_the_views_agree():
+    import torch
+
+    from bmc.train.trainer import collate, colour_consistency_loss
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    assert colour_consistency_loss(logits, logits).item() == pytest.approx(0.0, abs=1e-6)
+    assert colour_consistency_loss(logits, logits.flip(1)).item() > 0.1
+    view = logits.clone().requires_grad_(True)
+    colour_consistency_loss(logits.requires_grad_(True), view).backward()
+    assert logits.grad is None  # the image's own prediction is the fixed target; only the view learns
+    examples = [{"pixel_values": np.zeros((3, 4, 4)), "pixel_values_view": np.ones((3, 4, 4)), "labels": 0}] * 2
+    assert collate(examples)["pixel_values_view"].shape == (2, 3, 4, 4)

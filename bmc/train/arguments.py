@@ -158,6 +158,13 @@ class ModelArguments:
     )
     distill_weight: float = field(default=0.5, metadata={"help": "Weight of the distillation term beside the loss on the labels"})
     distill_temperature: float = field(default=2.0, metadata={"help": "Softening temperature of teacher and student in distillation"})
+    colour_consistency: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of a colour-consistency term: each training image is also seen in a random lab's colours "
+            "(same crop and geometry) and its prediction pulled towards the image's own (KL divergence); 0 = off"
+        },
+    )
 
     def __post_init__(self) -> None:
         """Checks that need no data or weights (only the base model's config.json, when it is a local folder)."""
@@ -177,6 +184,8 @@ class ModelArguments:
             raise ValueError(f"--review_target_accuracy must be in (0, 1], not {self.review_target_accuracy}")
         if self.distill_weight < 0 or self.distill_temperature <= 0:
             raise ValueError("--distill_weight must be >= 0 and --distill_temperature > 0")
+        if self.colour_consistency < 0:
+            raise ValueError(f"--colour_consistency {self.colour_consistency}: a weight, must be >= 0")
         augment = split_list(self.augment) or []
         self.augment = [] if augment == ["none"] else augment
         if isinstance(self.colour_standardise, bool):  # configs of 2026-12-03 wrote true/false

@@ -134,8 +134,18 @@ class TrainTransform:
     from a checkpoint sees exactly the augmented images the uninterrupted run saw.
     """
 
-    def __init__(self, processor: Any, use_denoise: bool = False, seed: int = 0, robust: tuple[str, ...] = ROBUSTNESS_AUGMENTATIONS):
+    def __init__(
+        self,
+        processor: Any,
+        use_denoise: bool = False,
+        seed: int = 0,
+        robust: tuple[str, ...] = ROBUSTNESS_AUGMENTATIONS,
+        colour_view: bool = False,
+    ):
+        """``colour_view``: also return ``pixel_values_view``, each image in a random lab's colours with the same
+        crop, zoom and geometry (for the colour-consistency term, ``--colour_consistency``)."""
         self.processor = processor
+        self.colour_view = colour_view
         self.use_denoise = use_denoise
         self.seed = seed
         self.epoch = 0
@@ -147,7 +157,7 @@ class TrainTransform:
         return zlib.crc32(f"{self.seed}:{self.epoch}:{source}".encode())
 
     def __call__(self, batch: dict) -> dict:
-        pixels = []
+        pixels, views = [], []
         sources = batch.get("source") or [str(i) for i in range(len(batch["image"]))]
         for image, source in zip(batch["image"], sources):
             rgb = np.asarray(open_image(image))
@@ -156,13 +166,24 @@ class TrainTransform:
             rgb = canonical_colours(rgb, self.processor)  # as serving does, before any augmentation
             seed = self.sample_seed(source)
             rng = np.random.default_rng(seed)
+            view = lab_restyle(rgb, np.random.default_rng(seed + 1), 1.0) if self.colour_view else None
             if self.restyle_p:
                 rgb = lab_restyle(rgb, rng, self.restyle_p)
             if self.zoom_out:
+                state = rng.bit_generator.state
                 rgb = zoom_out(rgb, rng)
+                if view is not None:  # the same zoom: a generator in the same state draws the same numbers
+                    twin = np.random.default_rng()
+                    twin.bit_generator.state = state
+                    view = zoom_out(view, twin)
             self.augment.set_random_seed(seed)
             pixels.append(_normalise(self.augment(image=rgb)["image"], self.processor))
+            if view is not None:
+                self.augment.set_random_seed(seed)
+                views.append(_normalise(self.augment(image=view)["image"], self.processor))
         out = {"pixel_values": pixels, "labels": batch["label"]}
+        if views:
+            out["pixel_values_view"] = views
         for extra in ("weight", "distill"):  # per-image loss weight and distillation mask (bmc.train.trainer.collate)
             if extra in batch:
                 out[extra] = batch[extra]

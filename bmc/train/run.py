@@ -143,7 +143,9 @@ def build_trainer(
         method = model_args.colour_standardise
         set_colour_reference(processor, *training_colour_reference(dsd["train"], method), method=method)
         log.info("colour reference (%s): %s", method, colour_reference(processor))
-    train_transform = TrainTransform(processor, model_args.denoise, training_args.seed, tuple(model_args.augment))
+    train_transform = TrainTransform(
+        processor, model_args.denoise, training_args.seed, tuple(model_args.augment), colour_view=model_args.colour_consistency > 0
+    )
     weights = sample_weights(dsd["train"]["label"], dsd["train"]["domain"], model_args.balance, model_args.domain_weighting)
     train_ds = dsd["train"].add_column("weight", weights)
     teacher = None
@@ -178,6 +180,7 @@ def build_trainer(
         head_lr_multiplier=model_args.head_lr_multiplier,
         layer_lr_decay=model_args.layer_lr_decay,
         teacher=teacher,
+        colour_consistency=model_args.colour_consistency,
     )
     return trainer, processor
 

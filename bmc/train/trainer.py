@@ -69,10 +69,12 @@ class CellTrainer(Trainer):
         head_lr_multiplier: float = 1.0,
         layer_lr_decay: float = 1.0,
         teacher: Teacher | None = None,
+        colour_consistency: float = 0.0,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.teacher = teacher
+        self.colour_consistency = colour_consistency
         self.loss_name = loss_name
         self.focal_gamma = focal_gamma
         self.head_lr_multiplier = head_lr_multiplier
@@ -82,10 +84,13 @@ class CellTrainer(Trainer):
         labels = inputs.pop("labels")
         weights = inputs.pop("sample_weight", None)
         distill = inputs.pop("distill", None)
+        view = inputs.pop("pixel_values_view", None)
         outputs = model(**inputs)
         loss = cell_loss(outputs.logits, labels, self.loss_name, weights, self.focal_gamma, self.args.label_smoothing_factor)
         if self.teacher is not None and distill is not None and model.training:
             loss = loss + self.teacher.weight * self.teacher.loss(outputs.logits, inputs["pixel_values"], distill.bool())
+        if view is not None and self.colour_consistency and model.training:
+            loss = loss + self.colour_consistency * colour_consistency_loss(outputs.logits, model(pixel_values=view).logits)
         return (loss, outputs) if return_outputs else loss
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
@@ -147,6 +152,13 @@ def load_checkpoint_weights(model: nn.Module, checkpoint: str) -> None:
     model = cast(PreTrainedModel, model)  # the Trainer's model: a transformers classifier
     loaded = type(model).from_pretrained(checkpoint, config=model.config, use_safetensors=True, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), strict=True)
+
+
+def colour_consistency_loss(logits: torch.Tensor, view_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p(image) ‖ p(image in another lab's colours)), batch mean, the image's own prediction held fixed: the
+    restyled view is taught to read the cell as the image does, so a lab's colours stop being evidence."""
+    target = nn.functional.log_softmax(logits.detach().float(), dim=-1)
+    return nn.functional.kl_div(nn.functional.log_softmax(view_logits.float(), dim=-1), target, log_target=True, reduction="batchmean")
 
 
 def cell_loss(
@@ -213,6 +225,8 @@ def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
         batch["sample_weight"] = torch.tensor([e["weight"] for e in examples], dtype=torch.float32)
     if "distill" in examples[0]:
         batch["distill"] = torch.tensor([e["distill"] for e in examples], dtype=torch.bool)
+    if "pixel_values_view" in examples[0]:
+        batch["pixel_values_view"] = torch.from_numpy(np.stack([np.asarray(e["pixel_values_view"], np.float32) for e in examples]))
     return batch
 
 

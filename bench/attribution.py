@@ -129,7 +129,9 @@ def method_options(spec: str) -> tuple[str, dict[str, Any]]:
     """``Grad-CAM@-6`` → Grad-CAM at block -6; ``Gradient-weighted rollout@6`` → over the last 6 blocks;
     ``Gradient-weighted rollout@12,14px`` → over all 12 blocks, one value per 14-px patch (the default until
     2026-12-07; now the last 6 blocks, averaged over half-patch shifts, which ``@12`` or ``@14px`` each undo);
-    ``Attention rollout@keep-sinks``; ``Integrated Gradients@zero``."""
+    ``Gradient-weighted rollout@contrast`` (the class's log-probability, not its logit),
+    ``…@skip-sinks`` (no relevance through DINOv2's attention sinks); ``Conservative LRP@pixels`` (relevance of the
+    pixels, not of the first block's tokens), ``…@14px``; ``Attention rollout@keep-sinks``; ``Integrated Gradients@zero``."""
     name, _, variant = spec.partition("@")
     if not variant:
         return name, {}
@@ -137,9 +139,13 @@ def method_options(spec: str) -> tuple[str, dict[str, Any]]:
         return name, {"layer": int(variant)}
     if name == "Gradient-weighted rollout":  # @12 (blocks), @14px (no half-patch shifts), @half-patch, or e.g. @12,14px
         parts = variant.split(",")
-        options: dict[str, Any] = {"half_patch": "14px" not in parts}
-        depth = [p for p in parts if p not in ("14px", "half-patch")]
+        options: dict[str, Any] = {"half_patch": "14px" not in parts, "skip_sinks": "skip-sinks" in parts}
+        options["contrast"] = "contrast" in parts
+        depth = [p for p in parts if p not in ("14px", "half-patch", "skip-sinks", "contrast")]
         return name, options | ({"last_blocks": int(depth[0])} if depth else {})
+    if name == "Conservative LRP":  # @pixels (relevance of the pixels, not of the first block's tokens), @14px
+        parts = variant.split(",")
+        return name, {"half_patch": "14px" not in parts, "level": "pixels" if "pixels" in parts else "tokens"}
     if name == "Attention rollout" and variant == "keep-sinks":
         return name, {"skip_sinks": False}
     if name == "Integrated Gradients" and variant == "zero":

@@ -157,3 +157,26 @@ def test_an_empty_map_says_so_instead_of_showing_nothing(tiny_model_dir, cell, m
     model, processor = load_classifier(str(tiny_model_dir))
     attribution = Explainer(model, processor).explain(cell, "Grad-CAM")
     assert attribution.heatmap.max() == 0 and attribution.how_to_read == explain.NO_EVIDENCE
+
+
+def test_conservative_lrp_leaves_the_model_as_it_was_and_conserves_relevance(tiny_model_dir, cell):
+    import torch
+
+    from bmc.serve import vit_maps
+
+    model, processor = load_classifier(str(tiny_model_dir))
+    x = Explainer(model, processor).pixels(cell)
+    with torch.no_grad():
+        before = model(pixel_values=x).logits
+    implementation = model.config._attn_implementation
+    tokens = vit_maps.lrp_relevance(model, x, target=1)
+    with torch.no_grad():
+        after = model(pixel_values=x).logits
+    assert torch.equal(before, after) and model.config._attn_implementation == implementation
+    # LayerNorm's scale, the attention weights and the gates held fixed: the logit is linear in the first block's
+    # tokens up to the biases, so the relevance cannot be a map that changes nothing when the class changes
+    other = vit_maps.lrp_relevance(model, x, target=2)
+    assert tokens.shape == other.shape and not np.allclose(tokens, other)
+    with vit_maps.conservative_propagation(model), torch.no_grad():
+        held = model(pixel_values=x).logits
+    assert torch.allclose(held, before, atol=1e-4)  # the same forward pass: only the backward pass changes

@@ -171,14 +171,31 @@ class Explainer:
         return vit_maps.attention_rollout(self.model, x, discard_ratio, skip_sinks)
 
     def gradient_rollout(
-        self, x: torch.Tensor, target: int, last_blocks: int | None = ROLLOUT_BLOCKS, half_patch: bool = True
+        self,
+        x: torch.Tensor,
+        target: int,
+        last_blocks: int | None = ROLLOUT_BLOCKS,
+        half_patch: bool = True,
+        skip_sinks: bool = False,
+        contrast: bool = False,
     ) -> np.ndarray:
         """Chefer et al.'s rollout (:func:`bmc.serve.vit_maps.gradient_rollout`) over the last ``last_blocks`` blocks
         (None: all); ``half_patch``: averaged over half-patch shifts of the input (:func:`bmc.serve.vit_maps.shifted`),
         7-px detail for four passes. The defaults were chosen on validation cells (docs/explanations.md)."""
 
         def one(pixels: torch.Tensor) -> np.ndarray:
-            return vit_maps.gradient_rollout(self.model, pixels.clone().requires_grad_(True), target, last_blocks)
+            return vit_maps.gradient_rollout(self.model, pixels.clone().requires_grad_(True), target, last_blocks, skip_sinks, contrast)
+
+        return vit_maps.shifted(one, x, faithfulness.PATCH) if half_patch else one(x)
+
+    def conservative_lrp(self, x: torch.Tensor, target: int, level: str = "tokens", half_patch: bool = True) -> np.ndarray:
+        """Relevance under conservative propagation (:func:`bmc.serve.vit_maps.lrp_relevance`), positive part;
+        ``half_patch`` as in :meth:`gradient_rollout`."""
+        if not is_vit(self.model):
+            raise ValueError("conservative LRP needs a vision transformer (ViT/DINOv2)")
+
+        def one(pixels: torch.Tensor) -> np.ndarray:
+            return np.clip(vit_maps.lrp_relevance(self.model, pixels, target, level), 0, None)
 
         return vit_maps.shifted(one, x, faithfulness.PATCH) if half_patch else one(x)
 
@@ -237,7 +254,16 @@ METHODS: dict[str, Method] = {
             "Warm regions are where the attention that raised the chosen class's score flows from, through the top "
             "half of the blocks (attention weighted by its gradient); averaged over four half-patch shifts, 7-px detail.",
             vit_only=True,
-            options=("last_blocks", "half_patch"),
+            options=("last_blocks", "half_patch", "skip_sinks", "contrast"),
+        ),
+        Method(
+            "Conservative LRP",
+            Explainer.conservative_lrp,
+            "Warm regions hold the relevance for the chosen class's score, propagated back through the transformer "
+            "with attention, normalisation and activation gates held fixed so that it is conserved (CP-LRP); "
+            "averaged over four half-patch shifts, 7-px detail.",
+            vit_only=True,
+            options=("level", "half_patch"),
         ),
         Method(
             "Grad-CAM",

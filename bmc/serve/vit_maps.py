@@ -90,19 +90,32 @@ def attention_rollout(model: nn.Module, x: torch.Tensor, discard_ratio: float = 
     return _to_grid(rollout[0, 1:])
 
 
-def gradient_rollout(model: nn.Module, x: torch.Tensor, target: int, last_blocks: int | None = None) -> np.ndarray:
+def gradient_rollout(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: int,
+    last_blocks: int | None = None,
+    skip_sinks: bool = False,
+    contrast: bool = False,
+) -> np.ndarray:
     """Chefer et al.'s rule 6: R = I; for each block R ← R + E_h[(∇A ⊙ A)⁺]·R; the CLS row over the patches.
     ``last_blocks``: accumulate over the last blocks only (the early blocks' attention is mostly local mixing
-    that any image gets, whatever the model learnt)."""
+    that any image gets, whatever the model learnt). ``skip_sinks``: the attention sinks' columns
+    (:func:`sink_tokens`) carry no relevance: what a sink holds is global, not the patch it sits on.
+    ``contrast``: the gradient of the class's log-probability instead of its logit, so that evidence every class
+    shares (the slide, red cells) cancels and what sets the class apart from the others remains."""
     with eager_attention(model), torch.enable_grad():
         out = model(pixel_values=x, output_attentions=True)
         attentions = out.attentions
-        grads = torch.autograd.grad(out.logits[0, target], attentions)
+        score = torch.log_softmax(out.logits[0], -1)[target] if contrast else out.logits[0, target]
+        grads = torch.autograd.grad(score, attentions)
     tokens = attentions[0].shape[-1]
+    sinks = sink_tokens(tuple(a.detach() for a in attentions)) if skip_sinks else torch.zeros(tokens, dtype=torch.bool)
     r = torch.eye(tokens)
     first = 0 if last_blocks is None else max(0, len(attentions) - last_blocks)
     for att, grad in zip(attentions[first:], grads[first:]):
         cam = (grad[0] * att[0]).clamp_min(0).mean(0).detach()
+        cam[:, sinks] = 0
         r = r + cam @ r
     return _to_grid(r[0, 1:])
 
@@ -129,3 +142,97 @@ def shifted(grid_map: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor, pat
         total += back
     side = 2 * (-(-size // patch))
     return cv2.resize(total / len(HALF_PATCH_SHIFTS), (side, side), interpolation=cv2.INTER_AREA)
+
+
+def _constant_softmax_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **_: object,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention whose softmax weights are held constant for the backward pass (CP-LRP's attention rule)."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * (scaling if scaling is not None else query.size(-1) ** -0.5)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = torch.softmax(scores, dim=-1).detach()
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def _layer_norm_constant_scale(norm: nn.LayerNorm) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(-1, keepdim=True)
+        scale = (centred.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt().detach()
+        return centred / scale * norm.weight + norm.bias
+
+    return forward
+
+
+def _identity_rule(activation: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        y = activation(x)
+        ratio = torch.where(x.abs() > 1e-6, y / x.where(x.abs() > 1e-6, torch.ones_like(x)), torch.full_like(x, 0.5))
+        return x * ratio.detach()
+
+    return forward
+
+
+@contextmanager
+def conservative_propagation(model: nn.Module) -> Iterator[None]:
+    """Make gradient × input a relevance that is conserved through the transformer (CP-LRP, Ali et al. 2022,
+    "XAI for Transformers: Better Explanations through Conservative Propagation"; with AttnLRP's identity rule
+    for the MLP's activation, Achtibat et al. 2024): the attention weights, LayerNorm's scale and the GELU's
+    gate are held constant in the backward pass, so relevance flows only through the values, the linear maps
+    and the residual paths, as LRP's rules say it should."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("bmc_constant_softmax", _constant_softmax_attention)
+    hf = cast("PreTrainedModel", model)
+    previous = hf.config._attn_implementation
+    patched: list[nn.Module] = []
+    for module in list(model.modules()):
+        if isinstance(module, nn.LayerNorm):
+            setattr(module, "forward", _layer_norm_constant_scale(module))  # noqa: B010 (an instance attribute, undone below)
+            patched.append(module)
+        elif isinstance(getattr(module, "activation_fn", None), nn.Module):
+            activation = cast(nn.Module, module.activation_fn)
+            setattr(activation, "forward", _identity_rule(activation.forward))  # noqa: B010
+            patched.append(activation)
+    hf.set_attn_implementation("bmc_constant_softmax")
+    try:
+        yield
+    finally:
+        hf.set_attn_implementation(previous)
+        for module in patched:
+            del module.forward  # the instance attribute: the class's forward is back
+
+
+def lrp_relevance(model: nn.Module, x: torch.Tensor, target: int, level: str = "tokens") -> np.ndarray:
+    """Relevance of each patch for the ``target`` logit under :func:`conservative_propagation`: gradient × input
+    of the first block's input tokens (``level="tokens"``) or of the pixels (``"pixels"``), summed per patch."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep_input(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        args[0].retain_grad()
+        captured["tokens"] = args[0]
+
+    handle = vit_layers(model)[0].register_forward_pre_hook(keep_input)
+    try:
+        with conservative_propagation(model), torch.enable_grad():
+            pixels = x.clone().requires_grad_(True)
+            logit = model(pixel_values=pixels).logits[0, target]
+            logit.backward()
+    finally:
+        handle.remove()
+    tokens = captured["tokens"]
+    if pixels.grad is None or tokens.grad is None:
+        raise RuntimeError("conservative LRP: no gradient reached the input (is the model frozen?)")
+    if level == "pixels":
+        rel = (pixels.grad * pixels)[0].sum(0).detach()
+        patch = cast("PreTrainedModel", model).config.patch_size
+        side = rel.shape[-1] // patch
+        return rel[: side * patch, : side * patch].reshape(side, patch, side, patch).sum((1, 3)).numpy()
+    return _to_grid((tokens.grad * tokens)[0].sum(-1)[1:])

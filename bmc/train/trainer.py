@@ -50,12 +50,17 @@ class Teacher:
         self.model.to(pixels.device)
         with torch.no_grad():
             teacher = self.model(pixel_values=pixels).logits.float()
-        t = self.temperature
-        student = student_logits[mask][:, self.columns].float()
-        kl = nn.functional.kl_div(
-            nn.functional.log_softmax(student / t, dim=-1), nn.functional.log_softmax(teacher / t, dim=-1), log_target=True, reduction="sum"
-        )
-        return kl * t * t / student_logits.shape[0]
+        student = student_logits[mask][:, self.columns]
+        return soft_kl_sum(student, teacher, self.temperature) / student_logits.shape[0]
+
+
+def soft_kl_sum(logits: torch.Tensor, target_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """T² · KL(softmax(target/T) ‖ softmax(logits/T)) summed over the images, the target held fixed: the one
+    soft-label term of distillation (:class:`Teacher`) and colour consistency (:func:`colour_consistency_loss`)."""
+    t = temperature
+    target = nn.functional.log_softmax(target_logits.detach().float() / t, dim=-1)
+    kl = nn.functional.kl_div(nn.functional.log_softmax(logits.float() / t, dim=-1), target, log_target=True, reduction="sum")
+    return kl * t * t
 
 
 class CellTrainer(Trainer):
@@ -157,8 +162,7 @@ def load_checkpoint_weights(model: nn.Module, checkpoint: str) -> None:
 def colour_consistency_loss(logits: torch.Tensor, view_logits: torch.Tensor) -> torch.Tensor:
     """KL(p(image) ‖ p(image in another lab's colours)), batch mean, the image's own prediction held fixed: the
     restyled view is taught to read the cell as the image does, so a lab's colours stop being evidence."""
-    target = nn.functional.log_softmax(logits.detach().float(), dim=-1)
-    return nn.functional.kl_div(nn.functional.log_softmax(view_logits.float(), dim=-1), target, log_target=True, reduction="batchmean")
+    return soft_kl_sum(view_logits, logits) / logits.shape[0]
 
 
 def cell_loss(

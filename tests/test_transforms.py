@@ -81,6 +81,31 @@ def test_each_robustness_augmentation_can_be_left_out():
     assert (with_zoom < 0.3).sum() >= 4 and with_zoom.mean() < without.mean()
 
 
+def test_zoom_in_magnifies_the_centred_cell_and_keeps_it_whole():
+    from bmc.train.augmentation import zoom_in
+
+    rgb = np.full((100, 100, 3), 200, np.uint8)
+    rgb[35:65, 35:65] = 60  # a 30-px "cell" at the centre
+    sides, cells = [], []
+    for seed in range(40):
+        out = zoom_in(rgb, np.random.default_rng(seed), p=1.0)
+        assert out.shape[0] == out.shape[1] >= 72
+        sides.append(out.shape[0])
+        cells.append((out[..., 0] < 100).sum())
+    assert min(sides) < 80 and max(sides) > 95  # spans the range, not one fixed crop
+    assert all(c == 900 for c in cells)  # centred: the cell is never cut
+    assert zoom_in(rgb, np.random.default_rng(0), p=0.0) is rgb
+    # With "zoom_in", the cell covers more of the frame in some training images, and never less.
+    processor = build_image_processor(56)
+    batch = {"image": [Image.fromarray(rgb)] * 32, "label": [0] * 32, "source": [f"f{i}" for i in range(32)]}
+
+    def dark_fraction(robust):
+        pixels = np.stack(TrainTransform(processor, seed=0, robust=robust)(batch)["pixel_values"])
+        return (pixels.mean(axis=1) < 0).mean(axis=(1, 2))
+
+    assert dark_fraction(("zoom_in",)).mean() > dark_fraction(()).mean() + 0.01
+
+
 def test_camera_augmentation_is_off_by_default_and_blurs_when_named():
     from bmc.constants import ROBUSTNESS_AUGMENTATIONS
 
@@ -104,7 +129,7 @@ def test_augment_argument_takes_names_or_none_and_refuses_others():
     assert ModelArguments(model_name_or_path="facebook/dinov2-small").augment == ["zoom_out", "stain", "blur"]
     assert ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["stain,blur"]).augment == ["stain", "blur"]
     assert ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["none"]).augment == []
-    known = "zoom_out, stain, blur, camera, colour, colour_mild, colour_half"
+    known = "zoom_out, stain, blur, camera, colour, colour_mild, colour_half, zoom_in"
     with pytest.raises(ValueError, match=f"--augment zoom: unknown; choose from {known} or 'none'"):
         ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["zoom", "stain"])
 

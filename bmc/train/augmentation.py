@@ -59,6 +59,28 @@ def zoom_out(rgb: np.ndarray, rng: np.random.Generator, p: float = ZOOM_OUT_P, m
     return cv2.copyMakeBorder(rgb, top, big_h - h - top, left, big_w - w - left, cv2.BORDER_CONSTANT, value=fill)
 
 
+ZOOM_IN_P = 0.4
+ZOOM_IN_MIN_SIDE = 0.72
+"""With ``zoom_in``, 40 % of the training images are cut to a centred square of 72–100 % of their side (the cell
+shown up to 1.4× larger). Crops of one microscope differ in frame size (PBC's CellaVision crops are 360 px, other
+CellaVision exports 300 px), so a lab's cells can fill more of the frame than the training labs' do; a model
+that has only met one size reads a large lymphocyte as a monocyte."""
+
+
+def zoom_in(rgb: np.ndarray, rng: np.random.Generator, p: float = ZOOM_IN_P, min_side: float = ZOOM_IN_MIN_SIDE) -> np.ndarray:
+    """With probability ``p``, keep a square of ``min_side``–1 of the shorter side, centred within a few pixels
+    (the cell sits at the centre of a single-cell crop), so the cell fills more of the frame after the resize.
+    The counterpart of :func:`zoom_out`; unlike the random resized crop it never moves the cell off-centre."""
+    if rng.random() >= p:
+        return rgb
+    h, w = rgb.shape[:2]
+    side = max(8, round(min(h, w) * rng.uniform(min_side, 1.0)))
+    slack_y, slack_x = (h - side) // 2, (w - side) // 2
+    top = slack_y + int(rng.integers(-(slack_y // 4), slack_y // 4 + 1))
+    left = slack_x + int(rng.integers(-(slack_x // 4), slack_x // 4 + 1))
+    return rgb[top : top + side, left : left + side]
+
+
 LAB_TARGET_MEAN = ((105.0, 220.0), (128.0, 165.0), (88.0, 145.0))
 LAB_TARGET_STD = ((25.0, 65.0), (5.0, 24.0), (8.0, 30.0))
 """Ranges (OpenCV 8-bit Lab: L, a, b) of the random targets of :func:`lab_restyle`. Drawn around the two
@@ -150,11 +172,18 @@ class TrainTransform:
         self.seed = seed
         self.epoch = 0
         self.zoom_out = "zoom_out" in robust
+        self.zoom_in = "zoom_in" in robust
         self.restyle_p = max((p for name, p in RESTYLE_P.items() if name in robust), default=0.0)
         self.augment = train_augmentation(processor_size(processor), seed, robust)
 
     def sample_seed(self, source: str) -> int:
         return zlib.crc32(f"{self.seed}:{self.epoch}:{source}".encode())
+
+    def rescale(self, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The cell's size in the frame: zoom-in (``zoom_in``) and zoom-out (``zoom_out``), each by its own draw."""
+        if self.zoom_in:
+            rgb = zoom_in(rgb, rng)
+        return zoom_out(rgb, rng) if self.zoom_out else rgb
 
     def __call__(self, batch: dict) -> dict:
         pixels, views = [], []
@@ -169,13 +198,13 @@ class TrainTransform:
             view = lab_restyle(rgb, np.random.default_rng(seed + 1), 1.0) if self.colour_view else None
             if self.restyle_p:
                 rgb = lab_restyle(rgb, rng, self.restyle_p)
-            if self.zoom_out:
+            if self.zoom_in or self.zoom_out:
                 state = rng.bit_generator.state
-                rgb = zoom_out(rgb, rng)
+                rgb = self.rescale(rgb, rng)
                 if view is not None:  # the same zoom: a generator in the same state draws the same numbers
                     twin = np.random.default_rng()
                     twin.bit_generator.state = state
-                    view = zoom_out(view, twin)
+                    view = self.rescale(view, twin)
             self.augment.set_random_seed(seed)
             pixels.append(_normalise(self.augment(image=rgb)["image"], self.processor))
             if view is not None:

@@ -131,7 +131,8 @@ def method_options(spec: str) -> tuple[str, dict[str, Any]]:
     2026-12-07; now the last 6 blocks, averaged over half-patch shifts, which ``@12`` or ``@14px`` each undo);
     ``Gradient-weighted rollout@contrast`` (the class's log-probability, not its logit),
     ``…@skip-sinks`` (no relevance through DINOv2's attention sinks); ``Conservative LRP@pixels`` (relevance of the
-    pixels, not of the first block's tokens), ``…@14px``; ``Attention rollout@keep-sinks``; ``Integrated Gradients@zero``."""
+    pixels, not of the first block's tokens), ``…@14px``; ``Attention rollout@keep-sinks``;
+    ``Integrated Gradients@zero``, ``…@slide`` (an empty slide as the start), ``…@slide,8`` (8 steps)."""
     name, _, variant = spec.partition("@")
     if not variant:
         return name, {}
@@ -148,8 +149,10 @@ def method_options(spec: str) -> tuple[str, dict[str, Any]]:
         return name, {"half_patch": "14px" not in parts, "level": "pixels" if "pixels" in parts else "tokens"}
     if name == "Attention rollout" and variant == "keep-sinks":
         return name, {"skip_sinks": False}
-    if name == "Integrated Gradients" and variant == "zero":
-        return name, {"baseline": "zero"}
+    if name == "Integrated Gradients":  # @zero or @slide (the starting image), optionally with steps: @slide,8
+        parts = variant.split(",")
+        if parts[0] in ("zero", "slide", "blur") and all(p.isdigit() for p in parts[1:]):
+            return name, {"baseline": parts[0]} | ({"n_steps": int(parts[1]), "internal_batch_size": int(parts[1])} if parts[1:] else {})
     raise SystemExit(f"error: unknown variant {spec!r}")
 
 

@@ -236,3 +236,14 @@ def test_the_grid_limit_is_what_a_perfect_patch_map_reaches(tmp_path):
     assert on_edges["n"] == inside["n"] == 1
     assert on_edges["14px"] > inside["14px"] and inside["7px"] > inside["14px"]
     assert 0.5 < inside["14px"] < 1 and 0.5 < on_edges["7px"] < 1
+
+
+def test_method_variants_parse_to_registry_options():
+    assert bench.method_options("Grad-CAM@-6") == ("Grad-CAM", {"layer": -6})
+    assert bench.method_options("Integrated Gradients@slide") == ("Integrated Gradients", {"baseline": "slide"})
+    assert bench.method_options("Integrated Gradients@slide,8") == (
+        "Integrated Gradients",
+        {"baseline": "slide", "n_steps": 8, "internal_batch_size": 8},
+    )
+    with pytest.raises(SystemExit, match="unknown variant"):
+        bench.method_options("Integrated Gradients@black")

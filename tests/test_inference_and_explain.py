@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from bmc.model import UnsafeModelError, load_classifier
-from bmc.serve.explain import DEFAULT_METHOD, METHODS, Explainer, blurred, centre_vs_border, default_method, overlay
+from bmc.serve.explain import DEFAULT_METHOD, METHODS, Explainer, blurred, centre_vs_border, default_method, empty_slide, overlay
 from bmc.serve.predictor import Predictor
 
 
@@ -71,6 +72,23 @@ def test_integrated_gradients_starts_from_a_blurred_cell_not_a_flat_colour(tiny_
     x = Explainer(model, processor).pixels(cell)
     start = blurred(x)
     assert start.shape == x.shape and 0 < start.std() < x.std()  # detail gone, colour variation kept
+
+
+def test_an_empty_slide_start_gives_plain_background_no_attribution(tiny_model_dir):
+    model, processor = load_classifier(str(tiny_model_dir))
+    rgb = np.full((64, 64, 3), (230, 200, 210), np.uint8)
+    rgb[24:40, 24:40] = (90, 40, 120)  # a dark "cell" on a plain slide
+    explainer = Explainer(model, processor)
+    x = explainer.pixels(Image.fromarray(rgb))
+    start = empty_slide(x)
+    assert torch.allclose(start, x[..., :1, :1].expand_as(x))  # the border's colour everywhere
+    target = int(explainer._logits(x).argmax())
+    heat = explainer.integrated_gradients(x, target, baseline="slide")
+    side = heat.shape[0]
+    corner, middle = np.abs(heat[: side // 8, : side // 8]).mean(), np.abs(heat[side // 3 : -side // 3, side // 3 : -side // 3]).mean()
+    assert corner < 0.05 * middle  # the slide differs from its start by nothing: (almost) no attribution there
+    with pytest.raises(ValueError, match="slide"):
+        explainer.integrated_gradients(x, target, baseline="black")
 
 
 def test_noise_tunnel_option_runs(tiny_model_dir, cell):

@@ -133,8 +133,11 @@ class Explainer:
         baseline: str = "blur",
     ) -> np.ndarray:
         ig = IntegratedGradients(self._logits)
-        # the cell without its detail: in distribution, unlike the flat mean colour ("zero", kept to compare)
-        start = blurred(x) if baseline == "blur" else torch.zeros_like(x)
+        # "blur": the cell without its detail, in distribution, unlike the flat mean colour ("zero", kept to compare);
+        # "slide": an empty slide (the border's colour), so pixels of plain background carry no attribution at all
+        if baseline not in IG_BASELINES:
+            raise ValueError(f"unknown Integrated Gradients baseline {baseline!r}; choose one of {', '.join(IG_BASELINES)}")
+        start = IG_BASELINES[baseline](x)
         if noise_tunnel:
             attr = NoiseTunnel(ig).attribute(
                 x,
@@ -312,6 +315,23 @@ def blurred(x: torch.Tensor, patch: int = faithfulness.PATCH) -> torch.Tensor:
     """The input with its detail blurred away (sigma of one patch): colours and layout kept, morphology gone."""
     img = x[0].permute(1, 2, 0).numpy()
     return torch.from_numpy(cv2.GaussianBlur(img, (0, 0), float(patch)).transpose(2, 0, 1).copy())[None]
+
+
+def empty_slide(x: torch.Tensor) -> torch.Tensor:
+    """The input as an empty slide: every pixel the median colour of the image's border (the glass and plasma around
+    a centred cell). As an Integrated Gradients baseline, a pixel that looks like the slide differs from it by
+    nothing and so gets no attribution: the map's zero is "no cell here", not "black"."""
+    img = x[0]
+    border = torch.cat([img[:, 0, :], img[:, -1, :], img[:, :, 0], img[:, :, -1]], dim=1)
+    return border.median(dim=1).values[None, :, None, None].expand_as(x).clone()
+
+
+IG_BASELINES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "blur": lambda x: blurred(x),
+    "slide": empty_slide,
+    "zero": torch.zeros_like,
+}
+"""Integrated Gradients' starting images by name (``baseline=``)."""
 
 
 def get_method(name: str) -> Method:

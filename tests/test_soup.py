@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bmc.train.soup import SoupError, write_soup
+from bmc.train.soup import SoupError, greedy_members, write_soup
 
 
 def _member(tiny_model_dir: Path, tmp_path: Path, name: str, shift: float) -> Path:
@@ -66,3 +66,24 @@ def test_the_cli_refuses_a_missing_member_in_one_line(tmp_path, capsys):
         main(["soup", str(tmp_path / "nope"), str(tmp_path / "nope2"), "--out", str(tmp_path / "s")])
     assert exit_info.value.code == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_a_greedy_soup_keeps_a_member_only_if_validation_does_not_fall(tiny_model_dir, tmp_path):
+    # members shifted by 0.2, 1.0 and 0.4; "validation" is best when the average shift is near 0.3
+    members = [_member(tiny_model_dir, tmp_path, name, shift) for name, shift in (("a", 0.2), ("b", 1.0), ("c", 0.4))]
+    reference = load_file(str(tiny_model_dir / "model.safetensors"))
+    key = next(k for k, v in reference.items() if v.is_floating_point())
+    for folder, recorded in zip(members, (0.9, 0.8, 0.7)):  # tried in this order: a, then b, then c
+        metrics = json.loads((folder / "metrics.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps(metrics | {"validation": {"macro_f1": recorded}}))
+
+    def score(first, state):
+        assert first == members[0]  # measured on the best member's folder (its split and processing)
+        return 1.0 - abs(float((state[key] - reference[key]).mean()) - 0.3)
+
+    kept, trials = greedy_members(list(reversed(members)), score)
+    assert kept == [members[0], members[2]]  # b (average shift 0.6) lowers the score; c (0.3) raises it
+    assert [t["kept"] for t in trials] == [True, False, True]
+    assert trials[0]["validation_macro_f1"] == 0.9 and trials[2]["validation_macro_f1"] == 1.0
+    out = write_soup(kept, [0.5, 0.5], tmp_path / "greedy", greedy=trials)
+    assert json.loads((out / "metrics.json").read_text())["soup"]["greedy"] == trials

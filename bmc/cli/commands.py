@@ -204,14 +204,24 @@ def card(args: argparse.Namespace) -> int:
 def soup(args: argparse.Namespace) -> int:
     """``bmc soup``: write the weight average, then calibrate and measure it like ``bmc evaluate --recalibrate``."""
     from bmc.train.folder import evaluate_model_dir
-    from bmc.train.soup import SoupError, write_soup
+    from bmc.train.soup import SoupError, greedy_members, write_soup
 
     missing = [str(p) for p in [*args.members, *args.external, *([args.unseen] if args.unseen else [])] if not Path(p).exists()]
     if missing:
         raise UsageError(f"not found: {', '.join(missing)}")
-    weights = args.weights or [1.0 / len(args.members)] * len(args.members)
+    members, trials = list(args.members), None
     try:
-        folder = write_soup(args.members, weights, args.out)
+        if args.greedy:
+            if args.weights:
+                raise SoupError("--greedy chooses the members and averages them equally; leave out --weights")
+            members, trials = greedy_members(members)
+            for t in trials:
+                print(f"{t['member']}: validation macro-F1 {t['validation_macro_f1']:.4f} ({'kept' if t['kept'] else 'left out'})")
+            if len(members) < 2:
+                print(f"no member raised validation macro-F1 above {members[0]}'s alone: no soup written")
+                return 0
+        weights = args.weights or [1.0 / len(members)] * len(members)
+        folder = write_soup(members, weights, args.out, greedy=trials)
     except SoupError as exc:
         raise UsageError(str(exc)) from exc
     metrics = evaluate_model_dir(folder, args.external, args.unseen, recalibrate=True)

@@ -15,6 +15,7 @@ bmc compare models/A runs/B/export                   # side-by-side table of tra
 bmc compare --validation models/A runs/B/export      # ... validation figures only, to choose between runs
 bmc compare --validation --heldout pbc-train runs/A/export runs/B/export   # ... and on a lab those runs never saw
 bmc soup runs/A/export runs/B/export --weights 0.5 0.5 --out runs/AB   # weight average of two runs, measured afresh
+bmc soup runs/*/export --greedy --out runs/greedy   # members chosen one by one on validation (greedy soup)
 
 Exit status, the same for every command: 0 done; 2 nothing usable, said in one line (a path that does not exist,
 no readable image, no cell found, not a model folder, a bad option); anything else is a bug.
@@ -151,6 +152,12 @@ def _add_soup(sub: Any) -> None:
     soup.add_argument("members", nargs="+", type=Path, help="model folders of the same architecture, classes, processing and split")
     soup.add_argument("--weights", nargs="*", type=float, default=None, help="one weight per model, summing to 1 (default: equal)")
     soup.add_argument("--out", type=Path, required=True, help="new model folder (must not exist or be empty)")
+    soup.add_argument(
+        "--greedy",
+        action="store_true",
+        help="greedy soup: try the members best-first by validation macro-F1, keep each only if the average with it "
+        "scores at least as well on validation (Wortsman et al. 2022)",
+    )
     soup.add_argument("--external", nargs="*", default=[], help="other laboratories' folders to measure it on, as bmc evaluate")
     soup.add_argument("--unseen", default=None, help="marrow images of types the training data lacks, as bmc evaluate")
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -76,9 +77,10 @@ def average_weights(folders: Sequence[Path], weights: Sequence[float]) -> dict[s
     return out
 
 
-def write_soup(folders: Sequence[str | Path], weights: Sequence[float], out: str | Path) -> Path:
+def write_soup(folders: Sequence[str | Path], weights: Sequence[float], out: str | Path, greedy: list[dict] | None = None) -> Path:
     """Write the soup's model folder (weights, the first member's processing and split, a ``metrics.json`` that
-    names the members and drops their figures). ``out`` must not exist or be empty: nothing is overwritten."""
+    names the members and drops their figures; ``greedy``: the trials that chose the members). ``out`` must not
+    exist or be empty: nothing is overwritten."""
     members = [Path(f) for f in folders]
     check_members(members, weights)
     target = Path(out)
@@ -96,8 +98,55 @@ def write_soup(folders: Sequence[str | Path], weights: Sequence[float], out: str
     described = ", ".join(f"{w:g} × {json.loads((m / 'metrics.json').read_text())['model_name']}" for m, w in zip(members, weights))
     metrics.update(
         model_name=target.name,
-        soup={"members": [str(m) for m in members], "weights": [float(w) for w in weights]},
+        soup={"members": [str(m) for m in members], "weights": [float(w) for w in weights]} | ({"greedy": greedy} if greedy else {}),
         base_model_source=f"weight average (model soup) of {described}; first member's base weights: {metrics['base_model_source']}",
     )
     (target / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     return target
+
+
+def recorded_validation(folder: Path) -> float:
+    """A member's validation macro-F1 as its ``metrics.json`` records it (the order a greedy soup tries members in)."""
+    return float(json.loads((folder / "metrics.json").read_text())["validation"]["macro_f1"])
+
+
+def validation_macro_f1(folder: Path, state: dict[str, torch.Tensor]) -> float:
+    """Validation macro-F1 of ``folder``'s model with ``state`` as its weights, on ``folder``'s validation split:
+    the one figure a greedy soup chooses by (no test set, no other laboratory's images)."""
+    from bmc.model import load_classifier
+    from bmc.model_folder import FolderSettings, read_manifest
+    from bmc.serve.predictor import dataset_logits
+    from bmc.train.evaluation import dataset_from_manifest, metrics_from_logits
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    rows = [r for r in read_manifest(folder / "split_manifest.csv") if r["split"] == "validation"]
+    with tempfile.TemporaryDirectory() as tmp:  # through from_pretrained, which maps older checkpoints' tensor names
+        for name in COPIED[:2]:
+            shutil.copy2(folder / name, Path(tmp) / name)
+        save_file(state, str(Path(tmp) / WEIGHTS), metadata={"format": "pt"})
+        model, processor = load_classifier(tmp)
+    validation = dataset_from_manifest(rows, metrics["classes"])
+    denoise = FolderSettings.from_config(model.config).denoise
+    logits, labels = dataset_logits(model, processor, validation, use_denoise=denoise)
+    return float(metrics_from_logits(logits, labels, metrics["classes"], 1.0)["macro_f1"])
+
+
+Score = Callable[[Path, dict[str, torch.Tensor]], float]
+
+
+def greedy_members(folders: Sequence[Path], score: Score = validation_macro_f1) -> tuple[list[Path], list[dict]]:
+    """The greedy soup's members (Wortsman et al. 2022, "greedy soup"): the members sorted by their recorded
+    validation macro-F1, the best kept, and each next one kept only if the uniform average with it scores at least
+    as well on validation as the soup without it. Returns the kept members and one record per trial (for the card)."""
+    check_members(folders, [1.0 / len(folders)] * len(folders))
+    ordered = sorted(folders, key=recorded_validation, reverse=True)
+    kept = [ordered[0]]
+    best = score(ordered[0], load_file(str(ordered[0] / WEIGHTS)))
+    trials = [{"member": str(ordered[0]), "validation_macro_f1": round(best, 4), "kept": True}]
+    for candidate in ordered[1:]:
+        trial = [*kept, candidate]
+        value = score(ordered[0], average_weights(trial, [1.0 / len(trial)] * len(trial)))
+        trials.append({"member": str(candidate), "validation_macro_f1": round(value, 4), "kept": value >= best})
+        if value >= best:
+            kept, best = trial, value
+    return kept, trials

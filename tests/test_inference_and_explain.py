@@ -198,3 +198,17 @@ def test_conservative_lrp_leaves_the_model_as_it_was_and_conserves_relevance(tin
     with vit_maps.conservative_propagation(model), torch.no_grad():
         held = model(pixel_values=x).logits
     assert torch.allclose(held, before, atol=1e-4)  # the same forward pass: only the backward pass changes
+
+
+def test_the_slide_reference_takes_what_an_empty_slide_gets_off_the_rollout(tiny_model_dir, cell):
+    model, processor = load_classifier(str(tiny_model_dir))
+    explainer = Explainer(model, processor)
+    x = explainer.pixels(cell)
+    plain = explainer.gradient_rollout(x, 0)
+    referenced = explainer.gradient_rollout(x, 0, slide_reference=True)
+    reference = explainer.gradient_rollout(empty_slide(x), 0)  # four shifted passes, which one pass stands for
+    assert referenced.shape == plain.shape
+    np.testing.assert_allclose(plain - referenced, reference, atol=1e-6)
+    # an empty slide itself shows no evidence against itself
+    blank = empty_slide(x)
+    assert np.abs(explainer.gradient_rollout(blank, 0, slide_reference=True)).max() < 1e-5

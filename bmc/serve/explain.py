@@ -181,15 +181,22 @@ class Explainer:
         half_patch: bool = True,
         skip_sinks: bool = False,
         contrast: bool = False,
+        slide_reference: bool = False,
     ) -> np.ndarray:
         """Chefer et al.'s rollout (:func:`bmc.serve.vit_maps.gradient_rollout`) over the last ``last_blocks`` blocks
         (None: all); ``half_patch``: averaged over half-patch shifts of the input (:func:`bmc.serve.vit_maps.shifted`),
-        7-px detail for four passes. The defaults were chosen on validation cells (docs/explanations.md)."""
+        7-px detail for four passes. ``slide_reference``: minus the same map of an empty slide (:func:`empty_slide`,
+        one more pass), so the map's zero is what the rollout gives where there is no cell. The defaults were chosen on
+        validation cells (docs/explanations.md)."""
 
         def one(pixels: torch.Tensor) -> np.ndarray:
             return vit_maps.gradient_rollout(self.model, pixels.clone().requires_grad_(True), target, last_blocks, skip_sinks, contrast)
 
-        return vit_maps.shifted(one, x, faithfulness.PATCH) if half_patch else one(x)
+        heat = vit_maps.shifted(one, x, faithfulness.PATCH) if half_patch else one(x)
+        if slide_reference:
+            grid = one(empty_slide(x))  # a flat image looks the same shifted: one pass stands for all four
+            heat = heat - (vit_maps.shifted(lambda _moved: grid, x, faithfulness.PATCH) if half_patch else grid)
+        return heat
 
     def conservative_lrp(self, x: torch.Tensor, target: int, level: str = "tokens", half_patch: bool = True) -> np.ndarray:
         """Relevance under conservative propagation (:func:`bmc.serve.vit_maps.lrp_relevance`), positive part;
@@ -257,7 +264,7 @@ METHODS: dict[str, Method] = {
             "Warm regions are where the attention that raised the chosen class's score flows from, through the top "
             "half of the blocks (attention weighted by its gradient); averaged over four half-patch shifts, 7-px detail.",
             vit_only=True,
-            options=("last_blocks", "half_patch", "skip_sinks", "contrast"),
+            options=("last_blocks", "half_patch", "skip_sinks", "contrast", "slide_reference"),
         ),
         Method(
             "Conservative LRP",

@@ -127,3 +127,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode != "RGB":
         rgb.info["bmc_converted"] = CONVERSIONS.get(mode, mode)
     return rgb
+
+
+def slide_colour(pixels: np.ndarray) -> np.ndarray:
+    """The median colour of an H×W×C image's outermost rows and columns: the slide (glass and plasma) around a
+    centred cell. The one rule for "empty slide" wherever one is needed (zoom-out's canvas, an attribution baseline)."""
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return np.median(border, axis=0)

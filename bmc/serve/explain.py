@@ -37,6 +37,7 @@ from torch import nn
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+from bmc.images import slide_colour
 from bmc.model_folder import FolderSettings
 from bmc.serve import faithfulness, vit_maps
 from bmc.serve.vit_maps import is_vit, vit_layers
@@ -328,9 +329,8 @@ def empty_slide(x: torch.Tensor) -> torch.Tensor:
     """The input as an empty slide: every pixel the median colour of the image's border (the glass and plasma around
     a centred cell). As an Integrated Gradients baseline, a pixel that looks like the slide differs from it by
     nothing and so gets no attribution: the map's zero is "no cell here", not "black"."""
-    img = x[0]
-    border = torch.cat([img[:, 0, :], img[:, -1, :], img[:, :, 0], img[:, :, -1]], dim=1)
-    return border.median(dim=1).values[None, :, None, None].expand_as(x).clone()
+    colour = torch.as_tensor(slide_colour(x[0].detach().permute(1, 2, 0).numpy()), dtype=x.dtype)
+    return colour[None, :, None, None].expand_as(x).clone()
 
 
 IG_BASELINES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

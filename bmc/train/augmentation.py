@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from bmc.constants import ROBUSTNESS_AUGMENTATIONS
-from bmc.images import open_image
+from bmc.images import open_image, slide_colour
 from bmc.transforms import canonical_colours, denoise, lab_standardise, processor_size
 
 ZOOM_OUT_P = 0.5
@@ -53,8 +53,7 @@ def zoom_out(rgb: np.ndarray, rng: np.random.Generator, p: float = ZOOM_OUT_P, m
     scale = rng.uniform(min_scale, 1.0)
     h, w = rgb.shape[:2]
     big_h, big_w = round(h / scale), round(w / scale)
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    fill = [float(v) for v in np.median(border, axis=0)]
+    fill = [float(v) for v in slide_colour(rgb)]
     top, left = int(rng.integers(0, big_h - h + 1)), int(rng.integers(0, big_w - w + 1))
     return cv2.copyMakeBorder(rgb, top, big_h - h - top, left, big_w - w - left, cv2.BORDER_CONSTANT, value=fill)
 

@@ -127,13 +127,11 @@ def _stain(rgb: np.ndarray) -> np.ndarray:
 
 def method_options(spec: str) -> tuple[str, dict[str, Any]]:
     """``Grad-CAM@-6`` → Grad-CAM at block -6; ``Gradient-weighted rollout@6`` → over the last 6 blocks;
-    ``Gradient-weighted rollout@12,14px`` → over all 12 blocks, one value per 14-px patch (the default until
-    2026-12-07; now the last 6 blocks, averaged over half-patch shifts, which ``@12`` or ``@14px`` each undo);
-    ``Gradient-weighted rollout@contrast`` (the class's log-probability, not its logit),
-    ``…@skip-sinks`` (no relevance through DINOv2's attention sinks), ``…@slide-reference`` (minus an empty slide's
-    map); ``Conservative LRP@pixels`` (relevance of the pixels, not of the first block's tokens), ``…@14px``;
-    ``Attention rollout@keep-sinks``;
-    ``Integrated Gradients@zero``, ``…@slide`` (an empty slide as the start), ``…@slide,8`` (8 steps)."""
+    ``…@12,14px`` → all 12 blocks, one value per 14-px patch (the default until 2026-12-07); ``…@contrast`` (the
+    class's log-probability), ``…@skip-sinks`` (no relevance through DINOv2's attention sinks),
+    ``…@slide-reference`` (minus an empty slide's map, as the default since 2026-12-07), ``…@no-slide-reference``
+    (the default before it); ``Conservative LRP@pixels`` (the pixels' relevance), ``…@14px``; ``Attention
+    rollout@keep-sinks``; ``Integrated Gradients@zero``, ``…@slide`` (an empty-slide start), ``…@slide,8`` (8 steps)."""
     name, _, variant = spec.partition("@")
     if not variant:
         return name, {}
@@ -142,8 +140,9 @@ def method_options(spec: str) -> tuple[str, dict[str, Any]]:
     if name == "Gradient-weighted rollout":  # @12 (blocks), @14px (no half-patch shifts), @half-patch, or e.g. @12,14px
         parts = variant.split(",")
         options: dict[str, Any] = {"half_patch": "14px" not in parts, "skip_sinks": "skip-sinks" in parts}
+        # any variant names the empty-slide reference if it wants it (the plain name, the default, has it)
         options["contrast"], options["slide_reference"] = "contrast" in parts, "slide-reference" in parts
-        depth = [p for p in parts if p not in ("14px", "half-patch", "skip-sinks", "contrast", "slide-reference")]
+        depth = [p for p in parts if p not in ("14px", "half-patch", "skip-sinks", "contrast", "slide-reference", "no-slide-reference")]
         return name, options | ({"last_blocks": int(depth[0])} if depth else {})
     if name == "Conservative LRP":  # @pixels (relevance of the pixels, not of the first block's tokens), @14px
         parts = variant.split(",")

@@ -247,3 +247,5 @@ def test_method_variants_parse_to_registry_options():
     )
     with pytest.raises(SystemExit, match="unknown variant"):
         bench.method_options("Integrated Gradients@black")
+    old_default = bench.method_options("Gradient-weighted rollout@no-slide-reference")[1]
+    assert old_default == {"half_patch": True, "skip_sinks": False, "contrast": False, "slide_reference": False}

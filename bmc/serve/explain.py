@@ -182,13 +182,14 @@ class Explainer:
         half_patch: bool = True,
         skip_sinks: bool = False,
         contrast: bool = False,
-        slide_reference: bool = False,
+        slide_reference: bool = True,
     ) -> np.ndarray:
         """Chefer et al.'s rollout (:func:`bmc.serve.vit_maps.gradient_rollout`) over the last ``last_blocks`` blocks
         (None: all); ``half_patch``: averaged over half-patch shifts of the input (:func:`bmc.serve.vit_maps.shifted`),
         7-px detail for four passes. ``slide_reference``: minus the same map of an empty slide (:func:`empty_slide`,
-        one more pass), so the map's zero is what the rollout gives where there is no cell. The defaults were chosen on
-        validation cells (docs/explanations.md)."""
+        one more pass), so the map's zero is what the rollout gives where there is no cell (the default since
+        2026-12-07: more of the map on the cell at the same faithfulness). The defaults were chosen on validation
+        cells (docs/explanations.md)."""
 
         def one(pixels: torch.Tensor) -> np.ndarray:
             return vit_maps.gradient_rollout(self.model, pixels.clone().requires_grad_(True), target, last_blocks, skip_sinks, contrast)
@@ -263,7 +264,8 @@ METHODS: dict[str, Method] = {
             "Gradient-weighted rollout",
             Explainer.gradient_rollout,
             "Warm regions are where the attention that raised the chosen class's score flows from, through the top "
-            "half of the blocks (attention weighted by its gradient); averaged over four half-patch shifts, 7-px detail.",
+            "half of the blocks (attention weighted by its gradient), above what an empty slide gets; averaged over four "
+            "half-patch shifts, 7-px detail.",
             vit_only=True,
             options=("last_blocks", "half_patch", "skip_sinks", "contrast", "slide_reference"),
         ),

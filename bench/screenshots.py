@@ -200,6 +200,7 @@ def take_all(url: str, out: Path) -> list[Path]:
         classify(page, flagged_cell())
         shot(page, "app-one-cell-flagged.png", top=True)
         explain(page, eos)
+        page.wait_for_timeout(4000)  # the outputs fade back in after the request ends (Gradio's transition)
         shot(page, "app-why.png", top=True)
         count(page, count_cells())
         shot(page, "app-count.png")

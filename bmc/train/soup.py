@@ -115,8 +115,7 @@ def validation_macro_f1(folder: Path, state: dict[str, torch.Tensor]) -> float:
     the one figure a greedy soup chooses by (no test set, no other laboratory's images)."""
     from bmc.model import load_classifier
     from bmc.model_folder import FolderSettings, read_manifest
-    from bmc.serve.predictor import dataset_logits
-    from bmc.train.evaluation import dataset_from_manifest, metrics_from_logits
+    from bmc.train.evaluation import dataset_from_manifest, evaluate_split
 
     metrics = json.loads((folder / "metrics.json").read_text())
     rows = [r for r in read_manifest(folder / "split_manifest.csv") if r["split"] == "validation"]
@@ -127,8 +126,7 @@ def validation_macro_f1(folder: Path, state: dict[str, torch.Tensor]) -> float:
         model, processor = load_classifier(tmp)
     validation = dataset_from_manifest(rows, metrics["classes"])
     denoise = FolderSettings.from_config(model.config).denoise
-    logits, labels = dataset_logits(model, processor, validation, use_denoise=denoise)
-    return float(metrics_from_logits(logits, labels, metrics["classes"], 1.0)["macro_f1"])
+    return float(evaluate_split(model, processor, validation, metrics["classes"], 1.0, denoise)["macro_f1"])
 
 
 Score = Callable[[Path, dict[str, torch.Tensor]], float]

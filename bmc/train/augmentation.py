@@ -62,8 +62,8 @@ ZOOM_IN_P = 0.4
 ZOOM_IN_MIN_SIDE = 0.72
 """With ``zoom_in``, 40 % of the training images are cut to a centred square of 72–100 % of their side (the cell
 shown up to 1.4× larger). Crops of one microscope differ in frame size (PBC's CellaVision crops are 360 px, other
-CellaVision exports 300 px), so a lab's cells can fill more of the frame than the training labs' do; a model
-that has only met one size reads a large lymphocyte as a monocyte."""
+CellaVision exports 300 px), so a lab's cells can fill more of the frame than the training labs' do. Off unless
+named: measured on 2026-12-07, it did not change zheng2018-ds2's lymphocytes read as monocytes (docs/experiments.md)."""
 
 
 def zoom_in(rgb: np.ndarray, rng: np.random.Generator, p: float = ZOOM_IN_P, min_side: float = ZOOM_IN_MIN_SIDE) -> np.ndarray:

@@ -22,14 +22,15 @@ ROBUSTNESS_AUGMENTATIONS = ("zoom_out", "stain", "blur")
 """The train-time changes aimed at other laboratories' images, each switchable (``--augment``) so that
 each can be measured on its own: scale (zoom-out), stain (``HEStain`` + hue/saturation jitter) and
 camera quality (blur/downscale). Rotation, flips, crop and brightness/contrast are always on."""
-OPTIONAL_AUGMENTATIONS = ("camera", "colour", "colour_mild", "colour_half", "zoom_in")
+OPTIONAL_AUGMENTATIONS = ("camera", "colour", "colour_mild", "colour_half", "zoom_in", "grey")
 """Train-time changes a run may add (``--augment``) that the default recipe leaves out: ``camera``, a low-end camera's
 look (strong blur or defocus, heavy downscaling, JPEG artefacts, sensor noise; measured and not adopted,
 docs/experiments.md), and ``colour``, each image's Lab mean and spread moved to a random laboratory's
 (:func:`bmc.train.augmentation.lab_restyle`), so the model reads shape rather than a lab's stain (issue 33);
 ``colour_mild`` and ``colour_half`` restyle fewer images (:data:`bmc.train.augmentation.RESTYLE_P`), so more of them keep the canonical
 colours the model meets at inference; ``zoom_in``, a centred magnification of up to 1.4× (another lab's crops of the same
-microscope frame a cell more tightly; :func:`bmc.train.augmentation.zoom_in`)."""
+microscope frame a cell more tightly; :func:`bmc.train.augmentation.zoom_in`); ``grey``, a fifth of the images in grey
+(:data:`bmc.train.augmentation.GREY_P`): with no colour at all, only shape and texture tell the class."""
 
 TEST_SETS = ("pbc-external", "bccd")
 """The external test sets of ``../shared/data`` (other laboratories' images): reported, never used to

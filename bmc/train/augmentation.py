@@ -18,7 +18,8 @@ come from a 640×480 JPEG camera, blurred and noisy beside either training lab's
 
 ``colour`` (optional; ``colour_mild``: fewer images) moves each image's CIE-Lab mean and spread to a random target drawn over a range
 that spans both training laboratories and beyond (:func:`lab_restyle`, Reinhard et al. 2001 with a random
-reference): a lab's overall stain and illumination become noise the model must ignore.
+reference): a lab's overall stain and illumination become noise the model must ignore. ``grey`` (optional) takes
+the colour out of a fifth of the images, so that shape and texture must carry the class.
 
 Each image's random draws are seeded from the run's seed, the epoch and the file, so a resumed
 run sees exactly the images the uninterrupted run saw.
@@ -92,6 +93,12 @@ restyles most images; ``colour_half`` half; ``colour_mild`` fewer, so that most 
 the model meets at inference while it still learns that a lab's overall colour is not the class."""
 
 
+GREY_P = 0.2
+"""With ``grey``, a fifth of the training images lose their colour (luminance kept, three channels): the nucleus's
+shape, the chromatin's texture and the cytoplasm's extent must carry the class on their own. Most images keep their
+colour, so eosinophil and basophil granules still count."""
+
+
 def lab_restyle(rgb: np.ndarray, rng: np.random.Generator, p: float = LAB_RESTYLE_P) -> np.ndarray:
     """With probability ``p``, give the image a random laboratory's colours: standardise each CIE-Lab
     channel (per-image mean and spread) and map it onto a target mean and spread drawn from
@@ -124,6 +131,8 @@ def train_augmentation(size: int, seed: int | None = None, robust: tuple[str, ..
         steps.append(
             albumentations.OneOf([albumentations.GaussianBlur(blur_limit=(3, 5)), albumentations.Downscale(scale_range=(0.5, 0.9))], p=0.2)
         )
+    if "grey" in robust:
+        steps.append(albumentations.ToGray(num_output_channels=3, p=GREY_P))
     if "camera" in robust:
         steps += [
             albumentations.OneOf(

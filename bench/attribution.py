@@ -131,7 +131,8 @@ def method_options(spec: str) -> tuple[str, dict[str, Any]]:
     class's log-probability), ``…@skip-sinks`` (no relevance through DINOv2's attention sinks),
     ``…@slide-reference`` (minus an empty slide's map, as the default since 2026-12-07), ``…@no-slide-reference``
     (the default before it); ``Conservative LRP@pixels`` (the pixels' relevance), ``…@14px``; ``Attention
-    rollout@keep-sinks``; ``Integrated Gradients@zero``, ``…@slide`` (an empty-slide start), ``…@slide,8`` (8 steps)."""
+    rollout@keep-sinks``; ``Integrated Gradients@zero``, ``…@slide`` (an empty-slide start), ``…@slide,8`` (8 steps);
+    ``Occlusion@first-order`` (its one-pass estimate), ``…@first-order,8`` (8 noisy copies), ``…,rollout``, ``…,rank``."""
     name, _, variant = spec.partition("@")
     if not variant:
         return name, {}
@@ -147,6 +148,13 @@ def method_options(spec: str) -> tuple[str, dict[str, Any]]:
     if name == "Conservative LRP":  # @pixels (relevance of the pixels, not of the first block's tokens), @14px
         parts = variant.split(",")
         return name, {"half_patch": "14px" not in parts, "level": "pixels" if "pixels" in parts else "tokens"}
+    if name == "Occlusion" and variant.startswith("first-order"):  # its one-pass estimate: @first-order[,8][,rollout|rank]
+        parts = variant.split(",")[1:]
+        if all(p.isdigit() or p in ("rollout", "rank") for p in parts):
+            estimate: dict[str, Any] = {"first_order": True}
+            for part in parts:
+                estimate[("weighted", "samples")[part.isdigit()]] = int(part) if part.isdigit() else part
+            return name, estimate
     if name == "Attention rollout" and variant == "keep-sinks":
         return name, {"skip_sinks": False}
     if name == "Integrated Gradients":  # @zero or @slide (the starting image), optionally with steps: @slide,8
@@ -216,6 +224,12 @@ def _where(heat: np.ndarray, mask: np.ndarray | None, stain: np.ndarray) -> dict
     return out
 
 
+def is_slow(spec: str) -> bool:
+    """A method of :data:`SLOW` (its one-pass estimates, ``Occlusion@first-order…``, are not)."""
+    name, _, variant = spec.partition("@")
+    return name in SLOW and not variant.startswith("first-order")
+
+
 def measure_cell(
     ex: Explainer,
     sanity: dict[str, Explainer],
@@ -238,7 +252,7 @@ def measure_cell(
     maps: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     for spec in methods:
-        if spec.partition("@")[0] in SLOW and not todo["slow"]:
+        if is_slow(spec) and not todo["slow"]:
             continue
         name, options = method_options(spec)
         start = time.perf_counter()

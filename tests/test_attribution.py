@@ -2,6 +2,7 @@
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -71,6 +72,17 @@ def test_patch_drops_find_the_one_patch_the_model_reads():
     drops = F.patch_drops(toy_logits(5), bright_patch_image(5), 0)
     assert drops.shape == (4, 4) and drops.argmax() == 5
     assert drops.ravel()[5] > 5 * np.abs(np.delete(drops.ravel(), 5)).max()
+
+
+def test_removal_fill_is_each_patch_filled_as_if_removed_alone():
+    rng = np.random.default_rng(0)
+    x = np.stack([cv2.GaussianBlur(c, (0, 0), 4) for c in rng.normal(size=(3, SIZE, SIZE)).astype(np.float32)])
+    filled = F.removal_fill(x)
+    for patch in (0, 5, 15):
+        removed = F.patch_mask([patch], SIZE)
+        alone = F.impute(x, removed, rng=None, noise=0.0)
+        gap = np.abs(alone[:, removed] - x[:, removed]).max()
+        assert np.abs(filled[:, removed] - alone[:, removed]).max() < 0.02 * gap
 
 
 def test_evidence_line_compares_the_map_with_a_random_removal():
@@ -239,6 +251,9 @@ def test_the_grid_limit_is_what_a_perfect_patch_map_reaches(tmp_path):
 
 
 def test_method_variants_parse_to_registry_options():
+    assert bench.method_options("Occlusion@first-order,8") == ("Occlusion", {"first_order": True, "samples": 8})
+    assert bench.method_options("Occlusion@first-order,rank")[1] == {"first_order": True, "weighted": "rank"}
+    assert bench.is_slow("Occlusion") and not bench.is_slow("Occlusion@first-order")
     assert bench.method_options("Grad-CAM@-6") == ("Grad-CAM", {"layer": -6})
     assert bench.method_options("Integrated Gradients@slide") == ("Integrated Gradients", {"baseline": "slide"})
     assert bench.method_options("Integrated Gradients@slide,8") == (

@@ -212,3 +212,19 @@ def test_the_slide_reference_takes_what_an_empty_slide_gets_off_the_rollout(tiny
     # an empty slide itself shows no evidence against itself
     blank = empty_slide(x)
     assert np.abs(explainer.gradient_rollout(blank, 0, slide_reference=True)).max() < 1e-5
+
+
+def test_first_order_occlusion_is_occlusion_for_a_model_linear_in_its_pixels(tiny_model_dir, cell):
+    """For a logit linear in the pixels the first-order estimate is exact: it must match Occlusion's measured drops
+    (up to the light noise Occlusion's fill adds)."""
+    model, processor = load_classifier(str(tiny_model_dir))
+    explainer = Explainer(model, processor)
+    x = explainer.pixels(cell)
+    weights = torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(1))
+    explainer._logits = lambda pixels: torch.stack([(pixels * weights).sum((1, 2, 3)), torch.zeros(len(pixels))], 1)
+    fast = explainer.raw_map(x, "Occlusion", 0, first_order=True)
+    measured = explainer.occlusion(x, 0)  # clipped at zero: compare where a removal lowers the logit
+    assert fast.shape == measured.shape
+    lowered = measured > 0
+    np.testing.assert_allclose(fast[lowered], measured[lowered], rtol=0.2, atol=0.05 * measured.max())
+    assert np.corrcoef(np.clip(fast, 0, None).ravel(), measured.ravel())[0, 1] > 0.95

@@ -164,7 +164,12 @@ class Explainer:
             attr = LayerGradCam(self._logits, self._last_conv_stage()).attribute(x, target=target, relu_attributions=True)
         return attr.detach()[0, 0].numpy()
 
-    def occlusion(self, x: torch.Tensor, target: int) -> np.ndarray:
+    def occlusion(self, x: torch.Tensor, target: int, first_order: bool = False, **estimate: Any) -> np.ndarray:
+        """The measured drop of the class logit per removed patch (one pass per patch), positive part; with
+        ``first_order``, its one-pass estimate (:meth:`first_order_occlusion`, ``estimate`` its options; measured
+        and not offered in the app: docs/explanations.md)."""
+        if first_order:
+            return self.first_order_occlusion(x, target, **estimate)
         return np.clip(faithfulness.patch_drops(self._logits, x[0].numpy(), target), 0, None)
 
     def attention_rollout(
@@ -199,6 +204,34 @@ class Explainer:
             grid = one(empty_slide(x))  # a flat image looks the same shifted: one pass stands for all four
             heat = heat - (vit_maps.shifted(lambda _moved: grid, x, faithfulness.PATCH) if half_patch else grid)
         return heat
+
+    def first_order_occlusion(
+        self, x: torch.Tensor, target: int, samples: int = 1, noise: float = 0.1, weighted: str = "none"
+    ) -> np.ndarray:
+        """Occlusion's map estimated in one pass: for each 14-px patch, the gradient of the class logit times the
+        change that removing the patch makes (the image minus :func:`bmc.serve.faithfulness.removal_fill`), summed
+        over the patch: the first-order Taylor estimate of the logit's drop when that patch alone is removed, which
+        is what Occlusion measures with one pass per patch. ``samples`` > 1 averages the gradient over noisy copies
+        of the input (SmoothGrad, one batch). ``weighted``: "rollout" multiplies the estimate by the default
+        rollout's positive part, "rank" averages the two maps' ranks (both measured, not adopted). Signed: a patch
+        whose removal would raise the class's score ranks last."""
+        fill = torch.from_numpy(faithfulness.removal_fill(x[0].numpy()))[None]
+        batch = x.repeat(samples, 1, 1, 1)
+        if samples > 1:
+            batch = batch + noise * torch.randn(batch.shape, generator=torch.Generator().manual_seed(0))
+        batch.requires_grad_(True)
+        grad = torch.autograd.grad(self._logits(batch)[:, target].sum(), batch)[0].mean(0, keepdim=True)
+        change = (grad * (x - fill))[0].sum(0).numpy()
+        drops = faithfulness.patch_scores(change, self.size)
+        if weighted == "none":
+            return drops
+        where = self.gradient_rollout(x, target)  # 2g×2g
+        fine = np.kron(drops, np.ones((2, 2), np.float32))[: where.shape[0], : where.shape[1]]
+        if weighted == "rollout":
+            return np.clip(where, 0, None) * np.clip(fine, 0, None)
+        if weighted == "rank":
+            return (_ranks(where) + _ranks(fine)) / 2
+        raise ValueError(f"unknown weighting {weighted!r}")
 
     def conservative_lrp(self, x: torch.Tensor, target: int, level: str = "tokens", half_patch: bool = True) -> np.ndarray:
         """Relevance under conservative propagation (:func:`bmc.serve.vit_maps.lrp_relevance`), positive part;
@@ -297,6 +330,7 @@ METHODS: dict[str, Method] = {
             Explainer.occlusion,
             "Warm patches are those whose removal (filled in from their surroundings) lowers the chosen class's score "
             "the most: the evidence the model cannot do without. One pass per 14-px patch: slow.",
+            options=("first_order", "samples", "noise", "weighted"),
         ),
         Method(
             "Attention rollout",
@@ -362,6 +396,14 @@ def parameters_frozen(model: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Each value's rank in [0, 1] (0 the lowest), same shape."""
+    order = np.argsort(values, axis=None, kind="stable")
+    ranks = np.empty(values.size, np.float32)
+    ranks[order] = np.arange(values.size) / max(1, values.size - 1)
+    return ranks.reshape(values.shape)
 
 
 def _to_image_size(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:

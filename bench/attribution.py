@@ -47,6 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.attribution_summary import _table, summarise  # noqa: E402
+from bench.attribution_variants import SLOW, is_slow, method_options  # noqa: E402
 from bmc.data import is_pbc_layout, scan_folder, scan_pbc  # noqa: E402
 from bmc.images import IMAGE_SUFFIXES  # noqa: E402
 from bmc.serve import faithfulness as F  # noqa: E402
@@ -55,7 +56,6 @@ from bmc.serve.vit_maps import vit_layers  # noqa: E402
 from bmc.splits import read_resolved_manifest  # noqa: E402
 
 BASELINES = ("random", "centre")
-SLOW = ("Occlusion", "Integrated Gradients")
 FRACTIONS = (0.0, 0.1, 0.25, 0.5, 1.0)
 """Curve points of the benchmark (fewer than the app's: every point is one pass per map and cell)."""
 ZHENG_CLASSES = {"1": "NGS", "2": "LYT", "3": "MON", "4": "EOS", "5": "BAS"}
@@ -125,45 +125,6 @@ def _stain(rgb: np.ndarray) -> np.ndarray:
     return (smooth[..., 2] - smooth[..., 0]) > STAIN_LEVEL
 
 
-def method_options(spec: str) -> tuple[str, dict[str, Any]]:
-    """``Grad-CAM@-6`` → Grad-CAM at block -6; ``Gradient-weighted rollout@6`` → over the last 6 blocks;
-    ``…@12,14px`` → all 12 blocks, one value per 14-px patch (the default until 2026-12-07); ``…@contrast`` (the
-    class's log-probability), ``…@skip-sinks`` (no relevance through DINOv2's attention sinks),
-    ``…@slide-reference`` (minus an empty slide's map, as the default since 2026-12-07), ``…@no-slide-reference``
-    (the default before it); ``Conservative LRP@pixels`` (the pixels' relevance), ``…@14px``; ``Attention
-    rollout@keep-sinks``; ``Integrated Gradients@zero``, ``…@slide`` (an empty-slide start), ``…@slide,8`` (8 steps);
-    ``Occlusion@first-order`` (its one-pass estimate), ``…@first-order,8`` (8 noisy copies), ``…,rollout``, ``…,rank``."""
-    name, _, variant = spec.partition("@")
-    if not variant:
-        return name, {}
-    if name == "Grad-CAM":
-        return name, {"layer": int(variant)}
-    if name == "Gradient-weighted rollout":  # @12 (blocks), @14px (no half-patch shifts), @half-patch, or e.g. @12,14px
-        parts = variant.split(",")
-        options: dict[str, Any] = {"half_patch": "14px" not in parts, "skip_sinks": "skip-sinks" in parts}
-        # any variant names the empty-slide reference if it wants it (the plain name, the default, has it)
-        options["contrast"], options["slide_reference"] = "contrast" in parts, "slide-reference" in parts
-        depth = [p for p in parts if p not in ("14px", "half-patch", "skip-sinks", "contrast", "slide-reference", "no-slide-reference")]
-        return name, options | ({"last_blocks": int(depth[0])} if depth else {})
-    if name == "Conservative LRP":  # @pixels (relevance of the pixels, not of the first block's tokens), @14px
-        parts = variant.split(",")
-        return name, {"half_patch": "14px" not in parts, "level": "pixels" if "pixels" in parts else "tokens"}
-    if name == "Occlusion" and variant.startswith("first-order"):  # its one-pass estimate: @first-order[,8][,rollout|rank]
-        parts = variant.split(",")[1:]
-        if all(p.isdigit() or p in ("rollout", "rank") for p in parts):
-            estimate: dict[str, Any] = {"first_order": True}
-            for part in parts:
-                estimate[("weighted", "samples")[part.isdigit()]] = int(part) if part.isdigit() else part
-            return name, estimate
-    if name == "Attention rollout" and variant == "keep-sinks":
-        return name, {"skip_sinks": False}
-    if name == "Integrated Gradients":  # @zero or @slide (the starting image), optionally with steps: @slide,8
-        parts = variant.split(",")
-        if parts[0] in ("zero", "slide", "blur") and all(p.isdigit() for p in parts[1:]):
-            return name, {"baseline": parts[0]} | ({"n_steps": int(parts[1]), "internal_batch_size": int(parts[1])} if parts[1:] else {})
-    raise SystemExit(f"error: unknown variant {spec!r}")
-
-
 def randomised(model: torch.nn.Module, top_half: bool, seed: int = 0) -> torch.nn.Module:
     """A copy of ``model`` with its head (and, with ``top_half``, its top half of blocks) re-initialised:
     weight matrices drawn N(0, 0.02), biases zeroed, norms and layer scales kept (Adebayo et al.'s cascade)."""
@@ -222,12 +183,6 @@ def _where(heat: np.ndarray, mask: np.ndarray | None, stain: np.ndarray) -> dict
             "pointing": float(mask[peak] > 0),
         }
     return out
-
-
-def is_slow(spec: str) -> bool:
-    """A method of :data:`SLOW` (its one-pass estimates, ``Occlusion@first-order…``, are not)."""
-    name, _, variant = spec.partition("@")
-    return name in SLOW and not variant.startswith("first-order")
 
 
 def measure_cell(

@@ -13,7 +13,8 @@ from bmc.calibration import softmax
 from bmc.data import from_records
 from bmc.metrics import classification_metrics
 from bmc.model_folder import MODEL_FOLDER_FILES, read_manifest
-from bmc.serve.explain import Explainer, centre_vs_border
+from bmc.serve.explain import Explainer
+from bmc.serve.faithfulness import centre_vs_border
 from bmc.serve.predictor import Predictor, dataset_logits
 from bmc.splits import image_number
 

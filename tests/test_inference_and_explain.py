@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from bmc.model import UnsafeModelError, load_classifier
-from bmc.serve.explain import DEFAULT_METHOD, METHODS, Explainer, blurred, centre_vs_border, default_method, empty_slide, overlay
+from bmc.serve.explain import DEFAULT_METHOD, METHODS, Explainer, blurred, default_method, empty_slide, overlay
+from bmc.serve.faithfulness import centre_vs_border
 from bmc.serve.predictor import Predictor
 
 

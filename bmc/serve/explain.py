@@ -164,13 +164,15 @@ class Explainer:
             attr = LayerGradCam(self._logits, self._last_conv_stage()).attribute(x, target=target, relu_attributions=True)
         return attr.detach()[0, 0].numpy()
 
-    def occlusion(self, x: torch.Tensor, target: int, first_order: bool = False, **estimate: Any) -> np.ndarray:
-        """The measured drop of the class logit per removed patch (one pass per patch), positive part; with
-        ``first_order``, its one-pass estimate (:meth:`first_order_occlusion`, ``estimate`` its options; measured
-        and not offered in the app: docs/explanations.md)."""
-        if first_order:
-            return self.first_order_occlusion(x, target, **estimate)
-        return np.clip(faithfulness.patch_drops(self._logits, x[0].numpy(), target), 0, None)
+    def occlusion(self, x: torch.Tensor, target: int, first_order: bool = False, weighted: str = "", **estimate: Any) -> np.ndarray:
+        """The measured drop of the class logit per removed patch (one pass per patch), positive part. ``first_order``:
+        its one-pass estimate instead (:func:`bmc.serve.faithfulness.first_order_drops`, ``estimate`` its options),
+        ``weighted`` with the default rollout (:func:`bmc.serve.faithfulness.combined`); measured, not offered in the
+        app (docs/explanations.md)."""
+        if not first_order:
+            return np.clip(faithfulness.patch_drops(self._logits, x[0].numpy(), target), 0, None)
+        drops = faithfulness.first_order_drops(self._logits, x, target, **estimate)
+        return faithfulness.combined(drops, self.gradient_rollout(x, target), weighted) if weighted else drops
 
     def attention_rollout(
         self, x: torch.Tensor, target: int | None = None, discard_ratio: float = 0.0, skip_sinks: bool = True
@@ -204,34 +206,6 @@ class Explainer:
             grid = one(empty_slide(x))  # a flat image looks the same shifted: one pass stands for all four
             heat = heat - (vit_maps.shifted(lambda _moved: grid, x, faithfulness.PATCH) if half_patch else grid)
         return heat
-
-    def first_order_occlusion(
-        self, x: torch.Tensor, target: int, samples: int = 1, noise: float = 0.1, weighted: str = "none"
-    ) -> np.ndarray:
-        """Occlusion's map estimated in one pass: for each 14-px patch, the gradient of the class logit times the
-        change that removing the patch makes (the image minus :func:`bmc.serve.faithfulness.removal_fill`), summed
-        over the patch: the first-order Taylor estimate of the logit's drop when that patch alone is removed, which
-        is what Occlusion measures with one pass per patch. ``samples`` > 1 averages the gradient over noisy copies
-        of the input (SmoothGrad, one batch). ``weighted``: "rollout" multiplies the estimate by the default
-        rollout's positive part, "rank" averages the two maps' ranks (both measured, not adopted). Signed: a patch
-        whose removal would raise the class's score ranks last."""
-        fill = torch.from_numpy(faithfulness.removal_fill(x[0].numpy()))[None]
-        batch = x.repeat(samples, 1, 1, 1)
-        if samples > 1:
-            batch = batch + noise * torch.randn(batch.shape, generator=torch.Generator().manual_seed(0))
-        batch.requires_grad_(True)
-        grad = torch.autograd.grad(self._logits(batch)[:, target].sum(), batch)[0].mean(0, keepdim=True)
-        change = (grad * (x - fill))[0].sum(0).numpy()
-        drops = faithfulness.patch_scores(change, self.size)
-        if weighted == "none":
-            return drops
-        where = self.gradient_rollout(x, target)  # 2g×2g
-        fine = np.kron(drops, np.ones((2, 2), np.float32))[: where.shape[0], : where.shape[1]]
-        if weighted == "rollout":
-            return np.clip(where, 0, None) * np.clip(fine, 0, None)
-        if weighted == "rank":
-            return (_ranks(where) + _ranks(fine)) / 2
-        raise ValueError(f"unknown weighting {weighted!r}")
 
     def conservative_lrp(self, x: torch.Tensor, target: int, level: str = "tokens", half_patch: bool = True) -> np.ndarray:
         """Relevance under conservative propagation (:func:`bmc.serve.vit_maps.lrp_relevance`), positive part;
@@ -398,14 +372,6 @@ def parameters_frozen(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Each value's rank in [0, 1] (0 the lowest), same shape."""
-    order = np.argsort(values, axis=None, kind="stable")
-    ranks = np.empty(values.size, np.float32)
-    ranks[order] = np.arange(values.size) / max(1, values.size - 1)
-    return ranks.reshape(values.shape)
-
-
 def _to_image_size(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     heat = np.nan_to_num(np.asarray(heat, dtype=np.float32))
     heat = cv2.resize(heat, size, interpolation=cv2.INTER_CUBIC if min(heat.shape) < 32 else cv2.INTER_LINEAR)
@@ -421,13 +387,3 @@ def overlay(image: Image.Image, heatmap: np.ndarray, opacity: float = 0.5) -> Im
     colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
     blended = cv2.addWeighted(rgb, 1 - float(opacity), colour, float(opacity), 0)
     return Image.fromarray(blended)
-
-
-def centre_vs_border(heatmap: np.ndarray, centre_fraction: float = 0.5) -> tuple[float, float]:
-    """Mean attribution inside the central square (``centre_fraction`` of each side) and outside it:
-    a sanity measure for single-cell crops, where the evidence should sit on the centred cell."""
-    h, w = heatmap.shape
-    mh, mw = int(h * (1 - centre_fraction) / 2), int(w * (1 - centre_fraction) / 2)
-    mask = np.zeros_like(heatmap, dtype=bool)
-    mask[mh : h - mh, mw : w - mw] = True
-    return float(heatmap[mask].mean()), float(heatmap[~mask].mean())

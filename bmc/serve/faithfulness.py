@@ -11,10 +11,13 @@ noised, in the spirit of ROAD's noisy linear imputation (Rong et al. 2022) at th
   into an all-removed image (insertion); the area between the two probability curves (:func:`abpc`)
   is high when the map ranks the patches the model needs first.
 * :func:`patch_drops` removes one patch at a time: the drop in the class logit per patch, the reference
-  the single-patch correlation compares a map with (and the Occlusion map itself).
+  the single-patch correlation compares a map with (and the Occlusion map itself); :func:`first_order_drops`
+  estimates it from one gradient (measured against it in docs/explanations.md, not offered in the app).
 * :func:`evidence` is the one extra batched forward the app shows beside every map: the class
   probability with the map's top 10 % of the image removed, with a random 10 % removed, and a short
   deletion curve.
+
+:func:`centre_vs_border` is a coarser check for single-cell crops: the map's mean on the centre against the border.
 
 Used by :mod:`bmc.serve.explain` (Occlusion), the app and ``bench/attribution.py`` alike.
 """
@@ -181,6 +184,48 @@ def removal_fill(x: np.ndarray, patch: int = PATCH) -> np.ndarray:
             removed = patch_mask(group, size, patch)
             out[:, removed] = impute(x, removed, None, 0.0)[:, removed]
     return out
+
+
+def first_order_drops(logits: Logits, x: torch.Tensor, target: int, samples: int = 1, noise: float = 0.1) -> np.ndarray:
+    """:func:`patch_drops` estimated in one pass (g×g, signed): for each patch, the gradient of the target logit
+    times the change that removing the patch makes (``x`` minus :func:`removal_fill`), summed over the patch — the
+    first-order Taylor estimate of the drop, exact for a logit linear in the pixels. ``samples`` > 1 averages the
+    gradient over noisy copies of ``x`` (1×C×H×W; SmoothGrad, one batch)."""
+    fill = torch.from_numpy(removal_fill(x[0].detach().numpy()))[None]
+    batch = x.detach().repeat(samples, 1, 1, 1)
+    if samples > 1:
+        batch = batch + noise * torch.randn(batch.shape, generator=torch.Generator().manual_seed(0))
+    batch.requires_grad_(True)
+    grad = torch.autograd.grad(logits(batch)[:, target].sum(), batch)[0].mean(0, keepdim=True)
+    return patch_scores((grad * (x.detach() - fill))[0].sum(0).numpy(), x.shape[-1])
+
+
+def combined(drops: np.ndarray, where: np.ndarray, how: str) -> np.ndarray:
+    """A g×g patch map with a finer map of the same frame (``where``, e.g. the rollout's 2g×2g): ``"rollout"``
+    multiplies their positive parts, ``"rank"`` averages their ranks (each in [0, 1]); at ``where``'s resolution."""
+    fine = cv2.resize(drops.astype(np.float32), where.shape[::-1], interpolation=cv2.INTER_NEAREST)
+    if how == "rollout":
+        return np.clip(where, 0, None) * np.clip(fine, 0, None)
+    if how == "rank":
+        return (_ranks(where) + _ranks(fine)) / 2
+    raise ValueError(f"unknown combination {how!r}; choose rollout or rank")
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Each value's rank in [0, 1] (0 the lowest), same shape."""
+    ranks = np.empty(values.size, np.float32)
+    ranks[np.argsort(values, axis=None, kind="stable")] = np.arange(values.size) / max(1, values.size - 1)
+    return ranks.reshape(values.shape)
+
+
+def centre_vs_border(heatmap: np.ndarray, centre_fraction: float = 0.5) -> tuple[float, float]:
+    """Mean attribution inside the central square (``centre_fraction`` of each side) and outside it:
+    a sanity measure for single-cell crops, where the evidence should sit on the centred cell."""
+    h, w = heatmap.shape
+    mh, mw = int(h * (1 - centre_fraction) / 2), int(w * (1 - centre_fraction) / 2)
+    mask = np.zeros_like(heatmap, dtype=bool)
+    mask[mh : h - mh, mw : w - mw] = True
+    return float(heatmap[mask].mean()), float(heatmap[~mask].mean())
 
 
 @dataclass

@@ -123,13 +123,31 @@ def test_camera_augmentation_is_off_by_default_and_blurs_when_named():
     assert edge_energy(("camera",)) < 0.8 * edge_energy(())
 
 
+def test_grey_takes_the_colour_out_of_about_a_fifth_of_the_images():
+    from bmc.train.augmentation import GREY_P, train_augmentation
+
+    rgb = np.random.default_rng(0).integers(0, 255, (60, 60, 3), dtype=np.uint8)
+
+    def grey_share(robust: tuple[str, ...]) -> float:
+        augment = train_augmentation(56, seed=0, robust=robust)
+        outs = []
+        for seed in range(200):
+            augment.set_random_seed(seed)
+            out = augment(image=rgb)["image"]
+            outs.append(out.shape == (56, 56, 3) and np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2]))
+        return float(np.mean(outs))
+
+    assert grey_share(("stain", "grey")) == pytest.approx(GREY_P, abs=0.08)
+    assert grey_share(("stain",)) == 0
+
+
 def test_augment_argument_takes_names_or_none_and_refuses_others():
     from bmc.train.arguments import ModelArguments
 
     assert ModelArguments(model_name_or_path="facebook/dinov2-small").augment == ["zoom_out", "stain", "blur"]
     assert ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["stain,blur"]).augment == ["stain", "blur"]
     assert ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["none"]).augment == []
-    known = "zoom_out, stain, blur, camera, colour, colour_mild, colour_half, zoom_in"
+    known = "zoom_out, stain, blur, camera, colour, colour_mild, colour_half, zoom_in, grey"
     with pytest.raises(ValueError, match=f"--augment zoom: unknown; choose from {known} or 'none'"):
         ModelArguments(model_name_or_path="facebook/dinov2-small", augment=["zoom", "stain"])
 

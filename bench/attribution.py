@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.attribution_summary import _table, summarise  # noqa: E402
-from bench.attribution_variants import SLOW, is_slow, method_options  # noqa: E402
+from bench.attribution_variants import SLOW, is_slow, method_options, variant_map  # noqa: E402, F401 (re-exported for tests)
 from bmc.data import is_pbc_layout, scan_folder, scan_pbc  # noqa: E402
 from bmc.images import IMAGE_SUFFIXES  # noqa: E402
 from bmc.serve import faithfulness as F  # noqa: E402
@@ -209,9 +209,8 @@ def measure_cell(
     for spec in methods:
         if is_slow(spec) and not todo["slow"]:
             continue
-        name, options = method_options(spec)
         start = time.perf_counter()
-        maps[spec] = ex.raw_map(x, name, target, **options)
+        maps[spec] = variant_map(ex, x, target, spec)
         seconds[spec] = time.perf_counter() - start
     maps["random"] = rng.random((F.grid_side(size),) * 2).astype(np.float32)
     maps["centre"] = centre_prior(rgb, size)
@@ -241,8 +240,7 @@ def _randomised(
         elif spec == "random":
             other = rng.random(raw.shape)
         else:
-            name, options = method_options(spec)
-            other = rex.raw_map(x, name, target, **options)
+            other = variant_map(rex, x, target, spec)
         out[f"rand_{level}"] = _spearman(trained, F.patch_scores(other, size))
     return out
 

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
+import numpy as np
+
+from bmc.serve.explain import DEFAULT_METHOD, Explainer
+
 SLOW = ("Occlusion", "Integrated Gradients")
 """Methods of 50-150 passes a map, measured on the first ``--n-slow`` cells only."""
 
@@ -53,3 +58,30 @@ def is_slow(spec: str) -> bool:
     """A method of :data:`SLOW` (its one-pass estimates, ``Occlusion@first-order…``, are not)."""
     name, _, variant = spec.partition("@")
     return name in SLOW and not variant.startswith("first-order")
+
+
+def variant_map(ex: Explainer, x: Any, target: int, spec: str) -> np.ndarray:
+    """The raw map a spec names; ``Occlusion@first-order,…,rollout|rank`` combines the estimate with the default
+    rollout's map (:func:`combined`), the combinations measured in docs/explanations.md and kept out of the app."""
+    name, options = method_options(spec)
+    weighted = options.pop("weighted", None)
+    heat = ex.raw_map(x, name, target, **options)
+    return combined(heat, ex.raw_map(x, DEFAULT_METHOD, target), weighted) if weighted else heat
+
+
+def combined(drops: np.ndarray, where: np.ndarray, how: str) -> np.ndarray:
+    """A g×g patch map with a finer map of the same frame (``where``, e.g. the rollout's 2g×2g): ``"rollout"``
+    multiplies their positive parts, ``"rank"`` averages their ranks (each in [0, 1]); at ``where``'s resolution."""
+    fine = cv2.resize(drops.astype(np.float32), where.shape[::-1], interpolation=cv2.INTER_NEAREST)
+    if how == "rollout":
+        return np.clip(where, 0, None) * np.clip(fine, 0, None)
+    if how == "rank":
+        return (_ranks(where) + _ranks(fine)) / 2
+    raise ValueError(f"unknown combination {how!r}; choose rollout or rank")
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Each value's rank in [0, 1] (0 the lowest), same shape."""
+    ranks = np.empty(values.size, np.float32)
+    ranks[np.argsort(values, axis=None, kind="stable")] = np.arange(values.size) / max(1, values.size - 1)
+    return ranks.reshape(values.shape)

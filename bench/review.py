@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         print(plot(Path(argv[1]), [Path(p) for p in argv[2:]]))
         return 0
     if argv and argv[0] == "--table":
-        print(table([Path(p) for p in argv[1:]]))
+        print(table([Path(p) for p in argv[1:]], LEVELS))
         return 0
     parser = _parser()
     args = parser.parse_args(argv)

@@ -61,16 +61,15 @@ def plot(out: Path, results: list[Path]) -> Path:
     return out
 
 
-def table(results: list[Path]) -> str:
+def table(results: list[Path], levels: tuple[int, ...]) -> str:
     """A markdown table of result files: per set and reviewer, plain and learning review at each level."""
-    levels = sorted(json.loads(results[0].read_text())["static"], key=int) if results else []
     lines = ["| set (cells) | reviewer | review | " + " | ".join(f"{p} %" for p in levels) + " | reviews to 95 % |"]
     lines.append("|---" * (4 + len(levels)) + "|")
     for path in results:
         r = json.loads(path.read_text())
         who = r.get("reviewer", "queue") + (" (as seen)" if r.get("corrections_as_seen") else "")
         for kind, name in (("static", "plain"), ("adaptive", "learning")):
-            cells = " | ".join(f"{100 * r[kind][p]:.1f} %" for p in levels)
+            cells = " | ".join(f"{100 * r[kind][str(p)]:.1f} %" for p in levels)
             to_95 = r["reviews_to_95"][kind]
             lines.append(f"| {path.stem} ({r['n']}) | {who} | {name} | {cells} | {'> 30 %' if to_95 is None else to_95} |")
     return "\n".join(lines)

@@ -164,15 +164,13 @@ class Explainer:
             attr = LayerGradCam(self._logits, self._last_conv_stage()).attribute(x, target=target, relu_attributions=True)
         return attr.detach()[0, 0].numpy()
 
-    def occlusion(self, x: torch.Tensor, target: int, first_order: bool = False, weighted: str = "", **estimate: Any) -> np.ndarray:
+    def occlusion(self, x: torch.Tensor, target: int, first_order: bool = False, **estimate: Any) -> np.ndarray:
         """The measured drop of the class logit per removed patch (one pass per patch), positive part. ``first_order``:
-        its one-pass estimate instead (:func:`bmc.serve.faithfulness.first_order_drops`, ``estimate`` its options),
-        ``weighted`` with the default rollout (:func:`bmc.serve.faithfulness.combined`); measured, not offered in the
-        app (docs/explanations.md)."""
-        if not first_order:
-            return np.clip(faithfulness.patch_drops(self._logits, x[0].numpy(), target), 0, None)
-        drops = faithfulness.first_order_drops(self._logits, x, target, **estimate)
-        return faithfulness.combined(drops, self.gradient_rollout(x, target), weighted) if weighted else drops
+        its one-pass estimate instead (:func:`bmc.serve.faithfulness.first_order_drops`, ``estimate`` its options);
+        measured, not offered in the app (docs/explanations.md)."""
+        if first_order:
+            return faithfulness.first_order_drops(self._logits, x, target, **estimate)
+        return np.clip(faithfulness.patch_drops(self._logits, x[0].numpy(), target), 0, None)
 
     def attention_rollout(
         self, x: torch.Tensor, target: int | None = None, discard_ratio: float = 0.0, skip_sinks: bool = True
@@ -304,7 +302,7 @@ METHODS: dict[str, Method] = {
             Explainer.occlusion,
             "Warm patches are those whose removal (filled in from their surroundings) lowers the chosen class's score "
             "the most: the evidence the model cannot do without. One pass per 14-px patch: slow.",
-            options=("first_order", "samples", "noise", "weighted"),
+            options=("first_order", "samples", "noise"),
         ),
         Method(
             "Attention rollout",

@@ -200,24 +200,6 @@ def first_order_drops(logits: Logits, x: torch.Tensor, target: int, samples: int
     return patch_scores((grad * (x.detach() - fill))[0].sum(0).numpy(), x.shape[-1])
 
 
-def combined(drops: np.ndarray, where: np.ndarray, how: str) -> np.ndarray:
-    """A g×g patch map with a finer map of the same frame (``where``, e.g. the rollout's 2g×2g): ``"rollout"``
-    multiplies their positive parts, ``"rank"`` averages their ranks (each in [0, 1]); at ``where``'s resolution."""
-    fine = cv2.resize(drops.astype(np.float32), where.shape[::-1], interpolation=cv2.INTER_NEAREST)
-    if how == "rollout":
-        return np.clip(where, 0, None) * np.clip(fine, 0, None)
-    if how == "rank":
-        return (_ranks(where) + _ranks(fine)) / 2
-    raise ValueError(f"unknown combination {how!r}; choose rollout or rank")
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Each value's rank in [0, 1] (0 the lowest), same shape."""
-    ranks = np.empty(values.size, np.float32)
-    ranks[np.argsort(values, axis=None, kind="stable")] = np.arange(values.size) / max(1, values.size - 1)
-    return ranks.reshape(values.shape)
-
-
 def centre_vs_border(heatmap: np.ndarray, centre_fraction: float = 0.5) -> tuple[float, float]:
     """Mean attribution inside the central square (``centre_fraction`` of each side) and outside it:
     a sanity measure for single-cell crops, where the evidence should sit on the centred cell."""

@@ -116,13 +116,17 @@ def test_evaluate_adds_an_external_set_to_a_model_folder_and_its_card(tiny_model
     )
     # a model folder from before per-image validation predictions were kept: evaluate writes them from its manifest
     val = sorted((BCCD / "Lymphocyte").glob("*"))[:3] + sorted((BCCD / "Neutrophil").glob("*"))[:2]
+    test = sorted((BCCD / "Lymphocyte").glob("*"))[3:5]  # no test figures yet (a soup's folder): measured and drawn
     from bmc.splits import write_manifest
 
     write_manifest(
         model / "split_manifest.csv",
-        [{"source": str(f), "label": "LYT" if "Lymph" in str(f) else "NGS", "split": "validation", "domain": "bccd"} for f in val],
+        [{"source": str(f), "label": "LYT" if "Lymph" in str(f) else "NGS", "split": "validation", "domain": "bccd"} for f in val]
+        + [{"source": str(f), "label": "LYT", "split": "test", "domain": "bccd"} for f in test],
     )
+    assert not (model / "confusion_matrix.png").exists()
     metrics = evaluate_model_dir(model, [str(BCCD)], None)
+    assert metrics["test"]["n_images"] == 2 and (model / "confusion_matrix.png").is_file()
     predictions = read_predictions(model / VALIDATION_PREDICTIONS)
     assert sorted(predictions) == sorted(map(str, val)) and predictions[str(val[0])][0] == "LYT"
     assert metrics["external"]["bccd"]["n_images"] == 240  # neutrophils and lymphocytes: the classes the tiny model knows

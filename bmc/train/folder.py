@@ -48,19 +48,20 @@ def write_model_folder(
     codes = results["classes"]
     write_manifest(staging / "split_manifest.csv", manifest)
     write_skipped(staging / "skipped_files.csv", skipped)
-    if "test" in results:
-        plot_confusion_matrix(
-            results["test"]["confusion_matrix"],
-            codes,
-            staging / "confusion_matrix.png",
-            f"test split ({results['test']['n_images']} images)",
-        )
+    plot_test_confusion(results, staging)
     plot_external(results.get("external", {}), codes, staging)
     plot_training_curves(log_history, staging / "training_curves.png")
     (staging / "metrics.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     render_card(staging)
     replace_dir_contents(staging, export_dir)
     log.info("model, card and figures written to %s", export_dir)
+
+
+def plot_test_confusion(results: dict, folder: Path) -> None:
+    """The test split's confusion matrix (``confusion_matrix.png``, the card's first figure), when it was measured."""
+    if "test" in results:
+        test = results["test"]
+        plot_confusion_matrix(test["confusion_matrix"], results["classes"], folder / "confusion_matrix.png", f"test split ({test['n_images']} images)")
 
 
 def replace_dir_contents(staging: Path, target: Path) -> None:
@@ -154,6 +155,7 @@ def evaluate_model_dir(
                 denoise,
                 metrics["calibration"]["review_threshold"],
             )
+            plot_test_confusion(metrics, model_dir)  # a soup or an older folder: the card's figure of the figures just measured
     if rows and not (model_dir / VALIDATION_PREDICTIONS).is_file():  # a model trained before the file existed
         val = dataset_from_manifest([r for r in rows if r["split"] == "validation"], metrics["classes"])
         if len(val):

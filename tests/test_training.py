@@ -321,7 +321,7 @@ def test_json_config_then_overrides_parse_like_the_file_alone(tmp_path):
     from helpers import ROOT
 
     parser = train_hf.make_parser()
-    config = str(ROOT / "configs" / "bmc-dinov2s-matek-pbc13.json")
+    config = str(ROOT / "configs" / "bmc-dinov2s-matek-pbc13-stage5-half.json")
     alone = parser.parse_json_file(config)
     parsed = parser.parse_args_into_dataclasses(train_hf.config_as_arguments(config))
     assert [vars(x) for x in parsed[:4]] == [vars(x) for x in alone[:4]]

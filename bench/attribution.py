@@ -347,9 +347,12 @@ def main(argv: list[str] | None = None) -> None:
     result = summarise(base["records"]) | base
     _write(args.out, result)
     if args.card:
-        from bmc.train.model_card import ATTRIBUTION_FILE
+        from bmc.train.model_card import ATTRIBUTION_FILE, render_card
 
-        _write(Path(result.get("model") or args.model) / ATTRIBUTION_FILE, {k: v for k, v in result.items() if k != "records"})
+        folder = Path(result.get("model") or args.model)
+        _write(folder / ATTRIBUTION_FILE, {k: v for k, v in result.items() if k != "records"})
+        if (folder / "metrics.json").is_file():  # a model folder: its card shows the table at once, not after the next `bmc card`
+            render_card(folder)
     print(json.dumps({k: result[k] for k in ("n", "default", "targets")} | {"methods": _table(result)}, indent=1))
 
 

@@ -173,12 +173,16 @@ def test_the_benchmark_writes_the_issue_json(tiny_model_dir, tmp_path):
     merged = tmp_path / "m.json"
     bench.main(["--merge", str(out), str(out), "--out", str(merged)])
     assert json.loads(merged.read_text())["n"] == 4
+    from test_model_card import _metrics
+
     folder = tmp_path / "model-folder"  # --card: the summary, without per-cell records, beside the measured model
     folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps(_metrics()))
     (tmp_path / "part.json").write_text(json.dumps(json.loads(out.read_text()) | {"model": str(folder)}))
     bench.main(["--merge", str(tmp_path / "part.json"), "--out", str(tmp_path / "c.json"), "--card"])
     card = json.loads((folder / "attribution.json").read_text())
     assert "records" not in card and card["methods"].keys() == result["methods"].keys() and card["n"] == 2
+    assert "single-patch Spearman" in (folder / "README.md").read_text()  # the card re-rendered with the table
 
 
 def test_bad_folder_is_one_line(tmp_path, capsys):

@@ -61,7 +61,8 @@ def plot_test_confusion(results: dict, folder: Path) -> None:
     """The test split's confusion matrix (``confusion_matrix.png``, the card's first figure), when it was measured."""
     if "test" in results:
         test = results["test"]
-        plot_confusion_matrix(test["confusion_matrix"], results["classes"], folder / "confusion_matrix.png", f"test split ({test['n_images']} images)")
+        title = f"test split ({test['n_images']} images)"
+        plot_confusion_matrix(test["confusion_matrix"], results["classes"], folder / "confusion_matrix.png", title)
 
 
 def replace_dir_contents(staging: Path, target: Path) -> None:

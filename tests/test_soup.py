@@ -29,7 +29,9 @@ def _member(tiny_model_dir: Path, tmp_path: Path, name: str, shift: float) -> Pa
 def test_the_soup_is_the_weighted_average_and_forgets_the_members_figures(tiny_model_dir, tmp_path):
     a = _member(tiny_model_dir, tmp_path, "a", 0.0)
     b = _member(tiny_model_dir, tmp_path, "b", 1.0)
+    (a / "training_curves.png").write_bytes(b"curves of a")
     out = write_soup([a, b], [0.75, 0.25], tmp_path / "soup")
+    assert (out / "training_curves.png").read_bytes() == b"curves of a"  # the first member's, as the card says
     first, soup = load_file(str(a / "model.safetensors")), load_file(str(out / "model.safetensors"))
     for key, tensor in first.items():
         if tensor.is_floating_point():

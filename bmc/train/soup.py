@@ -25,8 +25,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 WEIGHTS = "model.safetensors"
-COPIED = ("config.json", "preprocessor_config.json", "split_manifest.csv", "skipped_files.csv")
-"""Files of the first member a soup keeps as they are: the architecture, the input processing, the split."""
+COPIED = ("config.json", "preprocessor_config.json", "split_manifest.csv", "skipped_files.csv", "training_curves.png")
+"""Files of the first member a soup keeps as they are: the architecture, the input processing, the split, and the
+training curves (a soup has no training run of its own; the card says its training details are the first member's)."""
 MUST_MATCH = ("preprocessor_config.json", "split_manifest.csv")
 """Files every member must have byte for byte like the first (same input processing, same split)."""
 STALE = ("validation", "test", "external", "unseen_marrow", "targets", "validation_macro_f1_by_epoch")

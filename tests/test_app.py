@@ -155,15 +155,17 @@ def test_count_many_cells_and_a_zip_then_review_one(client, tmp_path):
 
 
 def test_reviews_re_label_the_rest_of_an_unfamiliar_count(client):
-    """Another lab's cells (BCCD, 10 per class): after ten reviews, least sure first, the unreviewed cells
-    carry labels learnt from them, and the summary and the queue say so."""
+    """Another lab's cells (BCCD, 20 per class): after ten reviews, least sure first, the unreviewed cells
+    carry labels learnt from them, and the summary and the queue say so. (With 10 per class, 43 cells, the
+    bundled soup flags too few more of them than of its validation images for the gate to call the count
+    unfamiliar: its z-test needs a count of this size.)"""
     import re
 
     from gradio_client import handle_file
 
     from bmc.labels import wbc_code
 
-    paths = [p for folder in sorted(BCCD.iterdir()) if folder.is_dir() for p in sorted(folder.glob("*.jpg"))[:10]]
+    paths = [p for folder in sorted(BCCD.iterdir()) if folder.is_dir() for p in sorted(folder.glob("*.jpg"))[:20]]
     truth = {p.name: wbc_code(p.parent.name) for p in paths}
     *_, gallery, _files, _queue = client.predict([handle_file(str(p)) for p in paths], api_name="/count")
     name = gallery[0]["caption"].split(" — ")[0]  # the head of the review queue
@@ -171,8 +173,10 @@ def test_reviews_re_label_the_rest_of_an_unfamiliar_count(client):
         _table, summary, _chart, gallery, _files, queue = client.predict(name, L_display(truth[name]), api_name="/review")
         name = _value(queue)
     learnt = int(re.search(r"(\d+) learnt from this review", summary).group(1))
-    surer = re.search(r"(\d+) cells keep the model's labels: the learnt one was less sure", summary)
-    kept = int(surer.group(1)) if surer else 0  # KEEP_SURE: a learnt label must be about as sure as the model's
+    kept = 0  # every unreviewed cell is learnt, or keeps the model's label for a reason the summary gives
+    for reason in ("the learnt one was less sure", "the reviewer has seen no cell it gave their label"):
+        found = re.search(rf"(\d+) cells keep the model's labels: {reason}", summary)
+        kept += int(found.group(1)) if found else 0
     assert "learnt from this review:" in summary and learnt > kept and learnt + kept == len(paths) - 10, summary
     assert any("(learnt)" in g["caption"] for g in gallery)
 

@@ -66,7 +66,7 @@ train: install base
 	$(BIN)/accelerate launch --quiet train_hf.py configs/bmc-dinov2s-matek-pbc13-stage3-anchored.json
 	$(BIN)/accelerate launch --quiet train_hf.py configs/bmc-dinov2s-matek-pbc13-stage4-mild.json
 	$(BIN)/accelerate launch --quiet train_hf.py configs/bmc-dinov2s-matek-pbc13-stage5-half.json
-	rm -rf runs/soup && mkdir -p runs/soup
+	rm -rf runs/soup
 	$(BIN)/bmc soup runs/bmc-dinov2s-matek-pbc13-mild/export runs/bmc-dinov2s-matek-pbc13-half/export \
 	  --out runs/soup/bmc-dinov2s-matek-pbc13
 	rm -rf models/bmc-dinov2s-matek-pbc13 && mv runs/soup/bmc-dinov2s-matek-pbc13 models/

@@ -156,7 +156,7 @@ def evaluate_model_dir(
                 denoise,
                 metrics["calibration"]["review_threshold"],
             )
-            plot_test_confusion(metrics, model_dir)  # a soup or an older folder: the card's figure of the figures just measured
+            plot_test_confusion(metrics, model_dir)  # a soup's folder has none until now
     if rows and not (model_dir / VALIDATION_PREDICTIONS).is_file():  # a model trained before the file existed
         val = dataset_from_manifest([r for r in rows if r["split"] == "validation"], metrics["classes"])
         if len(val):

@@ -166,6 +166,16 @@ class ModelArguments:
         },
     )
 
+    mixstyle_blocks: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "Transformer blocks (0-based) after which MixStyle swaps part of the per-channel feature statistics "
+            "between the images of a training batch (bmc.train.mixstyle; training only, the saved model is unchanged); "
+            "empty = off"
+        },
+    )
+    mixstyle_p: float = field(default=0.5, metadata={"help": "Share of training batches MixStyle mixes at each chosen block"})
+
     def __post_init__(self) -> None:
         """Checks that need no data or weights (only the base model's config.json, when it is a local folder)."""
         patch = patch_size(self.model_name_or_path)
@@ -184,6 +194,8 @@ class ModelArguments:
             raise ValueError(f"--review_target_accuracy must be in (0, 1], not {self.review_target_accuracy}")
         if self.distill_weight < 0 or self.distill_temperature <= 0:
             raise ValueError("--distill_weight must be >= 0 and --distill_temperature > 0")
+        if not 0 <= self.mixstyle_p <= 1:
+            raise ValueError(f"--mixstyle_p {self.mixstyle_p}: a share, must be in [0, 1]")
         if self.colour_consistency < 0:
             raise ValueError(f"--colour_consistency {self.colour_consistency}: a weight, must be >= 0")
         augment = split_list(self.augment) or []
@@ -241,7 +253,8 @@ def options_markdown() -> str:
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
             default = f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
-            shown = "—" if default is None else f"`{','.join(default) if isinstance(default, list) else default}`"
+            listed = ",".join(str(v) for v in default) if isinstance(default, list) else default
+            shown = "—" if default is None or listed == "" else f"`{listed}`"
             choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
             help_text = f.metadata.get("help", "").replace("|", "\\|")
             if choices:

@@ -29,6 +29,7 @@ from bmc.train.arguments import DataArguments, ExportArguments, ModelArguments
 from bmc.train.augmentation import TrainTransform
 from bmc.train.dataset import check_no_held_out_leak, distill_mask, prepare_data
 from bmc.train.folder import base_hub_id, base_source, write_model_folder
+from bmc.train.mixstyle import attach_mixstyle
 from bmc.train.trainer import AugmentationEpoch, CellTrainer, Teacher, collate, compute_metrics, sample_weights
 from bmc.transforms import (
     COLOUR_STATISTICS,
@@ -137,6 +138,9 @@ def build_trainer(
         model_args.allow_pickle_weights,
         model_args.model_revision,
     )
+    if model_args.mixstyle_blocks:
+        attach_mixstyle(model, list(model_args.mixstyle_blocks), model_args.mixstyle_p)
+        log.info("MixStyle after blocks %s (p %.2f), training only", model_args.mixstyle_blocks, model_args.mixstyle_p)
     base_processor = _base_processor(model_args.model_name_or_path, model_args.model_revision)
     processor = build_image_processor(model_args.image_size, tuple(base_processor.image_mean), tuple(base_processor.image_std))
     if model_args.colour_standardise != "none":

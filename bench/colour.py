@@ -17,7 +17,10 @@ mapped onto the model's marrow training images' average, :func:`bmc.transforms.l
 only), ``background`` (each image white-balanced so that its background, the lightest quarter of its pixels, has
 the marrow training images' background colour: one shift for the whole image, whatever share of the frame the cell
 fills) and ``raw-pipeline`` (a model with a stored colour reference run without it: what a plain ``pipeline()``
-that is not given :class:`bmc.transforms.CanonicalColourProcessor` sees). Every figure has a 95 % bootstrap
+that is not given :class:`bmc.transforms.CanonicalColourProcessor` sees) and ``macenko`` (each image re-stained with the
+marrow training images' two stain vectors, Macenko et al. 2009's stain-vector normalisation, before the model's own
+canonicalisation). ``--sets validation`` adds the model's validation split of every training lab: a test-time view
+is chosen there, as a training recipe is. Every figure has a 95 % bootstrap
 interval (1,000 resamples of the set's images). These are reporting sets: the recipe is chosen on validation
 (``bmc compare --validation``), never by this table.
 """
@@ -59,7 +62,7 @@ SETS = {
     "bccd": SHARED / "external-wbc" / "bccd",
     "zheng2018-ds2": SHARED / "external-wbc" / "zheng2018-ds2",
 }
-VIEWS = ("plain", "reinhard", "background", "anchored", "raw-pipeline")
+VIEWS = ("plain", "reinhard", "background", "anchored", "raw-pipeline", "macenko")
 BACKGROUND_PERCENTILE = 75
 """The ``background`` view reads the lightest quarter of an image's pixels (by Lab lightness) as its slide
 background: plasma and glass, present in every crop however much of it the cell fills."""
@@ -97,6 +100,47 @@ def white_balance(rgb: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
+OD_BACKGROUND = 0.15
+"""Macenko et al. 2009: pixels whose optical density is below this in any channel are background (glass, plasma)."""
+
+
+def stain_vectors(rgb: np.ndarray, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """Macenko et al. 2009's two stain vectors of an image (optical density, 3×2: the nuclear azure/methylene-blue
+    stain first, the one that absorbs red light most against green) and each stain's 99th-percentile amount; None
+    when too few pixels are stained. For May-Grünwald-Giemsa the two are the blue-purple and the pink (eosin) dyes."""
+    density = -np.log((rgb.reshape(-1, 3).astype(np.float64) + 1.0) / 255.0)
+    stained = density[(density > OD_BACKGROUND).all(axis=1)]
+    if len(stained) < 50:
+        return None
+    plane = np.linalg.eigh(np.cov(stained.T))[1][:, 1:3]
+    angle = np.arctan2(*(stained @ plane).T[::-1])
+    ends = [plane @ np.array([np.cos(a), np.sin(a)]) for a in np.percentile(angle, [alpha, 100 - alpha])]
+    ends = [v * (np.sign(v.sum()) or 1.0) / np.linalg.norm(v) for v in ends]
+    ends.sort(key=lambda v: -v[0] / max(v[1], 1e-6))
+    vectors = np.stack(ends, axis=1)
+    amounts = np.linalg.lstsq(vectors, stained.T, rcond=None)[0]
+    return vectors, np.percentile(amounts, 99, axis=1)
+
+
+def macenko(rgb: np.ndarray, reference: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The image re-stained with ``reference``'s stain vectors and amounts (Macenko et al. 2009's normalisation);
+    unchanged when its own stains cannot be estimated."""
+    own = stain_vectors(rgb)
+    if own is None:
+        return rgb
+    density = -np.log((rgb.reshape(-1, 3).astype(np.float64) + 1.0) / 255.0)
+    amounts = np.linalg.lstsq(own[0], density.T, rcond=None)[0] * (reference[1] / np.maximum(own[1], 1e-6))[:, None]
+    out = 255.0 * np.exp(-(reference[0] @ amounts)) - 1.0
+    return np.clip(out.T.reshape(rgb.shape), 0, 255).astype(np.uint8)
+
+
+def reference_stains(model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The marrow training images' average stain vectors (normalised) and median stain amounts."""
+    found = [v for v in (stain_vectors(np.asarray(im)) for im in marrow_training_images(model_dir)) if v is not None]
+    vectors = np.mean([v for v, _ in found], axis=0)
+    return vectors / np.linalg.norm(vectors, axis=0), np.median([a for _, a in found], axis=0)
+
+
 def bootstrap(right: np.ndarray, n: int = 1000, seed: int = 0) -> list[float]:
     """95 % percentile interval of the mean of ``right`` over ``n`` resamples."""
     rng = np.random.default_rng(seed)
@@ -126,6 +170,9 @@ def measure_model(model_dir: Path, sets: list[str], views: list[str]) -> dict:
     if "background" in views:
         backdrop = np.mean([background_statistics(np.asarray(im)) for im in marrow_training_images(model_dir)], axis=0)
         out.update(reference_background_lab=backdrop.tolist())
+    if "macenko" in views:
+        stains = reference_stains(model_dir)
+        out.update(reference_stain_vectors=stains[0].tolist(), reference_stain_amounts=stains[1].tolist())
     if "anchored" in views:
         pairs = [lab_anchors(np.asarray(im)) for im in marrow_training_images(model_dir)]
         anchors = np.mean([d for d, _ in pairs], axis=0), np.mean([b for _, b in pairs], axis=0)
@@ -133,6 +180,8 @@ def measure_model(model_dir: Path, sets: list[str], views: list[str]) -> dict:
     for name in sets:
         if name == "matek-test":
             images, truth, eq = load_set(model_dir / "split_manifest.csv", predictor.codes, "test", "bone-marrow-cells")
+        elif name == "validation":  # every training lab's validation images: the split a view may be chosen by
+            images, truth, eq = load_set(model_dir / "split_manifest.csv", predictor.codes, "validation", None)
         else:
             images, truth, eq = load_set(SETS[name], predictor.codes, None, None)
         out["sets"][name] = {}
@@ -144,6 +193,8 @@ def measure_model(model_dir: Path, sets: list[str], views: list[str]) -> dict:
                 shown = [Image.fromarray(lab_standardise(np.asarray(im), *reference)) for im in images]
             elif view == "anchored":
                 shown = [Image.fromarray(anchored_standardise(np.asarray(im), *anchors)) for im in images]
+            elif view == "macenko":
+                shown = [Image.fromarray(macenko(np.asarray(im), stains)) for im in images]
             elif view == "background":
                 shown = [Image.fromarray(white_balance(np.asarray(im), backdrop)) for im in images]
             stored = clear_colour_reference(predictor.processor) if view == "raw-pipeline" else {}
@@ -170,7 +221,7 @@ def markdown(results: dict) -> str:
                     cells.append("—")
                     continue
                 lo, hi = m["accuracy_ci"]
-                extra = f", macro-F1 {m['macro_f1']:.3f}" if set_name == "matek-test" else ""
+                extra = f", macro-F1 {m['macro_f1']:.3f}" if set_name in ("matek-test", "validation") else ""
                 cells.append(f"{m['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] ({m['n']}){extra}")
             name = Path(model).parent.name if Path(model).name == "export" else Path(model).name
             rows.append(f"| `{name}` | {view} | " + " | ".join(cells) + " |")
@@ -180,7 +231,7 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", type=Path, required=True, help="model folders (with their split_manifest.csv)")
-    parser.add_argument("--sets", nargs="+", default=["matek-test", *SETS], choices=["matek-test", *SETS])
+    parser.add_argument("--sets", nargs="+", default=["matek-test", *SETS], choices=["validation", "matek-test", *SETS])
     parser.add_argument("--views", nargs="+", default=list(VIEWS), choices=VIEWS)
     parser.add_argument("--out", type=Path, required=True, help="JSON of every figure; the markdown table is printed")
     parser.add_argument(
@@ -193,10 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.card_before and (len(args.models) != 1 or not args.card_before.is_file()):
         parser.error("--card-before needs one model and an existing JSON written by this script")
-    needs_manifest = "matek-test" in args.sets or "reinhard" in args.views
+    needs_manifest = bool({"matek-test", "validation"} & set(args.sets) or {"reinhard", "macenko"} & set(args.views))
     missing = [str(m) for m in args.models if not (m / ("split_manifest.csv" if needs_manifest else "config.json")).is_file()]
     if missing:
-        what = "with its split_manifest.csv (matek-test and the reinhard view need it)" if needs_manifest else ""
+        what = "with its split_manifest.csv (the validation and matek-test sets, reinhard and macenko need it)" if needs_manifest else ""
         parser.error(f"not a trained model folder {what}: {', '.join(missing)}")
     results = {str(m): measure_model(m, args.sets, args.views) for m in args.models}
     args.out.parent.mkdir(parents=True, exist_ok=True)

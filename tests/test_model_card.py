@@ -333,6 +333,12 @@ def test_card_shows_the_attribution_measurements_with_how_many_cells_each_rests_
     assert "On 200 cells of `bone-marrow-cells` (test split)" in text
     assert "| Gradient-weighted rollout | 0.445 [0.409, 0.479] | 0.046 | 0.039 | 0.086 | 200 / 40 / 30 |" in text
     assert "| centre | 0.322 [0.409, 0.479] | 0.046 | 1.000 | — | 200 / 40 / 30 |" in text
+    assert "minus the centre prior" not in text  # no default named, no paired difference: no sentence
+    methods["Gradient-weighted rollout"] |= {"abpc_vs_centre_ci": [0.0126, 0.0263], "single_patch_vs_centre_ci": [-0.0077, 0.0312]}
+    summary = {"n": 200, "cells": "pbc-external", "default": "Gradient-weighted rollout", "methods": methods}
+    (tmp_path / "attribution.json").write_text(json.dumps(summary))
+    text = render_card(tmp_path).read_text()
+    assert "area between the curves [0.013, 0.026], single-patch Spearman [-0.008, 0.031]" in text
 
 
 def test_card_says_how_to_get_the_colour_canonicalisation_and_shows_labs_before_and_after(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -224,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.url:
         paths = take_all(args.url, args.out)
     else:
+        sys.path.insert(0, str(ROOT))  # run as a script (the docstring's command), bench is not on the path
         from bench.appserver import running_app
 
         with running_app() as (url, _proc):

@@ -358,3 +358,19 @@ def test_card_says_how_to_get_the_colour_canonicalisation_and_shows_labs_before_
     assert "after colour canonicalisation\n  (`anchored`" in text
     assert "| `bccd` | 351 | 39.6 % | 69.2 % [64.4, 74.4] |" in text
     assert "| `zheng2018-ds2` | 351 | — | 69.2 % [64.4, 74.4] |" in text
+
+
+def test_card_names_every_optional_training_change(tmp_path):
+    from bmc.train.model_card import optional_training_steps
+
+    assert optional_training_steps({"augment": ["zoom_out", "stain", "blur"]}) == []  # the default recipe: nothing extra
+    steps = optional_training_steps(
+        {"augment": ["zoom_out", "colour_half", "grey"], "colour_consistency": 1.0, "mixstyle_blocks": [0, 1, 2], "mixstyle_p": 0.5}
+    )
+    assert steps[0].endswith("(50% of the images, `colour_half`)") and steps[1] == "20% of the images in grey"
+    assert "colour-consistency term (weight 1.0)" in steps[2] and steps[3].startswith("MixStyle after blocks 0, 1, 2")
+    metrics = _metrics()
+    metrics["model_args"]["augment"] = ["zoom_out", "colour_mild"]
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 1000)
+    assert "random laboratory's (30% of the images, `colour_mild`)." in render_card(tmp_path).read_text()

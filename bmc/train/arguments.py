@@ -165,7 +165,6 @@ class ModelArguments:
             "(same crop and geometry) and its prediction pulled towards the image's own (KL divergence); 0 = off"
         },
     )
-
     mixstyle_blocks: list[int] = field(
         default_factory=list,
         metadata={

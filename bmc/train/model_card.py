@@ -163,6 +163,7 @@ def card_context(metrics: dict, model_dir: Path) -> dict[str, Any]:
     return {
         "m": metrics,
         "augment": recorded_augment(metrics["model_args"]),
+        "extra_steps": optional_training_steps(metrics["model_args"]),
         "architecture": (config.get("architectures") or [config.get("model_type", "unknown")])[0],
         "classes": classes,
         "unseen_classes": unseen,
@@ -218,3 +219,34 @@ def recorded_augment(model_args: dict) -> list[str] | None:
     if "augment" in model_args:
         return list(model_args["augment"])
     return list(ROBUSTNESS_AUGMENTATIONS) if "balance" in model_args else None
+
+
+def optional_training_steps(model_args: dict) -> list[str]:
+    """The card's words for the training changes a run named beyond the default recipe (``--augment`` options off
+    by default, the colour-consistency term, MixStyle), so that a card never hides how its model was trained."""
+    from bmc.train.augmentation import GREY_P, RESTYLE_P, ZOOM_IN_P
+
+    augment = model_args.get("augment") or []
+    steps = [
+        f"each image's CIE-Lab mean and spread moved onto a random laboratory's ({RESTYLE_P[name]:.0%} of the images, `{name}`)"
+        for name in RESTYLE_P
+        if name in augment
+    ]
+    if "grey" in augment:
+        steps.append(f"{GREY_P:.0%} of the images in grey")
+    if "zoom_in" in augment:
+        steps.append(f"a centred zoom-in ({ZOOM_IN_P:.0%} of the images)")
+    if "camera" in augment:
+        steps.append("a low-end camera's look (strong blur or defocus, JPEG artefacts, sensor noise)")
+    if model_args.get("colour_consistency"):
+        steps.append(
+            f"a colour-consistency term (weight {model_args['colour_consistency']}): each image also seen in a random "
+            "laboratory's colours, its prediction pulled towards the image's own"
+        )
+    if model_args.get("mixstyle_blocks"):
+        blocks = ", ".join(str(b) for b in model_args["mixstyle_blocks"])
+        steps.append(
+            f"MixStyle after blocks {blocks} (per-channel feature statistics mixed between the images of "
+            f"{model_args.get('mixstyle_p', 0.5):.0%} of the batches)"
+        )
+    return steps

@@ -19,8 +19,10 @@ the marrow training images' background colour: one shift for the whole image, wh
 fills) and ``raw-pipeline`` (a model with a stored colour reference run without it: what a plain ``pipeline()``
 that is not given :class:`bmc.transforms.CanonicalColourProcessor` sees) and ``macenko`` (each image re-stained with the
 marrow training images' two stain vectors, Macenko et al. 2009's stain-vector normalisation, before the model's own
-canonicalisation). ``--sets validation`` adds the model's validation split of every training lab: a test-time view
-is chosen there, as a training recipe is. Every figure has a 95 % bootstrap
+canonicalisation). ``--sets validation`` adds the model's validation split of every training lab (``validation-matek``,
+``validation-pbc``: one lab's): a test-time view is chosen there, as a training recipe is. With several views, each
+set is also taken as one count and the view of highest mean calibrated confidence named (``surest_view``): the
+count-level choice among views issue 33 lists, which needs no labels. Every figure has a 95 % bootstrap
 interval (1,000 resamples of the set's images). These are reporting sets: the recipe is chosen on validation
 (``bmc compare --validation``), never by this table.
 """
@@ -62,6 +64,8 @@ SETS = {
     "bccd": SHARED / "external-wbc" / "bccd",
     "zheng2018-ds2": SHARED / "external-wbc" / "zheng2018-ds2",
 }
+VALIDATION_LABS = {"validation": None, "validation-matek": "bone-marrow-cells", "validation-pbc": "pbc-train"}
+"""``--sets`` of the model's validation split: every training lab's images, or one lab's (one count each)."""
 VIEWS = ("plain", "reinhard", "background", "anchored", "raw-pipeline", "macenko")
 BACKGROUND_PERCENTILE = 75
 """The ``background`` view reads the lightest quarter of an image's pixels (by Lab lightness) as its slide
@@ -155,7 +159,25 @@ def measure(predictor: object, images: list, truth: np.ndarray, equivalents: dic
     called = np.array(codes)[logits.argmax(axis=1)]
     right = counts_right(called, np.array(codes)[truth], equivalents)
     macro_f1 = classification_metrics(softmax(logits), truth, num_classes=len(codes))["macro_f1"]
-    return {"n": len(truth), "accuracy": float(right.mean()), "accuracy_ci": bootstrap(right), "macro_f1": float(macro_f1)}
+    confidence = softmax(logits, getattr(predictor, "temperature", 1.0)).max(axis=1)  # calibrated, as the app shows it
+    return {
+        "n": len(truth),
+        "accuracy": float(right.mean()),
+        "accuracy_ci": bootstrap(right),
+        "macro_f1": float(macro_f1),
+        "mean_confidence": float(confidence.mean()),
+    }
+
+
+def surest_views(sets: dict) -> dict:
+    """Per set taken as one count, the view with the highest mean calibrated confidence (no labels needed: what a
+    count-level choice among input views would pick, issue 33) and that view's accuracy."""
+    out = {}
+    for name, views in sets.items():
+        if len(views) > 1:
+            view = max(views, key=lambda v: views[v]["mean_confidence"])
+            out[name] = {"view": view, "accuracy": views[view]["accuracy"], "mean_confidence": views[view]["mean_confidence"]}
+    return out
 
 
 def measure_model(model_dir: Path, sets: list[str], views: list[str]) -> dict:
@@ -180,8 +202,9 @@ def measure_model(model_dir: Path, sets: list[str], views: list[str]) -> dict:
     for name in sets:
         if name == "matek-test":
             images, truth, eq = load_set(model_dir / "split_manifest.csv", predictor.codes, "test", "bone-marrow-cells")
-        elif name == "validation":  # every training lab's validation images: the split a view may be chosen by
-            images, truth, eq = load_set(model_dir / "split_manifest.csv", predictor.codes, "validation", None)
+        elif name.startswith("validation"):  # the training labs' validation images: the split a view may be chosen by
+            lab = VALIDATION_LABS[name]
+            images, truth, eq = load_set(model_dir / "split_manifest.csv", predictor.codes, "validation", lab)
         else:
             images, truth, eq = load_set(SETS[name], predictor.codes, None, None)
         out["sets"][name] = {}
@@ -204,6 +227,7 @@ def measure_model(model_dir: Path, sets: list[str], views: list[str]) -> dict:
                 for key, value in stored.items():
                     setattr(predictor.processor, key, value)
             print(f"{model_dir.name} {name} {view}: {out['sets'][name][view]}", flush=True)
+    out["surest_view"] = surest_views(out["sets"])
     return out
 
 
@@ -225,13 +249,17 @@ def markdown(results: dict) -> str:
                 cells.append(f"{m['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] ({m['n']}){extra}")
             name = Path(model).parent.name if Path(model).name == "export" else Path(model).name
             rows.append(f"| `{name}` | {view} | " + " | ".join(cells) + " |")
+        if res.get("surest_view"):
+            picks = [res["surest_view"].get(s) for s in sets]
+            shown = [f"{p['view']}: {p['accuracy']:.1%}" if p else "—" for p in picks]
+            rows.append(f"| `{name}` | surest view per count | " + " | ".join(shown) + " |")
     return head + "\n".join(rows) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", type=Path, required=True, help="model folders (with their split_manifest.csv)")
-    parser.add_argument("--sets", nargs="+", default=["matek-test", *SETS], choices=["validation", "matek-test", *SETS])
+    parser.add_argument("--sets", nargs="+", default=["matek-test", *SETS], choices=[*VALIDATION_LABS, "matek-test", *SETS])
     parser.add_argument("--views", nargs="+", default=list(VIEWS), choices=VIEWS)
     parser.add_argument("--out", type=Path, required=True, help="JSON of every figure; the markdown table is printed")
     parser.add_argument(
@@ -244,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.card_before and (len(args.models) != 1 or not args.card_before.is_file()):
         parser.error("--card-before needs one model and an existing JSON written by this script")
-    needs_manifest = bool({"matek-test", "validation"} & set(args.sets) or {"reinhard", "macenko"} & set(args.views))
+    needs_manifest = bool({"matek-test", *VALIDATION_LABS} & set(args.sets) or {"reinhard", "macenko"} & set(args.views))
     missing = [str(m) for m in args.models if not (m / ("split_manifest.csv" if needs_manifest else "config.json")).is_file()]
     if missing:
         what = "with its split_manifest.csv (the validation and matek-test sets, reinhard and macenko need it)" if needs_manifest else ""

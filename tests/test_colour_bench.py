@@ -37,3 +37,13 @@ def test_restaining_with_its_own_reference_keeps_the_image_and_blank_glass_is_le
     assert other is not None
     glass = np.full((32, 32, 3), 235, np.uint8)
     assert np.array_equal(macenko(glass, other), glass)  # no stained pixel: nothing to re-stain
+
+
+def test_surest_view_per_count_needs_no_labels_and_reports_that_views_accuracy() -> None:
+    from bench.colour import surest_views
+
+    sets = {
+        "bccd": {"plain": {"accuracy": 0.7, "mean_confidence": 0.6}, "reinhard": {"accuracy": 0.5, "mean_confidence": 0.8}},
+        "zheng2018-ds2": {"plain": {"accuracy": 0.73, "mean_confidence": 0.9}},  # one view: nothing to choose
+    }
+    assert surest_views(sets) == {"bccd": {"view": "reinhard", "accuracy": 0.5, "mean_confidence": 0.8}}

@@ -20,9 +20,10 @@ def method_options(spec: str) -> tuple[str, dict[str, Any]]:
     ``…@12,14px`` → all 12 blocks, one value per 14-px patch (the default until 2026-12-07); ``…@contrast`` (the
     class's log-probability), ``…@skip-sinks`` (no relevance through DINOv2's attention sinks),
     ``…@slide-reference`` (minus an empty slide's map, as the default since 2026-12-07), ``…@no-slide-reference``
-    (the default before it); ``Conservative LRP@pixels`` (the pixels' relevance), ``…@14px``; ``Attention
-    rollout@keep-sinks``; ``Integrated Gradients@zero``, ``…@slide`` (an empty-slide start), ``…@slide,8`` (8 steps);
-    ``Occlusion@first-order`` (its one-pass estimate), ``…@first-order,8`` (8 noisy copies), ``…,rollout``, ``…,rank``."""
+    (the default before it), ``…@value-norms`` (weighted by the value vectors' norms); ``Conservative LRP@pixels``
+    (the pixels' relevance), ``…@14px``; ``Attention rollout@keep-sinks``; ``Integrated Gradients@zero``, ``…@slide``
+    (an empty-slide start), ``…@slide,8`` (8 steps); ``Occlusion@first-order`` (its one-pass estimate),
+    ``…@first-order,8`` (8 noisy copies), ``…,rollout``, ``…,rank``."""
     name, _, variant = spec.partition("@")
     if not variant:
         return name, {}
@@ -33,7 +34,9 @@ def method_options(spec: str) -> tuple[str, dict[str, Any]]:
         options: dict[str, Any] = {"half_patch": "14px" not in parts, "skip_sinks": "skip-sinks" in parts}
         # any variant names the empty-slide reference if it wants it (the plain name, the default, has it)
         options["contrast"], options["slide_reference"] = "contrast" in parts, "slide-reference" in parts
-        depth = [p for p in parts if p not in ("14px", "half-patch", "skip-sinks", "contrast", "slide-reference", "no-slide-reference")]
+        options["value_norms"] = "value-norms" in parts
+        named = ("14px", "half-patch", "skip-sinks", "contrast", "slide-reference", "no-slide-reference", "value-norms")
+        depth = [p for p in parts if p not in named]
         return name, options | ({"last_blocks": int(depth[0])} if depth else {})
     if name == "Conservative LRP":  # @pixels (relevance of the pixels, not of the first block's tokens), @14px
         parts = variant.split(",")

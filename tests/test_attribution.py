@@ -268,3 +268,25 @@ def test_method_variants_parse_to_registry_options():
         bench.method_options("Integrated Gradients@black")
     old_default = bench.method_options("Gradient-weighted rollout@no-slide-reference")[1]
     assert old_default == {"half_patch": True, "skip_sinks": False, "contrast": False, "slide_reference": False}
+
+
+def test_value_norm_weighting_scales_each_heads_columns_by_what_the_token_passes_on(tiny_model_dir) -> None:
+    from bmc.model import load_classifier
+    from bmc.serve.explain import Explainer
+    from bmc.serve.vit_maps import head_output_norms
+
+    values = torch.zeros(3, 4)  # 3 tokens, 2 heads of size 2
+    values[0] = torch.tensor([1.0, 0.0, 0.0, 2.0])
+    values[1] = torch.tensor([3.0, 4.0, 0.0, 2.0])
+    values[2] = torch.tensor([0.0, 1.0, 0.0, 2.0])
+    norms = head_output_norms(values, None, heads=2)
+    assert torch.allclose(norms[0], torch.tensor([1.0, 5.0, 1.0]) / (7 / 3))  # head 0: ‖v‖ over its mean
+    assert torch.allclose(norms[1], torch.ones(3))  # every token passes the same on through head 1
+    identity = torch.eye(4)  # an output projection that changes nothing gives the same norms
+    assert torch.allclose(head_output_norms(values, identity, heads=2), norms)
+    model, processor = load_classifier(str(tiny_model_dir))
+    ex = Explainer(model, processor)
+    x = torch.randn(1, 3, 56, 56)
+    plain, weighted = ex.gradient_rollout(x, 0), ex.gradient_rollout(x, 0, value_norms=True)
+    assert plain.shape == weighted.shape and not np.allclose(plain, weighted)
+    assert bench.method_options("Gradient-weighted rollout@value-norms,slide-reference")[1]["value_norms"] is True

@@ -188,6 +188,7 @@ class Explainer:
         skip_sinks: bool = False,
         contrast: bool = False,
         slide_reference: bool = True,
+        value_norms: bool = False,
     ) -> np.ndarray:
         """Chefer et al.'s rollout (:func:`bmc.serve.vit_maps.gradient_rollout`) over the last ``last_blocks`` blocks
         (None: all); ``half_patch``: averaged over half-patch shifts of the input (:func:`bmc.serve.vit_maps.shifted`),
@@ -197,7 +198,8 @@ class Explainer:
         cells (docs/explanations.md)."""
 
         def one(pixels: torch.Tensor) -> np.ndarray:
-            return vit_maps.gradient_rollout(self.model, pixels.clone().requires_grad_(True), target, last_blocks, skip_sinks, contrast)
+            moved = pixels.clone().requires_grad_(True)
+            return vit_maps.gradient_rollout(self.model, moved, target, last_blocks, skip_sinks, contrast, value_norms)
 
         heat = vit_maps.shifted(one, x, faithfulness.PATCH) if half_patch else one(x)
         if slide_reference:
@@ -272,7 +274,7 @@ METHODS: dict[str, Method] = {
             "half of the blocks (attention weighted by its gradient), above what an empty slide gets; averaged over four "
             "half-patch shifts, 7-px detail.",
             vit_only=True,
-            options=("last_blocks", "half_patch", "skip_sinks", "contrast", "slide_reference"),
+            options=("last_blocks", "half_patch", "skip_sinks", "contrast", "slide_reference", "value_norms"),
         ),
         Method(
             "Conservative LRP",

@@ -97,27 +97,65 @@ def gradient_rollout(
     last_blocks: int | None = None,
     skip_sinks: bool = False,
     contrast: bool = False,
+    value_norms: bool = False,
 ) -> np.ndarray:
     """Chefer et al.'s rule 6: R = I; for each block R ← R + E_h[(∇A ⊙ A)⁺]·R; the CLS row over the patches.
     ``last_blocks``: accumulate over the last blocks only (the early blocks' attention is mostly local mixing
     that any image gets, whatever the model learnt). ``skip_sinks``: the attention sinks' columns
     (:func:`sink_tokens`) carry no relevance: what a sink holds is global, not the patch it sits on.
     ``contrast``: the gradient of the class's log-probability instead of its logit, so that evidence every class
-    shares (the slide, red cells) cancels and what sets the class apart from the others remains."""
-    with eager_attention(model), torch.enable_grad():
-        out = model(pixel_values=x, output_attentions=True)
-        attentions = out.attentions
-        score = torch.log_softmax(out.logits[0], -1)[target] if contrast else out.logits[0, target]
-        grads = torch.autograd.grad(score, attentions)
+    shares (the slide, red cells) cancels and what sets the class apart from the others remains.
+    ``value_norms``: each column j of a head's attention also weighted by the norm of token j's value vector in that
+    head (over its mean): what a token passes on is its weight times its value (Kobayashi et al. 2020, "Attention
+    is not only a weight"), so a token attended to but carrying little moves less relevance."""
+    values: list[torch.Tensor] = []
+    projections = [value_projection(cast(nn.Module, layer)) for layer in vit_layers(model)] if value_norms else []
+    hooks = [p.register_forward_hook(lambda _m, _a, out: values.append(out.detach())) for p, _ in projections]
+    try:
+        with eager_attention(model), torch.enable_grad():
+            out = model(pixel_values=x, output_attentions=True)
+            attentions = out.attentions
+            score = torch.log_softmax(out.logits[0], -1)[target] if contrast else out.logits[0, target]
+            grads = torch.autograd.grad(score, attentions)
+    finally:
+        for hook in hooks:
+            hook.remove()
     tokens = attentions[0].shape[-1]
     sinks = sink_tokens(tuple(a.detach() for a in attentions)) if skip_sinks else torch.zeros(tokens, dtype=torch.bool)
     r = torch.eye(tokens)
     first = 0 if last_blocks is None else max(0, len(attentions) - last_blocks)
-    for att, grad in zip(attentions[first:], grads[first:]):
-        cam = (grad[0] * att[0]).clamp_min(0).mean(0).detach()
+    for index, (att, grad) in enumerate(zip(attentions, grads)):
+        if index < first:
+            continue
+        weighted = (grad[0] * att[0]).clamp_min(0)
+        if values:
+            norms = head_output_norms(values[index][0], projections[index][1], att.shape[1])  # heads × tokens
+            weighted = weighted * norms[:, None, :]
+        cam = weighted.mean(0).detach()
         cam[:, sinks] = 0
         r = r + cam @ r
     return _to_grid(r[0, 1:])
+
+
+def value_projection(layer: nn.Module) -> tuple[nn.Module, torch.Tensor | None]:
+    """A block's value projection and its attention output projection's weight (None where the model keeps it
+    elsewhere): DINOv2 in transformers ≥ 5 names them ``v_proj`` / ``o_proj``, ViT ``attention.value``."""
+    attention = cast(nn.Module, layer.attention)
+    if hasattr(attention, "v_proj"):
+        return cast(nn.Module, attention.v_proj), cast(nn.Linear, attention.o_proj).weight.detach()
+    return cast(nn.Module, attention.attention.value), None  # type: ignore[union-attr]
+
+
+def head_output_norms(values: torch.Tensor, out_weight: torch.Tensor | None, heads: int) -> torch.Tensor:
+    """heads × tokens: the norm of what each token passes on through each head, ‖v_j W_O,h‖ (Kobayashi et al.
+    2020), or ‖v_j‖ without the output projection; divided by each head's mean over the tokens."""
+    tokens = values.shape[0]
+    per_head = values.reshape(tokens, heads, -1)  # tokens × heads × head size
+    if out_weight is not None:
+        size = per_head.shape[-1]
+        per_head = torch.stack([per_head[:, h] @ out_weight[:, h * size : (h + 1) * size].T for h in range(heads)], dim=1)
+    norms = per_head.norm(dim=-1).T
+    return norms / norms.mean(dim=1, keepdim=True)
 
 
 HALF_PATCH_SHIFTS = ((0, 0), (1, 0), (0, 1), (1, 1))

@@ -34,7 +34,8 @@ def method_options(spec: str) -> tuple[str, dict[str, Any]]:
         options: dict[str, Any] = {"half_patch": "14px" not in parts, "skip_sinks": "skip-sinks" in parts}
         # any variant names the empty-slide reference if it wants it (the plain name, the default, has it)
         options["contrast"], options["slide_reference"] = "contrast" in parts, "slide-reference" in parts
-        options["value_norms"] = "value-norms" in parts
+        if "value-norms" in parts:
+            options["value_norms"] = True
         named = ("14px", "half-patch", "skip-sinks", "contrast", "slide-reference", "no-slide-reference", "value-norms")
         depth = [p for p in parts if p not in named]
         return name, options | ({"last_blocks": int(depth[0])} if depth else {})

@@ -108,11 +108,17 @@ OD_BACKGROUND = 0.15
 """Macenko et al. 2009: pixels whose optical density is below this in any channel are background (glass, plasma)."""
 
 
-def stain_vectors(rgb: np.ndarray, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """Pixels × 3: −log of the light each channel lets through (Beer-Lambert), the space stains add up in."""
+    return -np.log((rgb.reshape(-1, 3).astype(np.float64) + 1.0) / 255.0)
+
+
+def stain_vectors(rgb: np.ndarray, alpha: float = 1.0, density: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Macenko et al. 2009's two stain vectors of an image (optical density, 3×2: the nuclear azure/methylene-blue
     stain first, the one that absorbs red light most against green) and each stain's 99th-percentile amount; None
-    when too few pixels are stained. For May-Grünwald-Giemsa the two are the blue-purple and the pink (eosin) dyes."""
-    density = -np.log((rgb.reshape(-1, 3).astype(np.float64) + 1.0) / 255.0)
+    when too few pixels are stained. For May-Grünwald-Giemsa the two are the blue-purple and the pink (eosin) dyes.
+    ``density``: the image's :func:`optical_density`, when the caller has it already."""
+    density = optical_density(rgb) if density is None else density
     stained = density[(density > OD_BACKGROUND).all(axis=1)]
     if len(stained) < 50:
         return None
@@ -129,10 +135,10 @@ def stain_vectors(rgb: np.ndarray, alpha: float = 1.0) -> tuple[np.ndarray, np.n
 def macenko(rgb: np.ndarray, reference: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """The image re-stained with ``reference``'s stain vectors and amounts (Macenko et al. 2009's normalisation);
     unchanged when its own stains cannot be estimated."""
-    own = stain_vectors(rgb)
+    density = optical_density(rgb)
+    own = stain_vectors(rgb, density=density)
     if own is None:
         return rgb
-    density = -np.log((rgb.reshape(-1, 3).astype(np.float64) + 1.0) / 255.0)
     amounts = np.linalg.lstsq(own[0], density.T, rcond=None)[0] * (reference[1] / np.maximum(own[1], 1e-6))[:, None]
     out = 255.0 * np.exp(-(reference[0] @ amounts)) - 1.0
     return np.clip(out.T.reshape(rgb.shape), 0, 255).astype(np.uint8)
@@ -245,7 +251,7 @@ def markdown(results: dict) -> str:
                     cells.append("—")
                     continue
                 lo, hi = m["accuracy_ci"]
-                extra = f", macro-F1 {m['macro_f1']:.3f}" if set_name in ("matek-test", "validation") else ""
+                extra = f", macro-F1 {m['macro_f1']:.3f}" if set_name in ("matek-test", *VALIDATION_LABS) else ""
                 cells.append(f"{m['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] ({m['n']}){extra}")
             name = Path(model).parent.name if Path(model).name == "export" else Path(model).name
             rows.append(f"| `{name}` | {view} | " + " | ".join(cells) + " |")

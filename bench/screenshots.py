@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script (the docstring's command), as bench's other scripts do
 SHARED = ROOT.parent / "shared" / "data"
 MATEK = SHARED / "bone-marrow-cells" / "bone_marrow_cell_dataset"
 VIEWPORT: Any = {"width": 1280, "height": 800}
@@ -225,7 +226,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.url:
         paths = take_all(args.url, args.out)
     else:
-        sys.path.insert(0, str(ROOT))  # run as a script (the docstring's command), bench is not on the path
         from bench.appserver import running_app
 
         with running_app() as (url, _proc):

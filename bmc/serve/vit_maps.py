@@ -124,13 +124,10 @@ def gradient_rollout(
     sinks = sink_tokens(tuple(a.detach() for a in attentions)) if skip_sinks else torch.zeros(tokens, dtype=torch.bool)
     r = torch.eye(tokens)
     first = 0 if last_blocks is None else max(0, len(attentions) - last_blocks)
-    for index, (att, grad) in enumerate(zip(attentions, grads)):
-        if index < first:
-            continue
-        weighted = (grad[0] * att[0]).clamp_min(0)
-        if values:
-            norms = head_output_norms(values[index][0], projections[index][1], att.shape[1])  # heads × tokens
-            weighted = weighted * norms[:, None, :]
+    for index in range(first, len(attentions)):
+        weighted = (grads[index][0] * attentions[index][0]).clamp_min(0)
+        if values:  # heads × tokens, broadcast over each head's rows
+            weighted = weighted * head_output_norms(values[index][0], projections[index][1], weighted.shape[0])[:, None, :]
         cam = weighted.mean(0).detach()
         cam[:, sinks] = 0
         r = r + cam @ r
@@ -149,11 +146,9 @@ def value_projection(layer: nn.Module) -> tuple[nn.Module, torch.Tensor | None]:
 def head_output_norms(values: torch.Tensor, out_weight: torch.Tensor | None, heads: int) -> torch.Tensor:
     """heads × tokens: the norm of what each token passes on through each head, ‖v_j W_O,h‖ (Kobayashi et al.
     2020), or ‖v_j‖ without the output projection; divided by each head's mean over the tokens."""
-    tokens = values.shape[0]
-    per_head = values.reshape(tokens, heads, -1)  # tokens × heads × head size
-    if out_weight is not None:
-        size = per_head.shape[-1]
-        per_head = torch.stack([per_head[:, h] @ out_weight[:, h * size : (h + 1) * size].T for h in range(heads)], dim=1)
+    per_head = values.reshape(values.shape[0], heads, -1)  # tokens × heads × head size
+    if out_weight is not None:  # each head's slice of the output projection: out × heads × head size
+        per_head = torch.einsum("thd,ohd->tho", per_head, out_weight.reshape(out_weight.shape[0], heads, -1))
     norms = per_head.norm(dim=-1).T
     return norms / norms.mean(dim=1, keepdim=True)
 
